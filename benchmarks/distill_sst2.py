@@ -1,0 +1,154 @@
+"""Distillation benchmark on SST-2: MiniLM teacher → `half` and a narrow student (with an ablation).
+
+Run: `make bench-distill` (or `.venv/bin/python benchmarks/distill_sst2.py [--quick]`).
+
+* Teacher: all-MiniLM-L6-v2 fine-tuned on the full SST-2 train split (67,349 phrases), 1 epoch,
+  max length 64, lr 5e-5, batch 32; cached in .cache/bench/ and reused while its config is unchanged.
+* Students, 1 epoch each on the same data with the same steps:
+  - half: 3 layers at the teacher's width, initialised from teacher layers 1, 3, 5 (DistilBERT),
+    logits only (soft KL at T=2 + 0.5 × hard CE).
+  - narrow: 4 layers × 192 hidden (12 heads, FFN 768), fresh layers with teacher-PCA embeddings;
+    once logits-only and once logits + attention/hidden/embedding losses (the ablation).
+* Measured in this one run: SST-2 validation accuracy, parameters, file size, PyTorch CPU latency at
+  batch 1 (p50 over 200 validation sentences) and throughput at batch 32 over all 872, as ratios to the
+  teacher. Appends a dated section with machine and versions to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from nanoify.artifacts import machine, read_manifest, versions  # noqa: E402
+from nanoify.bench.latency import latency_throughput, torch_runner  # noqa: E402
+from nanoify.config import DataConfig, DistillConfig, FinetuneConfig, TrainConfig, to_dict  # noqa: E402
+from nanoify.data.text import encode_texts, load_text_data  # noqa: E402
+from nanoify.distill.run import distill, evaluate, finetune  # noqa: E402
+from nanoify.models.load import count_parameters, encoder_flops_per_token, load_classifier  # noqa: E402
+
+NARROW = "layers=4,hidden=192,heads=12,intermediate=768"
+TARGETS = {"teacher_accuracy": 0.89, "half_ratio": 0.98, "narrow_ratio": 0.95, "narrow_flops": 4.0}
+
+
+def _cached(out: Path, cfg) -> bool:
+    man = read_manifest(out)
+    return bool(man) and man.get("config") == to_dict(cfg)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "bench"))
+    ap.add_argument("--quick", action="store_true", help="tiny subsets: checks the script, not the targets")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    t_start = time.time()
+    cache = Path(a.cache) / ("quick" if a.quick else "full")
+    max_train = 2000 if a.quick else None
+    steps = 20 if a.quick else None
+    data = DataConfig(max_length=64, max_train=max_train)
+
+    tcfg = FinetuneConfig(model="minilm", data=data,
+                          train=TrainConfig(epochs=1, lr=5e-5, batch_size=32, checkpoint_every=300, max_steps=steps))
+    teacher = cache / "teacher_sst2"
+    if not _cached(teacher, tcfg):
+        logging.info("fine-tuning the teacher (cached afterwards in %s)", teacher)
+        finetune(tcfg, teacher, resume=True)
+    teacher_secs = read_manifest(teacher)["train"]["seconds"]
+
+    def student(name: str, **kw) -> DistillConfig:
+        return DistillConfig(teacher=str(teacher), data=data,
+                             train=TrainConfig(epochs=1, batch_size=32, checkpoint_every=300, max_steps=steps,
+                                               lr=kw.pop("lr")), **kw)
+
+    logits_only = {"attention_weight": 0.0, "hidden_weight": 0.0, "embedding_weight": 0.0}
+    inter = {"attention_weight": 1.0, "hidden_weight": 1.0, "embedding_weight": 1.0}
+    runs = {
+        "half (teacher layers, logits)": student("half", student="half", init="teacher-layers", lr=1e-4,
+                                                 **logits_only),
+        "narrow, logits only": student("narrow", student=NARROW, init="teacher-pca", lr=5e-4, **logits_only),
+        "narrow, logits + intermediate": student("narrow_inter", student=NARROW, init="teacher-pca", lr=5e-4,
+                                                 **inter),
+    }
+    folders = {}
+    student_secs = {}
+    for i, (name, cfg) in enumerate(runs.items()):
+        out = cache / f"student{i}"
+        if not _cached(out, cfg):
+            logging.info("distilling %s", name)
+            distill(cfg, out, resume=True)
+        folders[name] = out
+        student_secs[name] = read_manifest(out)["train"]["seconds"]
+
+    val = load_text_data(DataConfig(max_length=64), splits=("validation",)).split("validation")
+    rows = []
+    for name, folder in [("teacher (MiniLM-L6, FP32)", teacher), *folders.items()]:
+        model, tok, _ = load_classifier(str(folder))
+        ids = encode_texts(tok, val.texts, 64)
+        perf = latency_throughput(torch_runner(model), ids, int(tok.pad_token_id or 0))
+        acc = evaluate(folder, DataConfig(max_length=64), teacher=None if folder == teacher else teacher)
+        rows.append({"name": name, "accuracy": acc["accuracy"], "agreement": acc.get("agreement"),
+                     "params": count_parameters(model), "enc_params": count_parameters(model, encoder_only=True),
+                     "flops": encoder_flops_per_token(model.config), "layers": model.config.num_hidden_layers,
+                     "hidden": model.config.hidden_size,
+                     "mb": (folder / "model.safetensors").stat().st_size / 1e6, **perf})
+    base = rows[0]
+    lines = [f"## Distillation, SST-2 — {time.strftime('%Y-%m-%d %H:%M')} {'(QUICK: not a result)' if a.quick else ''}",
+             "",
+             f"Machine: {machine()['cpu']}, {machine()['cores']} cores, torch threads {torch.get_num_threads()}. "
+             f"Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+             f"Data: SST-2 train {'2000-row subset' if a.quick else 'all 67,349 phrases'}, max length 64; "
+             "scored on SST-2 validation (872). PyTorch FP32 eager on CPU, dynamic padding, real sentence order.",
+             f"Training time: teacher {teacher_secs / 60:.1f} min (cached), students "
+             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in student_secs.items()) + ".",
+             "",
+             "| model | layers×hidden | params (M) | encoder FLOPs ÷ | file MB | val acc | × teacher acc | "
+             "b1 p50 ms | × speed b1 | b32 sent/s | × b32 | copied / teacher mistakes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ag = r["agreement"]
+        cm = f"{ag['copied_mistakes']} / {ag['student_only_right'] + ag['both_wrong']}" if ag else "–"
+        lines.append(
+            f"| {r['name']} | {r['layers']}×{r['hidden']} | {r['params'] / 1e6:.1f} | "
+            f"{base['flops'] / r['flops']:.1f} | {r['mb']:.1f} | {100 * r['accuracy']:.2f} | "
+            f"{r['accuracy'] / base['accuracy']:.3f} | {r['latency_ms_p50']:.1f} | "
+            f"{base['latency_ms_p50'] / r['latency_ms_p50']:.2f} | {r['throughput_b32']:.0f} | "
+            f"{r['throughput_b32'] / base['throughput_b32']:.2f} | {cm} |")
+    half, nlog, ninter = rows[1], rows[2], rows[3]
+    checks = [
+        ("teacher ≥ 89%", base["accuracy"] >= TARGETS["teacher_accuracy"], f"{100 * base['accuracy']:.2f}%"),
+        ("half ≥ 98% of teacher", half["accuracy"] / base["accuracy"] >= TARGETS["half_ratio"],
+         f"{half['accuracy'] / base['accuracy']:.3f}"),
+        ("narrow ≥ 4× fewer encoder FLOPs", base["flops"] / ninter["flops"] >= TARGETS["narrow_flops"],
+         f"{base['flops'] / ninter['flops']:.1f}×"),
+        ("narrow (intermediate) ≥ 95% of teacher", ninter["accuracy"] / base["accuracy"] >= TARGETS["narrow_ratio"],
+         f"{ninter['accuracy'] / base['accuracy']:.3f}"),
+        ("intermediate beats logits-only", ninter["accuracy"] > nlog["accuracy"],
+         f"{100 * ninter['accuracy']:.2f} vs {100 * nlog['accuracy']:.2f}"),
+    ]
+    wall = (time.time() - t_start) / 60
+    how = "reused from cache" if wall * 60 < teacher_secs else "trained in this run"
+    lines += ["", "Targets: " + "; ".join(f"{n}: {'PASS' if ok else 'FAIL'} ({v})" for n, ok, v in checks) + ".",
+              f"Script wall time this run: {wall:.1f} min (teacher {how}).", ""]
+    text = "\n".join(lines)
+    print(text)
+    res = Path(a.results)
+    if not a.quick:
+        prev = res.read_text() if res.exists() else "# Benchmark results\n\nAppended by the scripts in benchmarks/.\n\n"
+        res.write_text(prev + "\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""nanoify: make trained networks small and fast, and prove it with measurements.
+
+The public API is imported lazily so ``import nanoify`` does no work:
+
+    nanoify.finetune(FinetuneConfig(...), out)
+    nanoify.distill(DistillConfig(teacher=..., student="half"), out)
+    nanoify.evaluate(model_dir, data, split="validation", teacher=None)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "finetune": ("nanoify.distill.run", "finetune"),
+    "distill": ("nanoify.distill.run", "distill"),
+    "evaluate": ("nanoify.distill.run", "evaluate"),
+    "DataConfig": ("nanoify.config", "DataConfig"),
+    "TrainConfig": ("nanoify.config", "TrainConfig"),
+    "FinetuneConfig": ("nanoify.config", "FinetuneConfig"),
+    "DistillConfig": ("nanoify.config", "DistillConfig"),
+    "NanoifyError": ("nanoify.errors", "NanoifyError"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'nanoify' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Measurement: accuracy and agreement (more to come: latency, throughput, memory, energy)."""

@@ -1,0 +1,181 @@
+"""Command line: thin subcommands over the public functions. Errors become one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from .errors import NanoifyError
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None,
+                   help="folder with train/validation/test files, one .tsv/.csv/.jsonl file, or hf:NAME[/CONFIG] "
+                        "(default: $NANOIFY_DATA_DIR, ../shared/data/text/sst2, then hf:glue/sst2)")
+    g.add_argument("--text-column", default=None, help="text column (default: sentence or text)")
+    g.add_argument("--label-column", default=None, help="label column (default: label)")
+    g.add_argument("--max-length", type=int, default=128, help="tokenizer truncation length (default 128)")
+    g.add_argument("--max-train", type=int, default=None, help="seeded random subset of N training rows")
+
+
+def _train_args(p: argparse.ArgumentParser, lr: float) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=float, default=1.0, help="epochs per stage (default 1)")
+    g.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per stage")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--warmup-ratio", type=float, default=0.1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    g.add_argument("--resume", action="store_true", help="continue a killed run from OUT.ckpt/")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+
+
+def _data_cfg(a: argparse.Namespace) -> Any:
+    from .config import DataConfig
+
+    return DataConfig(data=a.data, text_column=a.text_column, label_column=a.label_column,
+                      max_length=a.max_length, max_train=a.max_train)
+
+
+def _train_cfg(a: argparse.Namespace) -> Any:
+    from .config import TrainConfig
+
+    return TrainConfig(epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
+                       weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, seed=a.seed,
+                       checkpoint_every=a.checkpoint_every)
+
+
+def _print_summary(man: dict[str, Any]) -> None:
+    from .bench.accuracy import format_agreement
+
+    for split, m in man.get("metrics", {}).items():
+        line = f"{split}: accuracy {m['accuracy']:.4f} on {m['n']} rows"
+        if "macro_f1" in m:
+            line += f", macro-F1 {m['macro_f1']:.4f}"
+        if "teacher_accuracy" in m:
+            line += f" (teacher {m['teacher_accuracy']:.4f})"
+        print(line)
+        if "agreement" in m:
+            print(format_agreement(m["agreement"]))
+    for w in man.get("diagnostics", {}).get("warnings", []):
+        print(f"warning: {w}")
+
+
+def cmd_finetune(a: argparse.Namespace) -> int:
+    from .config import FinetuneConfig
+    from .distill.run import finetune
+
+    man = finetune(FinetuneConfig(model=a.model, data=_data_cfg(a), train=_train_cfg(a)), a.out,
+                   resume=a.resume)
+    print(f"classifier written to {a.out}")
+    _print_summary(man)
+    return 0
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from .config import DistillConfig
+    from .distill.run import distill
+
+    stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
+    cfg = DistillConfig(teacher=a.teacher, student=a.student, init=a.init, alpha_hard=a.alpha_hard,
+                        alpha_soft=a.alpha_soft, temperature=a.temperature, attention_weight=a.attention_weight,
+                        hidden_weight=a.hidden_weight, embedding_weight=a.embedding_weight,
+                        layer_map=a.layer_map, stages=stages, data=_data_cfg(a), train=_train_cfg(a))
+    man = distill(cfg, a.out, resume=a.resume)
+    st = man["student"]
+    print(f"student written to {a.out}: {st['layers']} layers, hidden {st['hidden']}, "
+          f"{st['parameters'] / 1e6:.1f}M parameters, {st['encoder_flops_ratio_vs_teacher']:.1f}x fewer encoder FLOPs")
+    _print_summary(man)
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .bench.accuracy import format_agreement
+    from .distill.run import evaluate
+
+    res = evaluate(a.model, _data_cfg(a), split=a.split, teacher=a.teacher)
+    if a.json:
+        print(json.dumps(res))
+        return 0
+    line = f"{a.split}: accuracy {res['accuracy']:.4f} on {res['n']} rows"
+    if "macro_f1" in res:
+        line += f", macro-F1 {res['macro_f1']:.4f}"
+    print(line)
+    if "agreement" in res:
+        print(f"teacher accuracy {res['teacher_accuracy']:.4f}")
+        print(format_agreement(res["agreement"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nanoify", description="Make trained networks small and fast, with proof.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("finetune", help="pretrained encoder -> text classifier (Hugging Face format)")
+    f.add_argument("--model", default="minilm", help="path, hub name, or minilm (all-MiniLM-L6-v2, packaged)")
+    f.add_argument("--out", required=True, help="output folder (written atomically)")
+    _data_args(f)
+    _train_args(f, lr=5e-5)
+    f.set_defaults(func=cmd_finetune)
+
+    d = sub.add_parser("distill", help="teacher classifier -> smaller student (TinyBERT/DistilBERT losses)")
+    d.add_argument("--teacher", required=True, help="teacher classifier folder")
+    d.add_argument("--out", required=True, help="output folder (written atomically)")
+    d.add_argument("--student", default="half",
+                   help="half | tinybert | layers=4,hidden=312,heads=12,intermediate=1200 (default half)")
+    d.add_argument("--init", default="teacher-layers",
+                   help="teacher-layers (DistilBERT) | random (TinyBERT) | teacher-pca (fresh layers, teacher "
+                        "embeddings projected to the student width) | PATH of a smaller encoder")
+    d.add_argument("--alpha-hard", type=float, default=0.5, help="weight of gold-label cross-entropy (0.5)")
+    d.add_argument("--alpha-soft", type=float, default=1.0, help="weight of soft-target KL (1.0)")
+    d.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of soft targets (2.0)")
+    d.add_argument("--attention-weight", type=float, default=None,
+                   help="attention-map MSE weight (default 1 with an intermediate stage, else 0)")
+    d.add_argument("--hidden-weight", type=float, default=None, help="hidden-state MSE weight (same default)")
+    d.add_argument("--embedding-weight", type=float, default=None, help="embedding-output MSE weight (same default)")
+    d.add_argument("--layer-map", default="uniform", help="uniform | last | 1:3,2:6,... (student:teacher)")
+    d.add_argument("--stages", default="joint", help="joint | intermediate,prediction (TinyBERT two-stage)")
+    _data_args(d)
+    _train_args(d, lr=1e-4)
+    d.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("evaluate", help="accuracy of a classifier; with --teacher, the agreement table")
+    e.add_argument("model", help="classifier folder")
+    e.add_argument("--split", default="validation")
+    e.add_argument("--teacher", default=None, help="teacher folder: adds the student/teacher agreement table")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    _data_args(e)
+    e.set_defaults(func=cmd_evaluate, threads=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return args.func(args)
+    except NanoifyError as e:
+        print(f"nanoify: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nanoify: interrupted; previous outputs are intact (rerun with --resume to continue training)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Frozen, validated configuration for each stage; loadable from dicts (YAML/JSON recipes).
+
+The CLI builds these from its flags and the Python API accepts them directly, so a recipe file, a
+command line and a library call all describe a run the same way (and hash the same way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text data is and how to read it.
+
+    Attributes:
+        data: a folder with train/validation/test files, one file, ``hf:NAME[/CONFIG]``, or None for the
+            default (``$NANOIFY_DATA_DIR``, then ``../shared/data/text/sst2``, then ``hf:glue/sst2``).
+        text_column / label_column: column names; None detects ``sentence``/``text`` and ``label``.
+        max_length: tokenizer truncation length.
+        max_train: use a seeded random subset of this many training rows.
+    """
+
+    data: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    max_length: int = 128
+    max_train: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
+        _check(self.max_train is None or self.max_train > 0, "--max-train must be a positive number")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and loop settings shared by fine-tuning and distillation (per stage)."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 20
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps > 0, "--max-steps must be positive")
+        _check(self.batch_size > 0, "--batch-size must be positive")
+        _check(self.lr > 0, "--lr must be positive")
+        _check(0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)")
+        _check(self.checkpoint_every > 0, "--checkpoint-every must be positive")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """A pretrained encoder (path, hub name or ``minilm``) turned into a classifier."""
+
+    model: str = "minilm"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+STAGES = ("joint", "intermediate", "prediction")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Teacher → student distillation.
+
+    Intermediate-loss weights left as None resolve to 1.0 when the schedule has an ``intermediate``
+    stage and to 0.0 otherwise (logits-only distillation, where teacher logits are cached).
+    """
+
+    teacher: str = ""
+    student: str = "half"
+    init: str = "teacher-layers"
+    alpha_hard: float = 0.5
+    alpha_soft: float = 1.0
+    temperature: float = 2.0
+    attention_weight: float | None = None
+    hidden_weight: float | None = None
+    embedding_weight: float | None = None
+    layer_map: str = "uniform"
+    stages: tuple[str, ...] = ("joint",)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        for name in ("alpha_hard", "alpha_soft", "attention_weight", "hidden_weight", "embedding_weight"):
+            v = getattr(self, name)
+            _check(v is None or v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
+        stages = tuple(self.stages)
+        object.__setattr__(self, "stages", stages)
+        _check(len(stages) > 0 and all(s in STAGES for s in stages),
+               f"--stages takes a comma list of {', '.join(STAGES)}; got {','.join(stages)}")
+        inter = "intermediate" in stages
+        for name in ("attention_weight", "hidden_weight", "embedding_weight"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, 1.0 if inter else 0.0)
+        if inter:
+            _check(self.attention_weight + self.hidden_weight + self.embedding_weight > 0,
+                   "the intermediate stage needs a non-zero --attention-weight, --hidden-weight or --embedding-weight")
+        _check(self.alpha_hard + self.alpha_soft > 0 or stages == ("intermediate",),
+               "--alpha-hard and --alpha-soft are both 0: the student would never learn the task")
+
+    @property
+    def uses_intermediate(self) -> bool:
+        """True when any attention, hidden-state or embedding loss is on in some stage."""
+        return (self.attention_weight or 0) + (self.hidden_weight or 0) + (self.embedding_weight or 0) > 0
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, JSON-serialisable dict of a config dataclass."""
+    d = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(d, default=list))
+
+
+def from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Build a (nested) config dataclass from a dict, rejecting unknown keys with a clear error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    _check(not unknown,
+           f"unknown {cls.__name__} key(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for k, v in d.items():
+        t = hints[k]
+        if dataclasses.is_dataclass(t) and isinstance(v, dict):
+            v = from_dict(t, v)
+        elif k == "stages" and isinstance(v, str):
+            v = tuple(s.strip() for s in v.split(",") if s.strip())
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON recipe file into a dict."""
+    p = Path(path)
+    _check(p.is_file(), f"recipe {p} does not exist")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        d = yaml.safe_load(text)
+    else:
+        d = json.loads(text)
+    _check(isinstance(d, dict), f"recipe {p} must hold a mapping at the top level")
+    return d
+
+
+def config_hash(obj: Any) -> str:
+    """A stable short hash of a config (dataclass or dict)."""
+    d = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

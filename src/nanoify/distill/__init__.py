@@ -1,0 +1,1 @@
+"""Knowledge distillation: pure losses, layer matches as data, and the training loop."""

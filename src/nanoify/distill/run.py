@@ -1,0 +1,324 @@
+"""Public entry points: fine-tune a classifier, distil a student, evaluate a model.
+
+Each writes a self-describing folder atomically; training checkpoints live beside it in ``OUT.ckpt/``
+until the run completes, so ``resume=True`` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
+from ..bench.accuracy import agreement, classification_metrics, predict_logits
+from ..config import DataConfig, DistillConfig, FinetuneConfig, config_hash, to_dict
+from ..data.text import LabelMap, TextData, encode_texts, load_text_data
+from ..errors import ConfigError, DataError, ModelError
+from ..models.load import count_parameters, encoder_flops_per_token, load_classifier, save_classifier
+from ..models.student import StudentSpec, build_student, parse_student_spec, teacher_layer_choice
+from . import losses as L
+from .mapping import LayerMatch, build_matches
+from .trainer import Stage, steps_for, train
+
+log = logging.getLogger(__name__)
+
+# Diagnostics thresholds (see distill()): made visible, never silently acted on.
+UNDERFIT_GAP = 0.05  # student train accuracy this far below the teacher's → "student too small"
+COPY_RATE = 0.5  # share of the teacher's validation mistakes the student repeats
+SMOOTH_ENTROPY = 0.9
+LOGIT_TERMS = ("kd_kl", "hard_ce")  # mean normalised entropy of the softened teacher targets
+
+
+def _ckpt_dir(out: Path) -> Path:
+    return out.parent / f"{out.name}.ckpt"
+
+
+def _train_split(data: TextData) -> Any:
+    tr = data.split("train")
+    if not tr.texts:
+        raise DataError(f"the train split of {data.spec} is empty")
+    return tr
+
+
+def _pad_id(tok: Any) -> int:
+    return int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+
+def _eval_split(model: Any, tok: Any, label_map: LabelMap, data: TextData, split: str,
+                max_length: int, batch_size: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+    if split not in data.splits:
+        return None
+    sp = data.splits[split]
+    gold = np.array(label_map.encode(sp.labels, f"{split} split of {data.spec}"))
+    pred = predict_logits(model, encode_texts(tok, sp.texts, max_length), _pad_id(tok), batch_size).argmax(-1)
+    return classification_metrics(pred, gold, len(label_map)), pred, gold
+
+
+def _finish(out: Path, model: Any, tok: Any, label_map: LabelMap, man: dict[str, Any],
+            history: list[dict[str, Any]]) -> None:
+    with atomic_dir(out) as tmp:
+        save_classifier(model, tok, label_map, tmp)
+        with open(tmp / "train_log.jsonl", "w") as f:
+            for rec in history:
+                f.write(json.dumps(rec) + "\n")
+        write_json(tmp / MANIFEST, man)
+    shutil.rmtree(_ckpt_dir(out), ignore_errors=True)
+
+
+def finetune(config: FinetuneConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Turn a pretrained encoder into a classifier on ``config.data``; returns the manifest.
+
+    Writes Hugging Face format (config, safetensors, tokenizer), ``label_map.json``, ``train_log.jsonl``
+    and ``manifest.json`` to ``out``.
+    """
+    t0 = time.time()
+    out = Path(out)
+    cfg = config
+    data = load_text_data(cfg.data, seed=cfg.train.seed)
+    tr = _train_split(data)
+    label_map = LabelMap.from_values(tr.labels)
+    if len(label_map) < 2:
+        raise DataError(f"the train split of {data.spec} has a single label {label_map.names}; need two or more")
+    model, tok, _ = load_classifier(cfg.model, label_map=label_map)
+    ids = encode_texts(tok, tr.texts, cfg.data.max_length)
+    y = torch.tensor(label_map.encode(tr.labels, "train split"))
+
+    def loss_fn(stage: Stage, batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+        return {"hard_ce": L.hard_ce(model(**batch).logits, y[rows])}
+
+    stage = Stage("finetune", {"hard_ce": 1.0}, steps_for(len(ids), cfg.train))
+    run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
+    history = train(model, torch.nn.ModuleDict(), ids, _pad_id(tok), [stage], cfg.train, loss_fn,
+                    _ckpt_dir(out), resume, run_key, progress=progress)
+    metrics: dict[str, Any] = {}
+    for split in ("validation", "test"):
+        res = _eval_split(model, tok, label_map, data, split, cfg.data.max_length, cfg.train.eval_batch_size)
+        if res:
+            metrics[split] = res[0]
+    man = manifest("finetune", to_dict(cfg), data=data.provenance, labels=label_map.names,
+                   model={"source": cfg.model, "parameters": count_parameters(model),
+                          "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size},
+                   train={"steps": stage.steps, "seconds": round(time.time() - t0, 1),
+                          "first": history[0] if history else None, "last": history[-1] if history else None},
+                   metrics=metrics, run_key=run_key)
+    _finish(out, model, tok, label_map, man, history)
+    return man
+
+
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    return type(a).__name__ == type(b).__name__ and a.get_vocab() == b.get_vocab()
+
+
+def _stages(cfg: DistillConfig, matches: list[LayerMatch], steps: int) -> list[Stage]:
+    logit_w = {"kd_kl": cfg.alpha_soft, "hard_ce": cfg.alpha_hard}
+    inter_w = {_term(m): m.weight for m in matches}
+    out = []
+    for name in cfg.stages:
+        w = {"joint": {**logit_w, **inter_w}, "intermediate": inter_w, "prediction": logit_w}[name]
+        out.append(Stage(name, {k: v for k, v in w.items() if v > 0}, steps))
+    return out
+
+
+def _term(m: LayerMatch) -> str:
+    return "embedding_mse" if m.feature == "embedding" else f"{m.feature}_mse_s{m.student}_t{m.teacher}"
+
+
+def _teacher_logits(teacher: Any, ids: list[list[int]], pad_id: int, batch_size: int, cache: Path | None,
+                    run_key: str, progress: bool) -> torch.Tensor:
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, weights_only=False)
+        if saved.get("run_key") == run_key:
+            return saved["logits"]
+    logits = torch.from_numpy(predict_logits(teacher, ids, pad_id, batch_size, progress, "teacher logits"))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"run_key": run_key, "logits": logits}, cache)
+    return logits
+
+
+def distill(config: DistillConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Distil ``config.teacher`` into a student described by ``config.student``; returns the manifest.
+
+    Logit losses (``kd_kl`` with temperature, ``hard_ce``) and intermediate losses (attention maps,
+    hidden states through learned projections when widths differ, embedding output) are combined per
+    stage. Teacher logits are computed once and cached when a stage needs no other teacher output.
+    """
+    t0 = time.time()
+    out = Path(out)
+    cfg = config
+    if not cfg.teacher:
+        raise ConfigError("distill needs a teacher: pass --teacher DIR")
+    teacher, t_tok, label_map = load_classifier(cfg.teacher)
+    data = load_text_data(cfg.data, seed=cfg.train.seed)
+    tr = _train_split(data)
+    y = torch.tensor(label_map.encode(tr.labels, f"train split of {data.spec}"))
+    spec: StudentSpec | None = None
+    if cfg.init in ("teacher-layers", "random", "teacher-pca"):
+        spec = parse_student_spec(cfg.student, teacher.config)
+    student, s_tok = build_student(teacher, spec, cfg.init, label_map, seed=cfg.train.seed)
+    s_tok = s_tok or t_tok
+    same_tok = s_tok is t_tok or _same_tokenizer(s_tok, t_tok)
+    if not same_tok and cfg.uses_intermediate:
+        raise ConfigError("teacher and student tokenizers differ, so their layers cannot be matched token by "
+                          "token; use logits-only distillation (--attention-weight 0 --hidden-weight 0 "
+                          "--embedding-weight 0, no intermediate stage)")
+    sc, tc = student.config, teacher.config
+    n_s, n_t = sc.num_hidden_layers, tc.num_hidden_layers
+    matches = build_matches(cfg.layer_map, n_s, n_t, cfg.attention_weight, cfg.hidden_weight,
+                            cfg.embedding_weight) if cfg.uses_intermediate else []
+    if any(m.feature == "attention" for m in matches) and sc.num_attention_heads != tc.num_attention_heads:
+        log.info("head counts differ (student %d, teacher %d): attention maps are averaged over heads before "
+                 "the MSE", sc.num_attention_heads, tc.num_attention_heads)
+    proj = torch.nn.ModuleDict()
+    torch.manual_seed(cfg.train.seed)
+    for m in matches:
+        if m.feature in ("hidden", "embedding") and sc.hidden_size != tc.hidden_size:
+            proj[_term(m)] = torch.nn.Linear(sc.hidden_size, tc.hidden_size)
+
+    s_ids = encode_texts(s_tok, tr.texts, cfg.data.max_length)
+    t_ids = s_ids if same_tok else encode_texts(t_tok, tr.texts, cfg.data.max_length)
+    stages = _stages(cfg, matches, steps_for(len(s_ids), cfg.train))
+    run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
+    ckpt = _ckpt_dir(out)
+    needs_cache = any("kd_kl" in s.weights and not any(k not in LOGIT_TERMS for k in s.weights) for s in stages)
+    cached = None
+    if needs_cache:
+        cached = _teacher_logits(teacher, t_ids, _pad_id(t_tok), cfg.train.eval_batch_size,
+                                 ckpt / "teacher_logits.pt", run_key, progress)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss_fn(stage: Stage, batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+        w = stage.weights
+        inter = [m for m in matches if _term(m) in w]
+        need_att = any(m.feature == "attention" for m in inter)
+        need_hid = any(m.feature != "attention" for m in inter)
+        s_out = student(**batch, output_attentions=need_att, output_hidden_states=need_hid)
+        t_out = None
+        if inter or ("kd_kl" in w and cached is None):
+            with torch.no_grad():
+                t_out = teacher(**batch, output_attentions=need_att, output_hidden_states=need_hid)
+        terms: dict[str, torch.Tensor] = {}
+        mask = batch["attention_mask"]
+        if "kd_kl" in w:
+            t_logits = cached[rows] if cached is not None and not inter else t_out.logits
+            terms["kd_kl"] = L.kd_kl(s_out.logits, t_logits, cfg.temperature)
+        if "hard_ce" in w:
+            terms["hard_ce"] = L.hard_ce(s_out.logits, y[rows])
+        for m in inter:
+            key = _term(m)
+            p = proj[key] if key in proj else None
+            if m.feature == "attention":
+                terms[key] = L.attention_mse(s_out.attentions[m.student - 1], t_out.attentions[m.teacher - 1], mask)
+            elif m.feature == "embedding":
+                terms[key] = L.embedding_loss(s_out.hidden_states[0], t_out.hidden_states[0], mask, p)
+            else:
+                terms[key] = L.hidden_mse(s_out.hidden_states[m.student], t_out.hidden_states[m.teacher], mask, p)
+        return terms
+
+    history = train(student, proj, s_ids, _pad_id(s_tok), stages, cfg.train, loss_fn, ckpt, resume, run_key,
+                    progress=progress)
+    metrics, diagnostics = _diagnose(cfg, student, s_tok, teacher, t_tok, label_map, data, cached, y)
+    man = manifest(
+        "distill", to_dict(cfg), data=data.provenance, labels=label_map.names,
+        teacher={"path": str(Path(cfg.teacher).resolve()) if Path(cfg.teacher).exists() else cfg.teacher,
+                 "layers": n_t, "hidden": tc.hidden_size, "parameters": count_parameters(teacher),
+                 "encoder_parameters": count_parameters(teacher, encoder_only=True)},
+        student={"spec": spec.to_dict() if spec else None, "init": cfg.init,
+                 "init_teacher_layers": teacher_layer_choice(n_s, n_t) if cfg.init == "teacher-layers" else None,
+                 "layers": n_s, "hidden": sc.hidden_size, "heads": sc.num_attention_heads,
+                 "parameters": count_parameters(student),
+                 "encoder_parameters": count_parameters(student, encoder_only=True),
+                 "encoder_flops_ratio_vs_teacher": encoder_flops_per_token(tc) / encoder_flops_per_token(sc)},
+        layer_matches=[m.to_dict() for m in matches],
+        projections=sorted(proj.keys()),
+        stages=[{"name": s.name, "weights": s.weights, "steps": s.steps} for s in stages],
+        teacher_logits_cached=cached is not None,
+        train={"seconds": round(time.time() - t0, 1), "first": history[0] if history else None,
+               "last": history[-1] if history else None},
+        metrics=metrics, diagnostics=diagnostics, run_key=run_key)
+    _finish(out, student, s_tok, label_map, man, history)
+    return man
+
+
+def _diagnose(cfg: DistillConfig, student: Any, s_tok: Any, teacher: Any, t_tok: Any, label_map: LabelMap,
+              data: TextData, cached: torch.Tensor | None, y: torch.Tensor) -> tuple[dict, dict]:
+    """Validation metrics, agreement, and the three known failure modes made visible."""
+    ml, bs = cfg.data.max_length, cfg.train.eval_batch_size
+    metrics: dict[str, Any] = {}
+    diag: dict[str, Any] = {"warnings": []}
+    for split in ("validation", "test"):
+        s_res = _eval_split(student, s_tok, label_map, data, split, ml, bs)
+        if not s_res:
+            continue
+        t_res = _eval_split(teacher, t_tok, label_map, data, split, ml, bs)
+        assert t_res is not None
+        metrics[split] = {**s_res[0], "teacher_accuracy": t_res[0]["accuracy"],
+                          "agreement": agreement(s_res[1], t_res[1], s_res[2])}
+    tr = data.split("train")
+    rng = np.random.default_rng(cfg.train.seed)
+    sample = np.sort(rng.choice(len(tr.texts), size=min(2000, len(tr.texts)), replace=False))
+    texts = [tr.texts[i] for i in sample]
+    gold = y.numpy()[sample]
+    s_pred = predict_logits(student, encode_texts(s_tok, texts, ml), _pad_id(s_tok), bs).argmax(-1)
+    t_logits = (cached[sample].numpy() if cached is not None
+                else predict_logits(teacher, encode_texts(t_tok, texts, ml), _pad_id(t_tok), bs))
+    s_acc, t_acc = float((s_pred == gold).mean()), float((t_logits.argmax(-1) == gold).mean())
+    diag["train_sample"] = {"n": len(sample), "student_accuracy": s_acc, "teacher_accuracy": t_acc}
+    if t_acc - s_acc > UNDERFIT_GAP:
+        diag["warnings"].append(f"underfitting: the student fits the training data {100 * (t_acc - s_acc):.1f} "
+                                "points worse than the teacher; a wider/deeper student or more steps may help")
+    p = torch.softmax(torch.from_numpy(t_logits) / cfg.temperature, -1)
+    ent = float((-(p * p.clamp_min(1e-12).log()).sum(-1) / np.log(p.shape[-1])).mean())
+    diag["soft_target_entropy"] = ent
+    if ent > SMOOTH_ENTROPY and cfg.alpha_soft > 0:
+        diag["warnings"].append(f"over-smoothed targets: softened teacher outputs have normalised entropy {ent:.2f} "
+                                f"at T={cfg.temperature}; lower --temperature")
+    val = metrics.get("validation") or metrics.get("test")
+    if val:
+        a = val["agreement"]
+        t_wrong = a["student_only_right"] + a["both_wrong"]
+        rate = a["copied_mistakes"] / t_wrong if t_wrong else 0.0
+        diag["copied_mistake_rate"] = rate
+        if rate > COPY_RATE and a["both_wrong"] > 0:
+            diag["warnings"].append(f"copied mistakes: the student repeats {100 * rate:.0f}% of the teacher's "
+                                    "errors; raise --alpha-hard to lean on the gold labels")
+    for w in diag["warnings"]:
+        log.warning("%s", w)
+    return metrics, diag
+
+
+def evaluate(model: str | Path, data: DataConfig | str | None = None, split: str = "validation",
+             teacher: str | Path | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Accuracy (and macro-F1 beyond two classes) of a saved classifier; with a teacher, the agreement table.
+
+    Raises:
+        DataError: no such split, unknown labels. ModelError: teacher and model label maps differ.
+    """
+    dcfg = data if isinstance(data, DataConfig) else DataConfig(data=data)
+    m, tok, lm = load_classifier(str(model))
+    ds = load_text_data(dcfg, splits=(split,))
+    sp = ds.split(split)
+    if not sp.texts:
+        raise DataError(f"the {split} split of {ds.spec} is empty")
+    gold = np.array(lm.encode(sp.labels, f"{split} split of {ds.spec}"))
+    pred = predict_logits(m, encode_texts(tok, sp.texts, dcfg.max_length), _pad_id(tok), batch_size).argmax(-1)
+    res: dict[str, Any] = {"model": str(model), "split": split, "data": ds.spec,
+                           **classification_metrics(pred, gold, len(lm))}
+    if teacher is not None:
+        t, t_tok, t_lm = load_classifier(str(teacher))
+        if t_lm.names != lm.names:
+            raise ModelError(f"label maps differ: model {lm.names}, teacher {t_lm.names}")
+        t_pred = predict_logits(t, encode_texts(t_tok, sp.texts, dcfg.max_length), _pad_id(t_tok),
+                                batch_size).argmax(-1)
+        res["teacher_accuracy"] = float((t_pred == gold).mean())
+        res["agreement"] = agreement(pred, t_pred, gold)
+    return res

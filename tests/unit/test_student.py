@@ -1,0 +1,102 @@
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from nanoify.data.text import LabelMap
+from nanoify.errors import ConfigError, ModelError
+from nanoify.models.student import (
+    build_student,
+    copy_teacher_layers,
+    parse_student_spec,
+    teacher_layer_choice,
+)
+
+
+def _teacher(layers=6, hidden=32, heads=4, inter=64):
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=inter, max_position_embeddings=64, num_labels=2)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def test_presets_and_key_values():
+    t = _teacher().config
+    assert parse_student_spec("half", t).to_dict() == {"layers": 3, "hidden": 32, "heads": 4, "intermediate": 64}
+    tb = parse_student_spec("tinybert", t)
+    assert (tb.layers, tb.hidden, tb.intermediate) == (4, 16, 64) and tb.hidden % tb.heads == 0
+    s = parse_student_spec("layers=2,hidden=16", t)
+    assert (s.layers, s.hidden, s.heads, s.intermediate) == (2, 16, 4, 32)
+    cfg384 = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    tb = parse_student_spec("tinybert", cfg384)
+    assert (tb.layers, tb.hidden, tb.heads, tb.intermediate) == (4, 96, 12, 384)
+
+
+@pytest.mark.parametrize("spec", ["layers=2,width=3", "layers=two", "hidden=30,heads=4", "layers=0"])
+def test_bad_specs(spec):
+    with pytest.raises(ConfigError):
+        parse_student_spec(spec, _teacher().config)
+
+
+def test_layer_choice_every_kth_from_first():
+    assert teacher_layer_choice(3, 6) == [0, 2, 4]
+    assert teacher_layer_choice(6, 12) == [0, 2, 4, 6, 8, 10]
+    assert teacher_layer_choice(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(ConfigError):
+        teacher_layer_choice(5, 4)
+
+
+def test_teacher_layers_init_copies_exactly_the_right_tensors():
+    teacher = _teacher()
+    spec = parse_student_spec("half", teacher.config)
+    student, tok = build_student(teacher, spec, "teacher-layers", LabelMap(["0", "1"]))
+    assert tok is None
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    for s_idx, t_idx in enumerate([0, 2, 4]):
+        for suffix in ("attention.self.query.weight", "output.dense.bias", "attention.output.LayerNorm.weight"):
+            assert torch.equal(s_sd[f"bert.encoder.layer.{s_idx}.{suffix}"],
+                               t_sd[f"bert.encoder.layer.{t_idx}.{suffix}"])
+        # and not a neighbouring layer
+        assert not torch.equal(s_sd[f"bert.encoder.layer.{s_idx}.intermediate.dense.weight"],
+                               t_sd[f"bert.encoder.layer.{t_idx + 1}.intermediate.dense.weight"])
+    for name in ("bert.embeddings.word_embeddings.weight", "bert.embeddings.LayerNorm.bias",
+                 "bert.pooler.dense.weight", "classifier.weight", "classifier.bias"):
+        assert torch.equal(s_sd[name], t_sd[name])
+    mapping = copy_teacher_layers(teacher, student)
+    assert mapping["bert.encoder.layer.1.output.dense.weight"] == "bert.encoder.layer.2.output.dense.weight"
+    assert len(mapping) == len(s_sd)
+
+
+def test_teacher_layers_needs_same_width():
+    teacher = _teacher()
+    spec = parse_student_spec("layers=2,hidden=16,heads=4", teacher.config)
+    with pytest.raises(ModelError, match="--init random"):
+        build_student(teacher, spec, "teacher-layers", LabelMap(["0", "1"]))
+    student, _ = build_student(teacher, spec, "random", LabelMap(["0", "1"]))
+    assert student.config.hidden_size == 16 and student.config.num_hidden_layers == 2
+
+
+def test_unknown_init_is_clear():
+    teacher = _teacher()
+    with pytest.raises(ConfigError, match="--init"):
+        build_student(teacher, None, "/no/such/encoder", LabelMap(["0", "1"]))
+
+
+def test_teacher_pca_projects_embeddings_onto_top_components():
+    from nanoify.models.student import pca_basis
+
+    teacher = _teacher()
+    spec = parse_student_spec("layers=2,hidden=16,heads=4", teacher.config)
+    student, _ = build_student(teacher, spec, "teacher-pca", LabelMap(["0", "1"]))
+    e_t = teacher.bert.embeddings.word_embeddings.weight.detach()
+    basis = pca_basis(e_t, 16)
+    assert torch.allclose(basis.T @ basis, torch.eye(16), atol=1e-5)
+    assert torch.allclose(student.bert.embeddings.word_embeddings.weight, e_t @ basis, atol=1e-6)
+    assert torch.allclose(student.bert.embeddings.position_embeddings.weight,
+                          teacher.bert.embeddings.position_embeddings.weight @ basis, atol=1e-6)
+    # the top principal directions keep more of the centred embedding energy than a random basis would
+    centred = e_t - e_t.mean(0)
+    rand = torch.linalg.qr(torch.randn(32, 16))[0]
+    assert (centred @ basis).pow(2).sum() > (centred @ rand).pow(2).sum()
+    wide = parse_student_spec("layers=2,hidden=64,heads=4", teacher.config)
+    with pytest.raises(ModelError, match="no wider"):
+        build_student(teacher, wide, "teacher-pca", LabelMap(["0", "1"]))
