@@ -114,6 +114,24 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export.onnx import export
+
+    texts = None
+    if a.data:
+        from .config import DataConfig
+        from .data.text import load_text_data
+
+        d = load_text_data(DataConfig(data=a.data), splits=("validation",))
+        texts = d.split("validation").texts[:16]
+    man = export(a.model, a.out, opset=a.opset, texts=texts, fuse_graph=not a.no_fuse)
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in man["validation"]["max_abs_logit_diff"].items())
+    print(f"ONNX written to {a.out} (dynamic batch and sequence); max |logit - PyTorch|: {diffs}")
+    if man["fused_ops"]:
+        print("fused: " + ", ".join(f"{k} {v}" for k, v in man["fused_ops"].items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanoify", description="Make trained networks small and fast, with proof.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -154,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     _data_args(e)
     e.set_defaults(func=cmd_evaluate, threads=None)
+    x = sub.add_parser("export", help="classifier -> ONNX (dynamic axes) + fused ONNX, validated against PyTorch")
+    x.add_argument("model", help="classifier folder")
+    x.add_argument("--out", required=True, help="output folder (written atomically)")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--no-fuse", action="store_true", help="skip ONNX Runtime's transformer fusions")
+    x.add_argument("--data", default=None, help="also validate on real sentences from this data's validation split")
+    x.set_defaults(func=cmd_export, threads=None)
     return p
 
 

@@ -1,0 +1,40 @@
+"""One Engine contract over torch, ONNX Runtime and TensorRT (imported lazily).
+
+    with open_engine("onnxruntime", "out/model.fused.onnx") as eng:
+        logits = eng.infer(feed)["logits"]
+
+``ENGINES`` maps a name to a factory; a backend that is not installed is listed and explains itself
+only when chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .base import Engine, EngineUnavailable
+
+
+def _torch(path: str, **kw: Any) -> Engine:
+    from .torch_engine import TorchEngine
+
+    return TorchEngine(path, **kw)
+
+
+def _ort(path: str, **kw: Any) -> Engine:
+    from .ort_engine import OrtEngine
+
+    return OrtEngine(path, **kw)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"torch": _torch, "onnxruntime": _ort}
+
+
+def open_engine(name: str, path: str, **kw: Any) -> Engine:
+    """An engine by name (see ``ENGINES``)."""
+    if name not in ENGINES:
+        raise EngineUnavailable(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    return ENGINES[name](path, **kw)
+
+
+__all__ = ["ENGINES", "Engine", "EngineUnavailable", "open_engine"]

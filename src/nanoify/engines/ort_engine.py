@@ -1,0 +1,40 @@
+"""ONNX Runtime engine: CPU by default; CUDA or TensorRT execution providers when installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Engine, EngineUnavailable
+
+
+class OrtEngine(Engine):
+    """An ``.onnx`` file in an ONNX Runtime session (options: ``threads``, ``providers``)."""
+
+    name = "onnxruntime"
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        from ..export.onnx import ort_session
+
+        providers = self.options.get("providers") or ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise EngineUnavailable(f"ONNX Runtime here has no {', '.join(missing)} "
+                                    f"(available: {', '.join(ort.get_available_providers())})")
+        self.session = ort_session(self.path, self.options.get("threads"), providers)
+        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)
+        super().close()
+
+    def input_spec(self) -> dict[str, tuple[str, list[Any]]]:
+        return {n: (i.type.replace("tensor(", "").rstrip(")"), list(i.shape)) for n, i in self._inputs.items()}
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = self._check_feed(feed)
+        return dict(zip(self._outputs, self.session.run(self._outputs, feed), strict=True))

@@ -1,0 +1,1 @@
+"""ONNX export with dynamic axes, validation against PyTorch, and transformer graph fusion."""

@@ -1,0 +1,1 @@
+"""Quantization: streaming histograms, range choice (observers), calibration and graph writing."""
