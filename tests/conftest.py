@@ -60,6 +60,14 @@ def make_encoder(folder: Path, hidden: int = 32, layers: int = 4, heads: int = 4
     return folder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Keep the tests' teacher-logit cache away from the user's."""
+    import os
+
+    os.environ["NANOIFY_CACHE"] = str(tmp_path_factory.mktemp("nanoify_cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")

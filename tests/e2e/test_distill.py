@@ -57,10 +57,18 @@ def test_narrow_student_with_all_losses_learns_and_round_trips(tmp_path, tiny_te
     assert not (tmp_path / "student.ckpt").exists()
 
 
-def test_half_student_logits_only_uses_cached_teacher_logits(tmp_path, tiny_teacher, tiny_data):
+def test_half_student_logits_only_uses_cached_teacher_logits(tmp_path, tiny_teacher, tiny_data, caplog):
+    import logging
+    import os
+
     out = tmp_path / "half"
     man = distill(_cfg(tiny_teacher, tiny_data), out, progress=False)
     assert man["teacher_logits_cached"] is True
+    assert list((Path(os.environ["NANOIFY_CACHE"]) / "teacher_logits").glob("*.pt"))
+    with caplog.at_level(logging.INFO, logger="nanoify.distill.run"):
+        again = distill(_cfg(tiny_teacher, tiny_data, temperature=4.0), tmp_path / "half_t4", progress=False)
+    assert "teacher logits from cache" in caplog.text  # the second student reuses the first one's teacher pass
+    assert again["metrics"]["validation"]["teacher_accuracy"] == man["metrics"]["validation"]["teacher_accuracy"]
     assert man["student"]["init_teacher_layers"] == [0, 2]
     assert man["stages"] == [{"name": "joint", "weights": {"kd_kl": 1.0, "hard_ce": 0.5}, "steps": 40}]
     assert man["metrics"]["validation"]["accuracy"] > 0.75

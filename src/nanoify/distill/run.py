@@ -6,8 +6,10 @@ until the run completes, so ``resume=True`` continues a killed run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
+from ..artifacts import MANIFEST, atomic_dir, file_sha256, manifest, write_json
 from ..bench.accuracy import agreement, classification_metrics, predict_logits
 from ..config import DataConfig, DistillConfig, FinetuneConfig, config_hash, to_dict
 from ..data.text import LabelMap, TextData, encode_texts, load_text_data
@@ -130,16 +132,32 @@ def _term(m: LayerMatch) -> str:
     return "embedding_mse" if m.feature == "embedding" else f"{m.feature}_mse_s{m.student}_t{m.teacher}"
 
 
-def _teacher_logits(teacher: Any, ids: list[list[int]], pad_id: int, batch_size: int, cache: Path | None,
-                    run_key: str, progress: bool) -> torch.Tensor:
-    if cache is not None and cache.is_file():
-        saved = torch.load(cache, weights_only=False)
-        if saved.get("run_key") == run_key:
-            return saved["logits"]
+def cache_dir() -> Path:
+    """Where reusable intermediate results live: ``$NANOIFY_CACHE`` or ``~/.cache/nanoify``."""
+    return Path(os.environ.get("NANOIFY_CACHE", Path.home() / ".cache" / "nanoify"))
+
+
+def _teacher_logits(teacher: Any, teacher_dir: str, ids: list[list[int]], pad_id: int, batch_size: int,
+                    progress: bool) -> torch.Tensor:
+    """Teacher logits for every training row, computed once and kept in the cache across runs.
+
+    The key hashes the teacher's weights and the exact token ids, so another student distilled from the
+    same teacher on the same data (an ablation, a resumed run) reuses them.
+    """
+    h = hashlib.sha256()
+    weights = Path(teacher_dir) / "model.safetensors"
+    h.update(file_sha256(weights).encode() if weights.is_file() else teacher_dir.encode())
+    for row in ids:
+        h.update(np.asarray(row, dtype=np.int32).tobytes() + b"|")
+    path = cache_dir() / "teacher_logits" / f"{h.hexdigest()[:24]}.pt"
+    if path.is_file():
+        log.info("teacher logits from cache %s", path)
+        return torch.load(path, weights_only=True)
     logits = torch.from_numpy(predict_logits(teacher, ids, pad_id, batch_size, progress, "teacher logits"))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"run_key": run_key, "logits": logits}, cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(logits, tmp)
+    os.replace(tmp, path)
     return logits
 
 
@@ -190,8 +208,7 @@ def distill(config: DistillConfig, out: str | Path, resume: bool = False, progre
     needs_cache = any("kd_kl" in s.weights and not any(k not in LOGIT_TERMS for k in s.weights) for s in stages)
     cached = None
     if needs_cache:
-        cached = _teacher_logits(teacher, t_ids, _pad_id(t_tok), cfg.train.eval_batch_size,
-                                 ckpt / "teacher_logits.pt", run_key, progress)
+        cached = _teacher_logits(teacher, cfg.teacher, t_ids, _pad_id(t_tok), cfg.train.eval_batch_size, progress)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
