@@ -86,6 +86,8 @@ def entropy_amax(h: AbsHistogram, levels: int = 128, start: int | None = None, s
         nonempty = np.add.reduceat(nz, bounds[:-1])
         per = np.divide(sums, nonempty, out=np.zeros_like(sums), where=nonempty > 0)
         q = np.repeat(per, np.diff(bounds)) * nz
+        if q.sum() == 0:  # every value lies beyond the first i bins
+            continue
         kl = _kl(p / p.sum(), q / q.sum())
         if kl < best_kl:
             best_i, best_kl = i, kl
