@@ -85,3 +85,18 @@ def format_agreement(a: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
     lines.append(f"student/teacher prediction agreement {a['prediction_agreement']:.4f} on {a['n']} rows")
     return "\n".join(lines)
+
+
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10·log10(Σref² / Σ(ref − test)²)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    noise = float(((ref - np.asarray(test, dtype=np.float64)) ** 2).sum())
+    return float("inf") if noise == 0 else 10.0 * float(np.log10((ref**2).sum() / noise))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean row-wise cosine similarity of two (N, C) arrays."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    num = (a * b).sum(-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return float(np.mean(num / np.maximum(den, 1e-12)))

@@ -1,0 +1,32 @@
+"""CPU dynamic INT8 (weights INT8 offline, activations quantized per batch at run time).
+
+ONNX Runtime's stock settings (per-tensor weights, full 8-bit range) cost trained models accuracy: on
+all-MiniLM-L6-v2 the output cosine to FP32 is 0.91 stock and 0.983 with per-channel weights and
+reduce_range (7-bit weights, which avoids the u8×s8 overflow of AVX2 without VNNI). Those are our defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def quantize_dynamic_int8(src: str | Path, dst: str | Path, per_channel: bool = True, reduce_range: bool = True,
+                          op_types: Sequence[str] = ("MatMul", "Gemm", "Attention"),
+                          exclude_nodes: Sequence[str] = ()) -> None:
+    """Write a dynamically quantized copy of ``src`` (nodes in ``exclude_nodes`` stay FP32)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint at WARNING on every call
+    try:
+        quantize_dynamic(str(src), str(dst), per_channel=per_channel, reduce_range=reduce_range,
+                         weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
+                         nodes_to_exclude=list(exclude_nodes),
+                         # fused com.microsoft ops defeat ONNX shape inference; their tensors are FP32
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        logging.getLogger().setLevel(quiet)
