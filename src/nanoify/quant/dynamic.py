@@ -1,8 +1,9 @@
 """CPU dynamic INT8 (weights INT8 offline, activations quantized per batch at run time).
 
-ONNX Runtime's stock settings (per-tensor weights, full 8-bit range) cost trained models accuracy: on
-all-MiniLM-L6-v2 the output cosine to FP32 is 0.91 stock and 0.983 with per-channel weights and
-reduce_range (7-bit weights, which avoids the u8×s8 overflow of AVX2 without VNNI). Those are our defaults.
+ONNX Runtime's stock settings (per-tensor weights, full 8-bit range) cost trained models accuracy: per the
+peer measurements in ../shared/ANCHORS.md (not yet re-measured by nanoify), all-MiniLM-L6-v2 keeps an output
+cosine of 0.91 to FP32 stock and 0.983 with per-channel weights and reduce_range (7-bit weights, which avoid
+the u8×s8 overflow of AVX2 without VNNI). Those two are therefore our defaults.
 """
 
 from __future__ import annotations
