@@ -53,13 +53,18 @@ def _pad_id(tok: Any) -> int:
     return int(tok.pad_token_id if tok.pad_token_id is not None else 0)
 
 
+def _predict(model: Any, tok: Any, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """Logits of ``model`` on raw texts with its own tokenizer."""
+    return predict_logits(model, encode_texts(tok, texts, max_length), _pad_id(tok), batch_size)
+
+
 def _eval_split(model: Any, tok: Any, label_map: LabelMap, data: TextData, split: str,
                 max_length: int, batch_size: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
     if split not in data.splits:
         return None
     sp = data.splits[split]
     gold = np.array(label_map.encode(sp.labels, f"{split} split of {data.spec}"))
-    pred = predict_logits(model, encode_texts(tok, sp.texts, max_length), _pad_id(tok), batch_size).argmax(-1)
+    pred = _predict(model, tok, sp.texts, max_length, batch_size).argmax(-1)
     return classification_metrics(pred, gold, len(label_map)), pred, gold
 
 
@@ -285,9 +290,8 @@ def _diagnose(cfg: DistillConfig, student: Any, s_tok: Any, teacher: Any, t_tok:
     sample = np.sort(rng.choice(len(tr.texts), size=min(2000, len(tr.texts)), replace=False))
     texts = [tr.texts[i] for i in sample]
     gold = y.numpy()[sample]
-    s_pred = predict_logits(student, encode_texts(s_tok, texts, ml), _pad_id(s_tok), bs).argmax(-1)
-    t_logits = (cached[sample].numpy() if cached is not None
-                else predict_logits(teacher, encode_texts(t_tok, texts, ml), _pad_id(t_tok), bs))
+    s_pred = _predict(student, s_tok, texts, ml, bs).argmax(-1)
+    t_logits = cached[sample].numpy() if cached is not None else _predict(teacher, t_tok, texts, ml, bs)
     s_acc, t_acc = float((s_pred == gold).mean()), float((t_logits.argmax(-1) == gold).mean())
     diag["train_sample"] = {"n": len(sample), "student_accuracy": s_acc, "teacher_accuracy": t_acc}
     if t_acc - s_acc > UNDERFIT_GAP:
@@ -327,15 +331,14 @@ def evaluate(model: str | Path, data: DataConfig | str | None = None, split: str
     if not sp.texts:
         raise DataError(f"the {split} split of {ds.spec} is empty")
     gold = np.array(lm.encode(sp.labels, f"{split} split of {ds.spec}"))
-    pred = predict_logits(m, encode_texts(tok, sp.texts, dcfg.max_length), _pad_id(tok), batch_size).argmax(-1)
+    pred = _predict(m, tok, sp.texts, dcfg.max_length, batch_size).argmax(-1)
     res: dict[str, Any] = {"model": str(model), "split": split, "data": ds.spec,
                            **classification_metrics(pred, gold, len(lm))}
     if teacher is not None:
         t, t_tok, t_lm = load_classifier(str(teacher))
         if t_lm.names != lm.names:
             raise ModelError(f"label maps differ: model {lm.names}, teacher {t_lm.names}")
-        t_pred = predict_logits(t, encode_texts(t_tok, sp.texts, dcfg.max_length), _pad_id(t_tok),
-                                batch_size).argmax(-1)
+        t_pred = _predict(t, t_tok, sp.texts, dcfg.max_length, batch_size).argmax(-1)
         res["teacher_accuracy"] = float((t_pred == gold).mean())
         res["agreement"] = agreement(pred, t_pred, gold)
     return res

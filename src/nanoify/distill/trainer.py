@@ -106,7 +106,8 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
         step = 0
-        if state is not None and si == start_stage and start_step > 0:
+        resuming = state is not None and si == start_stage and start_step > 0
+        if resuming:
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             torch.set_rng_state(state["rng"])
@@ -116,9 +117,7 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
         per_epoch = math.ceil(len(ids) / cfg.batch_size)
         epoch = -1
         batches: list[list[int]] = []
-        window: dict[str, list[float]] = {}
-        if state is not None and si == start_stage and start_step > 0:
-            window = state.get("window", {})
+        window: dict[str, list[float]] = state.get("window", {}) if resuming else {}
         while step < stage.steps:
             e, pos = divmod(step, per_epoch)
             if e != epoch:
