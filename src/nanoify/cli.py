@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # hub retries log a warning per attempt; a failure still ends as our one-line error
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         if getattr(args, "threads", None):
             import torch

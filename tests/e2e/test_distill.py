@@ -159,7 +159,7 @@ def _run_error(capsys, argv):
     return err
 
 
-def test_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tiny_teacher, tiny_data, capsys):
+def test_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tiny_teacher, tiny_data, capsys, monkeypatch):
     out = tmp_path / "keep"
     out.mkdir()
     (out / "precious.txt").write_text("x")
@@ -187,6 +187,8 @@ def test_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tiny_teacher
                                                     "--split", "test"])
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     assert not any(p.name.startswith(".keep.tmp") for p in tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)  # "keep/missing" is a local path (its folder exists), not a hub id
+    assert "model path keep/missing does not exist" in _run_error(capsys, ["evaluate", "keep/missing"])
 
 
 def test_teacher_logits_agree_with_a_direct_forward(tiny_teacher, tiny_data):

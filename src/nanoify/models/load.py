@@ -32,7 +32,8 @@ def resolve_model(name: str) -> str:
         if not (p / "config.json").is_file():
             raise ModelError(f"{p} has no config.json; pass a folder saved by nanoify or save_pretrained")
         return str(p)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or (p.parent != Path(".") and p.parent.is_dir()):
+        # looks like a local path (its folder exists here), not a hub "owner/name" id
         raise ModelError(f"model path {name} does not exist")
     return name  # a hub id; from_pretrained will try the hub
 
