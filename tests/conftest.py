@@ -93,3 +93,13 @@ def tiny_teacher(tmp_path_factory, tiny_encoder, tiny_data) -> Path:
     man = finetune(cfg, out, progress=False)
     assert man["metrics"]["validation"]["accuracy"] > 0.8, man["metrics"]
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_teacher) -> Path:
+    """The tiny teacher exported to ONNX (plain + fused graphs, tokenizer in hf/)."""
+    from nanoify.export.onnx import export
+
+    out = tmp_path_factory.mktemp("export") / "exp"
+    export(tiny_teacher, out)
+    return out

@@ -132,6 +132,56 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from .config import DataConfig
+    from .quant.run import quantize
+
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    calib = DataConfig(data=a.calib, text_column=a.text_column, label_column=a.label_column, max_length=a.max_length)
+    ev = DataConfig(data=a.eval or a.calib, text_column=a.text_column, label_column=a.label_column,
+                    max_length=a.max_length)
+    man = quantize(a.model, a.out, calib=calib, eval_data=ev, budget=a.budget, target=a.target, methods=methods,
+                   calib_samples=a.calib_samples, eval_rows=a.eval_rows, threads=a.threads)
+    if a.json:
+        print(json.dumps(man))
+        return 0
+    from pathlib import Path
+
+    print((Path(a.out) / "report.md").read_text().rstrip())
+    print(f"\nwritten to {a.out}/{man['model_file']}")
+    if not man["budget_met"]:
+        print(f"warning: no candidate met the budget of {a.budget} points; kept the most accurate")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench.run import benchmark, format_table
+    from .config import DataConfig
+
+    engines = a.engine.split(",") if a.engine else None
+    if engines and len(engines) != len(a.models):
+        from .errors import ConfigError
+
+        raise ConfigError(f"--engine lists {len(engines)} engines for {len(a.models)} models; give one per model")
+    rep = benchmark(a.models, DataConfig(data=a.data, text_column=a.text_column, label_column=a.label_column,
+                                         max_length=a.max_length), out=a.out, split=a.split, engines=engines,
+                    streams=a.streams, latency_rows=a.latency_rows, throughput_rows=a.throughput_rows,
+                    device=a.device, progress=not a.json)
+    if a.json:
+        print(json.dumps(rep))
+        return 0
+    print(format_table(rep))
+    if a.out:
+        print(f"\nreport.md, report.json and report.png written to {a.out}")
+    return 0
+
+
+def _has_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanoify", description="Make trained networks small and fast, with proof.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -179,6 +229,45 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-fuse", action="store_true", help="skip ONNX Runtime's transformer fusions")
     x.add_argument("--data", default=None, help="also validate on real sentences from this data's validation split")
     x.set_defaults(func=cmd_export, threads=None)
+
+    q = sub.add_parser("quantize", help="ONNX -> INT8 / mixed precision, the fastest within an accuracy budget")
+    q.add_argument("model", help="export folder, .onnx file (tokenizer in hf/ beside it) or classifier folder")
+    q.add_argument("--out", required=True, help="output folder (written atomically)")
+    q.add_argument("--calib", default=None, help="calibration data (its train split; default: the default data)")
+    q.add_argument("--eval", default=None, help="evaluation data (its validation split; default: --calib)")
+    q.add_argument("--budget", type=float, default=0.5,
+                   help="largest accuracy drop against FP32, in points (default 0.5)")
+    q.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu")
+    q.add_argument("--methods", default="entropy,percentile",
+                   help="calibration methods for static INT8: entropy, percentile, mse, minmax "
+                        "(default entropy,percentile)")
+    q.add_argument("--calib-samples", type=int, default=256, help="calibration rows (default 256)")
+    q.add_argument("--eval-rows", type=int, default=None, help="use the first N evaluation rows (default all)")
+    q.add_argument("--text-column", default=None)
+    q.add_argument("--label-column", default=None)
+    q.add_argument("--max-length", type=int, default=128)
+    q.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    q.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    q.set_defaults(func=cmd_quantize)
+
+    b = sub.add_parser("bench", help="latency, throughput, memory, size, accuracy and agreement of models")
+    b.add_argument("models", nargs="+", help="classifier folders, export/quantize folders or .onnx files; "
+                                             "the first is the baseline")
+    b.add_argument("--data", default=None, help="data with a validation split (default: the default data)")
+    b.add_argument("--split", default="validation")
+    b.add_argument("--out", default=None, help="folder for report.md, report.json, report.png")
+    b.add_argument("--engine", default=None,
+                   help="engine per model, comma-separated: torch, onnxruntime"
+                        + ("" if _has_tensorrt() else ", tensorrt (not installed here)"))
+    b.add_argument("--device", default="cpu", help="torch engine device: cpu or cuda")
+    b.add_argument("--streams", type=int, default=0, help="also serve N concurrent batch-1 streams")
+    b.add_argument("--latency-rows", type=int, default=200)
+    b.add_argument("--throughput-rows", type=int, default=512)
+    b.add_argument("--text-column", default=None)
+    b.add_argument("--label-column", default=None)
+    b.add_argument("--max-length", type=int, default=128)
+    b.add_argument("--json", action="store_true", help="print the report as JSON")
+    b.set_defaults(func=cmd_bench, threads=None)
     return p
 
 

@@ -11,7 +11,7 @@ import pytest
 from nanoify.cli import main
 from nanoify.data.text import collate
 from nanoify.engines import open_engine
-from nanoify.errors import ModelError
+from nanoify.errors import DataError, ModelError
 from nanoify.export.onnx import export
 
 
@@ -43,6 +43,12 @@ def test_torch_and_onnxruntime_engines_agree(exported, tiny_teacher):
             np.testing.assert_allclose(pt.infer(f)["logits"], o.infer(f)["logits"], atol=1e-4)
         with pytest.raises(Exception, match="needs input"):
             o.infer({"input_ids": feeds[0]["input_ids"]})
+        too_long = collate([list(rng.integers(5, 80, size=65))], 0)  # the tiny model has 64 positions
+        with pytest.raises(DataError, match="longer than the model allows"):
+            pt.infer(too_long)
+    with open_engine("onnxruntime", str(out / "model.fused.onnx"), max_sequence=64) as o, \
+            pytest.raises(DataError, match="truncate the inputs to 64 tokens"):
+        o.infer(too_long)
 
 
 def test_corrupt_onnx_is_one_clear_error(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,24 +13,34 @@ from ..data.text import collate, inference_batches
 log = logging.getLogger(__name__)
 
 
+def predict_with(run: Callable[[dict[str, np.ndarray]], np.ndarray], ids: Sequence[Sequence[int]], pad_id: int,
+                 batch_size: int = 64, progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """Logits (N, C) from ``run(feed) -> logits`` over length-sorted batches, in the original row order."""
+    from tqdm.auto import tqdm
+
+    out: np.ndarray | None = None
+    batches = list(inference_batches([len(x) for x in ids], batch_size))
+    for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress or None, leave=False):
+        logits = np.asarray(run(collate([ids[i] for i in rows], pad_id)), dtype=np.float32)
+        if out is None:
+            out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
+        out[rows] = logits
+    assert out is not None
+    return out
+
+
 def predict_logits(model: Any, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64,
                    progress: bool = False, desc: str = "predict") -> np.ndarray:
     """Logits (N, C) of a torch classifier, batched by length, in the original row order."""
     import torch
-    from tqdm.auto import tqdm
 
     model.eval()
-    out: np.ndarray | None = None
-    batches = list(inference_batches([len(x) for x in ids], batch_size))
-    with torch.inference_mode():
-        for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress or None, leave=False):
-            feed = {k: torch.from_numpy(v) for k, v in collate([ids[i] for i in rows], pad_id).items()}
-            logits = model(**feed).logits.float().numpy()
-            if out is None:
-                out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
-            out[rows] = logits
-    assert out is not None
-    return out
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
+
+    return predict_with(run, ids, pad_id, batch_size, progress, desc)
 
 
 def macro_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> float:

@@ -27,7 +27,13 @@ def _ort(path: str, **kw: Any) -> Engine:
     return OrtEngine(path, **kw)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"torch": _torch, "onnxruntime": _ort}
+def _trt(path: str, **kw: Any) -> Engine:
+    from .trt_engine import TensorRTEngine
+
+    return TensorRTEngine(path, **kw)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"torch": _torch, "onnxruntime": _ort, "tensorrt": _trt}
 
 
 def open_engine(name: str, path: str, **kw: Any) -> Engine:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NanoifyError
+from ..errors import DataError, NanoifyError
 
 
 class EngineUnavailable(NanoifyError):
@@ -52,4 +52,9 @@ class Engine:
         missing = [k for k in spec if k not in feed]
         if missing:
             raise EngineUnavailable(f"{self.name} engine needs input(s) {', '.join(missing)}; got {', '.join(feed)}")
+        limit = self.options.get("max_sequence")
+        ids = feed.get("input_ids")
+        if limit and ids is not None and ids.ndim == 2 and ids.shape[1] > limit:
+            raise DataError(f"sequence length {ids.shape[1]} is longer than the model allows ({limit} positions); "
+                            f"truncate the inputs to {limit} tokens (--max-length {limit})")
         return {k: feed[k] for k in spec}

@@ -26,6 +26,7 @@ class TorchEngine(Engine):
         self.model, self.tokenizer, self.label_map = load_classifier(self.path)
         self.model.to(device=device, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
         self.device = device
+        self.options.setdefault("max_sequence", int(getattr(self.model.config, "max_position_embeddings", 0)) or None)
 
     def close(self) -> None:
         self.__dict__.pop("model", None)

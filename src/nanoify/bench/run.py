@@ -1,0 +1,358 @@
+"""``nanoify bench``: the same measurements for every model, through the one Engine contract.
+
+Each model is measured in its own fresh process, so peak RSS is that model's (plus the Python runtime and
+the engine's libraries, which the baseline pays too) and no model's caches warm another's. The first model
+is the baseline: the others get a change column and agreement with it (top-1, logit cosine, SQNR).
+
+Energy is read from RAPL (``/sys/class/powercap``) for CPU engines or NVML for CUDA ones, and only when
+readable; otherwise it is "n/a" — never an estimate shown as a reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import MANIFEST, atomic_dir, machine, manifest, versions, write_json
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
+FIXED_LEN = 128
+
+
+def energy_meter(engine_device: str = "cpu") -> Any:
+    """A function returning cumulative joules, or None when no sensor is readable here."""
+    if engine_device.startswith("cuda"):
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1e3
+        except Exception:  # noqa: BLE001 - no NVML or no GPU
+            return None
+    try:
+        int(RAPL.read_text())
+        return lambda: int(RAPL.read_text()) / 1e6
+    except (OSError, ValueError):
+        return None
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _streams(ref: Any, ids: list[list[int]], pad: int, n: int, engine_opts: dict[str, Any]) -> dict[str, Any]:
+    """``n`` workers, each with its own engine, serving batch-1 requests from one queue concurrently."""
+    from ..data.text import collate
+    from ..engines import open_engine
+
+    threads = max(1, (os.cpu_count() or 1) // n)
+    engines = [open_engine(ref.engine, str(ref.path), **{**engine_opts, "threads": threads}).__enter__()
+               for _ in range(n)]
+    feeds = [collate([x], pad) for x in ids]
+    for e in engines:
+        e.infer(feeds[0])
+    lat: list[float] = []
+    lock = threading.Lock()
+    nxt = iter(range(len(feeds)))
+
+    def work(e: Any) -> None:
+        while True:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                return
+            t0 = time.perf_counter()
+            e.infer(feeds[i])
+            dt = time.perf_counter() - t0
+            with lock:
+                lat.append(dt * 1e3)
+
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=work, args=(e,)) for e in engines]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    for e in engines:
+        e.close()
+    return {"streams": n, "threads_per_stream": threads, "requests": len(feeds),
+            "throughput_rows_s": len(feeds) / wall, "latency_ms_p50": float(np.percentile(lat, 50)),
+            "latency_ms_p99": float(np.percentile(lat, 99))}
+
+
+def measure_model(model: str, data: dict[str, Any], engine: str | None = None, streams: int = 0,
+                  latency_rows: int = 200, throughput_rows: int = 512, device: str = "cpu") -> dict[str, Any]:
+    """Every measurement of one model (runs in the calling process; see ``benchmark`` for isolation)."""
+    from ..bench.accuracy import classification_metrics, predict_with
+    from ..bench.latency import make_batches, time_batches
+    from ..data.text import LabelMap, encode_texts, load_text_data
+    from ..engines import open_engine
+    from ..models.load import load_tokenizer
+    from ..models.resolve import light_tokenizer, resolve
+
+    ref = resolve(model, engine)
+    if ref.engine == "torch":  # only then: importing torch costs ~250 MB of RSS the other engines must not pay
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+    data = dict(data)
+    split = data.pop("split", None) or "validation"
+    cfg = DataConfig(**data)
+    if cfg.max_length > ref.max_sequence:
+        raise ConfigError(f"--max-length {cfg.max_length} is longer than {ref.name} allows ({ref.max_sequence} "
+                          f"positions); use --max-length {ref.max_sequence} or less")
+    ds = load_text_data(cfg, splits=(split,))
+    sp = ds.split(split)
+    if not sp.texts:
+        raise DataError(f"the evaluation split of {ds.spec} is empty")
+    light = light_tokenizer(ref.tokenizer_dir) if ref.engine != "torch" else None
+    if light is not None:
+        pad, vocab, ids = light.pad_token_id, light.vocab_size, light.encode(sp.texts, cfg.max_length)
+    else:
+        tok = load_tokenizer(str(ref.tokenizer_dir))
+        pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+        vocab, ids = int(tok.vocab_size), encode_texts(tok, sp.texts, cfg.max_length)
+    gold = np.array(ref.label_map.encode(sp.labels, f"evaluation split of {ds.spec}"))
+    rss_before = _peak_rss_mb()
+    opts: dict[str, Any] = {"max_sequence": ref.max_sequence}
+    if ref.engine == "torch":
+        opts["device"] = device
+    t_load = time.perf_counter()
+    eng = open_engine(ref.engine, str(ref.path), **opts).__enter__()
+    load_s = time.perf_counter() - t_load
+    run = (lambda feed: eng.infer(feed)["logits"])  # noqa: E731
+    res: dict[str, Any] = {"model": str(model), "name": ref.name, "engine": ref.engine,
+                           "file_mb": ref.size_bytes() / 1e6, "load_s": load_s, **_shape(ref, eng)}
+    logits = predict_with(run, ids, pad, 32)
+    res.update(classification_metrics(logits.argmax(-1), gold, len(LabelMap(ref.label_map.names))))
+    lat = time_batches(run, make_batches(ids[:latency_rows], 1, pad)) * 1e3
+    res.update({f"latency_ms_p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)})
+    meter = energy_meter(device)
+    for b in (8, 32):
+        rows = ids[:throughput_rows]
+        e0 = meter() if meter else None
+        secs = time_batches(run, make_batches(rows, b, pad), warmup=1).sum()
+        res[f"throughput_b{b}"] = float(len(rows) / secs)
+        if b == 32:
+            res["energy_mj_per_row"] = (meter() - e0) / len(rows) * 1e3 if meter else None
+    rng = np.random.default_rng(0)
+    fixed = []
+    fixed_len = min(FIXED_LEN, ref.max_sequence)  # the tiny test models have 64 positions
+    res["fixed_length"] = fixed_len
+    for _ in range(4):
+        x = rng.integers(1000 if vocab > 2000 else 1, vocab, size=(32, fixed_len)).astype(np.int64)
+        fixed.append({"input_ids": x, "attention_mask": np.ones_like(x), "token_type_ids": np.zeros_like(x)})
+    secs = time_batches(run, fixed, warmup=1).sum()
+    res[f"throughput_b32_len{FIXED_LEN}"] = float(32 * len(fixed) / secs)
+    eng.close()
+    if streams > 1:
+        res["streams"] = _streams(ref, ids[:latency_rows], pad, streams, opts)
+    res["peak_rss_mb"] = _peak_rss_mb()
+    res["rss_before_load_mb"] = rss_before
+    if device.startswith("cuda") and ref.engine == "torch" and torch.cuda.is_available():
+        res["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    res["_logits"] = logits.tolist()
+    return res
+
+
+def _shape(ref: Any, eng: Any) -> dict[str, Any]:
+    """Encoder layers (from the config beside the model) and parameter count (torch module or ONNX weights)."""
+    import json
+
+    out: dict[str, Any] = {}
+    cfg = ref.tokenizer_dir / "config.json"
+    if cfg.is_file():
+        out["layers"] = json.loads(cfg.read_text()).get("num_hidden_layers")
+    if hasattr(eng, "model"):
+        out["parameters_m"] = sum(p.numel() for p in eng.model.parameters()) / 1e6
+    elif ref.path.suffix == ".onnx":
+        import onnx
+
+        g = onnx.load(str(ref.path), load_external_data=False).graph
+        out["parameters_m"] = sum(int(np.prod(t.dims)) for t in g.initializer if len(t.dims) >= 1
+                                  and int(np.prod(t.dims)) > 16) / 1e6
+    return out
+
+
+def _child(args: tuple) -> dict[str, Any]:
+    from ..errors import NanoifyError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        return measure_model(*args)
+    except NanoifyError as e:
+        return {"_error": str(e), "_type": type(e).__name__}
+
+
+def _run_isolated(args: tuple) -> dict[str, Any]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .. import errors
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        res = pool.submit(_child, args).result()
+    if "_error" in res:
+        raise getattr(errors, res["_type"], errors.NanoifyError)(res["_error"])
+    return res
+
+
+def benchmark(models: Sequence[str], data: DataConfig | str | None = None, out: str | Path | None = None,
+              split: str = "validation", engines: Sequence[str | None] | None = None, streams: int = 0,
+              latency_rows: int = 200, throughput_rows: int = 512, device: str = "cpu", isolate: bool = True,
+              progress: bool = True) -> dict[str, Any]:
+    """Measure ``models`` (the first is the baseline); write report.md/report.json/report.png to ``out``.
+
+    Returns the report dict (also what ``--json`` prints).
+    """
+    from tqdm.auto import tqdm
+
+    from .accuracy import cosine, sqnr_db
+
+    if not models:
+        raise ConfigError("give at least one model to benchmark")
+    if streams < 0:
+        raise ConfigError("--streams must be ≥ 0")
+    cfg = data if isinstance(data, DataConfig) else DataConfig(data=data)
+    if cfg.data is None:
+        from ..data.text import default_data_spec
+
+        cfg = DataConfig(data=default_data_spec(), text_column=cfg.text_column, label_column=cfg.label_column,
+                         max_length=cfg.max_length)
+    dd = {"data": cfg.data, "text_column": cfg.text_column, "label_column": cfg.label_column,
+          "max_length": cfg.max_length}
+    engines = list(engines or [None] * len(models))
+    results = []
+    for m, e in tqdm(list(zip(models, engines, strict=True)), desc="bench", unit="model",
+                     disable=not progress or None):
+        args = (str(m), {**dd, "split": split}, e, streams, latency_rows, throughput_rows, device)
+        results.append(_run_isolated(args) if isolate else measure_model(*args))
+    base = np.array(results[0].pop("_logits"))
+    for r in results[1:]:
+        lg = np.array(r.pop("_logits"))
+        r["top1_agreement"] = float((lg.argmax(-1) == base.argmax(-1)).mean())
+        r["logit_cosine"] = cosine(base, lg)
+        r["sqnr_db"] = sqnr_db(base, lg)
+    report = {"kind": "bench", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+              "versions": versions(), "data": cfg.data, "split": split, "max_length": cfg.max_length,
+              "models": results}
+    if out is not None:
+        with atomic_dir(out) as tmp:
+            write_json(tmp / "report.json", report)
+            (tmp / "report.md").write_text(format_table(report) + "\n")
+            plot(report, tmp / "report.png")
+            write_json(tmp / MANIFEST, manifest("bench", {"models": [str(m) for m in models], "split": split,
+                                                          "streams": streams}, report="report.json"))
+    return report
+
+
+ROWS: list[tuple[str, str, str, int]] = [
+    # key, label, better ("up"/"down"/""), decimals
+    ("engine", "engine", "", 0),
+    ("layers", "layers", "", 0),
+    ("parameters_m", "parameters (M)", "down", 1),
+    ("file_mb", "file (MB)", "down", 1),
+    ("accuracy", "accuracy", "up", 4),
+    ("top1_agreement", "top-1 agreement with baseline", "up", 4),
+    ("logit_cosine", "logit cosine to baseline", "up", 4),
+    ("sqnr_db", "logit SQNR vs baseline (dB)", "up", 1),
+    ("latency_ms_p50", "latency b1 p50 (ms)", "down", 2),
+    ("latency_ms_p90", "latency b1 p90 (ms)", "down", 2),
+    ("latency_ms_p99", "latency b1 p99 (ms)", "down", 2),
+    ("throughput_b8", "throughput b8 (rows/s)", "up", 1),
+    ("throughput_b32", "throughput b32 (rows/s)", "up", 1),
+    (f"throughput_b32_len{FIXED_LEN}", f"throughput b32 len {FIXED_LEN} (rows/s)", "up", 1),
+    ("streams_throughput", "streams: rows/s", "up", 1),
+    ("streams_p99", "streams: latency p99 (ms)", "down", 2),
+    ("peak_rss_mb", "peak RSS (MB)", "down", 0),
+    ("gpu_peak_mb", "GPU peak (MB)", "down", 0),
+    ("energy_mj_per_row", "energy (mJ/row)", "down", 2),
+]
+
+
+def _value(r: dict[str, Any], key: str) -> Any:
+    if key == "streams_throughput":
+        return r.get("streams", {}).get("throughput_rows_s")
+    if key == "streams_p99":
+        return r.get("streams", {}).get("latency_ms_p99")
+    return r.get(key)
+
+
+def _change(a: Any, b: Any, key: str, better: str) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or isinstance(a, bool):
+        return ""
+    if key == "accuracy":
+        return f"{(b - a) * 100:+.2f} pt"
+    if key in ("top1_agreement", "logit_cosine", "sqnr_db") or a == 0:
+        return ""
+    ratio = b / a
+    if key.startswith("latency") or key.startswith("streams_p"):
+        return f"{a / b:.2f}× faster" if b else ""
+    return f"{ratio:.2f}×"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown: metric | baseline | others… | change (last against baseline)."""
+    ms = report["models"]
+    head = ["metric"] + [m["name"] for m in ms] + (["change"] if len(ms) > 1 else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label, better, nd in ROWS:
+        vals = [_value(m, key) for m in ms]
+        if all(v is None for v in vals) and key not in ("energy_mj_per_row",):
+            continue
+        cells = []
+        for v in vals:
+            if v is None:
+                cells.append("n/a")
+            elif isinstance(v, float):
+                cells.append(f"{v:.{nd}f}")
+            else:
+                cells.append(str(v))
+        row = [label] + cells
+        if len(ms) > 1:
+            row.append(_change(vals[0], vals[-1], key, better))
+        lines.append("| " + " | ".join(row) + " |")
+    mach = report["machine"]
+    note = (f"{report['data']} ({report['split']}, max length {report['max_length']}); {mach['cpu']}, "
+            f"{mach['cores']} cores; {report['created']}. Peak RSS is the whole measuring process.")
+    if all(m.get("energy_mj_per_row") is None for m in ms):
+        note += " Energy n/a: no RAPL or NVML sensor is readable here."
+    lines += ["", note]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Accuracy against batch-1 p50 latency, one labelled point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for m in report["models"]:
+        ax.scatter(m["latency_ms_p50"], m["accuracy"] * 100, s=40)
+        ax.annotate(m["name"], (m["latency_ms_p50"], m["accuracy"] * 100), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("latency, batch 1, p50 (ms)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"accuracy vs latency — {report['split']}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
