@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nanoify-installed
 DEMO := runs/demo
 
-.PHONY: demo test lint bench-distill clean-demo
+.PHONY: demo test lint bench-distill bench-quant clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: $(STAMP)
 
 bench-distill: $(STAMP)
 	$(PY) benchmarks/distill_sst2.py
+
+bench-quant: $(STAMP)
+	$(PY) benchmarks/quantize_sst2.py
 
 clean-demo:
 	rm -rf $(DEMO)

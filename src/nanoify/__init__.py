@@ -5,6 +5,10 @@ The public API is imported lazily so ``import nanoify`` does no work:
     nanoify.finetune(FinetuneConfig(...), out)
     nanoify.distill(DistillConfig(teacher=..., student="half"), out)
     nanoify.evaluate(model_dir, data, split="validation", teacher=None)
+    nanoify.export(model_dir, out)
+    nanoify.quantize(export_dir, out, calib=data, budget=0.5, target="cpu")
+    nanoify.benchmark([baseline, compressed], data, out=report_dir)
+    nanoify.compress(CompressConfig(teacher=..., distill=DistillConfig(student="half")), out)
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ _LAZY = {
     "finetune": ("nanoify.distill.run", "finetune"),
     "distill": ("nanoify.distill.run", "distill"),
     "evaluate": ("nanoify.distill.run", "evaluate"),
+    "export": ("nanoify.export.onnx", "export"),
+    "quantize": ("nanoify.quant.run", "quantize"),
+    "benchmark": ("nanoify.bench.run", "benchmark"),
+    "compress": ("nanoify.pipeline", "compress"),
+    "CompressConfig": ("nanoify.pipeline", "CompressConfig"),
+    "QuantizeConfig": ("nanoify.pipeline", "QuantizeConfig"),
+    "BenchConfig": ("nanoify.pipeline", "BenchConfig"),
+    "load_compress_recipe": ("nanoify.pipeline", "load_compress_recipe"),
     "DataConfig": ("nanoify.config", "DataConfig"),
     "TrainConfig": ("nanoify.config", "TrainConfig"),
     "FinetuneConfig": ("nanoify.config", "FinetuneConfig"),

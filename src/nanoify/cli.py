@@ -176,6 +176,47 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(a: argparse.Namespace) -> int:
+    from .pipeline import CompressConfig, apply_overrides, compress, load_compress_recipe
+
+    over = {"teacher": a.teacher, "data": a.data, "student": a.student, "target": a.target, "budget": a.budget,
+            "finetune_teacher": True if a.finetune_teacher else None}
+    out = a.out
+    if a.recipe:
+        cfg = load_compress_recipe(a.recipe, **over)
+        if out is None:
+            from .config import load_recipe
+
+            out = load_recipe(a.recipe).get("out")
+    else:
+        cfg = apply_overrides(CompressConfig(teacher=a.teacher or ""), **{**over, "teacher": None})
+    if not out:
+        from .errors import ConfigError
+
+        raise ConfigError("compress needs an output folder: --out DIR (or out: in the recipe)")
+    total = 5 if cfg.finetune_teacher else 4
+    seen: list[str] = []
+
+    def on_stage(stage: str, status: str) -> None:
+        if status == "done" or status == "reused":
+            seen.append(stage)
+            word = "done" if status == "done" else "reused (same inputs as the last run)"
+            print(f"[{len(seen)}/{total}] {stage}: {word}", flush=True)
+        else:
+            print(f"[{len(seen) + 1}/{total}] {stage}: running ...", flush=True)
+
+    man = compress(cfg, out, on_stage=on_stage)
+    from pathlib import Path
+
+    print()
+    print((Path(out) / "report.md").read_text().rstrip())
+    print(f"\nreport.md, report.json, report.png and every stage's folder are in {out}")
+    if not man["summary"]["budget_met"]:
+        print(f"warning: the compressed student is {man['summary']['drop_pts']:.2f} points below the teacher, beyond "
+              f"the budget of {cfg.quantize.budget}")
+    return 0
+
+
 def _has_tensorrt() -> bool:
     import importlib.util
 
@@ -249,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     q.add_argument("--json", action="store_true", help="print the manifest as JSON")
     q.set_defaults(func=cmd_quantize)
+
+    c = sub.add_parser("compress", help="the whole chain: distil -> export -> quantize -> bench -> report")
+    c.add_argument("recipe", nargs="?", default=None, help="YAML/JSON recipe (see examples/); flags override it")
+    c.add_argument("--teacher", default=None, help="fine-tuned classifier folder (or encoder with --finetune-teacher)")
+    c.add_argument("--finetune-teacher", action="store_true",
+                   help="--teacher is a pretrained encoder (path, hub name or minilm): fine-tune it on --data first")
+    c.add_argument("--data", default=None, help="text data (default: the default data)")
+    c.add_argument("--out", default=None, help="output folder; rerunning skips stages whose inputs are unchanged")
+    c.add_argument("--student", default=None, help="student spec (default half; see distill --help)")
+    c.add_argument("--target", choices=("cpu", "tensorrt"), default=None)
+    c.add_argument("--budget", type=float, default=None,
+                   help="accuracy points the compressed student may lose against the teacher (default 1.0)")
+    c.set_defaults(func=cmd_compress)
 
     b = sub.add_parser("bench", help="latency, throughput, memory, size, accuracy and agreement of models")
     b.add_argument("models", nargs="+", help="classifier folders, export/quantize folders or .onnx files; "

@@ -48,7 +48,15 @@ def energy_meter(engine_device: str = "cpu") -> Any:
         return None
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries that over from the parent
+    across fork+exec, so a fresh child would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -128,7 +136,7 @@ def measure_model(model: str, data: dict[str, Any], engine: str | None = None, s
         pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
         vocab, ids = int(tok.vocab_size), encode_texts(tok, sp.texts, cfg.max_length)
     gold = np.array(ref.label_map.encode(sp.labels, f"evaluation split of {ds.spec}"))
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_mb()
     opts: dict[str, Any] = {"max_sequence": ref.max_sequence}
     if ref.engine == "torch":
         opts["device"] = device
@@ -162,7 +170,7 @@ def measure_model(model: str, data: dict[str, Any], engine: str | None = None, s
     eng.close()
     if streams > 1:
         res["streams"] = _streams(ref, ids[:latency_rows], pad, streams, opts)
-    res["peak_rss_mb"] = _peak_rss_mb()
+    res["peak_rss_mb"] = peak_rss_mb()
     res["rss_before_load_mb"] = rss_before
     if device.startswith("cuda") and ref.engine == "torch" and torch.cuda.is_available():
         res["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -216,7 +224,7 @@ def _run_isolated(args: tuple) -> dict[str, Any]:
 def benchmark(models: Sequence[str], data: DataConfig | str | None = None, out: str | Path | None = None,
               split: str = "validation", engines: Sequence[str | None] | None = None, streams: int = 0,
               latency_rows: int = 200, throughput_rows: int = 512, device: str = "cpu", isolate: bool = True,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, names: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure ``models`` (the first is the baseline); write report.md/report.json/report.png to ``out``.
 
     Returns the report dict (also what ``--json`` prints).
@@ -243,6 +251,8 @@ def benchmark(models: Sequence[str], data: DataConfig | str | None = None, out: 
                      disable=not progress or None):
         args = (str(m), {**dd, "split": split}, e, streams, latency_rows, throughput_rows, device)
         results.append(_run_isolated(args) if isolate else measure_model(*args))
+    for r, n in zip(results, names or [], strict=False):
+        r["name"] = n
     base = np.array(results[0].pop("_logits"))
     for r in results[1:]:
         lg = np.array(r.pop("_logits"))

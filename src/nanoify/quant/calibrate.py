@@ -57,6 +57,7 @@ def calibrate_onnx(onnx_path: str | Path, feeds: Iterable[dict[str, np.ndarray]]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "augmented.onnx"
         onnx.save(model, str(path), save_as_external_data=model.ByteSize() > 1.8e9)
+        del model  # the session holds its own copy of the weights; don't keep a second one
         sess = ort_session(path, threads)
         wanted_inputs = {i.name for i in sess.get_inputs()}
         outs = [t for t in tensors if t not in graph_inputs]

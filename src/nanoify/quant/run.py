@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 TARGETS = ("cpu", "tensorrt")
 DEFAULT_METHODS = ("entropy", "percentile")
 OUT_MODEL = "model.int8.onnx"
-DYNAMIC_OPS = ("MatMul", "Gemm", "Attention")
 
 
 @dataclass
@@ -149,7 +148,7 @@ def _candidates(target: str, plain: Path, fused: Path, methods: Sequence[str], r
                 tmp: Path) -> list[Candidate]:
     import onnx
 
-    from .dynamic import quantize_dynamic_int8
+    from .dynamic import DYNAMIC_OPS, quantize_dynamic_int8
     from .qdq import QDQ_OPS, quantizable_nodes, quantize_static_qdq
 
     plain_units = quantizable_nodes(onnx.load(str(plain), load_external_data=False), QDQ_OPS)

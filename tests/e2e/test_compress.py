@@ -1,0 +1,89 @@
+"""nanoify compress on tiny in-process models: the whole chain, resume by hash, a failing stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from nanoify.cli import main
+from nanoify.config import DataConfig, DistillConfig, TrainConfig
+from nanoify.pipeline import BenchConfig, CompressConfig, QuantizeConfig, StageError, compress, stage_plan
+
+
+def _cfg(teacher, data, budget=100.0):
+    return CompressConfig(
+        teacher=str(teacher), data=DataConfig(data=str(data), max_length=32),
+        distill=DistillConfig(student="layers=2,hidden=16,heads=2,intermediate=32", init="teacher-pca",
+                              train=TrainConfig(max_steps=8, batch_size=32, lr=1e-3, checkpoint_every=4)),
+        quantize=QuantizeConfig(budget=budget, methods=("minmax",), calib_samples=32),
+        bench=BenchConfig(latency_rows=8, throughput_rows=32, isolate=False))
+
+
+def _statuses(out):
+    return {k: v["status"] for k, v in json.loads((out / "manifest.json").read_text())["stages"].items()}
+
+
+def test_compress_runs_resumes_by_hash_and_reruns_changed_stages(tmp_path, tiny_teacher, tiny_data):
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_teacher, tiny_data)
+    seen = []
+    man = compress(cfg, out, progress=False, on_stage=lambda s, st: seen.append((s, st)))
+    assert _statuses(out) == {"student": "done", "export": "done", "quantized": "done", "bench": "done"}
+    assert [s for s, st in seen if st == "done"] == ["student", "export", "quantized", "bench"]
+    s = man["summary"]
+    assert 0 <= s["compressed_accuracy"] <= 1 and s["budget_met"] == (s["drop_pts"] <= 100.0)
+    report = (out / "report.md").read_text()
+    assert "teacher (PyTorch FP32)" in report and "compressed (ONNX Runtime INT8)" in report
+    assert "change" in report and (out / "report.png").is_file() and (out / "report.json").is_file()
+    stamp = (out / "student" / "model.safetensors").stat().st_mtime_ns
+
+    compress(cfg, out, progress=False)  # same config: nothing runs again
+    assert set(_statuses(out).values()) == {"reused"}
+    assert (out / "student" / "model.safetensors").stat().st_mtime_ns == stamp
+
+    cfg2 = dataclasses.replace(cfg, quantize=dataclasses.replace(cfg.quantize, budget=50.0))
+    assert stage_plan(cfg2)["export"] == stage_plan(cfg)["export"]
+    assert stage_plan(cfg2)["quantized"] != stage_plan(cfg)["quantized"]
+    compress(cfg2, out, progress=False)  # a changed stage and everything after it rerun
+    assert _statuses(out) == {"student": "reused", "export": "reused", "quantized": "done", "bench": "done"}
+
+    # a failing stage: corrupt the export, change the quantize config
+    for f in ("model.onnx", "model.fused.onnx"):
+        (out / "export" / f).write_bytes(b"broken")
+    cfg3 = dataclasses.replace(cfg, quantize=dataclasses.replace(cfg.quantize, budget=40.0))
+    with pytest.raises(StageError, match=r"stage quantized failed: .*not a readable ONNX model.*completed stages kept: "
+                                         r"student, export"):
+        compress(cfg3, out, progress=False)
+    st = _statuses(out)
+    assert st["quantized"] == "failed" and "bench" not in st
+    assert (out / "student" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "quantized" / "manifest.json").is_file()  # the previous quantize output is intact
+
+
+def test_compress_cli_with_recipe_fine_tunes_the_teacher(tmp_path, tiny_encoder, tiny_data, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+teacher: {tiny_encoder}
+finetune_teacher: true
+finetune: {{max_steps: 30, lr: 3.0e-3, batch_size: 32}}
+data: {{data: {tiny_data}, max_length: 32}}
+student: layers=2,hidden=16,heads=2,intermediate=32
+init: teacher-pca
+distill: {{train: {{max_steps: 5}}}}
+quantize: {{methods: [percentile], calib_samples: 32}}
+bench: {{latency_rows: 8, throughput_rows: 32, isolate: false}}
+out: {tmp_path / 'out'}
+""")
+    assert main(["compress", str(recipe), "--budget", "100"]) == 0
+    text = capsys.readouterr().out
+    assert "[1/5] teacher: running" in text and "[5/5] bench: done" in text and "| accuracy |" in text
+    assert (tmp_path / "out" / "teacher" / "manifest.json").is_file()
+    assert main(["compress", str(recipe), "--budget", "100"]) == 0
+    assert "teacher: reused" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: x\nquantize: {budgett: 1}\n")
+    assert main(["compress", str(bad), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown QuantizeConfig key(s): budgett" in err and len(err.strip().splitlines()) == 1
