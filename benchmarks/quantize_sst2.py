@@ -148,7 +148,7 @@ def main() -> int:
                         f", {vs_stock:.2f}× stock dynamic (target ≥ 1: {_ok(vs_stock >= 1)}); "
                         f"quantize search took {q_secs:.0f} s")
         cands = "\n".join(f"  - {c['name']}: accuracy {c['accuracy']:.4f} "
-                          f"({c['accuracy_drop_pts']:+.2f} pt vs ORT FP32), "
+                          f"(drop {c['accuracy_drop_pts']:.2f} pt vs ORT FP32), "
                           f"b32 {c['throughput_b32']:.0f} rows/s, SQNR {c['sqnr_db']:.1f} dB"
                           for c in man["candidates"])
         sections.append(f"#### {key} ({MODELS[key]})\n\n{format_table(rep)}\n\nCandidates tried by `nanoify quantize` "
