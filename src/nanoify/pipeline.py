@@ -271,6 +271,6 @@ def _write_report(out: Path, s: dict[str, Any]) -> None:
             f"{s['budget_pts']} pt: {verdict}); batch-1 latency {s['latency_speedup_b1']:.1f}× faster, batch-32 "
             f"throughput {s['throughput_speedup_b32']:.1f}×, file {s['size_ratio']:.1f}× smaller, peak memory "
             f"{s['memory_ratio']:.1f}× lower.", ""]
-    (out / "report.md").write_text("\n".join(head) + table + "\n")
+    (out / "report.md").write_text("\n".join(head) + "\n" + table + "\n")
     shutil.copyfile(out / "bench" / "report.json", out / "report.json")
     shutil.copyfile(out / "bench" / "report.png", out / "report.png")

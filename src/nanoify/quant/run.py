@@ -135,7 +135,7 @@ def _load_sets(tok_dir: Path, label_names: list[str], calib: DataConfig, evald: 
     return calib_ids, EvalSet(encode_texts(tok, texts, evald.max_length), gold, pad, len(label_names))
 
 
-def _sources(ref: Any, tmp: Path) -> tuple[Path, Path]:
+def _sources(ref: Any) -> tuple[Path, Path]:
     """(plain graph for Q/DQ, fused graph for dynamic INT8) of the model to quantize."""
     if ref.engine != "onnxruntime":
         raise ModelError(f"{ref.path} is not an ONNX model; run `nanoify export` first (or pass its folder)")
@@ -144,8 +144,8 @@ def _sources(ref: Any, tmp: Path) -> tuple[Path, Path]:
     return plain, p
 
 
-def _candidates(target: str, plain: Path, fused: Path, methods: Sequence[str], ranges: dict[str, dict[str, float]],
-                tmp: Path) -> list[Candidate]:
+def _candidates(target: str, plain: Path, fused: Path, methods: Sequence[str],
+                ranges: dict[str, dict[str, float]]) -> list[Candidate]:
     import onnx
 
     from .dynamic import DYNAMIC_OPS, quantize_dynamic_int8
@@ -283,7 +283,7 @@ def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None 
 
             export(ref.path, tmp / "export")
             ref = resolve(tmp / "export")
-        plain, fused = _sources(ref, tmp)
+        plain, fused = _sources(ref)
         for p in {plain, fused}:
             _check_onnx(p)
         calib_ids, ev = _load_sets(ref.tokenizer_dir, ref.label_map.names, calib, eval_data, calib_samples,
@@ -313,7 +313,7 @@ def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None 
                           "data": calib.data, "max_length": calib.max_length}
             write_json(tmp / "ranges.json", ranges)
 
-        cands = _candidates(target, plain, fused, methods, ranges, work)
+        cands = _candidates(target, plain, fused, methods, ranges)
         for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
             c.path = work / f"{c.name}.onnx"
             c.make([], c.path)
