@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="validation")
     b.add_argument("--out", default=None, help="folder for report.md, report.json, report.png")
     b.add_argument("--engine", default=None,
-                   help="engine per model, comma-separated: torch, onnxruntime"
+                   help="engine per model, comma-separated: NAME[:cpu|cuda][:fp32|bf16|fp16], NAME = torch, "
+                        "onnxruntime"
                         + ("" if _has_tensorrt() else ", tensorrt (not installed here)"))
     b.add_argument("--device", default="cpu", help="torch engine device: cpu or cuda")
     b.add_argument("--streams", type=int, default=0, help="also serve N concurrent batch-1 streams")

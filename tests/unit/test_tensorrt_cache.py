@@ -41,3 +41,14 @@ def test_trtexec_line():
     assert "--int8 --fp16" in cmd and "--minShapes=input_ids:1x1,attention_mask:1x1" in cmd
     assert "--maxShapes=input_ids:32x512,attention_mask:32x512" in cmd
     assert "--layerPrecisions=/l0/MatMul:fp16" in cmd and "--precisionConstraints=prefer" in cmd
+
+
+def test_engine_specs():
+    from nanoify.engines import EngineUnavailable, parse_engine_spec
+
+    assert parse_engine_spec("torch") == ("torch", {})
+    assert parse_engine_spec("torch:cuda:bf16") == ("torch", {"device": "cuda", "dtype": "bf16"})
+    name, opts = parse_engine_spec("onnxruntime:cuda")
+    assert name == "onnxruntime" and opts["providers"][0] == "CUDAExecutionProvider"
+    with pytest.raises(EngineUnavailable, match="unknown engine option"):
+        parse_engine_spec("torch:gpu")

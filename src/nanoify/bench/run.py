@@ -38,7 +38,8 @@ def energy_meter(engine_device: str = "cpu") -> Any:
 
             pynvml.nvmlInit()
             h = pynvml.nvmlDeviceGetHandleByIndex(0)
-            return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1e3
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(h)  # raises where the GPU has no energy counter
+            return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1e3  # mJ → J
         except Exception:  # noqa: BLE001 - no NVML or no GPU
             return None
     try:
@@ -109,11 +110,13 @@ def measure_model(model: str, data: dict[str, Any], engine: str | None = None, s
     from ..bench.accuracy import classification_metrics, predict_with
     from ..bench.latency import make_batches, time_batches
     from ..data.text import LabelMap, encode_texts, load_text_data
-    from ..engines import open_engine
+    from ..engines import open_engine, parse_engine_spec
     from ..models.load import load_tokenizer
     from ..models.resolve import light_tokenizer, resolve
 
-    ref = resolve(model, engine)
+    name, spec_opts = parse_engine_spec(engine) if engine else (None, {})
+    ref = resolve(model, name)
+    device = spec_opts.get("device", device if ref.engine == "torch" else "cpu")
     if ref.engine == "torch":  # only then: importing torch costs ~250 MB of RSS the other engines must not pay
         import torch
 
@@ -137,14 +140,15 @@ def measure_model(model: str, data: dict[str, Any], engine: str | None = None, s
         vocab, ids = int(tok.vocab_size), encode_texts(tok, sp.texts, cfg.max_length)
     gold = np.array(ref.label_map.encode(sp.labels, f"evaluation split of {ds.spec}"))
     rss_before = peak_rss_mb()
-    opts: dict[str, Any] = {"max_sequence": ref.max_sequence}
+    opts: dict[str, Any] = {"max_sequence": ref.max_sequence, **spec_opts}
     if ref.engine == "torch":
         opts["device"] = device
     t_load = time.perf_counter()
     eng = open_engine(ref.engine, str(ref.path), **opts).__enter__()
     load_s = time.perf_counter() - t_load
     run = (lambda feed: eng.infer(feed)["logits"])  # noqa: E731
-    res: dict[str, Any] = {"model": str(model), "name": ref.name, "engine": ref.engine,
+    res: dict[str, Any] = {"model": str(model), "name": f"{ref.name} ({engine})" if engine else ref.name,
+                           "engine": engine or ref.engine, "device": device,
                            "file_mb": ref.size_bytes() / 1e6, "load_s": load_s, **_shape(ref, eng)}
     logits = predict_with(run, ids, pad, 32)
     res.update(classification_metrics(logits.argmax(-1), gold, len(LabelMap(ref.label_map.names))))
@@ -172,7 +176,7 @@ def measure_model(model: str, data: dict[str, Any], engine: str | None = None, s
         res["streams"] = _streams(ref, ids[:latency_rows], pad, streams, opts)
     res["peak_rss_mb"] = peak_rss_mb()
     res["rss_before_load_mb"] = rss_before
-    if device.startswith("cuda") and ref.engine == "torch" and torch.cuda.is_available():
+    if device.startswith("cuda") and ref.engine == "torch":
         res["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     res["_logits"] = logits.tolist()
     return res

@@ -36,6 +36,23 @@ def _trt(path: str, **kw: Any) -> Engine:
 ENGINES: dict[str, Callable[..., Engine]] = {"torch": _torch, "onnxruntime": _ort, "tensorrt": _trt}
 
 
+def parse_engine_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME[:DEVICE][:DTYPE]`` → (name, options): ``torch:cuda:bf16``, ``onnxruntime:cuda`` (CUDA execution
+    provider), ``tensorrt``."""
+    name, *rest = spec.split(":")
+    opts: dict[str, Any] = {}
+    for part in rest:
+        if part in ("fp32", "bf16", "fp16"):
+            opts["dtype"] = part
+        elif part == "cpu" or part.startswith("cuda"):
+            opts["device"] = part
+        else:
+            raise EngineUnavailable(f"unknown engine option {part!r} in {spec!r}; use NAME[:cpu|cuda][:fp32|bf16|fp16]")
+    if name == "onnxruntime" and opts.get("device", "cpu").startswith("cuda"):
+        opts["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return name, opts
+
+
 def open_engine(name: str, path: str, **kw: Any) -> Engine:
     """An engine by name (see ``ENGINES``)."""
     if name not in ENGINES:
@@ -43,4 +60,4 @@ def open_engine(name: str, path: str, **kw: Any) -> Engine:
     return ENGINES[name](path, **kw)
 
 
-__all__ = ["ENGINES", "Engine", "EngineUnavailable", "open_engine"]
+__all__ = ["ENGINES", "Engine", "EngineUnavailable", "open_engine", "parse_engine_spec"]

@@ -24,7 +24,10 @@ class TorchEngine(Engine):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineUnavailable("torch engine: CUDA was asked for but torch.cuda.is_available() is False")
         self.model, self.tokenizer, self.label_map = load_classifier(self.path)
-        self.model.to(device=device, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if dtype not in dtypes:
+            raise EngineUnavailable(f"torch engine: unknown dtype {dtype!r}; use fp32, bf16 or fp16")
+        self.model.to(device=device, dtype=dtypes[dtype])
         self.device = device
         self.options.setdefault("max_sequence", int(getattr(self.model.config, "max_position_embeddings", 0)) or None)
 

@@ -1,0 +1,63 @@
+"""GPU checks: run where CUDA (and for the last one TensorRT) is present; skipped elsewhere, so CI on the
+CPU machines skips them. Tolerances: FP32 on CUDA within 1e-3 of CPU logits; BF16 within cosine 0.99."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+
+
+def _feeds():
+    from nanoify.data.text import collate
+
+    rng = np.random.default_rng(0)
+    return [collate([list(rng.integers(5, 80, size=n)) for n in lens], 0) for lens in ([3], [5, 17, 9], [30, 2, 12])]
+
+
+def test_torch_engine_on_cuda_matches_cpu(tiny_teacher):
+    from nanoify.bench.accuracy import cosine
+    from nanoify.engines import open_engine
+
+    with open_engine("torch", str(tiny_teacher)) as cpu, \
+            open_engine("torch", str(tiny_teacher), device="cuda") as gpu, \
+            open_engine("torch", str(tiny_teacher), device="cuda", dtype="bf16") as half:
+        for f in _feeds():
+            ref = cpu.infer(f)["logits"]
+            np.testing.assert_allclose(gpu.infer(f)["logits"], ref, atol=1e-3)
+            assert cosine(ref, half.infer(f)["logits"]) >= 0.99
+
+
+def test_bench_on_cuda_reports_gpu_memory_and_energy_when_readable(tiny_teacher, tiny_data):
+    from nanoify.bench.run import benchmark
+    from nanoify.config import DataConfig
+
+    rep = benchmark([str(tiny_teacher), str(tiny_teacher)], DataConfig(data=str(tiny_data), max_length=32),
+                    engines=["torch", "torch:cuda:bf16"], latency_rows=20, throughput_rows=64, isolate=False,
+                    progress=False)
+    cpu, gpu = rep["models"]
+    assert gpu["device"] == "cuda" and gpu["gpu_peak_mb"] > 0 and gpu["top1_agreement"] >= 0.95
+    if importlib.util.find_spec("pynvml") is not None:  # Volta and newer report total energy through NVML
+        assert gpu["energy_mj_per_row"] is not None and gpu["energy_mj_per_row"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed")
+def test_tensorrt_engine_runs_the_qdq_graph(tiny_export, tiny_data, tmp_path):
+    from nanoify.bench.accuracy import cosine
+    from nanoify.config import DataConfig
+    from nanoify.engines import open_engine
+    from nanoify.quant.run import quantize
+
+    out = tmp_path / "trt"
+    quantize(tiny_export, out, calib=DataConfig(data=str(tiny_data), max_length=32), budget=100.0,
+             target="tensorrt", methods=("percentile",), calib_samples=32, progress=False)
+    with open_engine("onnxruntime", str(out / "model.qdq.onnx")) as ort, \
+            open_engine("tensorrt", str(out / "model.qdq.onnx"), profile={"min": (1, 1), "opt": (4, 32),
+                                                                          "max": (8, 64)}) as trt:
+        for f in _feeds():
+            assert cosine(ort.infer(f)["logits"], trt.infer(f)["logits"]) >= 0.99
+    assert (out / "model.qdq.plan").is_file()
