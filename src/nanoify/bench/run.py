@@ -49,6 +49,22 @@ def energy_meter(engine_device: str = "cpu") -> Any:
         return None
 
 
+def _energy_per_row(run: Any, batches: list[dict[str, np.ndarray]], device: str,
+                    min_seconds: float = 2.0) -> float | None:
+    """Millijoules per row over batch-32 passes lasting at least ``min_seconds`` (energy counters tick
+    coarsely: a pass of a few milliseconds reads as zero); None without a readable sensor or a tick."""
+    meter = energy_meter(device)
+    if meter is None:
+        return None
+    rows, t0, e0 = 0, time.perf_counter(), meter()
+    while time.perf_counter() - t0 < min_seconds:
+        for b in batches:
+            run(b)
+            rows += len(b["input_ids"])
+    joules = meter() - e0
+    return joules / rows * 1e3 if joules > 0 and rows else None
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries that over from the parent
     across fork+exec, so a fresh child would report its parent's peak."""
@@ -69,6 +85,10 @@ def _streams(ref: Any, ids: list[list[int]], pad: int, n: int, engine_opts: dict
     from ..engines import open_engine
 
     threads = max(1, (os.cpu_count() or 1) // n)
+    if ref.engine == "torch":  # torch's intra-op pool is global: n streams × all cores would oversubscribe
+        import torch
+
+        torch.set_num_threads(threads)
     engines = [open_engine(ref.engine, str(ref.path), **{**engine_opts, "threads": threads}).__enter__()
                for _ in range(n)]
     feeds = [collate([x], pad) for x in ids]
@@ -99,6 +119,8 @@ def _streams(ref: Any, ids: list[list[int]], pad: int, n: int, engine_opts: dict
     wall = time.perf_counter() - t0
     for e in engines:
         e.close()
+    if ref.engine == "torch":
+        torch.set_num_threads(os.cpu_count() or 1)
     return {"streams": n, "threads_per_stream": threads, "requests": len(feeds),
             "throughput_rows_s": len(feeds) / wall, "latency_ms_p50": float(np.percentile(lat, 50)),
             "latency_ms_p99": float(np.percentile(lat, 99))}
@@ -154,14 +176,11 @@ def measure_model(model: str, data: dict[str, Any], engine: str | None = None, s
     res.update(classification_metrics(logits.argmax(-1), gold, len(LabelMap(ref.label_map.names))))
     lat = time_batches(run, make_batches(ids[:latency_rows], 1, pad)) * 1e3
     res.update({f"latency_ms_p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)})
-    meter = energy_meter(device)
     for b in (8, 32):
         rows = ids[:throughput_rows]
-        e0 = meter() if meter else None
         secs = time_batches(run, make_batches(rows, b, pad), warmup=1).sum()
         res[f"throughput_b{b}"] = float(len(rows) / secs)
-        if b == 32:
-            res["energy_mj_per_row"] = (meter() - e0) / len(rows) * 1e3 if meter else None
+    res["energy_mj_per_row"] = _energy_per_row(run, make_batches(ids[:throughput_rows], 32, pad), device)
     rng = np.random.default_rng(0)
     fixed = []
     fixed_len = min(FIXED_LEN, ref.max_sequence)  # the tiny test models have 64 positions
