@@ -129,6 +129,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     print(f"ONNX written to {a.out} (dynamic batch and sequence); max |logit - PyTorch|: {diffs}")
     if man["fused_ops"]:
         print("fused: " + ", ".join(f"{k} {v}" for k, v in man["fused_ops"].items()))
+    for w in man.get("warnings", []):
+        print(f"warning: {w}")
     return 0
 
 
