@@ -88,6 +88,7 @@ def test_tensorrt_target_writes_qdq_cache_and_trtexec(tmp_path, tiny_export, tin
     zps = [i for i in onnx.load(out / "model.qdq.onnx").graph.initializer if i.data_type == onnx.TensorProto.UINT8]
     assert not zps  # signed INT8 only
     assert "--int8 --fp16" in (out / "trtexec.sh").read_text() and man["tensorrt"]["verified"] is False
+    assert not (out / "model.int8.onnx").exists() and resolve(out).path.name == "model.qdq.onnx"
 
 
 def test_quantize_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tiny_export, tiny_data, capsys,

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 TARGETS = ("cpu", "tensorrt")
 DEFAULT_METHODS = ("entropy", "percentile")
-OUT_MODEL = "model.int8.onnx"
+OUT_MODEL = "model.int8.onnx"  # --target cpu
+QDQ_MODEL = "model.qdq.onnx"  # --target tensorrt
 
 
 @dataclass
@@ -343,7 +344,8 @@ def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None 
             chosen = max(ok or cands, key=lambda c: c.metrics["accuracy"])
             why = "most accurate Q/DQ graph" + ("" if ok else "; NO candidate met the budget")
         assert chosen.path is not None
-        shutil.copyfile(chosen.path, tmp / OUT_MODEL)
+        model_file = OUT_MODEL if target == "cpu" else QDQ_MODEL
+        shutil.copyfile(chosen.path, tmp / model_file)
         shutil.copytree(ref.tokenizer_dir, tmp / "hf")
         extra: dict[str, Any] = {}
         if target == "tensorrt":
@@ -355,7 +357,7 @@ def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None 
         man = manifest("quantize", {"model": str(model), "target": target, "budget_pts": budget,
                                     "methods": list(methods), "calib_samples": calib_samples,
                                     "eval_rows": len(ev.ids), "threads": threads or os.cpu_count()},
-                       model_file=OUT_MODEL, chosen=chosen.name, why=why, budget_met=bool(ok),
+                       model_file=model_file, chosen=chosen.name, why=why, budget_met=bool(ok),
                        reference={"name": f"ONNX Runtime FP32 ({fused.name})",
                                   **{k: v for k, v in fp32.items() if k != "_logits"}},
                        candidates=records, mixed_precision=plan, calibration=calib_info,
@@ -370,18 +372,17 @@ def _tensorrt_files(tmp: Path, chosen: Candidate, ranges: dict[str, dict[str, fl
     from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
 
     method = chosen.options.get("calibration", next(iter(ranges)))
-    shutil.copyfile(tmp / OUT_MODEL, tmp / "model.qdq.onnx")
     write_calibration_cache(tmp / "calibration.cache", ranges[method])
     lengths = sorted(len(x) for x in ev.ids)
     opt_len = int(lengths[len(lengths) // 2])
-    cmd = trtexec_command("model.qdq.onnx", "model.plan", ("input_ids", "attention_mask", "token_type_ids"),
+    cmd = trtexec_command(QDQ_MODEL, "model.plan", ("input_ids", "attention_mask", "token_type_ids"),
                           (1, 1), (32, opt_len), (32, max_seq), fp16_layers=chosen.excluded)
     (tmp / "trtexec.sh").write_text("#!/bin/sh\n# Build the TensorRT engine (INT8 from the Q/DQ graph, FP16 "
                                     "elsewhere). Unverified here: no TensorRT on this machine.\n"
                                     "cd \"$(dirname \"$0\")\"\n" + cmd + "\n")
     os.chmod(tmp / "trtexec.sh", 0o755)
     return {"tensorrt": {"cache": "calibration.cache", "cache_header": f"TRT-{version_tag(trt_version())}-"
-                         "EntropyCalibration2", "qdq_model": "model.qdq.onnx", "trtexec": cmd,
+                         "EntropyCalibration2", "qdq_model": QDQ_MODEL, "trtexec": cmd,
                          "fp16_layers": chosen.excluded, "verified": False}}
 
 
