@@ -60,17 +60,17 @@ def test_mixed_precision_keeps_sensitive_nodes_until_the_budget_holds(tiny_expor
         quantize_static_qdq(plain, dst, bad, exclude_nodes=excl)
 
     cand = Candidate("static-bad", "static-qdq", {}, make, quantizable_nodes(model))
-    fp32 = measure(plain, ev, None, timing=False)
+    fp32 = measure(plain, ev, None)
     ev.reference = fp32.pop("_logits")
     make([], tmp_path / "all.onnx")
-    assert measure(tmp_path / "all.onnx", ev, None, timing=False)["accuracy"] < fp32["accuracy"]
+    assert measure(tmp_path / "all.onnx", ev, None)["accuracy"] < fp32["accuracy"]
     mixed, plan = mixed_precision(cand, ev, fp32["accuracy"], 0.0, tmp_path, None, sens_rows=64)
     mse = [r["logit_mse"] for r in plan["ranking"]]
     assert mse == sorted(mse, reverse=True) and len(mse) == len(cand.units)
     assert plan["budget_met"] and 1 <= len(mixed.excluded) <= len(cand.units)
     assert mixed.excluded == [r["node"] for r in plan["ranking"][:len(mixed.excluded)]]
     make(mixed.excluded, tmp_path / "mixed.onnx")
-    assert measure(tmp_path / "mixed.onnx", ev, None, timing=False)["accuracy"] >= fp32["accuracy"]
+    assert measure(tmp_path / "mixed.onnx", ev, None)["accuracy"] >= fp32["accuracy"]
     if len(mixed.excluded) > 1:  # one fewer kept node misses the budget (the search is minimal)
         assert plan["accuracy_by_kept"][str(len(mixed.excluded) - 1)] < fp32["accuracy"]
 

@@ -81,31 +81,44 @@ def _session_runner(path: Path, threads: int | None) -> Callable[[dict[str, np.n
     return run
 
 
-def measure(path: Path, ev: EvalSet, threads: int | None, timing_rows: int = 256, latency_rows: int = 50,
-            timing: bool = True) -> dict[str, Any]:
-    """Accuracy and agreement with the FP32 reference on the eval rows; b32 throughput and b1 p50 latency."""
+def measure(path: Path, ev: EvalSet, threads: int | None) -> dict[str, Any]:
+    """Accuracy and agreement with the FP32 reference on the eval rows, and the file size."""
     from ..bench.accuracy import classification_metrics, cosine, predict_with, sqnr_db
-    from ..bench.latency import make_batches, time_batches
 
-    run = _session_runner(path, threads)
-    logits = predict_with(run, ev.ids, ev.pad_id, 32)
+    logits = predict_with(_session_runner(path, threads), ev.ids, ev.pad_id, 32)
     pred = logits.argmax(-1)
     m: dict[str, Any] = classification_metrics(pred, ev.gold, ev.n_classes)
     if ev.reference is not None:
         m["top1_agreement"] = float((pred == ev.reference.argmax(-1)).mean())
         m["logit_cosine"] = cosine(ev.reference, logits)
         m["sqnr_db"] = sqnr_db(ev.reference, logits)
-    if timing:
-        rows = ev.ids[:timing_rows]
-        batches = make_batches(rows, 32, ev.pad_id)
-        # best of three passes: on a shared machine the minimum is the least disturbed measurement
-        secs = min(time_batches(run, batches, warmup=1 if r == 0 else 0).sum() for r in range(3))
-        m["throughput_b32"] = float(len(rows) / secs)
-        lat = time_batches(run, make_batches(ev.ids[:latency_rows], 1, ev.pad_id), warmup=3) * 1e3
-        m["latency_ms_p50"] = float(np.percentile(lat, 50))
     m["file_mb"] = path.stat().st_size / 1e6
     m["_logits"] = logits
     return m
+
+
+def time_models(paths: Sequence[Path], ev: EvalSet, threads: int | None, rounds: int = 3, timing_rows: int = 256,
+                latency_rows: int = 50) -> list[dict[str, float]]:
+    """Batch-32 throughput and batch-1 p50 latency of each model, in interleaved rounds, median per model.
+
+    Each round times every model once, so a slow spell of a shared machine touches all of them rather than
+    whichever happened to run then; the median over rounds is what the choice uses.
+    """
+    from ..bench.latency import make_batches, time_batches
+
+    runs = [_session_runner(p, threads) for p in paths]
+    big = make_batches(ev.ids[:timing_rows], 32, ev.pad_id)
+    small = make_batches(ev.ids[:latency_rows], 1, ev.pad_id)
+    for run in runs:
+        time_batches(run, big[:1] + small[:3], warmup=0)  # warm every session before any timing
+    tput: list[list[float]] = [[] for _ in runs]
+    p50: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            tput[i].append(len(ev.ids[:timing_rows]) / time_batches(run, big, warmup=0).sum())
+            p50[i].append(float(np.percentile(time_batches(run, small, warmup=0) * 1e3, 50)))
+    return [{"throughput_b32": float(np.median(t)), "latency_ms_p50": float(np.median(q))}
+            for t, q in zip(tput, p50, strict=True)]
 
 
 def _load_sets(tok_dir: Path, label_names: list[str], calib: DataConfig, evald: DataConfig, calib_samples: int,
@@ -208,7 +221,7 @@ def mixed_precision(cand: Candidate, ev: EvalSet, fp32_acc: float, budget: float
         if k not in tried:
             dst = tmp / f"mixed-{k}.onnx"
             cand.make(order[:k], dst)
-            tried[k] = measure(dst, ev, threads, timing=False)["accuracy"]
+            tried[k] = measure(dst, ev, threads)["accuracy"]
         return tried[k]
 
     def ok(k: int) -> bool:
@@ -318,7 +331,7 @@ def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None 
         for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
             c.path = work / f"{c.name}.onnx"
             c.make([], c.path)
-            c.metrics = measure(c.path, ev, threads, timing=target == "cpu")
+            c.metrics = measure(c.path, ev, threads)
         for c in cands:
             c.metrics["accuracy_drop_pts"] = (fp32_acc - c.metrics["accuracy"]) * 100
             c.metrics["meets_budget"] = c.metrics["accuracy_drop_pts"] <= budget + 1e-9
@@ -329,11 +342,15 @@ def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None 
             mixed, plan = mixed_precision(base, ev, fp32_acc, budget, work, threads, progress=progress)
             mixed.path = work / f"{mixed.name}.onnx"
             mixed.make(mixed.excluded, mixed.path)
-            mixed.metrics = measure(mixed.path, ev, threads, timing=target == "cpu")
+            mixed.metrics = measure(mixed.path, ev, threads)
             mixed.metrics["accuracy_drop_pts"] = (fp32_acc - mixed.metrics["accuracy"]) * 100
             mixed.metrics["meets_budget"] = mixed.metrics["accuracy_drop_pts"] <= budget + 1e-9
             cands.append(mixed)
 
+        if target == "cpu":  # speed of the reference and every candidate, timed together
+            for m, t in zip([fp32] + [c.metrics for c in cands],
+                            time_models([fused] + [c.path for c in cands], ev, threads), strict=True):
+                m.update(t)
         ok = [c for c in cands if c.metrics["meets_budget"]]
         if target == "cpu":
             chosen = max(ok, key=lambda c: c.metrics["throughput_b32"]) if ok else max(
