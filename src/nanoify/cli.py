@@ -168,7 +168,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     rep = benchmark(a.models, DataConfig(data=a.data, text_column=a.text_column, label_column=a.label_column,
                                          max_length=a.max_length), out=a.out, split=a.split, engines=engines,
                     streams=a.streams, latency_rows=a.latency_rows, throughput_rows=a.throughput_rows,
-                    device=a.device, progress=not a.json)
+                    device=a.device, progress=not a.json, repeats=a.repeats)
     if a.json:
         print(json.dumps(rep))
         return 0
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                         + ("" if _has_tensorrt() else ", tensorrt (not installed here)"))
     b.add_argument("--device", default="cpu", help="torch engine device: cpu or cuda")
     b.add_argument("--streams", type=int, default=0, help="also serve N concurrent batch-1 streams")
+    b.add_argument("--repeats", type=int, default=1,
+                   help="measure the models in N interleaved rounds and report medians (default 1)")
     b.add_argument("--latency-rows", type=int, default=200)
     b.add_argument("--throughput-rows", type=int, default=512)
     b.add_argument("--text-column", default=None)

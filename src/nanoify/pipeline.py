@@ -65,6 +65,7 @@ class BenchConfig:
     throughput_rows: int = 512
     streams: int = 0
     isolate: bool = True
+    repeats: int = 1
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
         b = cfg.bench
         benchmark([teacher_dir, str(out / "quantized")], cfg.data, out=f, streams=b.streams,
                   latency_rows=b.latency_rows, throughput_rows=b.throughput_rows, isolate=b.isolate,
-                  progress=progress, names=["teacher (PyTorch FP32)", "compressed (ONNX Runtime INT8)"])
+                  progress=progress, names=["teacher (PyTorch FP32)", "compressed (ONNX Runtime INT8)"],
+                  repeats=b.repeats)
 
     run("bench", bench_stage)
     summary = _summary(cfg, out)

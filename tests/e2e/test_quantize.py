@@ -136,3 +136,13 @@ def test_bench_errors(tmp_path, tiny_teacher, tiny_data, capsys):
     err = capsys.readouterr().err
     assert err.startswith("nanoify: error:") and len(err.strip().splitlines()) == 1
     assert main(["bench", str(tmp_path / "nope"), "--data", str(tiny_data)]) == 2
+
+
+def test_bench_repeats_are_interleaved_and_reported_as_medians(tiny_teacher, tiny_data):
+    from nanoify.bench.run import benchmark, format_table
+
+    rep = benchmark([str(tiny_teacher)], DataConfig(data=str(tiny_data), max_length=32), repeats=3,
+                    latency_rows=8, throughput_rows=32, isolate=False, progress=False)
+    m = rep["models"][0]
+    assert len(m["throughput_b32_runs"]) == 3 and m["throughput_b32"] == sorted(m["throughput_b32_runs"])[1]
+    assert "medians of 3 interleaved runs" in format_table(rep)

@@ -247,9 +247,12 @@ def _run_isolated(args: tuple) -> dict[str, Any]:
 def benchmark(models: Sequence[str], data: DataConfig | str | None = None, out: str | Path | None = None,
               split: str = "validation", engines: Sequence[str | None] | None = None, streams: int = 0,
               latency_rows: int = 200, throughput_rows: int = 512, device: str = "cpu", isolate: bool = True,
-              progress: bool = True, names: Sequence[str] | None = None) -> dict[str, Any]:
+              progress: bool = True, names: Sequence[str] | None = None, repeats: int = 1) -> dict[str, Any]:
     """Measure ``models`` (the first is the baseline); write report.md/report.json/report.png to ``out``.
 
+    With ``repeats`` > 1 the models are measured in interleaved rounds (m1, m2, …, m1, m2, …), each run in
+    a fresh process, and every timing is the median over rounds: a slow spell of a shared machine then
+    touches every model instead of whichever ran during it. Per-round throughputs stay in the JSON.
     Returns the report dict (also what ``--json`` prints).
     """
     from tqdm.auto import tqdm
@@ -269,11 +272,14 @@ def benchmark(models: Sequence[str], data: DataConfig | str | None = None, out: 
     dd = {"data": cfg.data, "text_column": cfg.text_column, "label_column": cfg.label_column,
           "max_length": cfg.max_length}
     engines = list(engines or [None] * len(models))
-    results = []
-    for m, e in tqdm(list(zip(models, engines, strict=True)), desc="bench", unit="model",
-                     disable=not progress or None):
+    if repeats < 1:
+        raise ConfigError("--repeats must be ≥ 1")
+    runs: list[list[dict[str, Any]]] = [[] for _ in models]
+    jobs = [(i, m, e) for _ in range(repeats) for i, (m, e) in enumerate(zip(models, engines, strict=True))]
+    for i, m, e in tqdm(jobs, desc="bench", unit="run", disable=not progress or None):
         args = (str(m), {**dd, "split": split}, e, streams, latency_rows, throughput_rows, device)
-        results.append(_run_isolated(args) if isolate else measure_model(*args))
+        runs[i].append(_run_isolated(args) if isolate else measure_model(*args))
+    results = [_median_of_runs(r) for r in runs]
     for r, n in zip(results, names or [], strict=False):
         r["name"] = n
     base = np.array(results[0].pop("_logits"))
@@ -284,7 +290,7 @@ def benchmark(models: Sequence[str], data: DataConfig | str | None = None, out: 
         r["sqnr_db"] = sqnr_db(base, lg)
     report = {"kind": "bench", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
               "versions": versions(), "data": cfg.data, "split": split, "max_length": cfg.max_length,
-              "models": results}
+              "repeats": repeats, "models": results}
     if out is not None:
         with atomic_dir(out) as tmp:
             write_json(tmp / "report.json", report)
@@ -293,6 +299,25 @@ def benchmark(models: Sequence[str], data: DataConfig | str | None = None, out: 
             write_json(tmp / MANIFEST, manifest("bench", {"models": [str(m) for m in models], "split": split,
                                                           "streams": streams}, report="report.json"))
     return report
+
+
+def _median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from repeated runs of a model: numbers are medians (nested dicts too), the rest from run 1."""
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    out: dict[str, Any] = {}
+    for k, v in first.items():
+        if isinstance(v, bool) or k == "_logits":
+            out[k] = v
+        elif isinstance(v, int | float) and all(isinstance(r.get(k), int | float) for r in runs):
+            out[k] = float(np.median([r[k] for r in runs]))
+        elif isinstance(v, dict):
+            out[k] = _median_of_runs([r[k] for r in runs])
+        else:
+            out[k] = v
+    out["throughput_b32_runs"] = [r["throughput_b32"] for r in runs]
+    return out
 
 
 ROWS: list[tuple[str, str, str, int]] = [
@@ -364,6 +389,8 @@ def format_table(report: dict[str, Any]) -> str:
     mach = report["machine"]
     note = (f"{report['data']} ({report['split']}, max length {report['max_length']}); {mach['cpu']}, "
             f"{mach['cores']} cores; {report['created']}. Peak RSS is the whole measuring process.")
+    if report.get("repeats", 1) > 1:
+        note += f" Timings and memory are medians of {report['repeats']} interleaved runs per model."
     if all(m.get("energy_mj_per_row") is None for m in ms):
         note += " Energy n/a: no RAPL or NVML sensor is readable here."
     lines += ["", note]
