@@ -130,7 +130,7 @@ def measure_model(model: str, data: dict[str, Any], engine: str | None = None, s
                   latency_rows: int = 200, throughput_rows: int = 512, device: str = "cpu") -> dict[str, Any]:
     """Every measurement of one model (runs in the calling process; see ``benchmark`` for isolation)."""
     from ..bench.accuracy import classification_metrics, predict_with
-    from ..bench.latency import make_batches, time_batches
+    from ..bench.latency import latency_throughput, make_batches, time_batches
     from ..data.text import LabelMap, encode_texts, load_text_data
     from ..engines import open_engine, parse_engine_spec
     from ..models.load import load_tokenizer
@@ -174,12 +174,9 @@ def measure_model(model: str, data: dict[str, Any], engine: str | None = None, s
                            "file_mb": ref.size_bytes() / 1e6, "load_s": load_s, **_shape(ref, eng)}
     logits = predict_with(run, ids, pad, 32)
     res.update(classification_metrics(logits.argmax(-1), gold, len(LabelMap(ref.label_map.names))))
-    lat = time_batches(run, make_batches(ids[:latency_rows], 1, pad)) * 1e3
-    res.update({f"latency_ms_p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)})
-    for b in (8, 32):
-        rows = ids[:throughput_rows]
-        secs = time_batches(run, make_batches(rows, b, pad), warmup=1).sum()
-        res[f"throughput_b{b}"] = float(len(rows) / secs)
+    rows = ids[:throughput_rows]
+    res.update(latency_throughput(run, rows, pad, n_latency=latency_rows, throughput_batch=32))
+    res["throughput_b8"] = float(len(rows) / time_batches(run, make_batches(rows, 8, pad), warmup=1).sum())
     res["energy_mj_per_row"] = _energy_per_row(run, make_batches(ids[:throughput_rows], 32, pad), device)
     rng = np.random.default_rng(0)
     fixed = []

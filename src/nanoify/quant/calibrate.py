@@ -25,14 +25,17 @@ log = logging.getLogger(__name__)
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
 
-def activation_tensors(model: Any, op_types: Iterable[str] = QUANTIZABLE_OPS) -> list[str]:
-    """Names of the non-constant inputs of the given op types (the activations to calibrate), in graph order."""
+def activation_tensors(model: Any, op_types: Iterable[str] = QUANTIZABLE_OPS,
+                       nodes: Iterable[str] | None = None) -> list[str]:
+    """Names of the non-constant inputs of the given op types (the activations to calibrate), in graph order;
+    only of the nodes named in ``nodes`` when given."""
     consts = {i.name for i in model.graph.initializer}
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     ops = set(op_types)
+    only = set(nodes) if nodes is not None else None
     seen: dict[str, None] = {}
     for node in model.graph.node:
-        if node.op_type in ops:
+        if node.op_type in ops and (only is None or node.name in only):
             for name in node.input:
                 if name and name not in consts:
                     seen.setdefault(name, None)

@@ -44,15 +44,9 @@ def quantizable_nodes(model: Any, op_types: Iterable[str] = QDQ_OPS) -> list[str
 
 def weight_node_inputs(model: Any, op_types: Iterable[str] = QDQ_OPS) -> list[str]:
     """The activation (non-constant) inputs of the nodes ``quantizable_nodes`` returns: what to calibrate."""
-    consts = {i.name for i in model.graph.initializer}
-    names = set(quantizable_nodes(model, op_types))
-    seen: dict[str, None] = {}
-    for n in model.graph.node:
-        if n.name in names:
-            for i in n.input:
-                if i and i not in consts:
-                    seen.setdefault(i, None)
-    return list(seen)
+    from .calibrate import activation_tensors
+
+    return activation_tensors(model, op_types, nodes=quantizable_nodes(model, op_types))
 
 
 def tensors_data(ranges: dict[str, float]) -> Any:

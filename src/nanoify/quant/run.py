@@ -73,14 +73,13 @@ class Candidate:
 
 
 def _session_runner(path: Path, threads: int | None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    from ..export.onnx import ort_session
+    """The first output of an ONNX model, run through the onnxruntime engine."""
+    from ..engines import open_engine
 
-    sess = ort_session(path, threads)
-    names = {i.name for i in sess.get_inputs()}
-    out = sess.get_outputs()[0].name
+    eng = open_engine("onnxruntime", str(path), threads=threads).__enter__()
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        return sess.run([out], {k: v for k, v in feed.items() if k in names})[0]
+        return next(iter(eng.infer(feed).values()))
 
     return run
 
