@@ -198,14 +198,8 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
         notify(stage, "done")
 
     def resumable(fn: Callable[..., Any], c: Any, f: Path) -> Any:
-        """Continue a killed training stage from its checkpoint; a checkpoint of other settings is stale."""
-        try:
-            return fn(c, f, resume=True, progress=progress)
-        except ConfigError as e:
-            if "checkpoint in" not in str(e):
-                raise
-            shutil.rmtree(f.parent / f"{f.name}.ckpt", ignore_errors=True)
-            return fn(c, f, resume=False, progress=progress)
+        """Continue a killed training stage from its checkpoint; one made with other settings is ignored."""
+        return fn(c, f, resume="auto", progress=progress)
 
     if cfg.finetune_teacher:
         from .config import FinetuneConfig

@@ -203,3 +203,37 @@ def test_teacher_logits_agree_with_a_direct_forward(tiny_teacher, tiny_data):
         for i, x in enumerate(ids):
             feed = {k: torch.from_numpy(v) for k, v in collate([x], 0).items()}
             np.testing.assert_allclose(got[i], model(**feed).logits[0].numpy(), atol=1e-5)
+
+
+def test_stale_checkpoint_is_an_error_for_resume_and_ignored_for_auto(tmp_path, tiny_teacher, tiny_data):
+    import dataclasses
+
+    from nanoify.errors import ConfigError
+
+    train = TrainConfig(max_steps=6, batch_size=32, lr=2e-3, checkpoint_every=2)
+    cfg = _cfg(tiny_teacher, tiny_data, student="layers=2,hidden=16,heads=2,intermediate=32", init="random",
+               train=train)
+    other = dataclasses.replace(cfg, train=dataclasses.replace(train, lr=1e-3))
+    fresh = tmp_path / "fresh"
+    distill(other, fresh, progress=False)
+
+    from nanoify.distill import run as run_mod
+
+    def kill_at(step):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    orig = run_mod.train
+    run_mod.train = lambda *a, **k: orig(*a, **{**k, "on_step": kill_at})
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            distill(cfg, out, progress=False)
+    finally:
+        run_mod.train = orig
+    with pytest.raises(ConfigError, match="other settings"):
+        distill(other, out, resume=True, progress=False)
+    distill(other, out, resume="auto", progress=False)  # what compress passes: start over
+    a, b = load_file(fresh / "model.safetensors"), load_file(out / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

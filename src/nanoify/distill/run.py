@@ -79,7 +79,8 @@ def _finish(out: Path, model: Any, tok: Any, label_map: LabelMap, man: dict[str,
     shutil.rmtree(_ckpt_dir(out), ignore_errors=True)
 
 
-def finetune(config: FinetuneConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False,
+             progress: bool = True) -> dict[str, Any]:
     """Turn a pretrained encoder into a classifier on ``config.data``; returns the manifest.
 
     Writes Hugging Face format (config, safetensors, tokenizer), ``label_map.json``, ``train_log.jsonl``
@@ -166,7 +167,8 @@ def _teacher_logits(teacher: Any, teacher_dir: str, ids: list[list[int]], pad_id
     return logits
 
 
-def distill(config: DistillConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
+            progress: bool = True) -> dict[str, Any]:
     """Distil ``config.teacher`` into a student described by ``config.student``; returns the manifest.
 
     Logit losses (``kd_kl`` with temperature, ``hard_ce``) and intermediate losses (attention maps,

@@ -54,7 +54,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
 
 def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[int]], pad_id: int,
           stages: Sequence[Stage], cfg: TrainConfig, loss_fn: LossFn, ckpt_dir: Path | None = None,
-          resume: bool = False, run_key: str = "", on_step: Callable[[int], None] | None = None,
+          resume: bool | str = False, run_key: str = "", on_step: Callable[[int], None] | None = None,
           progress: bool = True) -> list[dict[str, Any]]:
     """Train ``model`` (and the auxiliary projections ``aux``) through ``stages``.
 
@@ -62,6 +62,8 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
         ids: token ids of every training row (the loss function maps row indices to labels/targets).
         ckpt_dir: where ``state.pt`` is written every ``cfg.checkpoint_every`` steps (None: never).
         resume: continue from ``ckpt_dir/state.pt`` when present; it must carry the same ``run_key``.
+            ``"auto"``: a checkpoint of other settings is stale and is ignored (pipelines whose stage
+            hashes already decide what reruns).
         on_step: called with the global step after each optimiser step (for tests and callers that stop).
 
     Returns:
@@ -77,13 +79,18 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
     if resume and ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         if state.get("run_key") != run_key:
-            raise ConfigError(f"checkpoint in {ckpt_dir} was made with other settings; "
-                              "rerun without --resume or with the original settings")
+            if resume != "auto":
+                raise ConfigError(f"checkpoint in {ckpt_dir} was made with other settings; "
+                                  "rerun without --resume or with the original settings")
+            log.info("ignoring the checkpoint in %s: it was made with other settings", ckpt_dir)
+            state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         aux.load_state_dict(state["aux"])
         start_stage, start_step, history = state["stage"], state["step"], state["history"]
         log.info("resuming from stage %d step %d", start_stage, start_step)
     elif ckpt is not None:
+        assert ckpt_dir is not None
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     total = sum(s.steps for s in stages)
