@@ -161,17 +161,15 @@ def _sources(ref: Any) -> tuple[Path, Path]:
     return plain, p
 
 
-def _candidates(target: str, plain: Path, fused: Path, methods: Sequence[str],
+def _candidates(target: str, plain: Path, fused: Path, graphs: dict[Path, Any], methods: Sequence[str],
                 ranges: dict[str, dict[str, float]]) -> list[Candidate]:
-    import onnx
-
     from .dynamic import DYNAMIC_OPS, quantize_dynamic_int8
     from .qdq import QDQ_OPS, quantizable_nodes, quantize_static_qdq
 
-    plain_units = quantizable_nodes(onnx.load(str(plain), load_external_data=False), QDQ_OPS)
+    plain_units = quantizable_nodes(graphs[plain], QDQ_OPS)
     out: list[Candidate] = []
     if target == "cpu":
-        fused_units = quantizable_nodes(onnx.load(str(fused), load_external_data=False), DYNAMIC_OPS)
+        fused_units = quantizable_nodes(graphs[fused], DYNAMIC_OPS)
         for name, pc, rr in (("dynamic-per-channel", True, False), ("dynamic-per-channel-reduce-range", True, True),
                              ("dynamic-stock", False, False)):
             def make(excl: Sequence[str], dst: Path, pc: bool = pc, rr: bool = rr) -> None:
@@ -254,11 +252,12 @@ def mixed_precision(cand: Candidate, ev: EvalSet, fp32_acc: float, budget: float
     return mixed, plan
 
 
-def _check_onnx(path: Path) -> None:
+def _load_graph(path: Path) -> Any:
+    """The ONNX graph without its external weights; an unreadable file is a one-line ModelError."""
     import onnx
 
     try:
-        onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf errors are not user-readable
         raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it") from None
 
@@ -301,8 +300,7 @@ def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None 
             export(ref.path, tmp / "export")
             ref = resolve(tmp / "export")
         plain, fused = _sources(ref)
-        for p in {plain, fused}:
-            _check_onnx(p)
+        graphs = {p: _load_graph(p) for p in {plain, fused}}
         calib_ids, ev = _load_sets(ref.tokenizer_dir, ref.label_map.names, calib, eval_data, calib_samples,
                                    ref.max_sequence, eval_rows)
         work = tmp / "candidates"
@@ -318,11 +316,9 @@ def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None 
 
             t0 = time.time()
             feeds = make_batches(calib_ids, 16, ev.pad_id)
-            import onnx
-
             from .qdq import weight_node_inputs
 
-            wanted = weight_node_inputs(onnx.load(str(plain), load_external_data=False))
+            wanted = weight_node_inputs(graphs[plain])
             hists = calibrate_onnx(plain, tqdm(feeds, desc="calibrate", unit="batch", disable=not progress or None,
                                                leave=False), tensors=wanted, threads=threads)
             ranges = {m: choose_ranges(hists, m) for m in methods}
@@ -330,7 +326,7 @@ def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None 
                           "data": calib.data, "max_length": calib.max_length}
             write_json(tmp / "ranges.json", ranges)
 
-        cands = _candidates(target, plain, fused, methods, ranges)
+        cands = _candidates(target, plain, fused, graphs, methods, ranges)
         for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
             c.path = work / f"{c.name}.onnx"
             c.make([], c.path)
