@@ -317,27 +317,27 @@ def _median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-ROWS: list[tuple[str, str, str, int]] = [
-    # key, label, better ("up"/"down"/""), decimals
-    ("engine", "engine", "", 0),
-    ("layers", "layers", "", 0),
-    ("parameters_m", "parameters (M)", "down", 1),
-    ("file_mb", "file (MB)", "down", 1),
-    ("accuracy", "accuracy", "up", 4),
-    ("top1_agreement", "top-1 agreement with baseline", "up", 4),
-    ("logit_cosine", "logit cosine to baseline", "up", 4),
-    ("sqnr_db", "logit SQNR vs baseline (dB)", "up", 1),
-    ("latency_ms_p50", "latency b1 p50 (ms)", "down", 2),
-    ("latency_ms_p90", "latency b1 p90 (ms)", "down", 2),
-    ("latency_ms_p99", "latency b1 p99 (ms)", "down", 2),
-    ("throughput_b8", "throughput b8 (rows/s)", "up", 1),
-    ("throughput_b32", "throughput b32 (rows/s)", "up", 1),
-    (f"throughput_b32_len{FIXED_LEN}", f"throughput b32 len {FIXED_LEN} (rows/s)", "up", 1),
-    ("streams_throughput", "streams: rows/s", "up", 1),
-    ("streams_p99", "streams: latency p99 (ms)", "down", 2),
-    ("peak_rss_mb", "peak RSS (MB)", "down", 0),
-    ("gpu_peak_mb", "GPU peak (MB)", "down", 0),
-    ("energy_mj_per_row", "energy (mJ/row)", "down", 2),
+ROWS: list[tuple[str, str, int]] = [
+    # key, label, decimals
+    ("engine", "engine", 0),
+    ("layers", "layers", 0),
+    ("parameters_m", "parameters (M)", 1),
+    ("file_mb", "file (MB)", 1),
+    ("accuracy", "accuracy", 4),
+    ("top1_agreement", "top-1 agreement with baseline", 4),
+    ("logit_cosine", "logit cosine to baseline", 4),
+    ("sqnr_db", "logit SQNR vs baseline (dB)", 1),
+    ("latency_ms_p50", "latency b1 p50 (ms)", 2),
+    ("latency_ms_p90", "latency b1 p90 (ms)", 2),
+    ("latency_ms_p99", "latency b1 p99 (ms)", 2),
+    ("throughput_b8", "throughput b8 (rows/s)", 1),
+    ("throughput_b32", "throughput b32 (rows/s)", 1),
+    (f"throughput_b32_len{FIXED_LEN}", f"throughput b32 len {FIXED_LEN} (rows/s)", 1),
+    ("streams_throughput", "streams: rows/s", 1),
+    ("streams_p99", "streams: latency p99 (ms)", 2),
+    ("peak_rss_mb", "peak RSS (MB)", 0),
+    ("gpu_peak_mb", "GPU peak (MB)", 0),
+    ("energy_mj_per_row", "energy (mJ/row)", 2),
 ]
 
 
@@ -349,7 +349,7 @@ def _value(r: dict[str, Any], key: str) -> Any:
     return r.get(key)
 
 
-def _change(a: Any, b: Any, key: str, better: str) -> str:
+def _change(a: Any, b: Any, key: str) -> str:
     if not isinstance(a, int | float) or not isinstance(b, int | float) or isinstance(a, bool):
         return ""
     if key == "accuracy":
@@ -367,7 +367,7 @@ def format_table(report: dict[str, Any]) -> str:
     ms = report["models"]
     head = ["metric"] + [m["name"] for m in ms] + (["change"] if len(ms) > 1 else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, label, better, nd in ROWS:
+    for key, label, nd in ROWS:
         vals = [_value(m, key) for m in ms]
         if all(v is None for v in vals) and key not in ("energy_mj_per_row",):
             continue
@@ -381,7 +381,7 @@ def format_table(report: dict[str, Any]) -> str:
                 cells.append(str(v))
         row = [label] + cells
         if len(ms) > 1:
-            row.append(_change(vals[0], vals[-1], key, better))
+            row.append(_change(vals[0], vals[-1], key))
         lines.append("| " + " | ".join(row) + " |")
     mach = report["machine"]
     note = (f"{report['data']} ({report['split']}, max length {report['max_length']}); {mach['cpu']}, "

@@ -82,14 +82,20 @@ def load_classifier(name: str, label_map: LabelMap | None = None) -> tuple[Any, 
         raise _fail(name, e) from None
     tok = load_tokenizer(name)
     if label_map is None:
-        lm_file = Path(path) / LABEL_MAP_FILE
-        if lm_file.is_file():
-            label_map = LabelMap(json.loads(lm_file.read_text())["names"])
-        else:
-            id2label = model.config.id2label
-            label_map = LabelMap([str(id2label[i]) for i in range(len(id2label))])
+        label_map = saved_label_map(Path(path), model.config.id2label)
+        assert label_map is not None
     model.eval()
     return model, tok, label_map
+
+
+def saved_label_map(folder: Path, id2label: dict[Any, Any] | None = None) -> LabelMap | None:
+    """The label map saved beside a model (``label_map.json``), else from ``id2label``, else None."""
+    f = folder / LABEL_MAP_FILE
+    if f.is_file():
+        return LabelMap(json.loads(f.read_text())["names"])
+    if id2label:
+        return LabelMap([str(id2label[k]) for k in sorted(id2label, key=int)])
+    return None
 
 
 def save_classifier(model: Any, tokenizer: Any, label_map: LabelMap, out: str | Path) -> None:

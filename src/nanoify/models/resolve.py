@@ -39,15 +39,15 @@ class ModelRef:
 
 
 def _labels(folder: Path) -> LabelMap:
-    p = folder / "label_map.json"
-    if p.is_file():
-        return LabelMap(list(json.loads(p.read_text())["names"]))
+    from .load import saved_label_map
+
     cfg = folder / "config.json"
-    if cfg.is_file():
-        id2label = json.loads(cfg.read_text()).get("id2label") or {}
-        if id2label:
-            return LabelMap([id2label[k] for k in sorted(id2label, key=int)])
-    raise ModelError(f"{folder} has no label_map.json or id2label in config.json; save the classifier with nanoify")
+    id2label = json.loads(cfg.read_text()).get("id2label") if cfg.is_file() else None
+    lm = saved_label_map(folder, id2label)
+    if lm is None:
+        raise ModelError(f"{folder} has no label_map.json or id2label in config.json; save the classifier with "
+                         "nanoify")
+    return lm
 
 
 def _max_seq(folder: Path, default: int = 512) -> int:
