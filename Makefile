@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nanoify-installed
 DEMO := runs/demo
 
-.PHONY: demo test lint bench-distill bench-quant clean-demo
+.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-calib clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ bench-distill: $(STAMP)
 
 bench-quant: $(STAMP)
 	$(PY) benchmarks/quantize_sst2.py
+
+bench-cifar: $(STAMP)
+	$(PY) benchmarks/quantize_cifar10.py
+
+# needs a venv with nvidia-modelopt (not a nanoify dependency): MODELOPT_PY=/path/to/venv/bin/python
+bench-calib: $(STAMP)
+	$(PY) benchmarks/calibration_vs_modelopt.py $(if $(MODELOPT_PY),--modelopt-python $(MODELOPT_PY))
 
 clean-demo:
 	rm -rf $(DEMO)

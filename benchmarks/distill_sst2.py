@@ -26,9 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from nanoify.artifacts import machine, read_manifest, versions  # noqa: E402
-from nanoify.bench.latency import latency_throughput, torch_runner  # noqa: E402
+from nanoify.bench.latency import measure_speed  # noqa: E402
 from nanoify.config import DataConfig, DistillConfig, FinetuneConfig, TrainConfig, to_dict  # noqa: E402
-from nanoify.data.text import encode_texts, load_text_data  # noqa: E402
 from nanoify.distill.run import distill, evaluate, finetune  # noqa: E402
 from nanoify.models.load import count_parameters, encoder_flops_per_token, load_classifier  # noqa: E402
 
@@ -92,12 +91,17 @@ def main() -> int:
         folders[name] = out
         student_secs[name] = read_manifest(out)["train"]["seconds"]
 
-    val = load_text_data(DataConfig(max_length=64), splits=("validation",)).split("validation")
+    from nanoify.engines import open_engine
+    from nanoify.models.resolve import resolve
+    from nanoify.tasks import make_task
+
     rows = []
     for name, folder in [("teacher (MiniLM-L6, FP32)", teacher), *folders.items()]:
         model, tok, _ = load_classifier(str(folder))
-        ids = encode_texts(tok, val.texts, 64)
-        perf = latency_throughput(torch_runner(model), ids, int(tok.pad_token_id or 0))
+        task = make_task(resolve(folder))
+        ev = task.eval_set(DataConfig(max_length=64))
+        with open_engine("torch", str(folder)) as eng:  # the timing bench and quantize use (200 × b1, 512 × b32)
+            perf = measure_speed([eng.infer], task.feeds(ev, 1, 200), task.feeds(ev, 32, 512), rounds=1)[0]
         acc = evaluate(folder, DataConfig(max_length=64), teacher=None if folder == teacher else teacher)
         rows.append({"name": name, "accuracy": acc["accuracy"], "agreement": acc.get("agreement"),
                      "params": count_parameters(model), "enc_params": count_parameters(model, encoder_only=True),
@@ -107,7 +111,8 @@ def main() -> int:
     base = rows[0]
     lines = [f"## Distillation, SST-2 — {time.strftime('%Y-%m-%d %H:%M')} {'(QUICK: not a result)' if a.quick else ''}",
              "",
-             f"Machine: {machine()['cpu']}, {machine()['cores']} cores, torch threads {torch.get_num_threads()}. "
+             f"Machine: {machine()['cpu']}, {machine()['cores']} cores ({' '.join(machine()['cpu_flags'])}), "
+             f"torch threads {torch.get_num_threads()}. "
              f"Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
              f"Data: SST-2 train {'2000-row subset' if a.quick else 'all 67,349 phrases'}, max length 64; "
              "scored on SST-2 validation (872). PyTorch FP32 eager on CPU, dynamic padding, real sentence order.",

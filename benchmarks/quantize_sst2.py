@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from nanoify.artifacts import machine, read_manifest, versions  # noqa: E402
 from nanoify.bench.run import benchmark, format_table, peak_rss_mb  # noqa: E402
-from nanoify.config import DataConfig  # noqa: E402
+from nanoify.config import BenchConfig, DataConfig, QuantizeConfig  # noqa: E402
 from nanoify.export.onnx import export  # noqa: E402
 from nanoify.quant.run import quantize  # noqa: E402
 
@@ -132,11 +132,12 @@ def main() -> int:
         if not stock.is_file():
             _stock_dynamic(exp / "model.onnx", stock)
         t0 = time.time()
-        man = quantize(exp, work / "nanoify", calib=data, eval_data=data, budget=TARGETS["drop_pts"], progress=False)
+        man = quantize(exp, work / "nanoify", calib=data, eval_data=data,
+                       config=QuantizeConfig(budget=TARGETS["drop_pts"]), progress=False)
         q_secs = time.time() - t0
         logging.info("%s: chose %s in %.0f s", key, man["chosen"], q_secs)
         rep = benchmark([str(src), str(exp / "model.fused.onnx"), str(stock), str(work / "nanoify")], data,
-                        out=work / "bench", progress=False, repeats=a.repeats)
+                        out=work / "bench", progress=False, config=BenchConfig(repeats=a.repeats))
         names = ["PyTorch FP32", "ORT FP32 fused", "ORT stock dynamic INT8", f"nanoify ({man['chosen']})"]
         for r, n in zip(rep["models"], names, strict=True):
             r["name"] = n
@@ -150,7 +151,7 @@ def main() -> int:
                         f", {vs_stock:.2f}× stock dynamic (target ≥ 1: {_ok(vs_stock >= 1)}); "
                         f"quantize search took {q_secs:.0f} s")
         cands = "\n".join(f"  - {c['name']}: accuracy {c['accuracy']:.4f} "
-                          f"(drop {c['accuracy_drop_pts']:.2f} pt vs ORT FP32), "
+                          f"(drop {c['drop_pts']:.2f} pt vs ORT FP32, {c['predictions_changed']} changed), "
                           f"b32 {c['throughput_b32']:.0f} rows/s, SQNR {c['sqnr_db']:.1f} dB"
                           for c in man["candidates"])
         sections.append(f"#### {key} ({MODELS[key]})\n\n{format_table(rep)}\n\nCandidates tried by `nanoify quantize` "
@@ -172,7 +173,8 @@ def main() -> int:
     m = machine()
     text = "\n".join([
         f"\n## Quantized deployment — {time.strftime('%Y-%m-%d')} (`benchmarks/quantize_sst2.py`)\n",
-        f"Machine: {m['cpu']}, {m['cores']} cores. Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items())
+        f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
         + f". SST-2 validation (872), max length {MAX_LEN}. Wall time {(time.time() - t_start) / 60:.1f} min.\n",
         "Targets:", *verdicts, "", *sections,
         *(["#### Calibration memory (BERT-base shape, nanoify streaming entropy calibration)\n", *mem_lines, ""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,4 +103,77 @@ def tiny_export(tmp_path_factory, tiny_teacher) -> Path:
 
     out = tmp_path_factory.mktemp("export") / "exp"
     export(tiny_teacher, out)
+    return out
+
+
+COLORS = np.array([[200, 40, 40], [40, 180, 60], [50, 60, 210], [150, 150, 150]], dtype=np.float32)
+CLASSES = ["red", "green", "blue", "gray"]
+
+
+def make_images(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images whose class is their dominant colour (a learnable 4-class task), uint8 N×H×W×3 RGB."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(CLASSES), size=n)
+    base = COLORS[labels][:, None, None, :]
+    img = base * rng.uniform(0.6, 1.2, size=(n, 1, 1, 1)) + rng.normal(0, 40, size=(n, size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+TINY_CNN = "nanoify.models.vision:CifarResNet"
+TINY_CNN_KWARGS = {"blocks": [1, 1, 1], "num_classes": 4}
+TINY_PRE = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory) -> Path:
+    """A folder with train.npz and test.npz (labels + class names) of the colour task."""
+    d = tmp_path_factory.mktemp("images")
+    for name, n, seed in (("train_small.npz", 256, 1), ("test.npz", 200, 2)):
+        x, y = make_images(n, seed)
+        np.savez(d / name, images=x, labels=y, classes=np.array(CLASSES))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn(tmp_path_factory, tiny_images) -> Path:
+    """A ResNet-8 (CifarResNet with one block per stage) trained briefly on the colour task, saved as a
+    torch-module folder (module.json + model.safetensors + preprocess.json + label_map.json)."""
+    import json
+
+    from nanoify.data.images import Preprocess
+    from nanoify.models.load import build_module, save_module
+
+    torch.manual_seed(0)
+    model = build_module(TINY_CNN, TINY_CNN_KWARGS)
+    pre = Preprocess.from_dict({**TINY_PRE, "size": [16, 16]})
+    z = np.load(tiny_images / "train_small.npz")
+    x = torch.from_numpy(pre(list(z["images"])))
+    y = torch.from_numpy(z["labels"])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(60):
+        idx = torch.randint(0, len(x), (32,), generator=torch.Generator().manual_seed(step))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    folder = tmp_path_factory.mktemp("cnn") / "resnet8"
+    save_module(model, folder, TINY_CNN, TINY_CNN_KWARGS, {"input": ["float32", ["batch", 3, 16, 16]]}, ["logits"],
+                "image-classification")
+    pre.save(folder / "preprocess.json")
+    (folder / "label_map.json").write_text(json.dumps({"names": CLASSES}))
+    with torch.no_grad():
+        zt = np.load(tiny_images / "test.npz")
+        acc = (model(torch.from_numpy(pre(list(zt["images"])))).argmax(1).numpy() == zt["labels"]).mean()
+    assert acc > 0.8, acc
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_export(tmp_path_factory, tiny_cnn) -> Path:
+    from nanoify.export.onnx import export
+
+    out = tmp_path_factory.mktemp("cnnx") / "exp"
+    export(tiny_cnn, out)
     return out

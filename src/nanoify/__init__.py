@@ -5,9 +5,9 @@ The public API is imported lazily so ``import nanoify`` does no work:
     nanoify.finetune(FinetuneConfig(...), out)
     nanoify.distill(DistillConfig(teacher=..., student="half"), out)
     nanoify.evaluate(model_dir, data, split="validation", teacher=None)
-    nanoify.export(model_dir, out)
-    nanoify.quantize(export_dir, out, calib=data, budget=0.5, target="cpu")
-    nanoify.benchmark([baseline, compressed], data, out=report_dir)
+    nanoify.export(model_dir_or_module, out)            # a torch.nn.Module needs example_input=
+    nanoify.quantize(export_dir, out, calib=data, config=QuantizeConfig(budget=0.5, target="cpu"))
+    nanoify.benchmark([baseline, compressed], data, out=report_dir, config=BenchConfig(streams=2))
     nanoify.compress(CompressConfig(teacher=..., distill=DistillConfig(student="half")), out)
 """
 
@@ -26,8 +26,13 @@ _LAZY = {
     "benchmark": ("nanoify.bench.run", "benchmark"),
     "compress": ("nanoify.pipeline", "compress"),
     "CompressConfig": ("nanoify.pipeline", "CompressConfig"),
-    "QuantizeConfig": ("nanoify.pipeline", "QuantizeConfig"),
-    "BenchConfig": ("nanoify.pipeline", "BenchConfig"),
+    "QuantizeConfig": ("nanoify.config", "QuantizeConfig"),
+    "BenchConfig": ("nanoify.config", "BenchConfig"),
+    "TimingConfig": ("nanoify.config", "TimingConfig"),
+    "ModelSource": ("nanoify.pipeline", "ModelSource"),
+    "resolve": ("nanoify.models.resolve", "resolve"),
+    "make_task": ("nanoify.tasks", "make_task"),
+    "open_engine": ("nanoify.engines", "open_engine"),
     "load_compress_recipe": ("nanoify.pipeline", "load_compress_recipe"),
     "DataConfig": ("nanoify.config", "DataConfig"),
     "TrainConfig": ("nanoify.config", "TrainConfig"),

@@ -43,7 +43,10 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system()}
+    from .quant.cpu import cpu_flags
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "arch": platform.machine(),
+            "cpu_flags": list(cpu_flags())}
 
 
 def file_sha256(path: str | Path, limit: int | None = None) -> str:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from .errors import NanoifyError
@@ -53,7 +54,7 @@ def _train_cfg(a: argparse.Namespace) -> Any:
 
 
 def _print_summary(man: dict[str, Any]) -> None:
-    from .bench.accuracy import format_agreement
+    from .tasks.classify import format_agreement
 
     for split, m in man.get("metrics", {}).items():
         line = f"{split}: accuracy {m['accuracy']:.4f} on {m['n']} rows"
@@ -97,14 +98,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .bench.accuracy import format_agreement
     from .distill.run import evaluate
+    from .tasks.classify import format_agreement
 
     res = evaluate(a.model, _data_cfg(a), split=a.split, teacher=a.teacher)
     if a.json:
         print(json.dumps(res))
         return 0
-    line = f"{a.split}: accuracy {res['accuracy']:.4f} on {res['n']} rows"
+    line = f"{res['split']}: accuracy {res['accuracy']:.4f} on {res['n']} rows"
     if "macro_f1" in res:
         line += f", macro-F1 {res['macro_f1']:.4f}"
     print(line)
@@ -114,61 +115,106 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_data(spec: str | None, a: argparse.Namespace) -> Any:
+    """What --data/--calib/--eval name: a DataConfig for text (with the column and length flags); image data
+    (.npz, image folders) goes to the image task as the path itself."""
+    from .config import DataConfig
+    from .data.images import is_image_data
+
+    if is_image_data(spec):
+        return spec
+    return DataConfig(data=spec, text_column=a.text_column, label_column=a.label_column, max_length=a.max_length)
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from .export.onnx import export
 
-    texts = None
-    if a.data:
-        from .config import DataConfig
-        from .data.text import load_text_data
+    if a.module:
+        import numpy as np
 
-        d = load_text_data(DataConfig(data=a.data), splits=("validation",))
-        texts = d.split("validation").texts[:16]
-    man = export(a.model, a.out, opset=a.opset, texts=texts, fuse_graph=not a.no_fuse)
-    diffs = ", ".join(f"{k} {v:.1e}" for k, v in man["validation"]["max_abs_logit_diff"].items())
-    print(f"ONNX written to {a.out} (dynamic batch and sequence); max |logit - PyTorch|: {diffs}")
-    if man["fused_ops"]:
-        print("fused: " + ", ".join(f"{k} {v}" for k, v in man["fused_ops"].items()))
+        from .models.load import build_module, load_weights
+
+        if not a.weights or not a.input_shape:
+            from .errors import ConfigError
+
+            raise ConfigError("--module needs --weights FILE.safetensors and --input-shape C,H,W")
+        kwargs = json.loads(a.module_kwargs) if a.module_kwargs else {}
+        module = load_weights(build_module(a.module, kwargs), a.weights)
+        shape = tuple(int(v) for v in a.input_shape.split(","))
+        man = export(module, a.out, opset=a.opset, example_input=np.zeros((1, *shape), dtype=np.float32),
+                     preprocess=a.preprocess, labels=a.labels, factory=a.module, kwargs=kwargs,
+                     dynamic_hw=a.dynamic_hw)
+    elif a.model is None:
+        from .errors import ConfigError
+
+        raise ConfigError("export needs a model folder, or --module package.module:callable with --weights")
+    elif a.model and (Path(a.model) / "module.json").is_file():
+        man = export(a.model, a.out, opset=a.opset, dynamic_hw=a.dynamic_hw)
+    else:
+        texts = None
+        if a.data:
+            from .config import DataConfig
+            from .data.splits import pick_split
+            from .data.text import available_splits, load_text_data
+
+            split = pick_split(available_splits(a.data), None, "eval", a.data)
+            texts = load_text_data(DataConfig(data=a.data), splits=(split,)).split(split).texts[:16]
+        man = export(a.model, a.out, opset=a.opset, texts=texts, fuse_graph=not a.no_fuse)
+    v = man["validation"]
+    diffs = ", ".join(f"{k} {val:.1e}" for k, val in (v.get("max_abs_logit_diff") or v["max_rel_output_diff"]).items())
+    axes = "dynamic batch and sequence" if man.get("task") == "text-classification" else "dynamic batch"
+    print(f"ONNX written to {a.out} ({axes}); max |output - PyTorch|: {diffs}")
+    if man.get("fused_ops"):
+        print("fused: " + ", ".join(f"{k} {val}" for k, val in man["fused_ops"].items()))
+    if man.get("batchnorm"):
+        bn = man["batchnorm"]
+        print(f"BatchNorm: {bn['modules']} module(s) folded into convolutions, {bn['onnx_nodes_saved']} left")
     for w in man.get("warnings", []):
         print(f"warning: {w}")
     return 0
 
 
+def _quantize_cfg(a: argparse.Namespace) -> Any:
+    from .config import QuantizeConfig, TimingConfig
+
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip()) if a.methods else None
+    return QuantizeConfig(target=a.target, budget=a.budget, agreement_budget=a.agreement_budget, methods=methods,
+                          calib_samples=a.calib_samples,
+                          eval_rows=a.eval_rows, optimize=a.optimize, threads=a.threads,
+                          timing=TimingConfig(rounds=a.rounds))
+
+
 def cmd_quantize(a: argparse.Namespace) -> int:
-    from .config import DataConfig
     from .quant.run import quantize
 
-    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
-    calib = DataConfig(data=a.calib, text_column=a.text_column, label_column=a.label_column, max_length=a.max_length)
-    ev = DataConfig(data=a.eval or a.calib, text_column=a.text_column, label_column=a.label_column,
-                    max_length=a.max_length)
-    man = quantize(a.model, a.out, calib=calib, eval_data=ev, budget=a.budget, target=a.target, methods=methods,
-                   calib_samples=a.calib_samples, eval_rows=a.eval_rows, threads=a.threads)
+    calib = _eval_data(a.calib, a)
+    ev = _eval_data(a.eval, a) if a.eval else None
+    man = quantize(a.model, a.out, calib=calib, eval_data=ev, config=_quantize_cfg(a), task=a.task,
+                   preprocess=a.preprocess)
     if a.json:
         print(json.dumps(man))
         return 0
-    from pathlib import Path
-
     print((Path(a.out) / "report.md").read_text().rstrip())
     print(f"\nwritten to {a.out}/{man['model_file']}")
     if not man["budget_met"]:
-        print(f"warning: no candidate met the budget of {a.budget} points; kept the most accurate")
+        print(f"warning: no candidate met the budget of {a.budget} points; kept the best")
     return 0
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from .bench.run import benchmark, format_table
-    from .config import DataConfig
+    from .config import BenchConfig, TimingConfig
 
-    engines = a.engine.split(",") if a.engine else None
+    engines = tuple(a.engine.split(",")) if a.engine else None
     if engines and len(engines) != len(a.models):
         from .errors import ConfigError
 
         raise ConfigError(f"--engine lists {len(engines)} engines for {len(a.models)} models; give one per model")
-    rep = benchmark(a.models, DataConfig(data=a.data, text_column=a.text_column, label_column=a.label_column,
-                                         max_length=a.max_length), out=a.out, split=a.split, engines=engines,
-                    streams=a.streams, latency_rows=a.latency_rows, throughput_rows=a.throughput_rows,
-                    device=a.device, progress=not a.json, repeats=a.repeats)
+    cfg = BenchConfig(split=a.split, streams=a.streams, repeats=a.repeats, engines=engines, device=a.device,
+                      timing=TimingConfig(latency_rows=a.latency_rows, throughput_rows=a.throughput_rows,
+                                          rounds=a.rounds))
+    rep = benchmark(a.models, _eval_data(a.data, a) if a.data else None, out=a.out, config=cfg,
+                    progress=not a.json, task=a.task, preprocess=a.preprocess)
     if a.json:
         print(json.dumps(rep))
         return 0
@@ -182,7 +228,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
     from .pipeline import CompressConfig, apply_overrides, compress, load_compress_recipe
 
     over = {"teacher": a.teacher, "data": a.data, "student": a.student, "target": a.target, "budget": a.budget,
-            "finetune_teacher": True if a.finetune_teacher else None}
+            "finetune_teacher": True if a.finetune_teacher else None, "optimize": a.optimize}
     out = a.out
     if a.recipe:
         cfg = load_compress_recipe(a.recipe, **over)
@@ -196,7 +242,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
         from .errors import ConfigError
 
         raise ConfigError("compress needs an output folder: --out DIR (or out: in the recipe)")
-    total = 5 if cfg.finetune_teacher else 4
+    total = len(cfg.stages)
     seen: list[str] = []
 
     def on_stage(stage: str, status: str) -> None:
@@ -208,13 +254,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
             print(f"[{len(seen) + 1}/{total}] {stage}: running ...", flush=True)
 
     man = compress(cfg, out, on_stage=on_stage)
-    from pathlib import Path
-
     print()
     print((Path(out) / "report.md").read_text().rstrip())
     print(f"\nreport.md, report.json, report.png and every stage's folder are in {out}")
     if not man["summary"]["budget_met"]:
-        print(f"warning: the compressed student is {man['summary']['drop_pts']:.2f} points below the teacher, beyond "
+        print(f"warning: the compressed model is {man['summary']['drop_pts']:.2f} points below its baseline, beyond "
               f"the budget of {cfg.quantize.budget}")
     return 0
 
@@ -260,32 +304,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="accuracy of a classifier; with --teacher, the agreement table")
     e.add_argument("model", help="classifier folder")
-    e.add_argument("--split", default="validation")
+    e.add_argument("--split", default=None, help="split to evaluate (default: validation, else test)")
     e.add_argument("--teacher", default=None, help="teacher folder: adds the student/teacher agreement table")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     _data_args(e)
     e.set_defaults(func=cmd_evaluate, threads=None)
-    x = sub.add_parser("export", help="classifier -> ONNX (dynamic axes) + fused ONNX, validated against PyTorch")
-    x.add_argument("model", help="classifier folder")
+
+    x = sub.add_parser("export", help="model -> ONNX (dynamic axes), validated against PyTorch",
+                       description="A Hugging Face text classifier folder (plus ONNX Runtime's transformer fusions), "
+                                   "a torch-module folder (module.json), or a PyTorch image model built from an "
+                                   "import path (--module) with safetensors weights.")
+    x.add_argument("model", nargs="?", default=None, help="classifier folder or torch-module folder")
     x.add_argument("--out", required=True, help="output folder (written atomically)")
     x.add_argument("--opset", type=int, default=17)
     x.add_argument("--no-fuse", action="store_true", help="skip ONNX Runtime's transformer fusions")
-    x.add_argument("--data", default=None, help="also validate on real sentences from this data's validation split")
+    x.add_argument("--data", default=None, help="also validate on real sentences from this text data")
+    g = x.add_argument_group("PyTorch image models")
+    g.add_argument("--module", default=None, help="import path of a function or class building the module, "
+                                                  "e.g. nanoify.models.vision:resnet20")
+    g.add_argument("--module-kwargs", default=None, help="its keyword arguments as JSON, e.g. '{\"num_classes\": 10}'")
+    g.add_argument("--weights", default=None, help="safetensors file to load into the module")
+    g.add_argument("--input-shape", default=None, help="one input's shape C,H,W (e.g. 3,32,32)")
+    g.add_argument("--labels", default=None, help="class names: a file (one per line, or label_map.json) or a,b,c")
+    g.add_argument("--preprocess", default=None, help="preprocess.json (size, resize, mean, std, …)")
+    g.add_argument("--dynamic-hw", action="store_true", help="also make the image height and width dynamic")
     x.set_defaults(func=cmd_export, threads=None)
 
-    q = sub.add_parser("quantize", help="ONNX -> INT8 / mixed precision, the fastest within an accuracy budget")
-    q.add_argument("model", help="export folder, .onnx file (tokenizer in hf/ beside it) or classifier folder")
+    q = sub.add_parser("quantize", help="ONNX -> INT8 / mixed precision, the best for the job within a budget")
+    q.add_argument("model", help="export folder, .onnx file, classifier folder or torch-module folder")
     q.add_argument("--out", required=True, help="output folder (written atomically)")
-    q.add_argument("--calib", default=None, help="calibration data (its train split; default: the default data)")
-    q.add_argument("--eval", default=None, help="evaluation data (its validation split; default: --calib)")
+    q.add_argument("--calib", default=None, help="calibration data (its train split, else validation/test): text "
+                                                 "files, .npz, or a folder of images (default: the default text data)")
+    q.add_argument("--eval", default=None, help="evaluation data (its validation split, else test; default: --calib)")
     q.add_argument("--budget", type=float, default=0.5,
-                   help="largest accuracy drop against FP32, in points (default 0.5)")
+                   help="largest drop against FP32 in points of the task's metric: accuracy, or agreement with "
+                        "the FP32 model when the evaluation data has no labels (default 0.5)")
+    q.add_argument("--agreement-budget", type=float, default=None,
+                   help="also bound how far predictions may drift from FP32, in points of agreement (1.0: at most "
+                        "1%% of predictions change); default: no bound")
     q.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu")
-    q.add_argument("--methods", default="entropy,percentile",
-                   help="calibration methods for static INT8: entropy, percentile, mse, minmax "
-                        "(default entropy,percentile)")
-    q.add_argument("--calib-samples", type=int, default=256, help="calibration rows (default 256)")
+    q.add_argument("--optimize", choices=("balanced", "latency", "throughput", "size"), default="balanced",
+                   help="what the model is for: balanced (default: batch-1 latency, throughput and size together), "
+                        "latency, throughput or size")
+    q.add_argument("--methods", default=None,
+                   help="calibration methods for static INT8: entropy, percentile, mse, minmax (default all)")
+    q.add_argument("--calib-samples", type=int, default=None,
+                   help="calibration rows (default: 256 sentences, 100 images)")
     q.add_argument("--eval-rows", type=int, default=None, help="use the first N evaluation rows (default all)")
+    q.add_argument("--rounds", type=int, default=3, help="timing rounds per candidate (default 3)")
+    q.add_argument("--task", default=None, choices=("text-classification", "image-classification"),
+                   help="the model's task when its inputs do not say")
+    q.add_argument("--preprocess", default=None, help="preprocess.json for an image model without one beside it")
     q.add_argument("--text-column", default=None)
     q.add_argument("--label-column", default=None)
     q.add_argument("--max-length", type=int, default=128)
@@ -302,15 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="output folder; rerunning skips stages whose inputs are unchanged")
     c.add_argument("--student", default=None, help="student spec (default half; see distill --help)")
     c.add_argument("--target", choices=("cpu", "tensorrt"), default=None)
+    c.add_argument("--optimize", choices=("balanced", "latency", "throughput", "size"), default=None,
+                   help="what the compressed model is for (see quantize --help)")
     c.add_argument("--budget", type=float, default=None,
-                   help="accuracy points the compressed student may lose against the teacher (default 1.0)")
+                   help="points of the task's metric the compressed model may lose against the teacher (default 1.0)")
     c.set_defaults(func=cmd_compress)
 
     b = sub.add_parser("bench", help="latency, throughput, memory, size, accuracy and agreement of models")
-    b.add_argument("models", nargs="+", help="classifier folders, export/quantize folders or .onnx files; "
-                                             "the first is the baseline")
-    b.add_argument("--data", default=None, help="data with a validation split (default: the default data)")
-    b.add_argument("--split", default="validation")
+    b.add_argument("models", nargs="+", help="classifier folders, torch-module folders, export/quantize folders or "
+                                             ".onnx files; the first is the baseline")
+    b.add_argument("--data", default=None, help="evaluation data: text files, .npz, or a folder of images "
+                                                "(default: the default text data)")
+    b.add_argument("--split", default=None, help="split to measure on (default: validation, else test)")
     b.add_argument("--out", default=None, help="folder for report.md, report.json, report.png")
     b.add_argument("--engine", default=None,
                    help="engine per model, comma-separated: NAME[:cpu|cuda][:fp32|bf16|fp16], NAME = torch, "
@@ -319,9 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="torch engine device: cpu or cuda")
     b.add_argument("--streams", type=int, default=0, help="also serve N concurrent batch-1 streams")
     b.add_argument("--repeats", type=int, default=1,
-                   help="measure the models in N interleaved rounds and report medians (default 1)")
+                   help="measure the models in N interleaved fresh-process runs and report medians (default 1)")
+    b.add_argument("--rounds", type=int, default=3, help="timing rounds inside each run (default 3)")
     b.add_argument("--latency-rows", type=int, default=200)
     b.add_argument("--throughput-rows", type=int, default=512)
+    b.add_argument("--task", default=None, choices=("text-classification", "image-classification"))
+    b.add_argument("--preprocess", default=None, help="preprocess.json for image models without one beside them")
     b.add_argument("--text-column", default=None)
     b.add_argument("--label-column", default=None)
     b.add_argument("--max-length", type=int, default=128)

@@ -128,10 +128,106 @@ class DistillConfig:
         return (self.attention_weight or 0) + (self.hidden_weight or 0) + (self.embedding_weight or 0) > 0
 
 
+TARGETS = ("cpu", "tensorrt")
+OPTIMIZE = ("balanced", "latency", "throughput", "size")
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How speed is measured — the same rows, batches and rounds in ``quantize`` (choosing) and ``bench``
+    (reporting), so the two agree: batch-1 latency over the first ``latency_rows`` rows and batch-32 throughput
+    over the first ``throughput_rows`` (in data order), ``rounds`` times, median. Quantize interleaves the
+    rounds across its candidates; bench repeats them inside each model's process."""
+
+    latency_rows: int = 200
+    throughput_rows: int = 512
+    rounds: int = 3
+    batch: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.latency_rows > 0 and self.throughput_rows > 0, "timing rows must be positive")
+        _check(self.rounds >= 1, "timing rounds must be ≥ 1")
+        _check(self.batch >= 1, "the throughput batch must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """``nanoify quantize``: target, budget (points of the task's primary metric against the FP32 model),
+    calibration methods and samples, what the model is for (``optimize``), timing.
+
+    Attributes:
+        agreement_budget: also bound how far predictions may drift from the FP32 model's, in points of
+            agreement (1.0: at most 1% of top-1 predictions change). A metric budget alone lets changes that
+            cancel out pass; this one does not.
+        min_budget: used by ``compress`` only (the quantize stage gets at least this much of the total budget).
+        calib_samples: None = the task's default (256 sentences, 100 images).
+        methods: None = every calibration method (entropy, percentile, mse, minmax for ``cpu``).
+    """
+
+    target: str = "cpu"
+    budget: float = 0.5
+    agreement_budget: float | None = None
+    min_budget: float = 0.5
+    methods: tuple[str, ...] | None = None
+    calib_samples: int | None = None
+    eval_rows: int | None = None
+    optimize: str = "balanced"
+    threads: int | None = None
+    timing: TimingConfig = field(default_factory=TimingConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.target in TARGETS, f"--target must be cpu or tensorrt, got {self.target!r}")
+        _check(self.budget >= 0 and self.min_budget >= 0, "--budget is a drop in points and must be ≥ 0")
+        _check(self.agreement_budget is None or self.agreement_budget >= 0, "--agreement-budget must be ≥ 0")
+        _check(self.optimize in OPTIMIZE, f"--optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")
+        _check(self.calib_samples is None or self.calib_samples > 0, "--calib-samples must be positive")
+        _check(self.eval_rows is None or self.eval_rows > 0, "--eval-rows must be positive")
+        if self.methods is not None:
+            from .quant.observers import OBSERVERS
+
+            methods = tuple(self.methods)
+            object.__setattr__(self, "methods", methods)
+            bad = [m for m in methods if m not in OBSERVERS]
+            _check(not bad, f"unknown calibration method {bad[0] if bad else ''!r}; choose from "
+                            f"{', '.join(OBSERVERS)}")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """``nanoify bench``: split, concurrent streams, fresh-process repeats, timing (shared with quantize)."""
+
+    split: str | None = None
+    streams: int = 0
+    repeats: int = 1
+    isolate: bool = True
+    engines: tuple[str | None, ...] | None = None
+    device: str = "cpu"
+    timing: TimingConfig = field(default_factory=TimingConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.streams >= 0, "--streams must be ≥ 0")
+        _check(self.repeats >= 1, "--repeats must be ≥ 1")
+        if self.engines is not None:
+            object.__setattr__(self, "engines", tuple(self.engines))
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, JSON-serialisable dict of a config dataclass."""
     d = dataclasses.asdict(cfg)
     return json.loads(json.dumps(d, default=list))
+
+
+def _dataclass_of(t: Any) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), else None."""
+    import types
+
+    if dataclasses.is_dataclass(t):
+        return t
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
 
 
 def from_dict(cls: type, d: dict[str, Any]) -> Any:
@@ -143,8 +239,8 @@ def from_dict(cls: type, d: dict[str, Any]) -> Any:
            f"unknown {cls.__name__} key(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
     kwargs = {}
     for k, v in d.items():
-        t = hints[k]
-        if dataclasses.is_dataclass(t) and isinstance(v, dict):
+        t = _dataclass_of(hints[k])
+        if t is not None and isinstance(v, dict):
             v = from_dict(t, v)
         elif k == "stages" and isinstance(v, str):
             v = tuple(s.strip() for s in v.split(",") if s.strip())

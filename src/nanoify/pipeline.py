@@ -2,22 +2,25 @@
 
     OUT/
       teacher/     only when the recipe fine-tunes a pretrained encoder first
-      student/     distilled student (Hugging Face format)
-      export/      ONNX + fused ONNX, validated against PyTorch
+      student/     distilled student (Hugging Face format; text models)
+      export/      ONNX (+ fused ONNX for transformers), validated against PyTorch
       quantized/   INT8 / mixed-precision model chosen under the budget, with every candidate's numbers
-      bench/       teacher (PyTorch FP32) against the compressed student (engine, INT8)
+      bench/       baseline (PyTorch FP32) against the compressed model (engine, INT8)
       report.md  report.json  report.png  manifest.json
 
-Each stage folder is written atomically by its own command. The pipeline's manifest records, per stage,
-a hash of everything the stage depends on (its config and the hashes of the stages before it). A rerun
-skips a stage whose folder exists with the same hash; a changed stage and every stage after it run
-again. When a stage fails, the completed stages stay as they are, the manifest marks the failed one,
-and the error names it.
+The stages follow the recipe: a text recipe distils (``distill``); an image recipe (``task:
+image-classification``) has no distillation stage and exports its ``model`` (a PyTorch module built from an
+import path with safetensors weights, or a given torch-module folder / ONNX file) straight away.
 
-The budget is the total accuracy, in points, the compressed student may lose against the teacher.
-Distillation spends part of it; quantization gets what is left (at least ``quantize.min_budget``, so a
-student already beyond the budget still gets a careful INT8 search) and the report says whether the
-total held.
+Each stage folder is written atomically by its own command. The pipeline's manifest records, per stage, a
+hash of everything the stage depends on (its config and the hashes of the stages before it). A rerun skips a
+stage whose folder exists with the same hash; a changed stage and every stage after it run again. When a stage
+fails, the completed stages stay as they are, the manifest marks the failed one, and the error names it.
+
+The budget is the total, in points of the task's primary metric, the compressed model may lose against the
+teacher (text) or the FP32 model (images). Distillation spends part of it; quantization gets what is left (at
+least ``quantize.min_budget``, so a student already beyond the budget still gets a careful INT8 search) and the
+report says whether the total held.
 """
 
 from __future__ import annotations
@@ -33,56 +36,84 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import MANIFEST, file_sha256, manifest, read_manifest, write_json
-from .config import DataConfig, DistillConfig, TrainConfig, _check, config_hash, from_dict, load_recipe, to_dict
+from .config import (
+    BenchConfig,
+    DataConfig,
+    DistillConfig,
+    QuantizeConfig,
+    TrainConfig,
+    _check,
+    config_hash,
+    from_dict,
+    load_recipe,
+    to_dict,
+)
 from .errors import ConfigError, NanoifyError
 
 log = logging.getLogger(__name__)
 
 STAGES = ("teacher", "student", "export", "quantized", "bench")
+TASKS = ("text-classification", "image-classification")
 
 
 @dataclass(frozen=True)
-class QuantizeConfig:
-    """The quantize stage: target, total budget against the teacher (points), calibration."""
+class ModelSource:
+    """A PyTorch image model to export: ``module`` (``package.module:callable``) with ``kwargs``, ``weights``
+    (safetensors), ``input_shape`` (C, H, W), ``labels`` (names, or a file), ``preprocess`` (a preprocess.json
+    path or the dict itself)."""
 
-    target: str = "cpu"
-    budget: float = 1.0
-    min_budget: float = 0.5
-    methods: tuple[str, ...] = ("entropy", "percentile")
-    calib_samples: int = 256
+    module: str = ""
+    weights: str = ""
+    input_shape: tuple[int, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    labels: tuple[str, ...] | str | None = None
+    preprocess: dict[str, Any] | str | None = None
+    dynamic_hw: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.target in ("cpu", "tensorrt"), f"--target must be cpu or tensorrt, got {self.target!r}")
-        _check(self.budget >= 0 and self.min_budget >= 0, "--budget must be ≥ 0 points")
-        object.__setattr__(self, "methods", tuple(self.methods))
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """The bench stage: how many rows to time, concurrent streams, process isolation."""
-
-    latency_rows: int = 200
-    throughput_rows: int = 512
-    streams: int = 0
-    isolate: bool = True
-    repeats: int = 1
+        _check(bool(self.module) and bool(self.weights), "model: needs module (package.module:callable) and weights")
+        _check(len(self.input_shape) == 3, f"model.input_shape must be (C, H, W), got {list(self.input_shape)}")
 
 
 @dataclass(frozen=True)
 class CompressConfig:
-    """The whole chain. ``teacher`` is a fine-tuned classifier folder, or (with ``finetune_teacher``) a
-    pretrained encoder (path, hub name or ``minilm``) that is fine-tuned on ``data`` first."""
+    """The whole chain.
+
+    Text: ``teacher`` is a fine-tuned classifier folder, or (with ``finetune_teacher``) a pretrained encoder
+    (path, hub name or ``minilm``) fine-tuned on ``data`` first; ``distill`` makes the student.
+    Images: ``model`` (a PyTorch module to export) or ``teacher`` (a torch-module folder, export folder or
+    ``.onnx``); ``data`` is evaluated, ``calib`` (default: ``data``) calibrates; no distillation.
+    """
 
     teacher: str = ""
+    task: str = "text-classification"
     finetune_teacher: bool = False
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: DistillConfig | None = None  # text: None means the defaults (DistillConfig())
+    model: ModelSource | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    calib: str | None = None
+    quantize: QuantizeConfig = field(default_factory=lambda: QuantizeConfig(budget=1.0))
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.teacher), "compress needs a teacher: --teacher DIR (or teacher: in the recipe)")
+        _check(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "image-classification":
+            _check(self.distill is None,
+                   "distillation of image models is not built; remove distill/student from the recipe")
+            _check(not self.finetune_teacher, "finetune_teacher applies to text encoders only")
+            _check(bool(self.teacher) != (self.model is not None),
+                   "an image recipe needs either model: (module, weights, input_shape) or teacher: (a model path)")
+        else:
+            _check(bool(self.teacher), "compress needs a teacher: --teacher DIR (or teacher: in the recipe)")
+            _check(self.model is None, "model: (a PyTorch module) is for image recipes; set task: image-classification")
+            if self.distill is None:
+                object.__setattr__(self, "distill", DistillConfig())
+
+    @property
+    def stages(self) -> list[str]:
+        s = ["teacher"] if self.finetune_teacher else []
+        return s + (["student"] if self.distill is not None else []) + ["export", "quantized", "bench"]
 
 
 def load_compress_recipe(path: str | Path, **overrides: Any) -> CompressConfig:
@@ -92,43 +123,60 @@ def load_compress_recipe(path: str | Path, **overrides: Any) -> CompressConfig:
     for k in ("student", "init"):
         if k in d:  # convenience: student/init at the top level of a recipe
             d.setdefault("distill", {})[k] = d.pop(k)
+    if isinstance(d.get("model"), dict) and isinstance(d["model"].get("kwargs"), dict):
+        d["model"]["kwargs"] = dict(d["model"]["kwargs"])
     return apply_overrides(from_dict(CompressConfig, d), **overrides)
 
 
 def apply_overrides(cfg: CompressConfig, teacher: str | None = None, data: str | None = None,
                     student: str | None = None, target: str | None = None, budget: float | None = None,
-                    finetune_teacher: bool | None = None) -> CompressConfig:
+                    finetune_teacher: bool | None = None, optimize: str | None = None) -> CompressConfig:
     """Replace the given fields (None leaves the config's value)."""
     rep = dataclasses.replace
     if teacher is not None:
-        cfg = rep(cfg, teacher=teacher)
+        cfg = rep(cfg, teacher=teacher, model=None if cfg.task == "image-classification" else cfg.model)
     if finetune_teacher is not None:
         cfg = rep(cfg, finetune_teacher=finetune_teacher)
     if data is not None:
         cfg = rep(cfg, data=rep(cfg.data, data=data))
     if student is not None:
-        cfg = rep(cfg, distill=rep(cfg.distill, student=student))
+        cfg = rep(cfg, distill=rep(cfg.distill or DistillConfig(), student=student))
+    q = cfg.quantize
     if target is not None:
-        cfg = rep(cfg, quantize=rep(cfg.quantize, target=target))
+        q = rep(q, target=target)
     if budget is not None:
-        cfg = rep(cfg, quantize=rep(cfg.quantize, budget=budget))
-    return cfg
+        q = rep(q, budget=budget)
+    if optimize is not None:
+        q = rep(q, optimize=optimize)
+    return rep(cfg, quantize=q)
 
 
 class StageError(NanoifyError):
     """A pipeline stage failed; the completed stages are intact."""
 
 
-def _teacher_identity(path: str) -> dict[str, Any]:
-    """What identifies a given teacher folder: its config and a hash of its weights."""
+def _path_identity(path: str) -> dict[str, Any]:
+    """What identifies a given model path: its config and a hash of its weights."""
     p = Path(path)
-    if not p.is_dir():
+    if not p.exists():
         return {"name": path}
+    files = [p] if p.is_file() else (sorted(p.glob("*.safetensors")) + sorted(p.glob("*.onnx")) +
+                                     [p / n for n in ("config.json", "label_map.json", "module.json",
+                                                      "preprocess.json")])
     ident: dict[str, Any] = {"path": str(p.resolve())}
-    for f in sorted(p.glob("*.safetensors")) + [p / "config.json", p / "label_map.json"]:
+    for f in files:
         if f.is_file():
             ident[f.name] = file_sha256(f)
     return ident
+
+
+def _model_identity(m: ModelSource) -> dict[str, Any]:
+    d = to_dict(m)
+    if Path(m.weights).is_file():
+        d["weights_sha256"] = file_sha256(m.weights)
+    if isinstance(m.preprocess, str) and Path(m.preprocess).is_file():
+        d["preprocess_sha256"] = file_sha256(m.preprocess)
+    return d
 
 
 def stage_plan(cfg: CompressConfig) -> dict[str, str]:
@@ -138,16 +186,35 @@ def stage_plan(cfg: CompressConfig) -> dict[str, str]:
     if cfg.finetune_teacher:
         keys["teacher"] = config_hash({"model": cfg.teacher, "data": data, "train": to_dict(cfg.finetune)})
         teacher_key = keys["teacher"]
+    elif cfg.model is not None:
+        teacher_key = config_hash(_model_identity(cfg.model))
     else:
-        teacher_key = config_hash(_teacher_identity(cfg.teacher))
-    dist = {k: v for k, v in to_dict(cfg.distill).items() if k not in ("teacher", "data")}
-    keys["student"] = config_hash({"teacher": teacher_key, "distill": dist, "data": data})
-    keys["export"] = config_hash({"student": keys["student"], "opset": 17})
-    keys["quantized"] = config_hash({"export": keys["export"], "teacher": teacher_key,
+        teacher_key = config_hash(_path_identity(cfg.teacher))
+    upstream = teacher_key
+    if cfg.distill is not None:
+        dist = {k: v for k, v in to_dict(cfg.distill).items() if k not in ("teacher", "data")}
+        keys["student"] = config_hash({"teacher": teacher_key, "distill": dist, "data": data})
+        upstream = keys["student"]
+    keys["export"] = config_hash({"source": upstream, "opset": 17})
+    keys["quantized"] = config_hash({"export": keys["export"], "teacher": teacher_key, "calib": cfg.calib,
                                      "quantize": to_dict(cfg.quantize), "data": data})
     keys["bench"] = config_hash({"quantized": keys["quantized"], "teacher": teacher_key,
                                  "bench": to_dict(cfg.bench), "data": data})
     return keys
+
+
+def quantize_allowance(total_budget: float, min_budget: float, teacher_metric: float | None,
+                       student_metric: float | None) -> float:
+    """Points left for quantization: the total budget minus what distillation spent (teacher − student, in
+    points), but at least ``min_budget``."""
+    gap = (teacher_metric - student_metric) * 100 if teacher_metric is not None and student_metric is not None \
+        else 0.0
+    return max(total_budget - gap, min_budget)
+
+
+def _data_arg(cfg: CompressConfig) -> Any:
+    """Data as the task reads it: a DataConfig for text, the spec for images."""
+    return cfg.data if cfg.task == "text-classification" else cfg.data.data
 
 
 def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
@@ -166,7 +233,7 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
     if old and old.get("kind") != "compress":
         raise ConfigError(f"{out} holds a {old.get('kind')} output, not a compress run; pick another --out")
     done_before = {s: v.get("hash") for s, v in old.get("stages", {}).items() if v.get("status") in ("done", "reused")}
-    man = manifest("compress", to_dict(cfg), stages={}, plan=keys)
+    man = manifest("compress", to_dict(cfg), task=cfg.task, stages={}, plan=keys)
     stale = False  # once a stage reruns, every later stage reruns too
     notify = on_stage or (lambda s, st: None)
     teacher_dir = str(out / "teacher") if cfg.finetune_teacher else cfg.teacher
@@ -206,33 +273,37 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
 
         run("teacher", lambda f: resumable(finetune, FinetuneConfig(model=cfg.teacher, data=cfg.data,
                                                                     train=cfg.finetune), f))
-    dcfg = dataclasses.replace(cfg.distill, teacher=teacher_dir, data=cfg.data)
-    run("student", lambda f: resumable(distill, dcfg, f))
-    run("export", lambda f: export(f.parent / "student", f))
+    if cfg.distill is not None:
+        dcfg = dataclasses.replace(cfg.distill, teacher=teacher_dir, data=cfg.data)
+        run("student", lambda f: resumable(distill, dcfg, f))
+        run("export", lambda f: export(f.parent / "student", f))
+    else:
+        run("export", lambda f: _export_model(cfg, f))
 
     def quantize_stage(f: Path) -> None:
         from .quant.run import quantize
 
-        st = read_manifest(out / "student")
-        val = st.get("metrics", {}).get("validation", {})
-        t_acc, s_acc = val.get("teacher_accuracy"), val.get("accuracy")
-        gap = (t_acc - s_acc) * 100 if t_acc is not None and s_acc is not None else 0.0
-        allowance = max(cfg.quantize.budget - gap, cfg.quantize.min_budget)
+        allowance = cfg.quantize.budget
+        if cfg.distill is not None:
+            val = read_manifest(out / "student").get("metrics", {})
+            val = val.get("validation") or val.get("test") or {}
+            allowance = quantize_allowance(cfg.quantize.budget, cfg.quantize.min_budget, val.get("teacher_accuracy"),
+                                           val.get("accuracy"))
         state["allowance"] = allowance
-        quantize(out / "export", f, calib=cfg.data, eval_data=dataclasses.replace(cfg.data, max_train=None),
-                 budget=allowance, target=cfg.quantize.target, methods=cfg.quantize.methods,
-                 calib_samples=cfg.quantize.calib_samples, progress=progress)
+        data = _data_arg(cfg)
+        calib = cfg.calib or (data if cfg.task == "text-classification" else cfg.data.data)
+        ev = dataclasses.replace(cfg.data, max_train=None) if cfg.task == "text-classification" else data
+        quantize(out / "export", f, calib=calib, eval_data=ev,
+                 config=dataclasses.replace(cfg.quantize, budget=allowance), progress=progress)
 
     run("quantized", quantize_stage)
 
     def bench_stage(f: Path) -> None:
         from .bench.run import benchmark
 
-        b = cfg.bench
-        benchmark([teacher_dir, str(out / "quantized")], cfg.data, out=f, streams=b.streams,
-                  latency_rows=b.latency_rows, throughput_rows=b.throughput_rows, isolate=b.isolate,
-                  progress=progress, names=["teacher (PyTorch FP32)", "compressed (ONNX Runtime INT8)"],
-                  repeats=b.repeats)
+        base, base_name = _baseline(cfg, out, teacher_dir)
+        benchmark([base, str(out / "quantized")], _data_arg(cfg), out=f, config=cfg.bench, progress=progress,
+                  names=[base_name, "compressed (ONNX Runtime INT8)"])
 
     run("bench", bench_stage)
     summary = _summary(cfg, out)
@@ -242,28 +313,76 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
     return man
 
 
+def _export_model(cfg: CompressConfig, f: Path) -> None:
+    """The export stage of an image recipe: build and export the module, or export/copy the given model."""
+    import numpy as np
+
+    from .export.onnx import export
+
+    if cfg.model is not None:
+        from .models.load import build_module, load_weights
+
+        m = cfg.model
+        module = load_weights(build_module(m.module, dict(m.kwargs)), m.weights)
+        labels = list(m.labels) if isinstance(m.labels, list | tuple) else m.labels
+        export(module, f, example_input=np.zeros((1, *m.input_shape), dtype=np.float32), preprocess=m.preprocess,
+               labels=labels, factory=m.module, kwargs=dict(m.kwargs), dynamic_hw=m.dynamic_hw)
+        return
+    src = Path(cfg.teacher)
+    if src.is_dir() and (src / "module.json").is_file():
+        export(src, f)
+        return
+    from .artifacts import atomic_dir
+    from .models.resolve import resolve
+
+    ref = resolve(src, task=cfg.task)  # an ONNX model (or export folder): copied with its preprocessing
+    with atomic_dir(f) as tmp:
+        shutil.copyfile(ref.path, tmp / "model.onnx")
+        from .quant.run import write_assets
+
+        write_assets(ref, tmp)
+        write_json(tmp / MANIFEST, manifest("export", {"model": str(src)}, task=ref.task, copied_from=str(ref.path)))
+
+
+def _baseline(cfg: CompressConfig, out: Path, teacher_dir: str) -> tuple[str, str]:
+    """What the compressed model is measured against: the teacher in PyTorch (text), the exported module in
+    PyTorch when its source is known, else the FP32 ONNX model."""
+    if cfg.task == "text-classification":
+        return teacher_dir, "teacher (PyTorch FP32)"
+    if (out / "export" / "torch" / "module.json").is_file():
+        return str(out / "export" / "torch"), "model (PyTorch FP32)"
+    return str(out / "export"), "model (ONNX Runtime FP32)"
+
+
 def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
     rep = json.loads((out / "bench" / "report.json").read_text())
-    teacher, comp = rep["models"][0], rep["models"][-1]
+    base, comp = rep["models"][0], rep["models"][-1]
+    metric = "accuracy" if "accuracy" in base and "accuracy" in comp else "top1_agreement"
     q = read_manifest(out / "quantized")
-    st = read_manifest(out / "student")
-    drop = (teacher["accuracy"] - comp["accuracy"]) * 100
-    return {"teacher_accuracy": teacher["accuracy"], "compressed_accuracy": comp["accuracy"],
-            "student_fp32_accuracy": st.get("metrics", {}).get("validation", {}).get("accuracy"),
-            "drop_pts": drop, "budget_pts": cfg.quantize.budget, "budget_met": drop <= cfg.quantize.budget + 1e-9,
-            "quantized_format": q.get("chosen"), "quantize_budget_pts": q.get("config", {}).get("budget_pts"),
-            "latency_speedup_b1": teacher["latency_ms_p50"] / comp["latency_ms_p50"],
-            "throughput_speedup_b32": comp["throughput_b32"] / teacher["throughput_b32"],
-            "size_ratio": teacher["file_mb"] / comp["file_mb"],
-            "memory_ratio": teacher["peak_rss_mb"] / comp["peak_rss_mb"]}
+    base_v = base.get(metric, 1.0)
+    drop = (base_v - comp[metric]) * 100
+    s = {"metric": metric, "baseline_name": base["name"], "baseline_value": base_v, "compressed_value": comp[metric],
+         "drop_pts": drop, "budget_pts": cfg.quantize.budget, "budget_met": drop <= cfg.quantize.budget + 1e-9,
+         "quantized_format": q.get("chosen"), "quantize_budget_pts": q.get("config", {}).get("budget"),
+         "predictions_changed": comp.get("predictions_changed"),
+         "latency_speedup_b1": base["latency_ms_p50"] / comp["latency_ms_p50"],
+         "throughput_speedup_b32": comp["throughput_b32"] / base["throughput_b32"],
+         "size_ratio": base["file_mb"] / comp["file_mb"], "memory_ratio": base["peak_rss_mb"] / comp["peak_rss_mb"]}
+    if metric == "accuracy":  # the names earlier reports used
+        s["teacher_accuracy"], s["compressed_accuracy"] = base_v, comp[metric]
+    if cfg.distill is not None:
+        st = read_manifest(out / "student").get("metrics", {})
+        s["student_fp32_accuracy"] = (st.get("validation") or st.get("test") or {}).get("accuracy")
+    return s
 
 
 def _write_report(out: Path, s: dict[str, Any]) -> None:
     table = (out / "bench" / "report.md").read_text().rstrip()
     verdict = "met" if s["budget_met"] else "MISSED"
+    what = s["metric"].replace("_", " ")
     head = [f"# nanoify compress — {out.name}", "",
-            f"Teacher (PyTorch FP32) → compressed student ({s['quantized_format']}, ONNX Runtime): accuracy "
-            f"{s['teacher_accuracy']:.4f} → {s['compressed_accuracy']:.4f} ({-s['drop_pts']:+.2f} pt; budget "
+            f"{s['baseline_name']} → compressed ({s['quantized_format']}, ONNX Runtime): {what} "
+            f"{s['baseline_value']:.4f} → {s['compressed_value']:.4f} ({-s['drop_pts']:+.2f} pt; budget "
             f"{s['budget_pts']} pt: {verdict}); batch-1 latency {s['latency_speedup_b1']:.1f}× faster, batch-32 "
             f"throughput {s['throughput_speedup_b32']:.1f}×, file {s['size_ratio']:.1f}× smaller, peak memory "
             f"{s['memory_ratio']:.1f}× lower.", ""]

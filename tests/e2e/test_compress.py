@@ -8,8 +8,8 @@ import json
 import pytest
 
 from nanoify.cli import main
-from nanoify.config import DataConfig, DistillConfig, TrainConfig
-from nanoify.pipeline import BenchConfig, CompressConfig, QuantizeConfig, StageError, compress, stage_plan
+from nanoify.config import BenchConfig, DataConfig, DistillConfig, QuantizeConfig, TimingConfig, TrainConfig
+from nanoify.pipeline import CompressConfig, StageError, compress, stage_plan
 
 
 def _cfg(teacher, data, budget=100.0):
@@ -17,8 +17,9 @@ def _cfg(teacher, data, budget=100.0):
         teacher=str(teacher), data=DataConfig(data=str(data), max_length=32),
         distill=DistillConfig(student="layers=2,hidden=16,heads=2,intermediate=32", init="teacher-pca",
                               train=TrainConfig(max_steps=8, batch_size=32, lr=1e-3, checkpoint_every=4)),
-        quantize=QuantizeConfig(budget=budget, methods=("minmax",), calib_samples=32),
-        bench=BenchConfig(latency_rows=8, throughput_rows=32, isolate=False))
+        quantize=QuantizeConfig(budget=budget, methods=("minmax",), calib_samples=32,
+                                timing=TimingConfig(8, 32, rounds=1)),
+        bench=BenchConfig(isolate=False, timing=TimingConfig(8, 32, rounds=1)))
 
 
 def _statuses(out):
@@ -72,8 +73,8 @@ data: {{data: {tiny_data}, max_length: 32}}
 student: layers=2,hidden=16,heads=2,intermediate=32
 init: teacher-pca
 distill: {{train: {{max_steps: 5}}}}
-quantize: {{methods: [percentile], calib_samples: 32}}
-bench: {{latency_rows: 8, throughput_rows: 32, isolate: false}}
+quantize: {{methods: [percentile], calib_samples: 32, timing: {{latency_rows: 8, throughput_rows: 32, rounds: 1}}}}
+bench: {{isolate: false, timing: {{latency_rows: 8, throughput_rows: 32, rounds: 1}}}}
 out: {tmp_path / 'out'}
 """)
     assert main(["compress", str(recipe), "--budget", "100"]) == 0

@@ -183,8 +183,8 @@ def test_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tiny_teacher
     assert "label maps differ" in _run_error(capsys, base + ["--data", str(tiny_data), "--init", str(other)])
     assert "label maps differ" in _run_error(capsys, ["evaluate", str(tiny_teacher), "--data", str(tiny_data),
                                                       "--teacher", str(other)])
-    assert "none of the files test.tsv" in _run_error(capsys, ["evaluate", str(tiny_teacher), "--data", str(tiny_data),
-                                                    "--split", "test"])
+    assert "has no 'test' split (it has: train, validation)" in _run_error(
+        capsys, ["evaluate", str(tiny_teacher), "--data", str(tiny_data), "--split", "test"])
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     assert not any(p.name.startswith(".keep.tmp") for p in tmp_path.iterdir())
     monkeypatch.chdir(tmp_path)  # "keep/missing" is a local path (its folder exists), not a hub id
@@ -192,8 +192,8 @@ def test_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tiny_teacher
 
 
 def test_teacher_logits_agree_with_a_direct_forward(tiny_teacher, tiny_data):
-    from nanoify.bench.accuracy import predict_logits
     from nanoify.data.text import collate, encode_texts
+    from nanoify.tasks.text import predict_logits
 
     model, tok, _ = load_classifier(str(tiny_teacher))
     texts = ["good w1 w2", "bad", "w3 w4 w5 w6 nice"]

@@ -46,7 +46,7 @@ def test_torch_and_onnxruntime_engines_agree(exported, tiny_teacher):
         too_long = collate([list(rng.integers(5, 80, size=65))], 0)  # the tiny model has 64 positions
         with pytest.raises(DataError, match="longer than the model allows"):
             pt.infer(too_long)
-    with open_engine("onnxruntime", str(out / "model.fused.onnx"), max_sequence=64) as o, \
+    with open_engine("onnxruntime", str(out / "model.fused.onnx"), max_dims={"sequence": 64}) as o, \
             pytest.raises(DataError, match="truncate the inputs to 64 tokens"):
         o.infer(too_long)
 
@@ -61,9 +61,48 @@ def test_corrupt_onnx_is_one_clear_error(tmp_path):
 def test_cli_export_and_errors(tmp_path, tiny_teacher, tiny_data, capsys):
     out = tmp_path / "x"
     assert main(["export", str(tiny_teacher), "--out", str(out), "--data", str(tiny_data), "--no-fuse"]) == 0
-    assert "max |logit - PyTorch|" in capsys.readouterr().out
+    assert "max |output - PyTorch|" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["config"]["fused"] is False
     assert main(["export", str(tmp_path / "missing"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nanoify: error:") and "\n" not in err
     assert (out / "model.onnx").is_file()  # the earlier export is intact
+
+
+def _perturbed_copy(src, dst):
+    """The same graph with the classifier's bias shifted by 0.01: a disagreement the validation must catch."""
+    from onnx import numpy_helper
+
+    m = onnx.load(src)
+    for init in m.graph.initializer:
+        if "classifier" in init.name and "bias" in init.name:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.01), init.name))
+            break
+    else:
+        raise AssertionError("no classifier bias found")
+    onnx.save(m, dst)
+
+
+def test_validation_catches_a_disagreeing_graph(exported, tiny_teacher, tmp_path, monkeypatch):
+    from nanoify.export import onnx as onnx_export
+    from nanoify.export.onnx import ExportError, validate, validation_feeds
+    from nanoify.models.load import load_classifier
+
+    out, _ = exported
+    model, tok, _ = load_classifier(str(tiny_teacher))
+    feeds = validation_feeds(model, tok, ["good w1", "bad w2 w3"])
+    assert validate(model, out / "model.onnx", feeds) <= 1e-4
+    _perturbed_copy(out / "model.onnx", tmp_path / "bad.onnx")
+    with pytest.raises(ExportError, match="bad.onnx disagrees with PyTorch"):
+        validate(model, tmp_path / "bad.onnx", feeds)
+    real_fuse = onnx_export.fuse
+
+    def broken_fuse(path, dst, *a, **k):  # the fusion step writes a graph that no longer matches
+        stats = real_fuse(path, dst, *a, **k)
+        _perturbed_copy(dst, dst)
+        return stats
+
+    monkeypatch.setattr(onnx_export, "fuse", broken_fuse)
+    with pytest.raises(ExportError, match="model.fused.onnx disagrees"):
+        onnx_export.export(tiny_teacher, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -1,5 +1,5 @@
-"""nanoify quantize end to end on the tiny exported BERT: candidates, choice, mixed precision, TensorRT
-files, bad inputs; and nanoify bench over torch and the quantized model."""
+"""nanoify quantize end to end on the tiny exported BERT: candidates, a budget that binds, mixed precision,
+TensorRT files, bad inputs; and nanoify bench over torch and the quantized model."""
 
 from __future__ import annotations
 
@@ -7,96 +7,132 @@ import json
 
 import onnx
 import pytest
+import torch
 
 from nanoify.cli import main
-from nanoify.config import DataConfig
+from nanoify.config import BenchConfig, DataConfig, QuantizeConfig, TimingConfig
 from nanoify.models.resolve import resolve
-from nanoify.quant.run import Candidate, _load_sets, measure, mixed_precision, quantize
+from nanoify.quant.cpu import int8_report
+from nanoify.quant.run import (
+    Candidate,
+    evaluate_candidate,
+    measure_reference,
+    mixed_precision,
+    prepare,
+    quantize,
+)
+from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
 from nanoify.quant.tensorrt import read_calibration_cache
+
+FAST = TimingConfig(latency_rows=16, throughput_rows=64, rounds=1)
+
+
+def _data(tiny_data):
+    return DataConfig(data=str(tiny_data), max_length=32)
 
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory, tiny_export, tiny_data):
     out = tmp_path_factory.mktemp("q") / "q"
-    man = quantize(tiny_export, out, calib=DataConfig(data=str(tiny_data), max_length=32), budget=100.0,
-                   methods=("minmax", "percentile"), calib_samples=64, progress=False)
+    man = quantize(tiny_export, out, calib=_data(tiny_data), progress=False,
+                   config=QuantizeConfig(budget=100.0, methods=("minmax", "percentile"), calib_samples=64,
+                                         timing=FAST))
     return out, man
 
 
-def test_quantize_tries_every_candidate_and_keeps_the_fastest_within_budget(quantized):
+def test_quantize_tries_every_candidate_and_writes_a_runnable_folder(quantized):
     out, man = quantized
+    w7 = "-w7" if int8_report()["static_weight_bits"] == 7 else ""
     names = [c["name"] for c in man["candidates"]]
     assert names == ["dynamic-per-channel", "dynamic-per-channel-reduce-range", "dynamic-stock",
-                     "static-minmax", "static-percentile"]
-    ok = [c for c in man["candidates"] if c["meets_budget"]]
-    top = max(c["throughput_b32"] for c in ok)
-    band = [c for c in ok if c["throughput_b32"] >= top * 0.95]  # speed ties go to the smaller file
-    want = min(band, key=lambda c: (round(c["file_mb"], 1), -c["accuracy"]))
-    assert man["budget_met"] and man["chosen"] == want["name"] and "within 5% of the fastest" in man["why"]
+                     f"static-minmax{w7}", f"static-percentile{w7}"]
+    assert man["budget_met"] and man["chosen"] in names and man["metric"] == "accuracy"
     for c in man["candidates"]:
-        assert c["accuracy_drop_pts"] == pytest.approx((man["reference"]["accuracy"] - c["accuracy"]) * 100)
-        assert 0 <= c["top1_agreement"] <= 1 and c["file_mb"] > 0
+        assert c["drop_pts"] == pytest.approx((man["reference"]["accuracy"] - c["accuracy"]) * 100)
+        assert 0 <= c["top1_agreement"] <= 1 and c["file_mb"] > 0 and c["latency_ms_p50"] > 0
     ops = {n.op_type for n in onnx.load(out / man["model_file"]).graph.node}
     assert ops & {"DynamicQuantizeLinear", "QuantizeLinear"}
-    assert json.loads((out / "ranges.json").read_text()).keys() == {"minmax", "percentile"}
+    ranges = json.loads((out / "ranges.json").read_text())
+    assert ranges.keys() == {"minmax", "percentile"}
+    assert all({"amax", "unsigned"} <= set(r) for r in ranges["minmax"].values())
     assert "(chosen)" in (out / "report.md").read_text() and (out / "hf" / "label_map.json").is_file()
     assert not (out / "candidates").exists()
     assert resolve(out).path.name == "model.int8.onnx"
+    assert man["int8_cpu"]["cpu_flags"] == man["machine"]["cpu_flags"]  # CPU features in every manifest
 
 
-def test_mixed_precision_keeps_sensitive_nodes_until_the_budget_holds(tiny_export, tiny_data, tmp_path):
-    from nanoify.quant.calibrate import calibrate_onnx, choose_ranges
-    from nanoify.quant.qdq import quantizable_nodes, quantize_static_qdq, weight_node_inputs
+def test_choice_follows_the_optimize_goal():
+    from nanoify.quant.run import choose
 
-    ref = resolve(tiny_export)
-    calib, ev = _load_sets(ref.tokenizer_dir, ref.label_map.names, DataConfig(data=str(tiny_data), max_length=32),
-                           DataConfig(data=str(tiny_data), max_length=32), 64, ref.max_sequence, None)
-    plain = tiny_export / "model.onnx"
-    model = onnx.load(plain)
-    from nanoify.bench.latency import make_batches
+    ref = {"accuracy": 0.90, "latency_ms_p50": 10.0, "throughput_b32": 100.0, "file_mb": 100.0}
+    recs = [  # a: small and quick at batch 1; b: fastest at batch 32 but big; c: out of budget
+        {"accuracy": 0.897, "meets_budget": True, "latency_ms_p50": 4.0, "throughput_b32": 200.0, "file_mb": 25.0},
+        {"accuracy": 0.899, "meets_budget": True, "latency_ms_p50": 6.0, "throughput_b32": 230.0, "file_mb": 60.0},
+        {"accuracy": 0.850, "meets_budget": False, "latency_ms_p50": 1.0, "throughput_b32": 900.0, "file_mb": 5.0},
+    ]
+    assert choose(recs, ref, "balanced", "accuracy")[0] == 0  # (2.5·2·4)^⅓ = 2.71 against (1.67·2.3·1.67)^⅓ = 1.86
+    assert choose(recs, ref, "latency", "accuracy")[0] == 0
+    assert choose(recs, ref, "throughput", "accuracy")[0] == 1  # 230 against 200: beyond the 5% tie band
+    assert choose(recs, ref, "size", "accuracy")[0] == 0
+    tie = [dict(recs[0]), dict(recs[0], accuracy=0.898, throughput_b32=196.0)]  # 2% slower, more accurate
+    assert choose(tie, ref, "throughput", "accuracy")[0] == 1
+    idx, why = choose([recs[2]], ref, "balanced", "accuracy")
+    assert idx == 0 and "NO candidate met the budget" in why
 
-    hists = calibrate_onnx(plain, make_batches(calib, 16, ev.pad_id), tensors=weight_node_inputs(model))
+
+def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tmp_path):
+    from nanoify.quant.calibrate import Range, calibrate_onnx, choose_ranges
+    from nanoify.quant.qdq import weight_node_inputs
+
+    src = prepare(tiny_export, tmp_path)
+    calib = src.task.calib_set(_data(tiny_data), 64)
+    ev = src.task.eval_set(_data(tiny_data))
+    hists = calibrate_onnx(src.plain, (f for _, f in src.task.batches(calib, 16)),
+                           tensors=weight_node_inputs(src.graphs["plain"]))
     # ranges 30× too narrow: heavy clipping makes the all-INT8 model miss a zero-point budget
-    bad = {k: v / 30 for k, v in choose_ranges(hists, "minmax").items()}
+    bad = {"minmax": {k: Range(r.amax / 30) for k, r in choose_ranges(hists, "minmax").items()}}
+    ref = measure_reference(src, ev, None)
+    scheme = StaticQDQ("minmax", "cpu", "weights", 8)
+    from nanoify.quant.run import units_of
 
-    def make(excl, dst):
-        quantize_static_qdq(plain, dst, bad, exclude_nodes=excl)
-
-    cand = Candidate("static-bad", "static-qdq", {}, make, quantizable_nodes(model))
-    fp32 = measure(plain, ev, None)
-    ev.reference = fp32.pop("_logits")
-    make([], tmp_path / "all.onnx")
-    assert measure(tmp_path / "all.onnx", ev, None)["accuracy"] < fp32["accuracy"]
-    mixed, plan = mixed_precision(cand, ev, fp32["accuracy"], 0.0, tmp_path, None, sens_rows=64)
-    mse = [r["logit_mse"] for r in plan["ranking"]]
-    assert mse == sorted(mse, reverse=True) and len(mse) == len(cand.units)
-    assert plan["budget_met"] and 1 <= len(mixed.excluded) <= len(cand.units)
-    assert mixed.excluded == [r["node"] for r in plan["ranking"][:len(mixed.excluded)]]
-    make(mixed.excluded, tmp_path / "mixed.onnx")
-    assert measure(tmp_path / "mixed.onnx", ev, None)["accuracy"] >= fp32["accuracy"]
-    if len(mixed.excluded) > 1:  # one fewer kept node misses the budget (the search is minimal)
-        assert plan["accuracy_by_kept"][str(len(mixed.excluded) - 1)] < fp32["accuracy"]
+    cand = Candidate("static-bad", QuantPlan.uniform(scheme, units_of(src, scheme)))
+    evaluate_candidate(cand, src, ev, ref, bad, tmp_path, 0.0, None)
+    assert cand.metrics["accuracy"] < ref.metrics["accuracy"] and cand.metrics["meets_budget"] is False
+    mixed, plan = mixed_precision(cand, src, ev, ref, bad, tmp_path, 0.0, None, sens_rows=64)
+    err = [r["output_error"] for r in plan["ranking"]]
+    assert err == sorted(err, reverse=True) and len(err) == len(cand.plan.units)
+    assert plan["budget_met"] and 1 <= len(mixed.plan.float_nodes) <= len(cand.plan.units)
+    assert set(mixed.plan.float_nodes) == {r["node"] for r in plan["ranking"][:len(mixed.plan.float_nodes)]}
+    evaluate_candidate(mixed, src, ev, ref, bad, tmp_path, 0.0, None)
+    assert mixed.metrics["meets_budget"] and mixed.metrics["accuracy"] >= ref.metrics["accuracy"]
+    k = len(mixed.plan.float_nodes)
+    if k > 1:  # one fewer kept node misses the budget (the search is minimal)
+        assert plan["metric_by_kept"][str(k - 1)] < ref.metrics["accuracy"]
+    # every node kept float is the FP32 model, not "quantize everything" (ONNX Runtime's empty-list meaning)
+    apply_plan(cand.plan.keep_float(cand.plan.units), src.sources, tmp_path / "none.onnx", bad)
+    assert "QuantizeLinear" not in {n.op_type for n in onnx.load(tmp_path / "none.onnx").graph.node}
 
 
 def test_tensorrt_target_writes_qdq_cache_and_trtexec(tmp_path, tiny_export, tiny_data):
     out = tmp_path / "trt"
-    man = quantize(tiny_export, out, calib=DataConfig(data=str(tiny_data), max_length=32), budget=100.0,
-                   target="tensorrt", methods=("percentile",), calib_samples=32, progress=False)
+    man = quantize(tiny_export, out, calib=_data(tiny_data), progress=False,
+                   config=QuantizeConfig(budget=100.0, target="tensorrt", methods=("percentile",), calib_samples=32))
     assert [c["name"] for c in man["candidates"]] == ["qdq-percentile"]
     header, ranges = read_calibration_cache(out / "calibration.cache")
     assert header.endswith("-EntropyCalibration2") and ranges
     saved = json.loads((out / "ranges.json").read_text())["percentile"]
     for k, v in ranges.items():
-        assert v == pytest.approx(saved[k], rel=1e-6)
+        assert v == pytest.approx(saved[k]["amax"], rel=1e-6) and saved[k]["unsigned"] is False
     zps = [i for i in onnx.load(out / "model.qdq.onnx").graph.initializer if i.data_type == onnx.TensorProto.UINT8]
     assert not zps  # signed INT8 only
-    assert "--int8 --fp16" in (out / "trtexec.sh").read_text() and man["tensorrt"]["verified"] is False
+    sh = (out / "trtexec.sh").read_text()
+    assert "--int8 --fp16" in sh and "--minShapes=input_ids:1x1," in sh and man["tensorrt"]["verified"] is False
     assert not (out / "model.int8.onnx").exists() and resolve(out).path.name == "model.qdq.onnx"
 
 
 def test_quantize_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tiny_export, tiny_data, capsys,
                                                                      quantized):
-    prev, _ = quantized
+    prev, man = quantized
     before = sorted(p.name for p in prev.iterdir())
     args = ["quantize", str(tiny_export), "--calib", str(tiny_data), "--out", str(prev)]
     assert main(args + ["--max-length", "100"]) == 2  # the tiny model has 64 positions
@@ -112,6 +148,10 @@ def test_quantize_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tin
     assert "not a readable ONNX model" in capsys.readouterr().err
     assert main(args + ["--methods", "kl"]) == 2
     assert "unknown calibration method" in capsys.readouterr().err
+    # an already quantized model: one line, not a traceback from calibration
+    assert main(["quantize", str(prev), "--calib", str(tiny_data), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already quantized" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in prev.iterdir()) == before
 
 
@@ -119,17 +159,33 @@ def test_bench_torch_against_quantized(tmp_path, tiny_teacher, tiny_data, quanti
     qout, _ = quantized
     out = tmp_path / "bench"
     assert main(["bench", str(tiny_teacher), str(qout), "--data", str(tiny_data), "--out", str(out),
-                 "--streams", "2", "--latency-rows", "20", "--throughput-rows", "64", "--max-length", "32"]) == 0
+                 "--streams", "2", "--latency-rows", "20", "--throughput-rows", "64", "--max-length", "32",
+                 "--rounds", "1"]) == 0
     table = capsys.readouterr().out
-    for row in ("latency b1 p99 (ms)", "throughput b32 len 128", "peak RSS (MB)", "energy (mJ/row) | n/a",
-                "top-1 agreement with baseline", "streams: rows/s", "change"):
-        assert row in table
+    for row in ("latency b1 p99 (ms)", "throughput b32 fixed shape", "peak RSS (MB)", "energy (mJ/row) | n/a",
+                "top-1 agreement with baseline", "predictions changed vs baseline", "streams: rows/s", "change"):
+        assert row in table, row
     rep = json.loads((out / "report.json").read_text())
     base, q = rep["models"]
     assert base["engine"] == "torch" and q["engine"] == "onnxruntime"
     assert q["top1_agreement"] >= 0.9 and q["streams"]["requests"] == 20
+    assert q["predictions_changed"] == round((1 - q["top1_agreement"]) * base["n"])
     assert base["peak_rss_mb"] > 0 and q["file_mb"] < base["file_mb"] * 1.5
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_restores_torch_threads_and_reports_noise(tiny_teacher, tiny_data):
+    from nanoify.bench.run import benchmark, format_table
+
+    torch.set_num_threads(1)
+    rep = benchmark([str(tiny_teacher)], _data(tiny_data), progress=False,
+                    config=BenchConfig(isolate=False, repeats=3, timing=TimingConfig(8, 32, rounds=2)))
+    assert torch.get_num_threads() == 1  # what bench changes, it restores
+    m = rep["models"][0]
+    assert len(m["throughput_b32_runs"]) == 3 and m["throughput_b32"] == sorted(m["throughput_b32_runs"])[1]
+    assert "median of 3 interleaved runs" in format_table(rep)
+    noisy = dict(rep, models=[dict(m, noise=["batch throughput varied 40% between rounds"])])
+    assert "Noisy machine" in format_table(noisy) and "40%" in format_table(noisy)
 
 
 def test_bench_errors(tmp_path, tiny_teacher, tiny_data, capsys):
@@ -141,11 +197,19 @@ def test_bench_errors(tmp_path, tiny_teacher, tiny_data, capsys):
     assert main(["bench", str(tmp_path / "nope"), "--data", str(tiny_data)]) == 2
 
 
-def test_bench_repeats_are_interleaved_and_reported_as_medians(tiny_teacher, tiny_data):
-    from nanoify.bench.run import benchmark, format_table
+def test_one_split_rule_for_data_with_train_and_test_only(tmp_path, tiny_teacher, tiny_export, tiny_data, capsys):
+    """TREC ships train and test files only: every command evaluates on test (validation, else test)."""
+    import shutil
 
-    rep = benchmark([str(tiny_teacher)], DataConfig(data=str(tiny_data), max_length=32), repeats=3,
-                    latency_rows=8, throughput_rows=32, isolate=False, progress=False)
-    m = rep["models"][0]
-    assert len(m["throughput_b32_runs"]) == 3 and m["throughput_b32"] == sorted(m["throughput_b32_runs"])[1]
-    assert "medians of 3 interleaved runs" in format_table(rep)
+    d = tmp_path / "trec_like"
+    d.mkdir()
+    shutil.copy(tiny_data / "train.tsv", d / "train.tsv")
+    shutil.copy(tiny_data / "validation.tsv", d / "test.tsv")
+    assert main(["evaluate", str(tiny_teacher), "--data", str(d), "--max-length", "32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["split"] == "test"
+    man = quantize(tiny_export, tmp_path / "q", calib=DataConfig(data=str(d), max_length=32), progress=False,
+                   config=QuantizeConfig(budget=100.0, methods=("minmax",), calib_samples=32, timing=FAST))
+    assert man["data"]["eval"].endswith("(test)") and man["data"]["calibration"].endswith("(train)")
+    assert main(["bench", str(tmp_path / "q"), "--data", str(d), "--max-length", "32", "--json", "--rounds", "1",
+                 "--latency-rows", "8", "--throughput-rows", "32"]) == 0
+    assert json.loads(capsys.readouterr().out)["split"] == "test"

@@ -20,8 +20,8 @@ def _feeds():
 
 
 def test_torch_engine_on_cuda_matches_cpu(tiny_teacher):
-    from nanoify.bench.accuracy import cosine
     from nanoify.engines import open_engine
+    from nanoify.tasks.classify import cosine
 
     with open_engine("torch", str(tiny_teacher)) as cpu, \
             open_engine("torch", str(tiny_teacher), device="cuda") as gpu, \
@@ -47,10 +47,10 @@ def test_bench_on_cuda_reports_gpu_memory_and_energy_when_readable(tiny_teacher,
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed")
 def test_tensorrt_engine_runs_the_qdq_graph(tiny_export, tiny_data, tmp_path):
-    from nanoify.bench.accuracy import cosine
     from nanoify.config import DataConfig
     from nanoify.engines import open_engine
     from nanoify.quant.run import quantize
+    from nanoify.tasks.classify import cosine
 
     out = tmp_path / "trt"
     quantize(tiny_export, out, calib=DataConfig(data=str(tiny_data), max_length=32), budget=100.0,

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
-from nanoify.bench.accuracy import cosine, sqnr_db
 from nanoify.data.text import collate
 from nanoify.engines import open_engine
 from nanoify.export.onnx import export
 from nanoify.quant.dynamic import quantize_dynamic_int8
+from nanoify.tasks.classify import cosine, sqnr_db
 
 
 def test_sqnr_and_cosine_by_hand():

@@ -7,12 +7,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from nanoify.bench.accuracy import sqnr_db
 from nanoify.data.text import collate
 from nanoify.engines import open_engine
 from nanoify.errors import ConfigError
 from nanoify.quant.calibrate import calibrate_onnx, choose_ranges
 from nanoify.quant.qdq import op_counts, quantizable_nodes, quantize_static_qdq, weight_node_inputs
+from nanoify.tasks.classify import sqnr_db
 
 
 def _feeds(seed, n=6):

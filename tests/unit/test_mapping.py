@@ -31,3 +31,20 @@ def test_build_matches_weights_and_order():
                                           "weight": 1.0}
     with pytest.raises(ConfigError):
         LayerMatch(1, 2, feature="value")
+
+
+def test_features_pick_the_matched_layers_exactly():
+    from types import SimpleNamespace
+
+    from nanoify.distill.mapping import features
+
+    def outputs(tag, n):  # hidden_states[0] is the embedding output; attentions[k-1] belongs to layer k
+        return SimpleNamespace(hidden_states=tuple(f"{tag}-hidden-{i}" for i in range(n + 1)),
+                               attentions=tuple(f"{tag}-attn-layer{i + 1}" for i in range(n)))
+
+    s, t = outputs("s", 2), outputs("t", 4)
+    assert features(LayerMatch(1, 2, "hidden"), s, t) == ("s-hidden-1", "t-hidden-2")
+    assert features(LayerMatch(2, 4, "hidden"), s, t) == ("s-hidden-2", "t-hidden-4")
+    assert features(LayerMatch(1, 2, "attention"), s, t) == ("s-attn-layer1", "t-attn-layer2")
+    assert features(LayerMatch(2, 4, "attention"), s, t) == ("s-attn-layer2", "t-attn-layer4")
+    assert features(LayerMatch(0, 0, "embedding"), s, t) == ("s-hidden-0", "t-hidden-0")

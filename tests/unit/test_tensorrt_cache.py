@@ -35,12 +35,21 @@ def test_malformed_cache_is_a_data_error(tmp_path):
         read_calibration_cache(p)
 
 
-def test_trtexec_line():
-    cmd = trtexec_command("m.onnx", "m.plan", ["input_ids", "attention_mask"], (1, 1), (8, 64), (32, 512),
-                          fp16_layers=["/l0/MatMul"])
+def test_trtexec_line_from_per_input_specs():
+    from nanoify.engines.base import profile_shapes
+
+    text = {"input_ids": ("int64", ["batch", "sequence"]), "attention_mask": ("int64", ["batch", "sequence"])}
+    shapes = profile_shapes(text, {"batch": (1, 8, 32), "sequence": (1, 64, 512)})
+    cmd = trtexec_command("m.onnx", "m.plan", shapes, fp16_layers=["/l0/MatMul"])
     assert "--int8 --fp16" in cmd and "--minShapes=input_ids:1x1,attention_mask:1x1" in cmd
     assert "--maxShapes=input_ids:32x512,attention_mask:32x512" in cmd
     assert "--layerPrecisions=/l0/MatMul:fp16" in cmd and "--precisionConstraints=prefer" in cmd
+    image = {"input": ("float32", ["batch", 3, 32, 32])}
+    cmd = trtexec_command("r.onnx", "r.plan", profile_shapes(image, {"batch": (1, 16, 64)}))
+    assert "--minShapes=input:1x3x32x32" in cmd and "--optShapes=input:16x3x32x32" in cmd
+    assert "--maxShapes=input:64x3x32x32" in cmd
+    with pytest.raises(DataError, match="no profile range"):
+        profile_shapes({"x": ("float32", ["batch", 3, "height", "width"])}, {"batch": (1, 1, 1)})
 
 
 def test_engine_specs():

@@ -1,1 +1,3 @@
-"""Measurement: accuracy and agreement (more to come: latency, throughput, memory, energy)."""
+"""Measurement: latency and throughput (``latency.py``, shared with quantize) and the benchmark command
+(``run.py``: fresh process per model, memory, streams, energy where a sensor is readable, report). Scores
+and agreement come from the model's task (:mod:`nanoify.tasks`)."""

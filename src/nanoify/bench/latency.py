@@ -1,4 +1,5 @@
-"""Wall-clock latency and throughput of a classifier over real token batches (dynamic padding)."""
+"""Wall-clock latency and throughput over prepared feeds — the one timing routine ``quantize`` (to choose) and
+``bench`` (to report) share, so their numbers agree: the same rows, batch sizes and number of rounds."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data.text import collate
+Feed = dict[str, np.ndarray]
 
 
-def time_batches(run: Callable[[dict[str, np.ndarray]], Any], batches: Sequence[dict[str, np.ndarray]],
-                 warmup: int = 3) -> np.ndarray:
+def time_batches(run: Callable[[Feed], Any], batches: Sequence[Feed], warmup: int = 3) -> np.ndarray:
     """Seconds per call of ``run`` on each batch, after ``warmup`` untimed calls."""
     for b in batches[:warmup]:
         run(b)
@@ -24,30 +24,34 @@ def time_batches(run: Callable[[dict[str, np.ndarray]], Any], batches: Sequence[
     return out
 
 
-def make_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> list[dict[str, np.ndarray]]:
-    """Consecutive batches in data order (not sorted by length: real traffic is not sorted)."""
-    return [collate(ids[i:i + batch_size], pad_id) for i in range(0, len(ids), batch_size)]
+def rows_in(feeds: Sequence[Feed]) -> int:
+    """Rows across feeds (the leading axis of their first input)."""
+    return int(sum(len(next(iter(f.values()))) for f in feeds))
 
 
-def torch_runner(model: Any) -> Callable[[dict[str, np.ndarray]], Any]:
-    """A closure running a torch classifier in inference mode on a numpy feed."""
-    import torch
-
-    model.eval()
-
-    def run(feed: dict[str, np.ndarray]) -> Any:
-        with torch.inference_mode():
-            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits
-
-    return run
-
-
-def latency_throughput(run: Callable[[dict[str, np.ndarray]], Any], ids: Sequence[Sequence[int]], pad_id: int,
-                       n_latency: int = 200, throughput_batch: int = 32) -> dict[str, float]:
-    """Batch-1 latency percentiles (ms) over the first ``n_latency`` rows; throughput (rows/s) at a batch size."""
-    lat = time_batches(run, make_batches(ids[:n_latency], 1, pad_id)) * 1e3
-    big = make_batches(ids, throughput_batch, pad_id)
-    secs = time_batches(run, big, warmup=1)
-    return {"latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p90": float(np.percentile(lat, 90)),
-            "latency_ms_p99": float(np.percentile(lat, 99)),
-            f"throughput_b{throughput_batch}": float(len(ids) / secs.sum())}
+def measure_speed(runs: Sequence[Callable[[Feed], Any]], b1: Sequence[Feed], big: Sequence[Feed], rounds: int = 3,
+                  batch: int = 32) -> list[dict[str, Any]]:
+    """Batch-1 latency percentiles (ms) and batch-``batch`` throughput (rows/s) of each run, in ``rounds``
+    interleaved rounds (each round times every run once, so a slow spell of a shared machine touches all of
+    them), reported as medians over rounds; the per-round throughputs and their spread stay in the result."""
+    rows = rows_in(big)
+    for run in runs:  # warm every session before any timing
+        time_batches(run, list(big[:1]) + list(b1[:3]), warmup=0)
+    lat: list[list[np.ndarray]] = [[] for _ in runs]
+    tput: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            lat[i].append(time_batches(run, b1, warmup=0) * 1e3)
+            tput[i].append(rows / time_batches(run, big, warmup=0).sum())
+    out = []
+    for ls, ts in zip(lat, tput, strict=True):
+        med = float(np.median(ts))
+        out.append({
+            "latency_ms_p50": float(np.median([np.percentile(x, 50) for x in ls])),
+            "latency_ms_p90": float(np.median([np.percentile(x, 90) for x in ls])),
+            "latency_ms_p99": float(np.median([np.percentile(x, 99) for x in ls])),
+            f"throughput_b{batch}": med,
+            f"throughput_b{batch}_rounds": [float(t) for t in ts],
+            "round_spread": float((max(ts) - min(ts)) / med) if med else 0.0,
+        })
+    return out

@@ -2,7 +2,14 @@
 
 Each model is measured in its own fresh process, so peak RSS is that model's (plus the Python runtime and
 the engine's libraries, which the baseline pays too) and no model's caches warm another's. The first model
-is the baseline: the others get a change column and agreement with it (top-1, logit cosine, SQNR).
+is the baseline: the others get a change column and agreement with it, computed by the model's task (top-1
+agreement, predictions changed, logit cosine, SQNR for classifiers). Bench measures time and memory; the
+task scores.
+
+Timing is :func:`nanoify.bench.latency.measure_speed`, the routine ``quantize`` uses, with the same rows,
+batches and rounds (:class:`~nanoify.config.TimingConfig`). A noisy machine is noticed — load average above
+the core count, throughput varying more than 10% between rounds, or a p99 more than 3× the p50 — said in the
+report, and the timing is repeated with twice the rounds when the rounds disagree.
 
 Energy is read from RAPL (``/sys/class/powercap``) for CPU engines or NVML for CUDA ones, and only when
 readable; otherwise it is "n/a" — never an estimate shown as a reading.
@@ -10,6 +17,8 @@ readable; otherwise it is "n/a" — never an estimate shown as a reading.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -21,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import MANIFEST, atomic_dir, machine, manifest, versions, write_json
-from ..config import DataConfig
-from ..errors import ConfigError, DataError
+from ..config import BenchConfig, DataConfig, TimingConfig, to_dict
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
-FIXED_LEN = 128
+NOISY_SPREAD = 0.10  # throughput range between rounds, relative to the median
+NOISY_TAIL = 3.0  # p99 / p50 of batch-1 latency
 
 
 def energy_meter(engine_device: str = "cpu") -> Any:
@@ -51,16 +61,18 @@ def energy_meter(engine_device: str = "cpu") -> Any:
 
 def _energy_per_row(run: Any, batches: list[dict[str, np.ndarray]], device: str,
                     min_seconds: float = 2.0) -> float | None:
-    """Millijoules per row over batch-32 passes lasting at least ``min_seconds`` (energy counters tick
+    """Millijoules per row over batch passes lasting at least ``min_seconds`` (energy counters tick
     coarsely: a pass of a few milliseconds reads as zero); None without a readable sensor or a tick."""
+    from .latency import rows_in
+
     meter = energy_meter(device)
-    if meter is None:
+    if meter is None or not batches:
         return None
     rows, t0, e0 = 0, time.perf_counter(), meter()
     while time.perf_counter() - t0 < min_seconds:
         for b in batches:
             run(b)
-            rows += len(b["input_ids"])
+        rows += rows_in(batches)
     joules = meter() - e0
     return joules / rows * 1e3 if joules > 0 and rows else None
 
@@ -79,21 +91,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _streams(ref: Any, ids: list[list[int]], pad: int, n: int, engine_opts: dict[str, Any]) -> dict[str, Any]:
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Any:
+    """Set torch's intra-op threads for the block and restore the caller's setting after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _streams(ref: Any, feeds: list[dict[str, np.ndarray]], n: int, engine_opts: dict[str, Any]) -> dict[str, Any]:
     """``n`` workers, each with its own engine, serving batch-1 requests from one queue concurrently."""
-    from ..data.text import collate
     from ..engines import open_engine
 
     threads = max(1, (os.cpu_count() or 1) // n)
-    if ref.engine == "torch":  # torch's intra-op pool is global: n streams × all cores would oversubscribe
-        import torch
-
-        torch.set_num_threads(threads)
-    engines = [open_engine(ref.engine, str(ref.path), **{**engine_opts, "threads": threads}).__enter__()
-               for _ in range(n)]
-    feeds = [collate([x], pad) for x in ids]
-    for e in engines:
-        e.infer(feeds[0])
+    guard = torch_threads(threads) if ref.engine == "torch" else contextlib.nullcontext()
     lat: list[float] = []
     lock = threading.Lock()
     nxt = iter(range(len(feeds)))
@@ -110,102 +127,110 @@ def _streams(ref: Any, ids: list[list[int]], pad: int, n: int, engine_opts: dict
             with lock:
                 lat.append(dt * 1e3)
 
-    t0 = time.perf_counter()
-    ts = [threading.Thread(target=work, args=(e,)) for e in engines]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    wall = time.perf_counter() - t0
-    for e in engines:
-        e.close()
-    if ref.engine == "torch":
-        torch.set_num_threads(os.cpu_count() or 1)
+    with guard, contextlib.ExitStack() as stack:  # torch's intra-op pool is global: n streams share the cores
+        engines = [stack.enter_context(open_engine(ref.engine, str(ref.path), **{**engine_opts, "threads": threads}))
+                   for _ in range(n)]
+        for e in engines:
+            e.infer(feeds[0])
+        t0 = time.perf_counter()
+        ts = [threading.Thread(target=work, args=(e,)) for e in engines]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        wall = time.perf_counter() - t0
     return {"streams": n, "threads_per_stream": threads, "requests": len(feeds),
             "throughput_rows_s": len(feeds) / wall, "latency_ms_p50": float(np.percentile(lat, 50)),
             "latency_ms_p99": float(np.percentile(lat, 99))}
 
 
-def measure_model(model: str, data: dict[str, Any], engine: str | None = None, streams: int = 0,
-                  latency_rows: int = 200, throughput_rows: int = 512, device: str = "cpu") -> dict[str, Any]:
-    """Every measurement of one model (runs in the calling process; see ``benchmark`` for isolation)."""
-    from ..bench.accuracy import classification_metrics, predict_with
-    from ..bench.latency import latency_throughput, make_batches, time_batches
-    from ..data.text import LabelMap, encode_texts, load_text_data
+def noise_reasons(speed: dict[str, Any], load_before: float, cores: int) -> list[str]:
+    """Why a measurement may mislead (empty when the machine looked quiet)."""
+    out = []
+    if load_before > cores:
+        out.append(f"load average {load_before:.1f} on {cores} cores before measuring")
+    if speed.get("round_spread", 0.0) > NOISY_SPREAD:
+        out.append(f"batch throughput varied {speed['round_spread']:.0%} between rounds")
+    p50, p99 = speed.get("latency_ms_p50"), speed.get("latency_ms_p99")
+    if p50 and p99 and p99 / p50 > NOISY_TAIL:
+        out.append(f"batch-1 p99 is {p99 / p50:.1f}× the p50")
+    return out
+
+
+def measure_model(model: str, data: Any, engine: str | None = None, streams: int = 0,
+                  timing: TimingConfig | None = None, device: str = "cpu", split: str | None = None,
+                  task: str | None = None, preprocess: str | None = None) -> tuple[dict[str, Any], Any]:
+    """Every measurement of one model, in the calling process (see ``benchmark`` for isolation). Returns the
+    results and the predictions (for agreement with the baseline)."""
     from ..engines import open_engine, parse_engine_spec
-    from ..models.load import load_tokenizer
-    from ..models.resolve import light_tokenizer, resolve
+    from ..models.resolve import resolve
+    from ..tasks import make_task, synthetic_feed
+    from .latency import measure_speed, time_batches
 
+    t = timing or TimingConfig()
     name, spec_opts = parse_engine_spec(engine) if engine else (None, {})
-    ref = resolve(model, name)
+    ref = resolve(model, name, task, preprocess)
+    tk = make_task(ref)
     device = spec_opts.get("device", device if ref.engine == "torch" else "cpu")
-    if ref.engine == "torch":  # only then: importing torch costs ~250 MB of RSS the other engines must not pay
-        import torch
-
-        torch.set_num_threads(os.cpu_count() or 1)
-    data = dict(data)
-    split = data.pop("split", None) or "validation"
-    cfg = DataConfig(**data)
-    if cfg.max_length > ref.max_sequence:
-        raise ConfigError(f"--max-length {cfg.max_length} is longer than {ref.name} allows ({ref.max_sequence} "
-                          f"positions); use --max-length {ref.max_sequence} or less")
-    ds = load_text_data(cfg, splits=(split,))
-    sp = ds.split(split)
-    if not sp.texts:
-        raise DataError(f"the evaluation split of {ds.spec} is empty")
-    light = light_tokenizer(ref.tokenizer_dir) if ref.engine != "torch" else None
-    if light is not None:
-        pad, vocab, ids = light.pad_token_id, light.vocab_size, light.encode(sp.texts, cfg.max_length)
-    else:
-        tok = load_tokenizer(str(ref.tokenizer_dir))
-        pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
-        vocab, ids = int(tok.vocab_size), encode_texts(tok, sp.texts, cfg.max_length)
-    gold = np.array(ref.label_map.encode(sp.labels, f"evaluation split of {ds.spec}"))
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    es = tk.eval_set(data, split)
     rss_before = peak_rss_mb()
-    opts: dict[str, Any] = {"max_sequence": ref.max_sequence, **spec_opts}
+    opts: dict[str, Any] = {**spec_opts}
+    if ref.max_sequence:
+        opts["max_dims"] = {"sequence": ref.max_sequence}
     if ref.engine == "torch":
         opts["device"] = device
-    t_load = time.perf_counter()
-    eng = open_engine(ref.engine, str(ref.path), **opts).__enter__()
-    load_s = time.perf_counter() - t_load
-    run = (lambda feed: eng.infer(feed)["logits"])  # noqa: E731
+    # torch's default pool size, restored on the way out: importing torch only for torch engines (~250 MB RSS)
+    guard = torch_threads(os.cpu_count()) if ref.engine == "torch" else contextlib.nullcontext()
     res: dict[str, Any] = {"model": str(model), "name": f"{ref.name} ({engine})" if engine else ref.name,
-                           "engine": engine or ref.engine, "device": device,
-                           "file_mb": ref.size_bytes() / 1e6, "load_s": load_s, **_shape(ref, eng)}
-    logits = predict_with(run, ids, pad, 32)
-    res.update(classification_metrics(logits.argmax(-1), gold, len(LabelMap(ref.label_map.names))))
-    rows = ids[:throughput_rows]
-    res.update(latency_throughput(run, rows, pad, n_latency=latency_rows, throughput_batch=32))
-    res["throughput_b8"] = float(len(rows) / time_batches(run, make_batches(rows, 8, pad), warmup=1).sum())
-    res["energy_mj_per_row"] = _energy_per_row(run, make_batches(ids[:throughput_rows], 32, pad), device)
-    rng = np.random.default_rng(0)
-    fixed = []
-    fixed_len = min(FIXED_LEN, ref.max_sequence)  # the tiny test models have 64 positions
-    res["fixed_length"] = fixed_len
-    for _ in range(4):
-        x = rng.integers(1000 if vocab > 2000 else 1, vocab, size=(32, fixed_len)).astype(np.int64)
-        fixed.append({"input_ids": x, "attention_mask": np.ones_like(x), "token_type_ids": np.zeros_like(x)})
-    secs = time_batches(run, fixed, warmup=1).sum()
-    res[f"throughput_b32_len{FIXED_LEN}"] = float(32 * len(fixed) / secs)
-    eng.close()
-    if streams > 1:
-        res["streams"] = _streams(ref, ids[:latency_rows], pad, streams, opts)
+                           "engine": engine or ref.engine, "device": device, "task": ref.task, "split": es.split,
+                           "file_mb": ref.size_bytes() / 1e6, **ref.info}
+    with guard:
+        t_load = time.perf_counter()
+        with open_engine(ref.engine, str(ref.path), **opts) as eng:
+            res["load_s"] = time.perf_counter() - t_load
+            res.update(_shape(ref, eng))
+            preds = tk.predict(eng.infer, es)
+            res.update(tk.score(preds, es))
+            b1 = tk.feeds(es, 1, t.latency_rows)
+            big = tk.feeds(es, t.batch, t.throughput_rows)
+            speed = measure_speed([eng.infer], b1, big, t.rounds, t.batch)[0]
+            if speed["round_spread"] > NOISY_SPREAD:  # rounds disagree: twice the rounds, medians of all
+                more = measure_speed([eng.infer], b1, big, t.rounds, t.batch)[0]
+                rounds = speed[f"throughput_b{t.batch}_rounds"] + more[f"throughput_b{t.batch}_rounds"]
+                speed = {k: float(np.median([speed[k], more[k]])) if isinstance(speed[k], float) else speed[k]
+                         for k in speed}
+                speed[f"throughput_b{t.batch}"] = float(np.median(rounds))
+                speed[f"throughput_b{t.batch}_rounds"] = rounds
+                res["extra_rounds"] = t.rounds
+            res.update(speed)
+            res["timing"] = to_dict(t)
+            b8 = tk.feeds(es, 8, t.throughput_rows)
+            res["throughput_b8"] = float(sum(len(next(iter(f.values()))) for f in b8)
+                                         / time_batches(eng.infer, b8, warmup=1).sum())
+            res["energy_mj_per_row"] = _energy_per_row(eng.infer, big, device)
+            dims = tk.synthetic_dims()
+            if dims:  # fixed-shape throughput (text: batch 32 × length 128), inputs from the engine's own spec
+                fixed = [synthetic_feed(eng.input_spec(), {"batch": t.batch, **dims}, tk.input_ranges(), seed=s)
+                         for s in range(4)]
+                res["fixed_shape"] = dims
+                res[f"throughput_b{t.batch}_fixed"] = float(t.batch * len(fixed)
+                                                            / time_batches(eng.infer, fixed, warmup=1).sum())
+        if streams > 1:
+            res["streams"] = _streams(ref, b1, streams, opts)
     res["peak_rss_mb"] = peak_rss_mb()
     res["rss_before_load_mb"] = rss_before
     if device.startswith("cuda") and ref.engine == "torch":
+        import torch
+
         res["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    res["_logits"] = logits.tolist()
-    return res
+    res["noise"] = noise_reasons(res, load_before, os.cpu_count() or 1)
+    return res, preds
 
 
 def _shape(ref: Any, eng: Any) -> dict[str, Any]:
-    """Encoder layers (from the config beside the model) and parameter count (torch module or ONNX weights)."""
-    import json
-
+    """Parameter count (torch module or ONNX weights)."""
     out: dict[str, Any] = {}
-    cfg = ref.tokenizer_dir / "config.json"
-    if cfg.is_file():
-        out["layers"] = json.loads(cfg.read_text()).get("num_hidden_layers")
     if hasattr(eng, "model"):
         out["parameters_m"] = sum(p.numel() for p in eng.model.parameters()) / 1e6
     elif ref.path.suffix == ".onnx":
@@ -217,7 +242,7 @@ def _shape(ref: Any, eng: Any) -> dict[str, Any]:
     return out
 
 
-def _child(args: tuple) -> dict[str, Any]:
+def _child(args: tuple) -> tuple[dict[str, Any], Any]:
     from ..errors import NanoifyError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -225,95 +250,106 @@ def _child(args: tuple) -> dict[str, Any]:
     try:
         return measure_model(*args)
     except NanoifyError as e:
-        return {"_error": str(e), "_type": type(e).__name__}
+        return {"_error": str(e), "_type": type(e).__name__}, None
 
 
-def _run_isolated(args: tuple) -> dict[str, Any]:
+def _run_isolated(args: tuple) -> tuple[dict[str, Any], Any]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     from .. import errors
 
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        res = pool.submit(_child, args).result()
+        res, preds = pool.submit(_child, args).result()
     if "_error" in res:
         raise getattr(errors, res["_type"], errors.NanoifyError)(res["_error"])
-    return res
+    return res, preds
 
 
-def benchmark(models: Sequence[str], data: DataConfig | str | None = None, out: str | Path | None = None,
-              split: str = "validation", engines: Sequence[str | None] | None = None, streams: int = 0,
-              latency_rows: int = 200, throughput_rows: int = 512, device: str = "cpu", isolate: bool = True,
-              progress: bool = True, names: Sequence[str] | None = None, repeats: int = 1) -> dict[str, Any]:
+def _data(data: Any, first_model: str, task: str | None, preprocess: str | None) -> Any:
+    """The data bench reads: as given, or the default text data for text models."""
+    if isinstance(data, DataConfig) and data.data is not None:
+        return data
+    if data is not None and not isinstance(data, DataConfig):
+        return data
+    from ..models.resolve import resolve
+
+    ref = resolve(first_model, task=task, preprocess=preprocess)
+    if ref.task != "text-classification":
+        raise ConfigError("bench needs --data for image models (an .npz file or a folder of images)")
+    from ..data.text import default_data_spec
+
+    base = data if isinstance(data, DataConfig) else DataConfig()
+    return dataclasses.replace(base, data=default_data_spec())
+
+
+def benchmark(models: Sequence[str], data: Any = None, out: str | Path | None = None,
+              config: BenchConfig | None = None, names: Sequence[str] | None = None, progress: bool = True,
+              task: str | None = None, preprocess: str | None = None, **overrides: Any) -> dict[str, Any]:
     """Measure ``models`` (the first is the baseline); write report.md/report.json/report.png to ``out``.
 
-    With ``repeats`` > 1 the models are measured in interleaved rounds (m1, m2, …, m1, m2, …), each run in
-    a fresh process, and every timing is the median over rounds: a slow spell of a shared machine then
-    touches every model instead of whichever ran during it. Per-round throughputs stay in the JSON.
-    Returns the report dict (also what ``--json`` prints).
+    With ``config.repeats`` > 1 the models are measured in interleaved runs (m1, m2, …, m1, m2, …), each in a
+    fresh process, and every number is the median over runs. Returns the report dict (what ``--json`` prints).
+    ``overrides`` replace fields of ``config`` (``streams=2``, ``repeats=3``, ``isolate=False``).
     """
     from tqdm.auto import tqdm
 
-    from .accuracy import cosine, sqnr_db
+    from ..models.resolve import resolve
+    from ..tasks import make_task
 
+    cfg = dataclasses.replace(config or BenchConfig(), **overrides)
     if not models:
         raise ConfigError("give at least one model to benchmark")
-    if streams < 0:
-        raise ConfigError("--streams must be ≥ 0")
-    cfg = data if isinstance(data, DataConfig) else DataConfig(data=data)
-    if cfg.data is None:
-        from ..data.text import default_data_spec
-
-        cfg = DataConfig(data=default_data_spec(), text_column=cfg.text_column, label_column=cfg.label_column,
-                         max_length=cfg.max_length)
-    dd = {"data": cfg.data, "text_column": cfg.text_column, "label_column": cfg.label_column,
-          "max_length": cfg.max_length}
-    engines = list(engines or [None] * len(models))
-    if repeats < 1:
-        raise ConfigError("--repeats must be ≥ 1")
-    runs: list[list[dict[str, Any]]] = [[] for _ in models]
-    jobs = [(i, m, e) for _ in range(repeats) for i, (m, e) in enumerate(zip(models, engines, strict=True))]
+    engines = list(cfg.engines or [None] * len(models))
+    if len(engines) != len(models):
+        raise ConfigError(f"--engine lists {len(engines)} engines for {len(models)} models; give one per model")
+    data = _data(data, str(models[0]), task, preprocess)
+    runs: list[list[tuple[dict[str, Any], Any]]] = [[] for _ in models]
+    jobs = [(i, m, e) for _ in range(cfg.repeats) for i, (m, e) in enumerate(zip(models, engines, strict=True))]
     for i, m, e in tqdm(jobs, desc="bench", unit="run", disable=not progress or None):
-        args = (str(m), {**dd, "split": split}, e, streams, latency_rows, throughput_rows, device)
-        runs[i].append(_run_isolated(args) if isolate else measure_model(*args))
-    results = [_median_of_runs(r) for r in runs]
+        args = (str(m), data, e, cfg.streams, cfg.timing, cfg.device, cfg.split, task, preprocess)
+        runs[i].append(_run_isolated(args) if cfg.isolate else measure_model(*args))
+    results = [_median_of_runs([r for r, _ in rs]) for rs in runs]
+    preds = [rs[0][1] for rs in runs]
     for r, n in zip(results, names or [], strict=False):
         r["name"] = n
-    base = np.array(results[0].pop("_logits"))
-    for r in results[1:]:
-        lg = np.array(r.pop("_logits"))
-        r["top1_agreement"] = float((lg.argmax(-1) == base.argmax(-1)).mean())
-        r["logit_cosine"] = cosine(base, lg)
-        r["sqnr_db"] = sqnr_db(base, lg)
+    base_task = make_task(resolve(models[0], task=task, preprocess=preprocess))
+    for r, p in zip(results[1:], preds[1:], strict=True):
+        r.update(base_task.agreement(preds[0], p))
     report = {"kind": "bench", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
-              "versions": versions(), "data": cfg.data, "split": split, "max_length": cfg.max_length,
-              "repeats": repeats, "models": results}
+              "versions": versions(), "data": str(getattr(data, "data", data)), "task": results[0].get("task"),
+              "split": results[0].get("split", cfg.split), "max_length": getattr(data, "max_length", None),
+              "repeats": cfg.repeats, "timing": to_dict(cfg.timing), "models": results,
+              "noisy": any(r.get("noise") for r in results)}
     if out is not None:
         with atomic_dir(out) as tmp:
             write_json(tmp / "report.json", report)
             (tmp / "report.md").write_text(format_table(report) + "\n")
             plot(report, tmp / "report.png")
-            write_json(tmp / MANIFEST, manifest("bench", {"models": [str(m) for m in models], "split": split,
-                                                          "streams": streams}, report="report.json"))
+            write_json(tmp / MANIFEST, manifest("bench", {"models": [str(m) for m in models], **to_dict(cfg)},
+                                                report="report.json"))
     return report
 
 
-def _median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _median_of_runs(runs: list[dict[str, Any]], top: bool = True) -> dict[str, Any]:
     """One result from repeated runs of a model: numbers are medians (nested dicts too), the rest from run 1."""
     first = runs[0]
     if len(runs) == 1:
         return first
     out: dict[str, Any] = {}
     for k, v in first.items():
-        if isinstance(v, bool) or k == "_logits":
+        if isinstance(v, bool):
             out[k] = v
         elif isinstance(v, int | float) and all(isinstance(r.get(k), int | float) for r in runs):
             out[k] = float(np.median([r[k] for r in runs]))
-        elif isinstance(v, dict):
-            out[k] = _median_of_runs([r[k] for r in runs])
+        elif isinstance(v, dict) and all(isinstance(r.get(k), dict) for r in runs):
+            out[k] = _median_of_runs([r[k] for r in runs], top=False)
+        elif k == "noise":
+            out[k] = sorted({n for r in runs for n in r.get("noise", [])})
         else:
             out[k] = v
-    out["throughput_b32_runs"] = [r["throughput_b32"] for r in runs]
+    if top:
+        out["throughput_b32_runs"] = [r["throughput_b32"] for r in runs]
     return out
 
 
@@ -321,18 +357,20 @@ ROWS: list[tuple[str, str, int]] = [
     # key, label, decimals
     ("engine", "engine", 0),
     ("layers", "layers", 0),
-    ("parameters_m", "parameters (M)", 1),
-    ("file_mb", "file (MB)", 1),
+    ("parameters_m", "parameters (M)", 2),
+    ("file_mb", "file (MB)", 2),
     ("accuracy", "accuracy", 4),
+    ("macro_f1", "macro-F1", 4),
     ("top1_agreement", "top-1 agreement with baseline", 4),
+    ("predictions_changed", "predictions changed vs baseline", 0),
     ("logit_cosine", "logit cosine to baseline", 4),
     ("sqnr_db", "logit SQNR vs baseline (dB)", 1),
-    ("latency_ms_p50", "latency b1 p50 (ms)", 2),
-    ("latency_ms_p90", "latency b1 p90 (ms)", 2),
-    ("latency_ms_p99", "latency b1 p99 (ms)", 2),
+    ("latency_ms_p50", "latency b1 p50 (ms)", 3),
+    ("latency_ms_p90", "latency b1 p90 (ms)", 3),
+    ("latency_ms_p99", "latency b1 p99 (ms)", 3),
     ("throughput_b8", "throughput b8 (rows/s)", 1),
     ("throughput_b32", "throughput b32 (rows/s)", 1),
-    (f"throughput_b32_len{FIXED_LEN}", f"throughput b32 len {FIXED_LEN} (rows/s)", 1),
+    ("throughput_b32_fixed", "throughput b32 fixed shape (rows/s)", 1),
     ("streams_throughput", "streams: rows/s", 1),
     ("streams_p99", "streams: latency p99 (ms)", 2),
     ("peak_rss_mb", "peak RSS (MB)", 0),
@@ -352,9 +390,9 @@ def _value(r: dict[str, Any], key: str) -> Any:
 def _change(a: Any, b: Any, key: str) -> str:
     if not isinstance(a, int | float) or not isinstance(b, int | float) or isinstance(a, bool):
         return ""
-    if key == "accuracy":
+    if key in ("accuracy", "macro_f1"):
         return f"{(b - a) * 100:+.2f} pt"
-    if key in ("top1_agreement", "logit_cosine", "sqnr_db") or a == 0:
+    if key in ("top1_agreement", "logit_cosine", "sqnr_db", "predictions_changed") or a == 0:
         return ""
     ratio = b / a
     if key.startswith("latency") or key.startswith("streams_p"):
@@ -363,14 +401,17 @@ def _change(a: Any, b: Any, key: str) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Markdown: metric | baseline | others… | change (last against baseline)."""
+    """Markdown: metric | baseline | others… | change (last against baseline); then machine, noise notes."""
     ms = report["models"]
+    image = report.get("task") == "image-classification"
     head = ["metric"] + [m["name"] for m in ms] + (["change"] if len(ms) > 1 else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, nd in ROWS:
         vals = [_value(m, key) for m in ms]
         if all(v is None for v in vals) and key not in ("energy_mj_per_row",):
             continue
+        if image:
+            label = label.replace("rows/s", "images/s").replace("(mJ/row)", "(mJ/image)")
         cells = []
         for v in vals:
             if v is None:
@@ -384,35 +425,50 @@ def format_table(report: dict[str, Any]) -> str:
             row.append(_change(vals[0], vals[-1], key))
         lines.append("| " + " | ".join(row) + " |")
     mach = report["machine"]
-    note = (f"{report['data']} ({report['split']}, max length {report['max_length']}); {mach['cpu']}, "
-            f"{mach['cores']} cores; {report['created']}. Peak RSS is the whole measuring process.")
+    t = report.get("timing", {})
+    ml = f", max length {report['max_length']}" if report.get("max_length") and not image else ""
+    note = (f"{report['data']} ({report['split']}{ml}); {mach['cpu']}, {mach['cores']} cores"
+            f"{', ' + ' '.join(mach['cpu_flags']) if mach.get('cpu_flags') else ''}; {report['created']}. "
+            f"Latency over the first {t.get('latency_rows')} rows at batch 1, throughput over the first "
+            f"{t.get('throughput_rows')} at batch {t.get('batch')}, medians of {t.get('rounds')} rounds. "
+            "Peak RSS is the whole measuring process.")
     if report.get("repeats", 1) > 1:
-        note += f" Timings and memory are medians of {report['repeats']} interleaved runs per model."
+        note += f" Every number is the median of {report['repeats']} interleaved runs per model (fresh processes)."
+    fixed = next((m["fixed_shape"] for m in ms if m.get("fixed_shape")), None)
+    if fixed:
+        note += " Fixed shape: batch 32 × " + ", ".join(f"{k} {v}" for k, v in fixed.items()) + " (random inputs)."
     if all(m.get("energy_mj_per_row") is None for m in ms):
         note += " Energy n/a: no RAPL or NVML sensor is readable here."
     lines += ["", note]
+    noisy = [(m["name"], m.get("noise")) for m in ms if m.get("noise")]
+    if noisy:
+        lines += ["", "**Noisy machine — read these numbers with care:** " + "; ".join(
+            f"{n}: {', '.join(r)}" for n, r in noisy) + ". Timings whose rounds disagreed were measured with twice "
+            "the rounds; rerun with --repeats 3 on a quieter machine to confirm."]
     return "\n".join(lines)
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Accuracy against batch-1 p50 latency, one labelled point per model."""
+    """The primary metric against batch-1 p50 latency, one labelled point per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ms = report["models"]
+    key = "accuracy" if all("accuracy" in m for m in ms) else "top1_agreement"
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for m in report["models"]:
-        ax.scatter(m["latency_ms_p50"], m["accuracy"] * 100, s=40)
-        ax.annotate(m["name"], (m["latency_ms_p50"], m["accuracy"] * 100), textcoords="offset points",
-                    xytext=(5, 5), fontsize=8)
-    lat = [m["latency_ms_p50"] for m in report["models"]]
+    for m in ms:
+        y = m.get(key, 1.0) * 100
+        ax.scatter(m["latency_ms_p50"], y, s=40)
+        ax.annotate(m["name"], (m["latency_ms_p50"], y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    lat = [m["latency_ms_p50"] for m in ms]
     if max(lat) > 5 * min(lat):
         ax.set_xscale("log")  # a 10-20x speed-up squeezes the fast models against the axis otherwise
     ax.margins(x=0.3, y=0.15)  # room for the labels
     ax.set_xlabel("latency, batch 1, p50 (ms)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"accuracy vs latency — {report['split']}")
+    ax.set_ylabel(f"{key.replace('_', ' ')} (%)")
+    ax.set_title(f"{key.replace('_', ' ')} vs latency — {report['split']}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

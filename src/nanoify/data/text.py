@@ -23,6 +23,7 @@ import numpy as np
 from ..artifacts import file_sha256
 from ..config import DataConfig
 from ..errors import DataError
+from .splits import split_of
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,33 @@ def _rows_to_split(rows: list[dict[str, Any]], cfg: DataConfig, where: str) -> S
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
+    """``train.tsv``/``validation.tsv``/``dev.csv`` …, else the one data file whose name starts like the split
+    (``train_full.tsv``; see :mod:`nanoify.data.splits`)."""
     for alias in SPLIT_ALIASES.get(split, (split,)):
         for ext in EXTENSIONS:
             p = folder / f"{alias}{ext}"
             if p.is_file():
                 return p
-    return None
+    cands = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS
+                   and split_of(p.name) == split)
+    if len(cands) > 1:
+        raise DataError(f"{folder} has several {split} files ({', '.join(p.name for p in cands)}); keep one or "
+                        f"name it {split}.tsv")
+    return cands[0] if cands else None
+
+
+def available_splits(spec: str | None) -> set[str] | None:
+    """The splits a data spec holds, or None when any split is served (one file, or the hub)."""
+    spec = spec or default_data_spec()
+    if spec.startswith("hf:"):
+        return None
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise DataError(f"data path {p} does not exist; pass a folder with train/validation files, "
+                        "a .tsv/.csv/.jsonl file, or hf:NAME")
+    if p.is_file():
+        return None
+    return {s for s in SPLIT_ALIASES if _find_split_file(p, s) is not None}
 
 
 def _load_hf(spec: str, cfg: DataConfig, splits: Sequence[str]) -> TextData:

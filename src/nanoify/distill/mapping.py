@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -66,3 +67,14 @@ def build_matches(spec: str, n_student: int, n_teacher: int, attention_weight: f
         if hidden_weight > 0:
             out.append(LayerMatch(s, t, "hidden", "mse", hidden_weight))
     return out
+
+
+def features(m: LayerMatch, student_out: Any, teacher_out: Any) -> tuple[Any, Any]:
+    """The (student, teacher) tensors a match compares, from Hugging Face model outputs — the one place the layer
+    numbering is turned into indices: layers are 1-based, ``hidden_states[0]`` is the embedding output (so layer k's
+    output is ``hidden_states[k]``), and ``attentions[k - 1]`` belongs to layer k."""
+    if m.feature == "embedding":
+        return student_out.hidden_states[0], teacher_out.hidden_states[0]
+    if m.feature == "attention":
+        return student_out.attentions[m.student - 1], teacher_out.attentions[m.teacher - 1]
+    return student_out.hidden_states[m.student], teacher_out.hidden_states[m.teacher]

@@ -19,14 +19,16 @@ import numpy as np
 import torch
 
 from ..artifacts import MANIFEST, atomic_dir, file_sha256, manifest, write_json
-from ..bench.accuracy import agreement, classification_metrics, predict_logits
 from ..config import DataConfig, DistillConfig, FinetuneConfig, config_hash, to_dict
 from ..data.text import LabelMap, TextData, encode_texts, load_text_data
 from ..errors import ConfigError, DataError, ModelError
 from ..models.load import count_parameters, encoder_flops_per_token, load_classifier, save_classifier
 from ..models.student import StudentSpec, build_student, parse_student_spec, teacher_layer_choice
+from ..tasks.classify import agreement_table as agreement
+from ..tasks.classify import classification_metrics
+from ..tasks.text import predict_logits
 from . import losses as L
-from .mapping import LayerMatch, build_matches
+from .mapping import LayerMatch, build_matches, features
 from .trainer import Stage, steps_for, train
 
 log = logging.getLogger(__name__)
@@ -240,12 +242,13 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         for m in inter:
             key = _term(m)
             p = proj[key] if key in proj else None
+            s_feat, t_feat = features(m, s_out, t_out)
             if m.feature == "attention":
-                terms[key] = L.attention_mse(s_out.attentions[m.student - 1], t_out.attentions[m.teacher - 1], mask)
+                terms[key] = L.attention_mse(s_feat, t_feat, mask)
             elif m.feature == "embedding":
-                terms[key] = L.embedding_loss(s_out.hidden_states[0], t_out.hidden_states[0], mask, p)
+                terms[key] = L.embedding_loss(s_feat, t_feat, mask, p)
             else:
-                terms[key] = L.hidden_mse(s_out.hidden_states[m.student], t_out.hidden_states[m.teacher], mask, p)
+                terms[key] = L.hidden_mse(s_feat, t_feat, mask, p)
         return terms
 
     history = train(student, proj, s_ids, _pad_id(s_tok), stages, cfg.train, loss_fn, ckpt, resume, run_key,
@@ -319,15 +322,20 @@ def _diagnose(cfg: DistillConfig, student: Any, s_tok: Any, teacher: Any, t_tok:
     return metrics, diag
 
 
-def evaluate(model: str | Path, data: DataConfig | str | None = None, split: str = "validation",
+def evaluate(model: str | Path, data: DataConfig | str | None = None, split: str | None = None,
              teacher: str | Path | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Accuracy (and macro-F1 beyond two classes) of a saved classifier; with a teacher, the agreement table.
+    ``split`` None follows the one rule for evaluation splits: validation, else test.
 
     Raises:
         DataError: no such split, unknown labels. ModelError: teacher and model label maps differ.
     """
+    from ..data.splits import pick_split
+    from ..data.text import available_splits
+
     dcfg = data if isinstance(data, DataConfig) else DataConfig(data=data)
     m, tok, lm = load_classifier(str(model))
+    split = pick_split(available_splits(dcfg.data), split, "eval", dcfg.data or "the default data")
     ds = load_text_data(dcfg, splits=(split,))
     sp = ds.split(split)
     if not sp.texts:

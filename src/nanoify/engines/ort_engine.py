@@ -10,7 +10,7 @@ from .base import Engine, EngineUnavailable
 
 
 class OrtEngine(Engine):
-    """An ``.onnx`` file in an ONNX Runtime session (options: ``threads``, ``providers``)."""
+    """An ``.onnx`` file in an ONNX Runtime session (options: ``threads``, ``providers``, ``max_dims``)."""
 
     name = "onnxruntime"
 
@@ -33,6 +33,7 @@ class OrtEngine(Engine):
         super().close()
 
     def input_spec(self) -> dict[str, tuple[str, list[Any]]]:
+        self._require_loaded()
         return {n: (i.type.replace("tensor(", "").rstrip(")"), list(i.shape)) for n, i in self._inputs.items()}
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

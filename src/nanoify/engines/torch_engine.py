@@ -1,47 +1,89 @@
-"""PyTorch eager engine: FP32 or BF16, CUDA when present (``device='cuda'``)."""
+"""PyTorch eager engine: FP32, BF16 or FP16, CUDA when present (``device='cuda'``).
+
+Opens a Hugging Face classifier folder (``config.json``) or a nanoify torch-module folder (``module.json``:
+an import path that builds the module, its keyword arguments, input and output names; weights in
+``model.safetensors``). Returns every named output.
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 
 from .base import Engine, EngineUnavailable
 
+DTYPES = ("fp32", "bf16", "fp16")
+
 
 class TorchEngine(Engine):
-    """A Hugging Face classifier folder run in PyTorch eager mode."""
+    """A classifier folder or torch-module folder run in PyTorch eager mode."""
 
     name = "torch"
 
     def _load(self) -> None:
-        import torch
+        from pathlib import Path
 
-        from ..models.load import load_classifier
+        import torch
 
         dtype = self.options.get("dtype", "fp32")
         device = self.options.get("device", "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineUnavailable("torch engine: CUDA was asked for but torch.cuda.is_available() is False")
-        self.model, self.tokenizer, self.label_map = load_classifier(self.path)
-        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-        if dtype not in dtypes:
+        if dtype not in DTYPES:
             raise EngineUnavailable(f"torch engine: unknown dtype {dtype!r}; use fp32, bf16 or fp16")
-        self.model.to(device=device, dtype=dtypes[dtype])
+        folder = Path(self.path)
+        if (folder / "module.json").is_file():
+            from ..models.load import load_module
+            from ..models.resolve import read_module_json
+
+            d = read_module_json(folder)
+            self.model = load_module(folder)
+            self._spec = {k: (str(v[0]), list(v[1])) for k, v in d["inputs"].items()}
+            self._outputs = list(d["outputs"])
+            self._hf = False
+        else:
+            from ..models.load import load_classifier
+
+            self.model, _, _ = load_classifier(self.path)
+            params = inspect.signature(self.model.forward).parameters
+            names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params]
+            self._spec = {k: ("int64", ["batch", "sequence"]) for k in names}
+            self._outputs = ["logits"]
+            self._hf = True
+            limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+            if limit:
+                self.options.setdefault("max_dims", {}).setdefault("sequence", limit)
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        self.model.to(device=device, dtype=dtypes[dtype]).eval()
         self.device = device
-        self.options.setdefault("max_sequence", int(getattr(self.model.config, "max_position_embeddings", 0)) or None)
+        self._dtype = dtypes[dtype]
 
     def close(self) -> None:
         self.__dict__.pop("model", None)
         super().close()
 
     def input_spec(self) -> dict[str, tuple[str, list[Any]]]:
-        return {k: ("int64", ["batch", "sequence"]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        self._require_loaded()
+        return self._spec
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         feed = self._check_feed(feed)
         with torch.inference_mode():
-            out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}).logits
-        return {"logits": out.float().cpu().numpy()}
+            tensors = {}
+            for k, v in feed.items():
+                t = torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+                tensors[k] = t.to(self._dtype) if t.is_floating_point() else t
+            out = self.model(**tensors) if self._hf else self.model(*tensors.values())
+        if self._hf:
+            items = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        elif isinstance(out, dict):
+            items = dict(out)
+        elif isinstance(out, tuple | list):
+            items = dict(zip(self._outputs, out, strict=False))
+        else:
+            items = {self._outputs[0]: out}
+        return {k: v.float().cpu().numpy() for k, v in items.items()}

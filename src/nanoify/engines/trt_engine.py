@@ -1,5 +1,5 @@
-"""TensorRT engine: build from the explicit Q/DQ ONNX (FP16+INT8, one optimisation profile over batch and
-sequence, timing cache), save the engine file, run it with CUDA buffers from torch.
+"""TensorRT engine: build from the explicit Q/DQ ONNX (FP16+INT8, one optimisation profile whose shapes come
+from each input's own spec, timing cache), save the engine file, run it with CUDA buffers from torch.
 
 UNVERIFIED: the project's machines have neither TensorRT nor a GPU, so this code has never run. It follows
 the TensorRT 10 Python API (named tensors, ``execute_async_v3``); where TensorRT or CUDA is missing the
@@ -13,17 +13,22 @@ from typing import Any
 
 import numpy as np
 
-from .base import Engine, EngineUnavailable
+from .base import Engine, EngineUnavailable, profile_shapes
 
-DEFAULT_PROFILE = {"min": (1, 1), "opt": (8, 128), "max": (32, 512)}
+# ranges of the named dynamic axes when the caller gives none (min, opt, max)
+DEFAULT_AXES = {"batch": (1, 8, 32), "sequence": (1, 128, 512), "height": (32, 640, 1280), "width": (32, 640, 1280)}
 
 
-def build_engine(onnx_path: Path, plan_path: Path, profile: dict[str, tuple[int, int]] | None = None,
+def build_engine(onnx_path: Path, plan_path: Path, axes: dict[str, tuple[int, int, int]] | None = None,
                  fp16: bool = True, int8: bool = True, timing_cache: Path | None = None) -> bytes:
-    """Parse ``onnx_path``, build a serialized engine with one (batch, sequence) profile, save it."""
+    """Parse ``onnx_path``, build a serialized engine with one optimisation profile (per input: its fixed axes,
+    and (min, opt, max) of its named axes from ``axes``), save it."""
     import tensorrt as trt
 
-    profile = profile or DEFAULT_PROFILE
+    from ..models.resolve import onnx_io
+
+    spec = {k: (d, s) for k, (d, s) in onnx_io(Path(onnx_path))[0].items()}
+    shapes = profile_shapes(spec, {**DEFAULT_AXES, **(axes or {})})
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -39,7 +44,7 @@ def build_engine(onnx_path: Path, plan_path: Path, profile: dict[str, tuple[int,
     prof = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         name = network.get_input(i).name
-        prof.set_shape(name, profile["min"], profile["opt"], profile["max"])
+        prof.set_shape(name, *shapes[name])
     config.add_optimization_profile(prof)
     if timing_cache is not None:
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
@@ -73,7 +78,7 @@ class TensorRTEngine(Engine):
         if p.suffix == ".onnx":
             plan = p.with_suffix(".plan")
             data = plan.read_bytes() if plan.is_file() else build_engine(
-                p, plan, self.options.get("profile"), timing_cache=p.with_name("timing.cache"))
+                p, plan, self.options.get("axes"), timing_cache=p.with_name("timing.cache"))
         else:
             data = p.read_bytes()
         self._trt = trt
@@ -92,7 +97,9 @@ class TensorRTEngine(Engine):
         super().close()
 
     def input_spec(self) -> dict[str, tuple[str, list[Any]]]:
-        return {n: (str(self.engine.get_tensor_dtype(n)), list(self.engine.get_tensor_shape(n))) for n in self._inputs}
+        self._require_loaded()
+        return {n: (str(self.engine.get_tensor_dtype(n)).replace("DataType.", "").lower(),
+                    [d if d > 0 else "dynamic" for d in self.engine.get_tensor_shape(n)]) for n in self._inputs}
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -100,9 +107,11 @@ class TensorRTEngine(Engine):
         feed = self._check_feed(feed)
         trt = self._trt
         keep = []
+        dtypes = {trt.int32: torch.int32, trt.int64: torch.int64, trt.float32: torch.float32,
+                  trt.float16: torch.float16}
         for n in self._inputs:
-            want = torch.int32 if self.engine.get_tensor_dtype(n) == trt.int32 else torch.int64
-            t = torch.from_numpy(feed[n]).to("cuda", want).contiguous()
+            want = dtypes.get(self.engine.get_tensor_dtype(n), torch.float32)
+            t = torch.from_numpy(np.ascontiguousarray(feed[n])).to("cuda", want).contiguous()
             keep.append(t)
             self.context.set_input_shape(n, tuple(t.shape))
             self.context.set_tensor_address(n, t.data_ptr())

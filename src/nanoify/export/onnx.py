@@ -30,13 +30,26 @@ class ExportError(NanoifyError):
     """The model cannot be exported or the exported graph disagrees with PyTorch."""
 
 
-def _dummy(vocab: int, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(low=min(1000, vocab - 1) if vocab > 2000 else 1, high=vocab, size=(batch, seq))
-    mask = np.ones((batch, seq), dtype=np.int64)
-    if batch > 1:
-        mask[-1, seq // 2:] = 0  # one padded row: the mask path must be exercised
-    return {"input_ids": ids.astype(np.int64), "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+def _text_spec(model: Any) -> dict[str, tuple[str, list[Any]]]:
+    """The text inputs the classifier's forward takes (MPNet/DistilBERT have no token_type_ids)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {k: ("int64", ["batch", "sequence"]) for k in INPUTS if k in params}
+
+
+def _dummy(model: Any, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random token batches built from the model's own input spec (Polygraphy-style), one row padded so the
+    mask path is exercised."""
+    from ..tasks.base import synthetic_feed
+
+    vocab = int(model.config.vocab_size)
+    ranges = {"input_ids": (min(1000, vocab - 1) if vocab > 2000 else 1, vocab), "attention_mask": (1, 2),
+              "token_type_ids": (0, 1)}
+    feed = synthetic_feed(_text_spec(model), {"batch": batch, "sequence": seq}, ranges, seed)
+    if batch > 1 and "attention_mask" in feed:
+        feed["attention_mask"][-1, seq // 2:] = 0
+    return feed
 
 
 def _torch_logits(model: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -78,14 +91,14 @@ def export_model(model: Any, path: str | Path, opset: int = 17, max_length: int 
     import torch
 
     model.eval()
-    feed = _dummy(model.config.vocab_size, 2, min(16, max_length))
+    feed = _dummy(model, 2, min(16, max_length))
     kwargs = {k: torch.from_numpy(v) for k, v in feed.items()}
-    axes = {k: {0: "batch", 1: "sequence"} for k in INPUTS}
+    axes = {k: {0: "batch", 1: "sequence"} for k in feed}
     axes["logits"] = {0: "batch"}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (), str(path), kwargs=kwargs, input_names=list(INPUTS),
+            torch.onnx.export(model, (), str(path), kwargs=kwargs, input_names=list(feed),
                               output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
                               do_constant_folding=True)
     except Exception as e:  # noqa: BLE001
@@ -122,15 +135,37 @@ def validation_feeds(model: Any, tok: Any = None, texts: list[str] | None = None
     from ..data.text import collate, encode_texts
 
     limit = int(getattr(model.config, "max_position_embeddings", 512))
-    feeds = [_dummy(model.config.vocab_size, b, min(n, limit), seed=n) for n in lengths for b in (1, 3)]
+    feeds = [_dummy(model, b, min(n, limit), seed=n) for n in lengths for b in (1, 3)]
     if tok is not None and texts:
         ids = encode_texts(tok, texts[:16], min(128, limit))
-        feeds.append(collate(ids, int(tok.pad_token_id or 0)))
+        names = _text_spec(model)
+        feeds.append({k: v for k, v in collate(ids, int(tok.pad_token_id or 0)).items() if k in names})
     return feeds
 
 
-def export(model_dir: str | Path, out: str | Path, opset: int = 17, texts: list[str] | None = None,
-           fuse_graph: bool = True) -> dict[str, Any]:
+def export(model: Any, out: str | Path, opset: int = 17, texts: list[str] | None = None,
+           fuse_graph: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """``nanoify export``: a Hugging Face text classifier folder, a torch-module folder (``module.json``) or a
+    live ``torch.nn.Module`` (with ``example_input=``; see :func:`nanoify.export.module.export_module`) to ONNX,
+    validated against PyTorch and written atomically with what it needs to run (tokenizer, or preprocessing and
+    labels)."""
+    if not isinstance(model, str | Path):
+        from .module import export_module
+
+        return export_module(model, out, opset=opset, **kwargs)
+    if (Path(model) / "module.json").is_file():
+        from .module import export_module_folder
+
+        return export_module_folder(model, out, opset=opset, **kwargs)
+    if kwargs:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"option(s) {', '.join(kwargs)} apply to PyTorch image models, not to {model}")
+    return export_text(model, out, opset, texts, fuse_graph)
+
+
+def export_text(model_dir: str | Path, out: str | Path, opset: int = 17, texts: list[str] | None = None,
+                fuse_graph: bool = True) -> dict[str, Any]:
     """``nanoify export``: ONNX + fused ONNX + tokenizer + label map + manifest, validated, written atomically."""
     from ..models.load import load_classifier, save_classifier
 
@@ -155,8 +190,9 @@ def export(model_dir: str | Path, out: str | Path, opset: int = 17, texts: list[
             log.warning(warns[-1])
         save_classifier(model, tok, label_map, tmp / "hf")  # the source, for torch engines and re-export
         man = manifest("export", {"model": str(model_dir), "opset": opset, "fused": fuse_graph},
-                       labels=label_map.names,
-                       inputs={k: ["batch", "sequence"] for k in INPUTS}, outputs={"logits": ["batch", len(label_map)]},
+                       task="text-classification", labels=label_map.names,
+                       inputs={k: ["batch", "sequence"] for k in _text_spec(model)},
+                       outputs={"logits": ["batch", len(label_map)]},
                        max_sequence=int(getattr(cfg, "max_position_embeddings", 512)),
                        validation={"tolerance": TOLERANCE, "max_abs_logit_diff": checks,
                                    "feeds": [{k: list(v.shape) for k, v in f.items() if k == "input_ids"}

@@ -131,3 +131,78 @@ def encoder_flops_per_token(config: Any, seq_len: int = 128) -> float:
     h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     per_layer = 2 * (4 * h * h + 2 * h * i + 2 * seq_len * h)
     return float(n * per_layer)
+
+
+def build_module(factory: str, kwargs: dict[str, Any] | None = None) -> Any:
+    """A torch module from an import path ``package.module:callable`` and keyword arguments."""
+    import importlib
+
+    mod_name, sep, attr = factory.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ModelError(f"--module {factory!r} must look like package.module:callable (e.g. "
+                         "nanoify.models.vision:resnet20)")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ModelError(f"cannot import {mod_name} for --module {factory} ({e}); check the path and PYTHONPATH"
+                         ) from None
+    fn = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ModelError(f"{mod_name} has no {attr!r} (from --module {factory})")
+    try:
+        module = fn(**(kwargs or {}))
+    except TypeError as e:
+        raise ModelError(f"{factory}(**{kwargs or {}}) failed: {e}") from None
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise ModelError(f"{factory} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def load_weights(module: Any, weights: str | Path) -> Any:
+    """Load a safetensors file into ``module`` (strict, except BatchNorm's ``num_batches_tracked`` counters, which
+    many checkpoints leave out); a mismatch names the first differing keys."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(weights)
+    if not p.is_file():
+        raise ModelError(f"weights file {p} does not exist")
+    try:
+        state = load_file(str(p))
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"{p} is not a readable safetensors file ({e})") from None
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        first = str(e).strip().splitlines()
+        raise ModelError(f"weights {p.name} do not fit the module: {first[1].strip() if len(first) > 1 else first[0]}"
+                         ) from None
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ModelError(f"weights {p.name} do not fit the module: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return module.eval()
+
+
+def save_module(module: Any, folder: Path, factory: str, kwargs: dict[str, Any], inputs: dict[str, Any],
+                outputs: list[str], task: str) -> None:
+    """A torch-module folder: ``module.json`` (how to build it) + ``model.safetensors``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "module.json").write_text(json.dumps({"factory": factory, "kwargs": kwargs, "inputs": inputs,
+                                                    "outputs": outputs, "task": task}, indent=2) + "\n")
+
+
+def load_module(folder: str | Path) -> Any:
+    """The module of a torch-module folder, weights loaded, in eval mode."""
+    from .resolve import read_module_json
+
+    folder = Path(folder)
+    d = read_module_json(folder)
+    return load_weights(build_module(d["factory"], d.get("kwargs") or {}), folder / "model.safetensors")

@@ -1,31 +1,49 @@
-"""What a model argument points at: a Hugging Face classifier folder, an export or quantize output folder,
-an ``.onnx`` file, or a TensorRT engine file — and the tokenizer, labels and engine that go with it."""
+"""What a model argument points at, as data: the file an engine opens, the engine, the task, the labels and the
+preprocessing — from a Hugging Face classifier folder, a nanoify torch-module folder (``module.json``), an
+export or quantize output folder, an ``.onnx`` file, or a TensorRT engine file.
+
+An ``.onnx`` file needs nothing beside it when its task can be told from its inputs: ``input_ids`` (with a
+tokenizer in ``hf/`` near it) is text classification; one float rank-4 input with a 2-D output is image
+classification, preprocessed by ``preprocess.json`` beside it (or ``--preprocess``), or by the defaults with
+the model's own input size. A reference names its task; it does not import it (:mod:`nanoify.tasks` does).
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import read_manifest
-from ..data.text import LabelMap
-from ..errors import ModelError
+from ..errors import DataError, ModelError
 
 ONNX_SUFFIXES = (".onnx",)
 TRT_SUFFIXES = (".plan", ".engine", ".trt")
+TEXT = "text-classification"
+IMAGE = "image-classification"
+TASK_NAMES = (TEXT, IMAGE)
+MODULE_FILE = "module.json"
+LABEL_MAP_FILE = "label_map.json"
+PREPROCESS_FILE = "preprocess.json"
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization",
+                 "QGemm", "QLinearAdd")
 
 
 @dataclass
 class ModelRef:
-    """A runnable model: the file or folder an engine opens, with its tokenizer folder and labels."""
+    """A runnable model: the file or folder an engine opens, its task, labels and preprocessing (as data), and
+    the files that travel with it (``assets``: tokenizer folder, ``preprocess.json``, ``label_map.json``)."""
 
     name: str
     path: Path
     engine: str
-    tokenizer_dir: Path
-    label_map: LabelMap
-    max_sequence: int
+    task: str
+    labels: list[str] | None
+    preprocess: dict[str, Any]
+    assets: list[Path] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def files(self) -> list[Path]:
         """The weight files (for the size column)."""
@@ -37,17 +55,19 @@ class ModelRef:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files())
 
+    @property
+    def max_sequence(self) -> int | None:
+        return self.preprocess.get("max_sequence")
 
-def _labels(folder: Path) -> LabelMap:
+
+def read_labels(folder: Path) -> list[str] | None:
+    """``label_map.json`` in ``folder``, else ``id2label`` of its ``config.json``, else None."""
     from .load import saved_label_map
 
     cfg = folder / "config.json"
     id2label = json.loads(cfg.read_text()).get("id2label") if cfg.is_file() else None
     lm = saved_label_map(folder, id2label)
-    if lm is None:
-        raise ModelError(f"{folder} has no label_map.json or id2label in config.json; save the classifier with "
-                         "nanoify")
-    return lm
+    return None if lm is None else list(lm.names)
 
 
 def _max_seq(folder: Path, default: int = 512) -> int:
@@ -57,16 +77,133 @@ def _max_seq(folder: Path, default: int = 512) -> int:
     return default
 
 
-def _tokenizer_near(f: Path) -> Path:
+def _tokenizer_near(f: Path) -> Path | None:
     for cand in (f.parent / "hf", f.parent.parent / "hf", f.parent):
         if (cand / "tokenizer.json").is_file() or (cand / "vocab.txt").is_file():
             return cand
-    raise ModelError(f"no tokenizer next to {f} (looked for hf/tokenizer.json); export with `nanoify export` "
-                     "or put the tokenizer files in an hf/ folder beside the model")
+    return None
 
 
-def resolve(model: str | Path, engine: str | None = None) -> ModelRef:
-    """Resolve a model argument (see module docstring). ``engine`` overrides the default engine."""
+def onnx_io(path: Path) -> tuple[dict[str, tuple[str, list[Any]]], dict[str, tuple[str, list[Any]]], list[str]]:
+    """(inputs, outputs, op types) of an ONNX graph, read without its external weights."""
+    import onnx
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf errors are not user-readable
+        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it") from None
+    inits = {i.name for i in m.graph.initializer}
+
+    def spec(vi: Any) -> tuple[str, list[Any]]:
+        t = vi.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "float32"
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        return dtype, dims
+
+    ins = {i.name: spec(i) for i in m.graph.input if i.name not in inits}
+    outs = {o.name: spec(o) for o in m.graph.output}
+    return ins, outs, [n.op_type for n in m.graph.node]
+
+
+def _text_ref(name: str, p: Path, engine: str, tok: Path, inputs: list[str] | None = None) -> ModelRef:
+    from ..tasks.text import TEXT_INPUTS
+
+    labels = read_labels(tok)
+    if labels is None:
+        raise ModelError(f"{tok} has no label_map.json or id2label in config.json; save the classifier with nanoify")
+    pre = {"tokenizer": str(tok), "max_sequence": _max_seq(tok), "inputs": list(inputs or TEXT_INPUTS)}
+    info = {}
+    cfg = tok / "config.json"
+    if cfg.is_file():
+        info["layers"] = json.loads(cfg.read_text()).get("num_hidden_layers")
+    assets = [tok] if tok != p else []
+    return ModelRef(name, p, engine, TEXT, labels, pre, assets, info)
+
+
+def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any], folder: Path,
+               preprocess: str | Path | None) -> ModelRef:
+    from ..data.images import Preprocess
+
+    assets = []
+    if preprocess is not None:
+        pre = Preprocess.load(preprocess)
+    else:
+        found = next((c / PREPROCESS_FILE for c in (folder, folder.parent) if (c / PREPROCESS_FILE).is_file()), None)
+        pre = Preprocess.load(found) if found else Preprocess()
+        if found:
+            assets.append(found)
+    if len(shape) != 4:
+        raise ModelError(f"{p} takes {input_name!r} of rank {len(shape)} ({shape}); an image classifier takes one "
+                         "rank-4 image batch (N×C×H×W or N×H×W×C)")
+    layout = pre.layout
+    if isinstance(shape[1], int) and shape[1] == 3 and not (isinstance(shape[3], int) and shape[3] == 3):
+        layout = "nchw"
+    elif isinstance(shape[3], int) and shape[3] == 3 and not (isinstance(shape[1], int) and shape[1] == 3):
+        layout = "nhwc"
+    hw = shape[2:4] if layout == "nchw" else shape[1:3]
+    fixed = tuple(hw) if all(isinstance(d, int) and d > 0 for d in hw) else None
+    size = pre.size or fixed
+    if size is None:
+        raise DataError(f"{p} takes images of any size and no preprocess.json says which; write one with "
+                        "\"size\": [H, W] beside the model or pass --preprocess FILE")
+    if fixed and tuple(size) != fixed:
+        raise DataError(f"preprocess size {list(size)} does not match the model's fixed input {list(fixed)}; fix "
+                        "\"size\" in preprocess.json")
+    from dataclasses import replace
+
+    pre = replace(pre, size=tuple(size), layout=layout)
+    labels = None
+    for c in (folder, folder.parent):
+        if (c / LABEL_MAP_FILE).is_file():
+            labels = read_labels(c)
+            assets.append(c / LABEL_MAP_FILE)
+            break
+    d = {**pre.to_dict(), "input": input_name}
+    return ModelRef(name, p, engine, IMAGE, labels, d, assets, {})
+
+
+def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | Path | None) -> ModelRef:
+    ins, outs, ops = onnx_io(p)
+    name = f"{p.parent.name}/{p.name}"
+    default_engine = engine or ("onnxruntime" if p.suffix.lower() in ONNX_SUFFIXES else "tensorrt")
+    tok = _tokenizer_near(p)
+    if task is None:
+        if "input_ids" in ins or (tok is not None and not any(len(s) == 4 for _, s in ins.values())):
+            task = TEXT
+        elif len(ins) == 1 and len(next(iter(ins.values()))[1]) == 4:
+            out_rank = {len(s) for _, s in outs.values()}
+            if out_rank != {2}:
+                raise ModelError(f"{p} looks like a detector (image in, outputs of rank {sorted(out_rank)}); "
+                                 "detectors are not supported yet — only classifiers with (batch, classes) outputs")
+            task = IMAGE
+        else:
+            desc = ", ".join(f"{k} {d}{s}" for k, (d, s) in ins.items())
+            raise ModelError(f"cannot tell the task of {p} from its inputs ({desc}); pass --task "
+                             f"{' or '.join(TASK_NAMES)}")
+    if task == TEXT:
+        if tok is None:
+            raise ModelError(f"no tokenizer next to {p} (looked for hf/tokenizer.json); export with `nanoify export` "
+                             "or put the tokenizer files in an hf/ folder beside the model")
+        if "input_ids" not in ins:
+            raise ModelError(f"{p} takes {', '.join(ins)}, not input_ids: it is not a text classifier")
+        return _text_ref(name, p, default_engine, tok, list(ins))
+    if task == IMAGE:
+        floats = [k for k, (d, _) in ins.items() if d.startswith("float")]
+        if len(ins) != 1 or not floats:
+            desc = ", ".join(f"{k} {d}{s}" for k, (d, s) in ins.items())
+            raise ModelError(f"{p} takes {desc}; an image classifier takes one float image input")
+        return _image_ref(name, p, default_engine, floats[0], ins[floats[0]][1], p.parent, preprocess)
+    raise ModelError(f"unknown task {task!r}; choose {' or '.join(TASK_NAMES)}")
+
+
+def is_quantized(ops: list[str]) -> int:
+    """How many nodes of a graph are quantization ops (0 for an FP32 graph)."""
+    return sum(op in QUANTIZED_OPS for op in ops)
+
+
+def resolve(model: str | Path, engine: str | None = None, task: str | None = None,
+            preprocess: str | Path | None = None) -> ModelRef:
+    """Resolve a model argument (see module docstring). ``engine``/``task``/``preprocess`` override what is found."""
     p = Path(model).expanduser()
     if not p.exists():
         raise ModelError(f"model {p} does not exist; pass a classifier folder, an export/quantize output folder, "
@@ -74,53 +211,67 @@ def resolve(model: str | Path, engine: str | None = None) -> ModelRef:
     if p.is_dir():
         man = read_manifest(p)
         kind = man.get("kind")
-        if kind in ("export", "quantize") or (p / "hf").is_dir() and not (p / "config.json").is_file():
-            if kind == "quantize":
-                f = p / man.get("model_file", "model.int8.onnx")
-            else:
-                f = p / "model.fused.onnx" if (p / "model.fused.onnx").is_file() else p / "model.onnx"
-            if not f.is_file():
-                raise ModelError(f"{p} has no {f.name}; re-run the command that wrote it")
-            return resolve(f, engine)
-        if (p / "config.json").is_file():
-            return ModelRef(p.name, p, engine or "torch", p, _labels(p), _max_seq(p))
-        raise ModelError(f"{p} is neither a classifier folder (config.json) nor a nanoify output folder")
+        if kind == "quantize":
+            f = p / man.get("model_file", "model.int8.onnx")
+        elif kind == "export" or ((p / "hf").is_dir() and not (p / "config.json").is_file()):
+            f = p / "model.fused.onnx" if (p / "model.fused.onnx").is_file() else p / "model.onnx"
+        elif (p / "config.json").is_file():
+            ref = _text_ref(p.name, p, engine or "torch", p)
+            ref.preprocess["inputs"] = _hf_inputs(p)
+            return ref
+        elif (p / MODULE_FILE).is_file():
+            return _module_ref(p, engine, preprocess)
+        else:
+            onnx_files = sorted(p.glob("*.onnx"))
+            if len(onnx_files) != 1:
+                raise ModelError(f"{p} is neither a classifier folder (config.json), a torch module folder "
+                                 "(module.json) nor a nanoify output folder")
+            f = onnx_files[0]
+        if not f.is_file():
+            raise ModelError(f"{p} has no {f.name}; re-run the command that wrote it")
+        return resolve(f, engine, task or man.get("task"), preprocess)
     suffix = p.suffix.lower()
-    if suffix in ONNX_SUFFIXES or suffix in TRT_SUFFIXES:
-        tok = _tokenizer_near(p)
-        default = "onnxruntime" if suffix in ONNX_SUFFIXES else "tensorrt"
-        return ModelRef(f"{p.parent.name}/{p.name}", p, engine or default, tok, _labels(tok), _max_seq(tok))
+    if suffix in ONNX_SUFFIXES:
+        return _onnx_ref(p, engine, task, preprocess)
+    if suffix in TRT_SUFFIXES:
+        beside = next(iter(sorted(p.parent.glob("*.onnx"))), None)
+        if beside is None:
+            raise ModelError(f"{p}: a TensorRT engine needs its ONNX source beside it to know its task and inputs")
+        ref = _onnx_ref(beside, engine or "tensorrt", task, preprocess)
+        ref.path, ref.name = p, f"{p.parent.name}/{p.name}"
+        return ref
     raise ModelError(f"{p}: unknown model file type {suffix or '(none)'}; expected .onnx, a TensorRT engine "
                      "(.plan/.engine) or a classifier folder")
 
 
-@dataclass
-class LightTokenizer:
-    """The ``tokenizers`` library alone (no transformers, hence no torch import): what an ONNX or TensorRT
-    deployment would load, so that the measured process memory is the deployment's."""
+def _hf_inputs(folder: Path) -> list[str]:
+    """The text inputs a Hugging Face classifier takes (MPNet and DistilBERT have no token_type_ids)."""
+    from ..tasks.text import TEXT_INPUTS
 
-    tok: Any
-    pad_token_id: int
-    vocab_size: int
-
-    def encode(self, texts: list[str], max_length: int) -> list[list[int]]:
-        self.tok.enable_truncation(max_length)
-        return [e.ids for e in self.tok.encode_batch(list(texts))]
+    cfg = folder / "config.json"
+    model_type = json.loads(cfg.read_text()).get("model_type", "bert") if cfg.is_file() else "bert"
+    if model_type in ("mpnet", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "deberta"):
+        return [k for k in TEXT_INPUTS if k != "token_type_ids"]
+    return list(TEXT_INPUTS)
 
 
-def light_tokenizer(folder: Path) -> LightTokenizer | None:
-    """A LightTokenizer from ``folder/tokenizer.json``, or None when there is none."""
-    f = folder / "tokenizer.json"
-    if not f.is_file():
-        return None
-    from tokenizers import Tokenizer
+def read_module_json(folder: Path) -> dict[str, Any]:
+    """``module.json`` of a torch-module folder: factory, kwargs, inputs, outputs, task."""
+    try:
+        d = json.loads((folder / MODULE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{folder / MODULE_FILE} is not readable JSON ({e})") from None
+    for key in ("factory", "inputs", "outputs"):
+        if key not in d:
+            raise ModelError(f"{folder / MODULE_FILE} has no {key!r}; write it with `nanoify export --module …`")
+    return d
 
-    tok = Tokenizer.from_file(str(f))
-    tok.no_padding()
-    pad = "[PAD]"
-    cfg = folder / "tokenizer_config.json"
-    if cfg.is_file():
-        pad = json.loads(cfg.read_text()).get("pad_token") or pad
-        pad = pad["content"] if isinstance(pad, dict) else pad
-    pid = tok.token_to_id(str(pad))
-    return LightTokenizer(tok, int(pid if pid is not None else 0), tok.get_vocab_size())
+
+def _module_ref(folder: Path, engine: str | None, preprocess: str | Path | None) -> ModelRef:
+    d = read_module_json(folder)
+    task = d.get("task", IMAGE)
+    if task != IMAGE:
+        raise ModelError(f"{folder}: torch modules of task {task!r} are not supported")
+    (input_name, (_, shape)), = ((k, tuple(v)) for k, v in d["inputs"].items())
+    ref = _image_ref(folder.name, folder, engine or "torch", input_name, list(shape), folder, preprocess)
+    return ref

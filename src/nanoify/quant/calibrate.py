@@ -4,6 +4,9 @@ Two sources: an ONNX model (the tensors of interest are added as graph outputs a
 from an ONNX Runtime session) or a PyTorch module (forward hooks on the inputs of Linear/Conv layers).
 Memory is one batch of activations plus one fixed-size histogram per tensor, whatever the number of
 samples: ONNX Runtime's own calibrators keep every batch's outputs until the end.
+
+Ranges know their bit width and signedness (:class:`Range`): where the target allows it, a tensor that never
+went below zero gets an unsigned [0, amax] range, twice the resolution of a symmetric one.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,39 +22,66 @@ import numpy as np
 
 from ..errors import ConfigError
 from .histogram import DEFAULT_BINS, AbsHistogram
-from .observers import OBSERVERS
+from .observers import OBSERVERS, histogram_sqnr_db, qmax
 
 log = logging.getLogger(__name__)
 
-QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
+@dataclass(frozen=True)
+class Range:
+    """A calibrated range, ``num_bits`` wide: [-amax, amax] (signed, symmetric), [0, amax] (unsigned), or —
+    for targets whose INT8 has a free zero point — [lo, hi], the symmetric range cut to where the data lies
+    (a tensor from -2.1 to 2.6 keeps [-2.1, 2.6], not [-2.6, 2.6])."""
 
-def activation_tensors(model: Any, op_types: Iterable[str] = QUANTIZABLE_OPS,
-                       nodes: Iterable[str] | None = None) -> list[str]:
-    """Names of the non-constant inputs of the given op types (the activations to calibrate), in graph order;
-    only of the nodes named in ``nodes`` when given."""
-    consts = {i.name for i in model.graph.initializer}
-    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    ops = set(op_types)
-    only = set(nodes) if nodes is not None else None
-    seen: dict[str, None] = {}
-    for node in model.graph.node:
-        if node.op_type in ops and (only is None or node.name in only):
-            for name in node.input:
-                if name and name not in consts:
-                    seen.setdefault(name, None)
-    return list(seen)
+    amax: float
+    unsigned: bool = False
+    num_bits: int = 8
+    lo: float | None = None
+    hi: float | None = None
+
+    @property
+    def symmetric(self) -> bool:
+        return self.lo is None and not self.unsigned
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        if self.lo is not None and self.hi is not None:
+            return self.lo, self.hi
+        return (0.0, self.amax) if self.unsigned else (-self.amax, self.amax)
+
+    @property
+    def scale(self) -> float:
+        lo, hi = self.bounds
+        if self.symmetric:
+            return self.amax / qmax(self.num_bits, False) if self.amax > 0 else 1.0
+        return (hi - lo) / ((1 << self.num_bits) - 1) if hi > lo else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"amax": self.amax, "unsigned": self.unsigned, "num_bits": self.num_bits}
+        if self.lo is not None:
+            d.update(lo=self.lo, hi=self.hi)
+        return d
+
+    @classmethod
+    def of(cls, v: Range | float | dict[str, Any]) -> Range:
+        if isinstance(v, Range):
+            return v
+        if isinstance(v, dict):
+            return cls(float(v["amax"]), bool(v.get("unsigned", False)), int(v.get("num_bits", 8)), v.get("lo"),
+                       v.get("hi"))
+        return cls(float(v))
 
 
 def calibrate_onnx(onnx_path: str | Path, feeds: Iterable[dict[str, np.ndarray]], tensors: list[str] | None = None,
                    bins: int = DEFAULT_BINS, threads: int | None = None) -> dict[str, AbsHistogram]:
-    """Histograms of ``tensors`` (default: inputs of MatMul/Gemm/Conv) over every batch in ``feeds``."""
+    """Histograms of ``tensors`` (default: inputs of the weight GEMMs/convolutions) over every batch in ``feeds``."""
     import onnx
 
     from ..export.onnx import ort_session
+    from .ops import activation_tensors, weight_nodes
 
     model = onnx.load(str(onnx_path))
-    tensors = tensors if tensors is not None else activation_tensors(model)
+    tensors = tensors if tensors is not None else activation_tensors(model, weight_nodes(model))
     existing = {o.name for o in model.graph.output}
     graph_inputs = {i.name for i in model.graph.input}
     for name in tensors:
@@ -101,9 +132,45 @@ def calibrate_torch(module: Any, feeds: Iterable[dict[str, np.ndarray]], layer_t
     return hists
 
 
-def choose_ranges(hists: dict[str, AbsHistogram], method: str = "entropy", **kw: Any) -> dict[str, float]:
-    """``amax`` per tensor by one observer (minmax, percentile, mse, entropy)."""
+def choose_ranges(hists: dict[str, AbsHistogram], method: str = "entropy", allow_unsigned: bool = False,
+                  num_bits: int = 8, asymmetric: bool = False, **kw: Any) -> dict[str, Range]:
+    """A :class:`Range` per tensor by one observer (minmax, percentile, mse, entropy); unsigned for tensors whose
+    minimum is ≥ 0 when ``allow_unsigned``, and cut to the data's own extent ([max(min, -amax), min(max, amax)])
+    when ``asymmetric`` — both need an INT8 format with a free zero point (u8 on the CPU; not TensorRT)."""
     if method not in OBSERVERS:
         raise ConfigError(f"unknown calibration method {method!r}; choose one of {', '.join(OBSERVERS)}")
     fn = OBSERVERS[method]
-    return {name: float(fn(h, **kw)) for name, h in hists.items()}
+    out = {}
+    for name, h in hists.items():
+        unsigned = allow_unsigned and h.nonnegative
+        view = h.view()
+        amax = float(fn(view, num_bits=num_bits, unsigned=unsigned, **kw))
+        if amax <= 0:  # an all-zero tensor: any positive scale represents it exactly
+            amax = 1e-8
+        lo = hi = None
+        if asymmetric and not unsigned and h.n and (h.min > -amax or h.max < amax):
+            lo, hi = max(h.min, -amax), min(h.max, amax)
+            if hi <= lo:
+                lo = hi = None
+        out[name] = Range(amax, unsigned, num_bits, lo, hi)
+    return out
+
+
+def range_report(hists: dict[str, AbsHistogram], ranges: dict[str, dict[str, Range]]) -> dict[str, Any]:
+    """Per tensor: each method's amax and the INT8 SQNR the histogram predicts for it; per method: on how many
+    tensors it is the best. Range choice per tensor may differ between methods (on attention probabilities
+    the plain maximum beats entropy by ~19 dB): this table is where that shows."""
+    per_tensor: dict[str, dict[str, Any]] = {}
+    wins: dict[str, int] = {m: 0 for m in ranges}
+    for name, h in hists.items():
+        view = h.view()
+        row = {}
+        for method, rs in ranges.items():
+            r = rs[name]
+            row[method] = {"amax": r.amax, "unsigned": r.unsigned,
+                           "sqnr_db": round(histogram_sqnr_db(view, r.amax, r.num_bits, r.unsigned), 2)}
+        if row:
+            best = max(row, key=lambda m: row[m]["sqnr_db"])
+            wins[best] += 1
+        per_tensor[name] = {"min": h.min, "max": h.max, **row}
+    return {"best_method_counts": wins, "tensors": per_tensor}

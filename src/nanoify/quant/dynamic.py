@@ -4,8 +4,8 @@ ONNX Runtime's stock settings (per-tensor weights, full 8-bit range) cost traine
 peer measurements in ../shared/ANCHORS.md, all-MiniLM-L6-v2 keeps an output cosine of 0.91 to FP32 stock and
 0.983 with per-channel weights and reduce_range (7-bit weights, which avoid the u8×s8 overflow of AVX2
 without VNNI). Measured by nanoify on the SST-2 MiniLM teacher (benchmarks/RESULTS.md): stock 88.42% and
-logit SQNR 16.5 dB, per-channel + reduce_range 89.11% and 24.0 dB, against 89.45% FP32. Those two are
-therefore the defaults here; ``nanoify quantize`` still tries stock too and keeps what measures best.
+logit SQNR 16.5 dB, per-channel + reduce_range 89.11% and 24.0 dB, against 89.45% FP32. ``nanoify quantize``
+tries these variants and keeps what measures best on the machine it runs on.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-# EmbedLayerNormalization (fused graphs) and Gather (plain graphs) carry the word embeddings: INT8 there cuts
-# a MiniLM file from 58.7 to 23.0 MB at the same SST-2 accuracy (measured on the fine-tuned teacher, 872 rows).
-DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather")
+from .ops import DYNAMIC_OPS
 
 
 def quantize_dynamic_int8(src: str | Path, dst: str | Path, per_channel: bool = True, reduce_range: bool = True,

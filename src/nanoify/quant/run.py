@@ -1,26 +1,37 @@
-"""``nanoify quantize``: calibrate, try the INT8 formats, keep the fastest within the accuracy budget.
+"""``nanoify quantize``: calibrate, try the INT8 formats, keep the best one for the job within the budget.
 
-    quantize(model, calib="data/", eval="data/", budget=0.5, target="cpu", out="out/q")
+    quantize(model, out, calib="data/", eval_data="data/", config=QuantizeConfig(budget=0.5, target="cpu"))
 
-``target="cpu"`` measures every candidate on this machine — dynamic INT8 (per-channel weights, with and
-without reduce_range, and ONNX Runtime's stock per-tensor settings) and static Q/DQ INT8 with each
-calibration method — and keeps the fastest whose accuracy drop against the FP32 ONNX model is within
-``budget`` points. If none is, the most accurate candidate gets a mixed-precision plan: per-node
-sensitivity on the eval data, then the most sensitive nodes stay FP32 until the budget holds.
+The steps, one function each: prepare the source graphs (exporting a PyTorch model first), read the
+calibration and evaluation rows through the model's task, measure the FP32 reference, calibrate (streaming
+histograms → ranges per method), build the candidates (schemes from :mod:`nanoify.quant.schemes`), measure
+each one's metrics against the reference, fall back to mixed precision when none meets the budget, time
+everything in interleaved rounds, choose, and write the folder.
 
-``target="tensorrt"`` writes the explicit Q/DQ graph TensorRT wants (symmetric INT8, per-channel weights),
-its calibration cache and a ``trtexec`` command. Accuracy is measured by running that Q/DQ graph in ONNX
-Runtime on the CPU (TensorRT's kernels round differently; treat it as an estimate); speed cannot be
-measured without TensorRT and a GPU, and the report says so.
+``target="cpu"`` measures every candidate on this machine — dynamic INT8 for transformer graphs (per-channel
+weights with and without reduce_range, ONNX Runtime's stock settings), static Q/DQ INT8 with each calibration
+method (weight GEMMs only, and for CNNs every op ONNX Runtime runs in INT8), with the weight width this CPU's
+kernels need (:mod:`nanoify.quant.cpu`). Among those whose drop in the task's primary metric is within the
+budget, ``optimize`` decides: ``balanced`` (default: the geometric mean of the batch-1 latency, batch-32
+throughput and file-size ratios to FP32), ``latency``, ``throughput`` or ``size``; scores within 5% are ties,
+broken by the metric, then the file size.
+
+``target="tensorrt"`` writes the explicit Q/DQ graph TensorRT wants (symmetric INT8, per-channel weights), its
+calibration cache and a ``trtexec`` command with per-input shape profiles. Accuracy is measured by running that
+Q/DQ graph in ONNX Runtime on the CPU (TensorRT's kernels round differently; treat it as an estimate); speed
+cannot be measured without TensorRT and a GPU, and the report says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,205 +39,240 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
-from ..config import DataConfig
-from ..errors import ConfigError, DataError, ModelError
+from ..config import QuantizeConfig, to_dict
+from ..errors import ConfigError, ModelError
+from .schemes import DynamicInt8, QuantPlan, StaticQDQ, apply_plan, describe
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("cpu", "tensorrt")
-DEFAULT_METHODS = ("entropy", "percentile")
 OUT_MODEL = "model.int8.onnx"  # --target cpu
 QDQ_MODEL = "model.qdq.onnx"  # --target tensorrt
-# Throughputs closer than this are a tie: repeated interleaved runs here moved single measurements by ±15%
-# and medians of 3 rounds by a few percent (benchmarks/RESULTS.md). Ties go to the smaller file, which is a
-# reproducible gain, then to accuracy.
+DEFAULT_METHODS = ("entropy", "percentile", "mse", "minmax")
+# Scores closer than this are a tie: repeated interleaved runs here moved single measurements by ±15% and
+# medians of 3 rounds by a few percent (benchmarks/RESULTS.md). Ties go to the better metric, then the smaller file.
 SPEED_TIE = 0.05
+SENSITIVITY_ROWS = 256
 
 
 @dataclass
-class EvalSet:
-    """Tokenised eval rows with gold labels, plus FP32 reference logits once computed."""
+class Source:
+    """The model being quantized: its reference, task, and the graphs the schemes rewrite."""
 
-    ids: list[list[int]]
-    gold: np.ndarray
-    pad_id: int
-    n_classes: int
-    reference: np.ndarray | None = None
+    ref: Any
+    task: Any
+    plain: Path  # for Q/DQ
+    fused: Path  # for dynamic INT8 (transformer fusions; the plain graph for CNNs)
+    graphs: dict[str, Any]
+    cnn: bool
+
+    @property
+    def sources(self) -> dict[str, Path]:
+        return {"plain": self.plain, "fused": self.fused}
 
 
 @dataclass
 class Candidate:
-    """One quantized model tried: how it was made, and what it measured."""
+    """One quantized model tried: its plan, where it was written, what it measured."""
 
     name: str
-    format: str
-    options: dict[str, Any]
-    make: Callable[[Sequence[str], Path], None] = field(repr=False)
-    units: list[str] = field(default_factory=list, repr=False)
-    excluded: list[str] = field(default_factory=list)
+    plan: QuantPlan
     path: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    preds: Any = field(default=None, repr=False)
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "format": self.format, "options": self.options,
-                "fp32_nodes": self.excluded, **self.metrics}
+        return {"name": self.name, "scheme": describe(self.plan.scheme), "fp32_nodes": self.plan.float_nodes,
+                **self.metrics}
 
 
-def _session_runner(path: Path, threads: int | None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """The first output of an ONNX model, run through the onnxruntime engine."""
+@dataclass
+class Reference:
+    """The FP32 model's predictions and metrics on the evaluation rows."""
+
+    path: Path
+    preds: Any
+    metrics: dict[str, Any]
+    metric: str  # the primary metric the budget is counted in
+
+
+def _engine(path: Path, threads: int | None) -> Any:
     from ..engines import open_engine
 
-    eng = open_engine("onnxruntime", str(path), threads=threads).__enter__()
-
-    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        return next(iter(eng.infer(feed).values()))
-
-    return run
+    return open_engine("onnxruntime", str(path), threads=threads)
 
 
-def measure(path: Path, ev: EvalSet, threads: int | None) -> dict[str, Any]:
-    """Accuracy and agreement with the FP32 reference on the eval rows, and the file size."""
-    from ..bench.accuracy import classification_metrics, cosine, predict_with, sqnr_db
+# ---- step 1: the source graphs ----------------------------------------------------------------------------
+def prepare(model: str | Path, tmp: Path, task: str | None = None, preprocess: str | Path | None = None) -> Source:
+    """Resolve the model (exporting a PyTorch one into ``tmp/export`` first) and load its graphs."""
+    import onnx
 
-    logits = predict_with(_session_runner(path, threads), ev.ids, ev.pad_id, 32)
-    pred = logits.argmax(-1)
-    m: dict[str, Any] = classification_metrics(pred, ev.gold, ev.n_classes)
-    if ev.reference is not None:
-        m["top1_agreement"] = float((pred == ev.reference.argmax(-1)).mean())
-        m["logit_cosine"] = cosine(ev.reference, logits)
-        m["sqnr_db"] = sqnr_db(ev.reference, logits)
-    m["file_mb"] = path.stat().st_size / 1e6
-    m["_logits"] = logits
-    return m
+    from ..models.resolve import is_quantized, onnx_io, resolve
+    from ..tasks import make_task
 
+    ref = resolve(model, task=task, preprocess=preprocess)
+    if ref.engine == "torch":
+        from ..export.onnx import export
 
-def time_models(paths: Sequence[Path], ev: EvalSet, threads: int | None, rounds: int = 3, timing_rows: int = 256,
-                latency_rows: int = 50) -> list[dict[str, float]]:
-    """Batch-32 throughput and batch-1 p50 latency of each model, in interleaved rounds, median per model.
-
-    Each round times every model once, so a slow spell of a shared machine touches all of them rather than
-    whichever happened to run then; the median over rounds is what the choice uses.
-    """
-    from ..bench.latency import make_batches, time_batches
-
-    runs = [_session_runner(p, threads) for p in paths]
-    big = make_batches(ev.ids[:timing_rows], 32, ev.pad_id)
-    small = make_batches(ev.ids[:latency_rows], 1, ev.pad_id)
-    for run in runs:
-        time_batches(run, big[:1] + small[:3], warmup=0)  # warm every session before any timing
-    tput: list[list[float]] = [[] for _ in runs]
-    p50: list[list[float]] = [[] for _ in runs]
-    for _ in range(rounds):
-        for i, run in enumerate(runs):
-            tput[i].append(len(ev.ids[:timing_rows]) / time_batches(run, big, warmup=0).sum())
-            p50[i].append(float(np.percentile(time_batches(run, small, warmup=0) * 1e3, 50)))
-    return [{"throughput_b32": float(np.median(t)), "latency_ms_p50": float(np.median(q))}
-            for t, q in zip(tput, p50, strict=True)]
-
-
-def _load_sets(tok_dir: Path, label_names: list[str], calib: DataConfig, evald: DataConfig, calib_samples: int,
-               max_seq: int, eval_rows: int | None, seed: int = 0) -> tuple[list[list[int]], EvalSet]:
-    import random
-
-    from ..data.text import encode_texts, load_text_data
-    from ..models.load import load_tokenizer
-
-    for cfg in (calib, evald):
-        if cfg.max_length > max_seq:
-            raise ConfigError(f"--max-length {cfg.max_length} is longer than the model allows ({max_seq} positions); "
-                              f"use --max-length {max_seq} or less")
-    tok = load_tokenizer(str(tok_dir))
-    pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
-    cd = load_text_data(calib, splits=("train", "validation"))
-    cs = cd.splits.get("train") or cd.split("validation")
-    idx = sorted(random.Random(seed).sample(range(len(cs.texts)), min(calib_samples, len(cs.texts))))
-    calib_ids = encode_texts(tok, [cs.texts[i] for i in idx], calib.max_length)
-    ed = load_text_data(evald, splits=("validation",))
-    es = ed.split("validation")
-    texts, labels = es.texts[:eval_rows], es.labels[:eval_rows]
-    if not texts:
-        raise DataError(f"the validation split of {ed.spec} is empty; quantization needs eval rows for the budget")
-    from ..data.text import LabelMap
-
-    gold = np.array(LabelMap(label_names).encode(labels, f"validation split of {ed.spec}"))
-    return calib_ids, EvalSet(encode_texts(tok, texts, evald.max_length), gold, pad, len(label_names))
-
-
-def _sources(ref: Any) -> tuple[Path, Path]:
-    """(plain graph for Q/DQ, fused graph for dynamic INT8) of the model to quantize."""
+        export(ref.path, tmp / "export")
+        ref = resolve(tmp / "export", preprocess=preprocess)
     if ref.engine != "onnxruntime":
         raise ModelError(f"{ref.path} is not an ONNX model; run `nanoify export` first (or pass its folder)")
-    p = ref.path
-    plain = p.parent / "model.onnx" if p.name == "model.fused.onnx" and (p.parent / "model.onnx").is_file() else p
-    return plain, p
+    fused = ref.path
+    plain = fused.parent / "model.onnx" if fused.name == "model.fused.onnx" and (
+        fused.parent / "model.onnx").is_file() else fused
+    graphs = {}
+    for key, p in (("plain", plain), ("fused", fused)):
+        n_q = is_quantized(onnx_io(p)[2])
+        if n_q:
+            raise ModelError(f"{p} is already quantized ({n_q} quantization nodes); pass the FP32 model (its export "
+                             "folder or model.onnx)")
+        graphs[key] = onnx.load(str(p), load_external_data=False)
+    cnn = any(n.op_type in ("Conv", "ConvTranspose") for n in graphs["plain"].graph.node)
+    return Source(ref, make_task(ref), plain, fused, graphs, cnn)
 
 
-def _candidates(target: str, plain: Path, fused: Path, graphs: dict[Path, Any], methods: Sequence[str],
-                ranges: dict[str, dict[str, float]]) -> list[Candidate]:
-    from .dynamic import DYNAMIC_OPS, quantize_dynamic_int8
-    from .qdq import QDQ_OPS, quantizable_nodes, quantize_static_qdq
+# ---- step 2: data -----------------------------------------------------------------------------------------
+def load_data(src: Source, calib: Any, eval_data: Any, cfg: QuantizeConfig) -> tuple[Any, Any]:
+    """(calibration rows, evaluation rows) through the task: its calibration split (train first) and its
+    evaluation split (validation, else test)."""
+    calib_set = src.task.calib_set(calib, cfg.calib_samples)
+    ev = src.task.eval_set(eval_data if eval_data is not None else calib, None, cfg.eval_rows)
+    return calib_set, ev
 
-    plain_units = quantizable_nodes(graphs[plain], QDQ_OPS)
-    out: list[Candidate] = []
+
+# ---- step 3: the FP32 reference ---------------------------------------------------------------------------
+def measure_reference(src: Source, ev: Any, threads: int | None) -> Reference:
+    with _engine(src.fused, threads) as eng:
+        preds = src.task.predict(eng.infer, ev)
+    metrics = {**src.task.reference_metrics(preds, ev), "file_mb": src.fused.stat().st_size / 1e6}
+    return Reference(src.fused, preds, metrics, src.task.primary_metric(ev))
+
+
+# ---- step 4: calibration ----------------------------------------------------------------------------------
+def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Sequence[str], allow_unsigned: bool,
+              threads: int | None, progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Ranges per method for every tensor the static schemes of ``scopes`` need, from one streaming pass."""
+    from tqdm.auto import tqdm
+
+    from .calibrate import calibrate_onnx, choose_ranges, range_report
+    from .qdq import calibration_tensors
+
+    if not methods:
+        return {}, {}
+    t0 = time.time()
+    tensors: dict[str, None] = {}
+    for scope in scopes:
+        tensors.update(dict.fromkeys(calibration_tensors(src.graphs["plain"], scope)))
+    bs = 16 if src.ref.task == "text-classification" else 32
+    n_batches = math.ceil(len(calib_set) / bs)
+    feeds = (f for _, f in src.task.batches(calib_set, bs))
+    hists = calibrate_onnx(src.plain, tqdm(feeds, total=n_batches, desc="calibrate", unit="batch",
+                                           disable=not progress or None, leave=False),
+                           tensors=list(tensors), threads=threads)
+    # u8 targets have a free zero point: non-negative tensors get [0, amax], skewed ones their own extent
+    ranges = {m: choose_ranges(hists, m, allow_unsigned=allow_unsigned, asymmetric=allow_unsigned) for m in methods}
+    report = range_report(hists, ranges)
+    info = {"samples": len(calib_set), "data": calib_set.where, "tensors": len(hists),
+            "unsigned_tensors": sum(h.nonnegative for h in hists.values()) if allow_unsigned else 0,
+            "asymmetric_tensors": {m: sum(r.lo is not None for r in rs.values()) for m, rs in ranges.items()},
+            "seconds": round(time.time() - t0, 2), "best_method_counts": report["best_method_counts"],
+            "provenance": calib_set.provenance}
+    return ranges, {"info": info, "report": report}
+
+
+# ---- step 5: candidates -----------------------------------------------------------------------------------
+def candidate_schemes(target: str, methods: Sequence[str], cnn: bool, weight_bits: int) -> list[Any]:
+    """The schemes worth measuring for a target and graph kind (see module docstring)."""
+    out: list[Any] = []
+    scopes = ("weights", "all") if cnn else ("weights",)
     if target == "cpu":
-        fused_units = quantizable_nodes(graphs[fused], DYNAMIC_OPS)
-        for name, pc, rr in (("dynamic-per-channel", True, False), ("dynamic-per-channel-reduce-range", True, True),
-                             ("dynamic-stock", False, False)):
-            def make(excl: Sequence[str], dst: Path, pc: bool = pc, rr: bool = rr) -> None:
-                quantize_dynamic_int8(fused, dst, per_channel=pc, reduce_range=rr, op_types=DYNAMIC_OPS,
-                                      exclude_nodes=excl)
-            out.append(Candidate(name, "dynamic", {"per_channel": pc, "reduce_range": rr, "graph": fused.name},
-                                 make, fused_units))
-    preset = "cpu" if target == "cpu" else "tensorrt"
-    for method in methods:
-        def make_s(excl: Sequence[str], dst: Path, method: str = method) -> None:
-            quantize_static_qdq(plain, dst, ranges[method], preset=preset, exclude_nodes=excl)
-        out.append(Candidate(f"static-{method}" if target == "cpu" else f"qdq-{method}", "static-qdq",
-                             {"calibration": method, "preset": preset, "per_channel": True, "graph": plain.name},
-                             make_s, plain_units))
+        if not cnn:  # dynamic INT8 of convolutions runs at 0.1-0.6x FP32 (ANCHORS.md); of GEMMs it is the best
+            out += [DynamicInt8(True, False), DynamicInt8(True, True), DynamicInt8(False, False)]
+        out += [StaticQDQ(m, "cpu", s, weight_bits) for s in scopes for m in methods]
+    else:
+        out += [StaticQDQ(m, "tensorrt", s, 8) for s in scopes for m in methods]
     return out
 
 
-def sensitivity(cand: Candidate, ev: EvalSet, tmp: Path, rows: int, threads: int | None,
-                progress: bool = False) -> list[tuple[str, float]]:
-    """Per node: logit MSE against FP32 when *only that node* is quantized, most sensitive first."""
+def units_of(src: Source, scheme: Any) -> list[str]:
+    """The nodes a scheme quantizes in its source graph (the units of mixed precision)."""
+    from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
+
+    if isinstance(scheme, DynamicInt8):
+        return weight_nodes(src.graphs["fused"], DYNAMIC_OPS)
+    return scope_nodes(src.graphs["plain"], scheme.scope)
+
+
+def evaluate_candidate(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path, budget: float,
+                       threads: int | None, agreement_budget: float | None = None) -> None:
+    """Write the candidate's graph, run it on the evaluation rows, record metrics and the budget check."""
+    from ..tasks import check_budget, evaluate_predictions
+
+    c.path = work / f"{c.name}.onnx"
+    apply_plan(c.plan, src.sources, c.path, ranges)
+    with _engine(c.path, threads) as eng:
+        c.preds = src.task.predict(eng.infer, ev)
+    c.metrics = {**evaluate_predictions(src.task, c.preds, ev, ref.preds), "file_mb": c.path.stat().st_size / 1e6}
+    chk = check_budget(ref.metrics, c.metrics, budget, ref.metric, agreement_budget, src.task.agreement_key)
+    c.metrics.update(metric=ref.metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
+
+
+# ---- step 6: mixed precision ------------------------------------------------------------------------------
+def _raw_outputs(path: Path, src: Source, sub: Any, threads: int | None) -> list[dict[str, np.ndarray]]:
+    with _engine(path, threads) as eng:
+        return [eng.infer(f) for _, f in src.task.batches(sub, 32)]
+
+
+def output_error(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> float:
+    """Squared error of every output against the reference's, relative to the reference's power (task-neutral:
+    logits, detection maps alike)."""
+    num = den = 0.0
+    for a, b in zip(ref, got, strict=True):
+        for k, v in a.items():
+            r = np.asarray(v, dtype=np.float64)
+            num += float(((r - np.asarray(b[k], dtype=np.float64)) ** 2).sum())
+            den += float((r**2).sum())
+    return num / max(den, 1e-30)
+
+
+def sensitivity(c: Candidate, src: Source, ev: Any, ranges: Any, work: Path, threads: int | None,
+                rows: int = SENSITIVITY_ROWS, progress: bool = False) -> list[tuple[str, float]]:
+    """Per node: relative output error against FP32 when *only that node* is quantized, most sensitive first.
+    (Ranking by the error saved when one node alone is kept float, on the fully quantized graph, was tried on
+    ResNet-20: on 256 rows that signal is noise-level for most nodes and the search kept 26 nodes float where
+    this ranking needs 11.)"""
     from tqdm.auto import tqdm
 
-    from ..bench.accuracy import predict_with
-
-    assert ev.reference is not None
-    sub = ev.ids[:rows]
-    ref = ev.reference[:rows]
+    sub = src.task.subset(ev, range(min(rows, len(ev))))
+    ref = _raw_outputs(src.sources[c.plan.scheme.graph], src, sub, threads)
+    units = c.plan.units
     scores = []
-    for unit in tqdm(cand.units, desc=f"sensitivity {cand.name}", unit="node", disable=not progress or None,
-                     leave=False):
-        dst = tmp / "sens.onnx"
-        cand.make([u for u in cand.units if u != unit], dst)
-        logits = predict_with(_session_runner(dst, threads), sub, ev.pad_id, 32)
-        scores.append((unit, float(((logits - ref) ** 2).mean())))
+    for unit in tqdm(units, desc=f"sensitivity {c.name}", unit="node", disable=not progress or None, leave=False):
+        dst = work / "sens.onnx"
+        apply_plan(c.plan.keep_float([u for u in units if u != unit]), src.sources, dst, ranges)
+        scores.append((unit, output_error(ref, _raw_outputs(dst, src, sub, threads))))
     return sorted(scores, key=lambda s: -s[1])
 
 
-def mixed_precision(cand: Candidate, ev: EvalSet, fp32_acc: float, budget: float, tmp: Path, threads: int | None,
-                    sens_rows: int = 256, progress: bool = False) -> tuple[Candidate, dict[str, Any]]:
-    """Keep the most sensitive nodes FP32 until the accuracy drop is within ``budget`` points.
+def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path, budget: float,
+                    threads: int | None, progress: bool = False, sens_rows: int = SENSITIVITY_ROWS,
+                    agreement_budget: float | None = None) -> tuple[Candidate, dict[str, Any]]:
+    """Keep the most sensitive nodes in float until the budget holds.
 
-    Tries k = 1, 2, 4, … nodes, then bisects between the last miss and the first hit, so the number of
-    full evaluations is logarithmic in the number of nodes.
+    Tries k = 1, 2, 4, … nodes, then bisects between the last miss and the first hit, so the number of full
+    evaluations is logarithmic in the number of nodes.
     """
-    ranking = sensitivity(cand, ev, tmp, sens_rows, threads, progress)
+    ranking = sensitivity(c, src, ev, ranges, work, threads, sens_rows, progress)
     order = [u for u, _ in ranking]
     tried: dict[int, float] = {}
-
-    def acc_with(k: int) -> float:
-        if k not in tried:
-            dst = tmp / f"mixed-{k}.onnx"
-            cand.make(order[:k], dst)
-            tried[k] = measure(dst, ev, threads)["accuracy"]
-        return tried[k]
+    met: dict[int, bool] = {}
 
     def ok(k: int) -> bool:
-        return (fp32_acc - acc_with(k)) * 100 <= budget + 1e-9
+        if k not in met:
+            trial = Candidate(f"{c.name}+fp32[{k}]", c.plan.keep_float(order[:k]))
+            evaluate_candidate(trial, src, ev, ref, ranges, work, budget, threads, agreement_budget)
+            tried[k], met[k] = trial.metrics[ref.metric], trial.metrics["meets_budget"]
+        return met[k]
 
     lo, hi, k = 0, None, 1
     while k <= len(order):
@@ -234,7 +280,7 @@ def mixed_precision(cand: Candidate, ev: EvalSet, fp32_acc: float, budget: float
             hi = k
             break
         lo, k = k, k * 2
-    if hi is None and len(order) and ok(len(order)):
+    if hi is None and order and ok(len(order)):
         hi = len(order)
     if hi is not None:
         while hi - lo > 1:
@@ -244,166 +290,211 @@ def mixed_precision(cand: Candidate, ev: EvalSet, fp32_acc: float, budget: float
             else:
                 lo = mid
     keep = order[:hi] if hi is not None else order
-    mixed = Candidate(f"{cand.name}+fp32[{len(keep)}]", cand.format, {**cand.options, "mixed_precision": True},
-                      cand.make, cand.units, excluded=list(keep))
-    plan = {"base": cand.name, "ranking": [{"node": u, "logit_mse": s} for u, s in ranking],
-            "sensitivity_rows": min(sens_rows, len(ev.ids)), "kept_fp32": list(keep),
-            "accuracy_by_kept": {str(k): v for k, v in sorted(tried.items())}, "budget_met": hi is not None}
+    mixed = Candidate(f"{c.name}+fp32[{len(keep)}]", c.plan.keep_float(keep))
+    plan = {"base": c.name, "ranking": [{"node": u, "output_error": s} for u, s in ranking],
+            "sensitivity_rows": min(sens_rows, len(ev)), "kept_fp32": list(keep), "metric": ref.metric,
+            "metric_by_kept": {str(k): v for k, v in sorted(tried.items())}, "budget_met": hi is not None}
     return mixed, plan
 
 
-def _load_graph(path: Path) -> Any:
-    """The ONNX graph without its external weights; an unreadable file is a one-line ModelError."""
-    import onnx
+def mixed_precision_base(cands: Sequence[Candidate], src: Source, ev: Any, ref: Reference,
+                         cfg: QuantizeConfig) -> Candidate:
+    """The candidate mixed precision starts from: the best for the job (``optimize`` score, from a quick timing
+    screen) among those whose metric drop is within the budget — only the agreement budget then needs float
+    nodes — else the one with the best metric. Starting from the most accurate one instead can pick a format
+    that is slower than FP32 (static INT8 of GEMM inputs only, on a CNN)."""
+    close = [c for c in cands if c.metrics["drop_pts"] <= cfg.budget + 1e-9]
+    if not close:
+        return max(cands, key=lambda c: c.metrics[ref.metric])
+    if cfg.target != "cpu" or len(close) == 1:
+        return max(close, key=lambda c: c.metrics.get(src.task.agreement_key, 0.0))
+    quick = dataclasses.replace(cfg, timing=dataclasses.replace(cfg.timing, rounds=1, latency_rows=min(
+        50, cfg.timing.latency_rows), throughput_rows=min(128, cfg.timing.throughput_rows)))
+    speeds = time_all([ref.path] + [c.path for c in close], src, ev, quick)
+    refm = {**ref.metrics, **speeds[0]}
+    scored = [(speed_score({**c.metrics, **t}, refm, cfg.optimize), c) for c, t in zip(close, speeds[1:], strict=True)]
+    top = max(s for s, _ in scored)
+    band = [c for s, c in scored if s >= top * (1 - SPEED_TIE)]
+    return max(band, key=lambda c: c.metrics.get(src.task.agreement_key, 0.0))
 
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf errors are not user-readable
-        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it") from None
+
+# ---- step 7: timing and the choice ------------------------------------------------------------------------
+def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig) -> list[dict[str, Any]]:
+    """Speed of each model with the timing bench uses (same rows, batches and rounds)."""
+    from ..bench.latency import measure_speed
+
+    t = cfg.timing
+    b1 = src.task.feeds(ev, 1, t.latency_rows)
+    big = src.task.feeds(ev, t.batch, t.throughput_rows)
+    with contextlib.ExitStack() as stack:
+        engines = [stack.enter_context(_engine(p, cfg.threads)) for p in paths]
+        return measure_speed([e.infer for e in engines], b1, big, t.rounds, t.batch)
 
 
-def quantize(model: str | Path, out: str | Path, calib: DataConfig | str | None = None,
-             eval_data: DataConfig | str | None = None, budget: float = 0.5, target: str = "cpu",
-             methods: Sequence[str] = DEFAULT_METHODS, calib_samples: int = 256, eval_rows: int | None = None,
-             threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+def speed_score(m: dict[str, Any], ref: dict[str, Any], optimize: str, batch: int = 32) -> float:
+    """Higher is better: what ``optimize`` asks for, as a ratio to the FP32 reference."""
+    tput = f"throughput_b{batch}"
+    lat = ref["latency_ms_p50"] / m["latency_ms_p50"]
+    thr = m[tput] / ref[tput]
+    size = ref["file_mb"] / m["file_mb"]
+    if optimize == "latency":
+        return lat
+    if optimize == "throughput":
+        return thr
+    if optimize == "size":
+        return size
+    return (lat * thr * size) ** (1 / 3)
+
+
+def choose(records: Sequence[dict[str, Any]], ref: dict[str, Any], optimize: str, metric: str,
+           timed: bool = True, agree_key: str = "top1_agreement") -> tuple[int, str]:
+    """Index of the chosen candidate and why. Within the budget: the best ``optimize`` score; scores within
+    ``SPEED_TIE`` tie and go to the closest agreement with FP32, then the better ``metric``, then the smaller
+    file. With no timing (TensorRT), the best metric. With none within the budget: the best metric, flagged."""
+    ok = [i for i, r in enumerate(records) if r["meets_budget"]]
+    if not ok:
+        best = max(range(len(records)), key=lambda i: (records[i][metric], -records[i]["file_mb"]))
+        return best, f"best {metric}; NO candidate met the budget"
+    if not timed:
+        best = max(ok, key=lambda i: (records[i][metric], -records[i]["file_mb"]))
+        return best, f"within the budget, the best {metric} (speed is not measured for this target)"
+    scores = {i: speed_score(records[i], ref, optimize) for i in ok}
+    top = max(scores.values())
+    band = [i for i in ok if scores[i] >= top * (1 - SPEED_TIE)]
+    # among equals: the one that follows FP32 most closely (fewest changed predictions: a less noisy judge than
+    # a few rows of accuracy), then the metric, then the smaller file
+    best = max(band, key=lambda i: (round(records[i].get(agree_key, 0.0), 6), records[i][metric],
+                                    -records[i]["file_mb"]))
+    what = {"balanced": "balanced score (geometric mean of batch-1 latency, batch-32 throughput and file-size "
+                        "ratios to FP32)", "latency": "batch-1 latency", "throughput": "batch-32 throughput",
+            "size": "file size"}[optimize]
+    return best, (f"within the budget and within {SPEED_TIE:.0%} of the best {what} ({len(band)} such), the closest "
+                  f"to FP32 ({agree_key.replace('_', ' ')}), then the best {metric}, then the smaller file")
+
+
+# ---- the command ------------------------------------------------------------------------------------------
+def _config(config: QuantizeConfig | None, overrides: dict[str, Any]) -> QuantizeConfig:
+    cfg = config or QuantizeConfig()
+    if overrides:
+        known = {f.name for f in dataclasses.fields(QuantizeConfig)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ConfigError(f"unknown quantize option(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        cfg = dataclasses.replace(cfg, **overrides)
+    return cfg
+
+
+def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: Any = None,
+             config: QuantizeConfig | None = None, task: str | None = None, preprocess: str | Path | None = None,
+             progress: bool = True, **overrides: Any) -> dict[str, Any]:
     """Calibrate, quantize and choose (see module docstring); writes ``out`` atomically and returns its manifest.
 
     Args:
-        model: export folder (``nanoify export``), ``.onnx`` file with a tokenizer in ``hf/`` beside it,
-            or a classifier folder (exported first).
-        budget: largest accuracy drop against the FP32 ONNX model, in percentage points.
+        model: export folder, ``.onnx`` file (text: tokenizer in ``hf/`` beside it; images: ``preprocess.json``
+            beside it or ``preprocess``), a classifier folder or a torch-module folder (exported first).
+        calib / eval_data: data specs (``DataConfig`` or a path) read through the model's task.
+        config: everything else; keyword ``overrides`` replace its fields (``budget=0.5``, ``target="cpu"``).
     """
     from tqdm.auto import tqdm
 
-    from ..models.resolve import resolve
-    from .calibrate import calibrate_onnx, choose_ranges
+    from .cpu import int8_report
 
-    if target not in TARGETS:
-        raise ConfigError(f"unknown target {target!r}; choose cpu or tensorrt")
-    if budget < 0:
-        raise ConfigError("--budget is a drop in accuracy points and must be ≥ 0")
-    from .observers import OBSERVERS
-
-    bad = [m for m in methods if m not in OBSERVERS]
-    if bad:
-        raise ConfigError(f"unknown calibration method {bad[0]!r}; choose from {', '.join(OBSERVERS)}")
-    calib = calib if isinstance(calib, DataConfig) else DataConfig(data=calib)
-    eval_data = eval_data if isinstance(eval_data, DataConfig) else DataConfig(data=eval_data or calib.data,
-                                                                               max_length=calib.max_length)
+    cfg = _config(config, overrides)
+    methods = cfg.methods if cfg.methods is not None else DEFAULT_METHODS
     out = Path(out)
     t_start = time.time()
     with atomic_dir(out) as tmp:
-        ref = resolve(model)
-        if ref.engine == "torch":  # a classifier folder: export it first, into the output
-            from ..export.onnx import export
-
-            export(ref.path, tmp / "export")
-            ref = resolve(tmp / "export")
-        plain, fused = _sources(ref)
-        graphs = {p: _load_graph(p) for p in {plain, fused}}
-        calib_ids, ev = _load_sets(ref.tokenizer_dir, ref.label_map.names, calib, eval_data, calib_samples,
-                                   ref.max_sequence, eval_rows)
+        src = prepare(model, tmp, task, preprocess)
+        calib_set, ev = load_data(src, calib, eval_data, cfg)
         work = tmp / "candidates"
         work.mkdir()
-        fp32 = measure(fused, ev, threads)
-        ev.reference = fp32.pop("_logits")
-        fp32_acc = fp32["accuracy"]
-
-        ranges: dict[str, dict[str, float]] = {}
-        calib_info: dict[str, Any] = {}
-        if methods:
-            from ..bench.latency import make_batches
-
-            t0 = time.time()
-            feeds = make_batches(calib_ids, 16, ev.pad_id)
-            from .qdq import weight_node_inputs
-
-            wanted = weight_node_inputs(graphs[plain])
-            hists = calibrate_onnx(plain, tqdm(feeds, desc="calibrate", unit="batch", disable=not progress or None,
-                                               leave=False), tensors=wanted, threads=threads)
-            ranges = {m: choose_ranges(hists, m) for m in methods}
-            calib_info = {"samples": len(calib_ids), "tensors": len(hists), "seconds": time.time() - t0,
-                          "data": calib.data, "max_length": calib.max_length}
-            write_json(tmp / "ranges.json", ranges)
-
-        cands = _candidates(target, plain, fused, graphs, methods, ranges)
+        ref = measure_reference(src, ev, cfg.threads)
+        cpu = int8_report()
+        weight_bits = cpu["static_weight_bits"] if cfg.target == "cpu" else 8
+        schemes = candidate_schemes(cfg.target, methods, src.cnn, int(weight_bits))
+        scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
+        ranges, calib_info = calibrate(src, calib_set, methods, scopes, cfg.target == "cpu", cfg.threads, progress)
+        cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s))) for s in schemes]
+        ab = cfg.agreement_budget
         for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
-            c.path = work / f"{c.name}.onnx"
-            c.make([], c.path)
-            c.metrics = measure(c.path, ev, threads)
-        for c in cands:
-            c.metrics["accuracy_drop_pts"] = (fp32_acc - c.metrics["accuracy"]) * 100
-            c.metrics["meets_budget"] = c.metrics["accuracy_drop_pts"] <= budget + 1e-9
+            evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, ab)
 
         plan: dict[str, Any] | None = None
         if not any(c.metrics["meets_budget"] for c in cands):
-            base = max(cands, key=lambda c: c.metrics["accuracy"])
-            mixed, plan = mixed_precision(base, ev, fp32_acc, budget, work, threads, progress=progress)
-            mixed.path = work / f"{mixed.name}.onnx"
-            mixed.make(mixed.excluded, mixed.path)
-            mixed.metrics = measure(mixed.path, ev, threads)
-            mixed.metrics["accuracy_drop_pts"] = (fp32_acc - mixed.metrics["accuracy"]) * 100
-            mixed.metrics["meets_budget"] = mixed.metrics["accuracy_drop_pts"] <= budget + 1e-9
+            base = mixed_precision_base(cands, src, ev, ref, cfg)
+            mixed, plan = mixed_precision(base, src, ev, ref, ranges, work, cfg.budget, cfg.threads, progress,
+                                          agreement_budget=ab)
+            evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, ab)
             cands.append(mixed)
 
-        if target == "cpu":  # speed of the reference and every candidate, timed together
-            for m, t in zip([fp32] + [c.metrics for c in cands],
-                            time_models([fused] + [c.path for c in cands], ev, threads), strict=True):
+        timed = cfg.target == "cpu"
+        if timed:  # the reference and every candidate, timed together
+            for m, t in zip([ref.metrics] + [c.metrics for c in cands],
+                            time_all([ref.path] + [c.path for c in cands], src, ev, cfg), strict=True):
                 m.update(t)
-        ok = [c for c in cands if c.metrics["meets_budget"]]
-        if target == "cpu" and ok:
-            top = max(c.metrics["throughput_b32"] for c in ok)
-            band = [c for c in ok if c.metrics["throughput_b32"] >= top * (1 - SPEED_TIE)]
-            chosen = min(band, key=lambda c: (round(c.metrics["file_mb"], 1), -c.metrics["accuracy"]))
-            why = (f"within the budget and within {SPEED_TIE:.0%} of the fastest batch-32 throughput "
-                   f"({len(band)} such), the smallest file, then the most accurate")
-        elif target == "cpu":
-            chosen = max(cands, key=lambda c: c.metrics["accuracy"])
-            why = "most accurate; NO candidate met the budget"
-        else:
-            chosen = max(ok or cands, key=lambda c: c.metrics["accuracy"])
-            why = "most accurate Q/DQ graph" + ("" if ok else "; NO candidate met the budget")
-        assert chosen.path is not None
-        model_file = OUT_MODEL if target == "cpu" else QDQ_MODEL
-        shutil.copyfile(chosen.path, tmp / model_file)
-        shutil.copytree(ref.tokenizer_dir, tmp / "hf")
-        extra: dict[str, Any] = {}
-        if target == "tensorrt":
-            extra = _tensorrt_files(tmp, chosen, ranges, ref.max_sequence, ev)
-        shutil.rmtree(work)
-        for c in cands:
-            c.metrics.pop("_logits", None)
         records = [c.record() for c in cands]
-        man = manifest("quantize", {"model": str(model), "target": target, "budget_pts": budget,
-                                    "methods": list(methods), "calib_samples": calib_samples,
-                                    "eval_rows": len(ev.ids), "threads": threads or os.cpu_count()},
-                       model_file=model_file, chosen=chosen.name, why=why, budget_met=bool(ok),
-                       reference={"name": f"ONNX Runtime FP32 ({fused.name})",
-                                  **{k: v for k, v in fp32.items() if k != "_logits"}},
-                       candidates=records, mixed_precision=plan, calibration=calib_info,
-                       seconds=time.time() - t_start, **extra)
+        idx, why = choose(records, ref.metrics, cfg.optimize, ref.metric, timed, src.task.agreement_key)
+        chosen = cands[idx]
+        assert chosen.path is not None
+        model_file = OUT_MODEL if cfg.target == "cpu" else QDQ_MODEL
+        shutil.copyfile(chosen.path, tmp / model_file)
+        write_assets(src.ref, tmp)
+        extra: dict[str, Any] = {}
+        if cfg.target == "tensorrt":
+            extra = _tensorrt_files(tmp, chosen, ranges, src, ev)
+        shutil.rmtree(work)
+        if ranges:
+            write_json(tmp / "ranges.json", {m: {k: r.to_dict() for k, r in rs.items()} for m, rs in ranges.items()})
+            write_json(tmp / "calibration.json", calib_info["report"])
+        man = manifest("quantize", {**to_dict(cfg), "model": str(model), "methods": list(methods),
+                                    "threads": cfg.threads or os.cpu_count()},
+                       task=src.ref.task, model_file=model_file, chosen=chosen.name, why=why,
+                       budget_met=bool(records[idx]["meets_budget"]), metric=ref.metric, int8_cpu=cpu,
+                       data={"eval": ev.where, "eval_rows": len(ev), "calibration": calib_set.where},
+                       reference={"name": f"ONNX Runtime FP32 ({src.fused.name})", **ref.metrics},
+                       candidates=records, mixed_precision=plan, calibration=calib_info.get("info", {}),
+                       seconds=round(time.time() - t_start, 1), **extra)
         write_json(tmp / MANIFEST, man)
         (tmp / "report.md").write_text(format_report(man) + "\n")
     return man
 
 
-def _tensorrt_files(tmp: Path, chosen: Candidate, ranges: dict[str, dict[str, float]], max_seq: int,
-                    ev: EvalSet) -> dict[str, Any]:
+def write_assets(ref: Any, folder: Path) -> None:
+    """What a model needs beside it to run anywhere: the tokenizer folder (``hf/``), or ``preprocess.json`` and
+    ``label_map.json`` — written from the reference's data, so a ``--preprocess`` file travels too."""
+    import json
+
+    if ref.task == "text-classification":
+        shutil.copytree(ref.preprocess["tokenizer"], folder / "hf")
+        return
+    from ..data.images import Preprocess
+
+    Preprocess.from_dict({k: v for k, v in ref.preprocess.items() if k != "input"}).save(folder / "preprocess.json")
+    if ref.labels:
+        (folder / "label_map.json").write_text(json.dumps({"names": ref.labels}, indent=2) + "\n")
+
+
+def _tensorrt_files(tmp: Path, chosen: Candidate, ranges: dict[str, Any], src: Source, ev: Any) -> dict[str, Any]:
+    from ..engines.base import profile_shapes
+    from ..models.resolve import onnx_io
     from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
 
-    method = chosen.options.get("calibration", next(iter(ranges)))
-    write_calibration_cache(tmp / "calibration.cache", ranges[method])
-    lengths = sorted(len(x) for x in ev.ids)
-    opt_len = int(lengths[len(lengths) // 2])
-    cmd = trtexec_command(QDQ_MODEL, "model.plan", ("input_ids", "attention_mask", "token_type_ids"),
-                          (1, 1), (32, opt_len), (32, max_seq), fp16_layers=chosen.excluded)
+    scheme = chosen.plan.scheme
+    method = getattr(scheme, "method", next(iter(ranges)))
+    write_calibration_cache(tmp / "calibration.cache", {k: r.amax for k, r in ranges[method].items()})
+    spec = onnx_io(tmp / QDQ_MODEL)[0]
+    axes: dict[str, tuple[int, int, int]] = {"batch": (1, 16, 32)}
+    if src.ref.task == "text-classification":
+        lengths = sorted(len(x) for x in ev.rows)
+        axes = {"batch": (1, 32, 32), "sequence": (1, int(lengths[len(lengths) // 2]), int(src.ref.max_sequence))}
+    cmd = trtexec_command(QDQ_MODEL, "model.plan", profile_shapes(spec, axes), fp16_layers=chosen.plan.float_nodes)
     (tmp / "trtexec.sh").write_text("#!/bin/sh\n# Build the TensorRT engine (INT8 from the Q/DQ graph, FP16 "
                                     "elsewhere). Unverified here: no TensorRT on this machine.\n"
                                     "cd \"$(dirname \"$0\")\"\n" + cmd + "\n")
     os.chmod(tmp / "trtexec.sh", 0o755)
     return {"tensorrt": {"cache": "calibration.cache", "cache_header": f"TRT-{version_tag(trt_version())}-"
                          "EntropyCalibration2", "qdq_model": QDQ_MODEL, "trtexec": cmd,
-                         "fp16_layers": chosen.excluded, "verified": False}}
+                         "fp16_layers": chosen.plan.float_nodes, "verified": False}}
 
 
 def _fmt(v: Any, nd: int = 4) -> str:
@@ -419,23 +510,32 @@ def _fmt(v: Any, nd: int = 4) -> str:
 def format_report(man: dict[str, Any]) -> str:
     """Markdown: the FP32 reference and every candidate, the chosen one marked."""
     ref = man["reference"]
-    lines = [f"# nanoify quantize — target {man['config']['target']}, budget {man['config']['budget_pts']} points",
-             "", f"Chosen: **{man['chosen']}** ({man['why']}).", "",
-             "| model | accuracy | drop (pts) | top-1 agree | SQNR dB | b32 rows/s | b1 p50 ms | MB | FP32 nodes |",
-             "|---|---|---|---|---|---|---|---|---|",
-             f"| {ref['name']} | {_fmt(ref['accuracy'])} | 0 | 1 | inf | {_fmt(ref.get('throughput_b32'), 1)} | "
+    cfg = man["config"]
+    metric = man["metric"]
+    ab = cfg.get("agreement_budget")
+    lines = [f"# nanoify quantize — target {cfg['target']}, budget {cfg['budget']} points of {metric}"
+             + (f" and {ab} points of agreement with FP32" if ab is not None else "") + f", optimize {cfg['optimize']}",
+             "",
+             f"Chosen: **{man['chosen']}** ({man['why']}).", "",
+             f"| model | {metric} | drop (pts) | top-1 agree | changed | SQNR dB | b32 rows/s | b1 p50 ms | MB | "
+             "FP32 nodes |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| {ref['name']} | {_fmt(ref[metric])} | 0 | 1 | 0 | inf | {_fmt(ref.get('throughput_b32'), 1)} | "
              f"{_fmt(ref.get('latency_ms_p50'), 2)} | {_fmt(ref['file_mb'], 1)} | all |"]
     for c in man["candidates"]:
         mark = " **(chosen)**" if c["name"] == man["chosen"] else ""
-        lines.append(f"| {c['name']}{mark} | {_fmt(c['accuracy'])} | {_fmt(c['accuracy_drop_pts'], 2)} | "
-                     f"{_fmt(c.get('top1_agreement'))} | {_fmt(c.get('sqnr_db'), 1)} | "
-                     f"{_fmt(c.get('throughput_b32'), 1)} | {_fmt(c.get('latency_ms_p50'), 2)} | "
-                     f"{_fmt(c['file_mb'], 1)} | {len(c['fp32_nodes'])} |")
+        lines.append(f"| {c['name']}{mark} | {_fmt(c[metric])} | {_fmt(c['drop_pts'], 2)} | "
+                     f"{_fmt(c.get('top1_agreement'))} | {_fmt(c.get('predictions_changed'))} | "
+                     f"{_fmt(c.get('sqnr_db'), 1)} | {_fmt(c.get('throughput_b32'), 1)} | "
+                     f"{_fmt(c.get('latency_ms_p50'), 2)} | {_fmt(c['file_mb'], 1)} | {len(c['fp32_nodes'])} |")
     mp = man.get("mixed_precision")
     if mp:
         lines += ["", f"Mixed precision from {mp['base']}: {len(mp['kept_fp32'])} node(s) kept FP32 "
                       f"(sensitivity on {mp['sensitivity_rows']} rows): {', '.join(mp['kept_fp32']) or 'none'}."]
-    if man["config"]["target"] == "tensorrt":
+    cpu = man.get("int8_cpu", {})
+    lines += ["", f"CPU: {', '.join(cpu.get('cpu_flags', [])) or 'flags unknown'}; u8×s8 INT8 GEMM probe: "
+                  f"{'saturates → 7-bit weights' if cpu.get('u8s8_saturates') else 'exact → 8-bit weights'}."]
+    if cfg["target"] == "tensorrt":
         lines += ["", "TensorRT speed is not measured here (no TensorRT/GPU); accuracy is ONNX Runtime CPU running "
                       "the same Q/DQ graph.", "", "```", man["tensorrt"]["trtexec"], "```"]
     return "\n".join(lines)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from ..errors import DataError
 
+Shape = tuple[int, ...]
+
 DEFAULT_TRT_VERSION = "10.0.0"  # header version when tensorrt is not importable (cache written for 10.x)
 
 
@@ -67,18 +69,20 @@ def read_calibration_cache(path: str | Path) -> tuple[str, dict[str, float]]:
     return text[0], out
 
 
-def trtexec_command(onnx_file: str, engine_file: str, inputs: Sequence[str], min_shape: tuple[int, int],
-                    opt_shape: tuple[int, int], max_shape: tuple[int, int], fp16_layers: Sequence[str] = (),
-                    calib_cache: str | None = None, timing_cache: str = "timing.cache") -> str:
-    """A ``trtexec`` line: INT8+FP16 from the Q/DQ graph, one optimisation profile over (batch, sequence).
+def trtexec_command(onnx_file: str, engine_file: str, shapes: dict[str, tuple[Shape, Shape, Shape]],
+                    fp16_layers: Sequence[str] = (), calib_cache: str | None = None,
+                    timing_cache: str = "timing.cache") -> str:
+    """A ``trtexec`` line: INT8+FP16 from the Q/DQ graph, one optimisation profile with (min, opt, max) shapes per
+    input (from :func:`nanoify.engines.base.profile_shapes`, so an image model's NCHW profile keeps its fixed
+    channel and size axes and a text model's has batch × sequence).
 
     Layers kept out of INT8 by the mixed-precision plan are pinned to FP16 with ``--layerPrecisions``.
     """
-    def shapes(s: tuple[int, int]) -> str:
-        return ",".join(f"{n}:{s[0]}x{s[1]}" for n in inputs)
+    def fmt(k: int) -> str:
+        return ",".join(f"{n}:{'x'.join(str(d) for d in s[k])}" for n, s in shapes.items())
 
-    args = ["trtexec", f"--onnx={onnx_file}", "--int8", "--fp16", f"--minShapes={shapes(min_shape)}",
-            f"--optShapes={shapes(opt_shape)}", f"--maxShapes={shapes(max_shape)}",
+    args = ["trtexec", f"--onnx={onnx_file}", "--int8", "--fp16", f"--minShapes={fmt(0)}",
+            f"--optShapes={fmt(1)}", f"--maxShapes={fmt(2)}",
             f"--saveEngine={engine_file}", f"--timingCacheFile={timing_cache}"]
     if fp16_layers:
         args += ["--precisionConstraints=prefer", "--layerPrecisions=" + ",".join(f"{n}:fp16" for n in fp16_layers)]

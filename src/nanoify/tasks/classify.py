@@ -1,46 +1,27 @@
-"""Accuracy, macro-F1 and the student/teacher agreement table."""
+"""What every classifier task shares: predictions are logits (N, C); scores are accuracy (and macro-F1 beyond
+two classes); agreement is top-1 agreement, changed predictions, logit cosine and SQNR against a reference."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..data.text import collate, inference_batches
-
-log = logging.getLogger(__name__)
-
-
-def predict_with(run: Callable[[dict[str, np.ndarray]], np.ndarray], ids: Sequence[Sequence[int]], pad_id: int,
-                 batch_size: int = 64, progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Logits (N, C) from ``run(feed) -> logits`` over length-sorted batches, in the original row order."""
-    from tqdm.auto import tqdm
-
-    out: np.ndarray | None = None
-    batches = list(inference_batches([len(x) for x in ids], batch_size))
-    for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress or None, leave=False):
-        logits = np.asarray(run(collate([ids[i] for i in rows], pad_id)), dtype=np.float32)
-        if out is None:
-            out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
-        out[rows] = logits
-    assert out is not None
-    return out
+from ..errors import ModelError
+from .base import EvalSet, Outputs, Task
 
 
-def predict_logits(model: Any, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64,
-                   progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Logits (N, C) of a torch classifier, batched by length, in the original row order."""
-    import torch
-
-    model.eval()
-
-    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
-
-    return predict_with(run, ids, pad_id, batch_size, progress, desc)
+def logits_of(out: Outputs) -> np.ndarray:
+    """The classifier's logits among named outputs: ``logits``, else the only output, else the first 2-D one."""
+    if "logits" in out:
+        return np.asarray(out["logits"])
+    if len(out) == 1:
+        return np.asarray(next(iter(out.values())))
+    for v in out.values():
+        if np.ndim(v) == 2:
+            return np.asarray(v)
+    raise ModelError(f"cannot tell which output holds the class scores among {', '.join(out)}; name it 'logits'")
 
 
 def macro_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> float:
@@ -56,7 +37,7 @@ def macro_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> float:
     return float(np.mean(f1s)) if f1s else 0.0
 
 
-def classification_metrics(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str, float]:
+def classification_metrics(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str, Any]:
     """``accuracy`` and ``n``; ``macro_f1`` too when there are more than two classes."""
     out: dict[str, Any] = {"accuracy": float((pred == gold).mean()), "n": int(len(gold))}
     if n_classes > 2:
@@ -64,7 +45,7 @@ def classification_metrics(pred: np.ndarray, gold: np.ndarray, n_classes: int) -
     return out
 
 
-def agreement(student_pred: np.ndarray, teacher_pred: np.ndarray, gold: np.ndarray) -> dict[str, Any]:
+def agreement_table(student_pred: np.ndarray, teacher_pred: np.ndarray, gold: np.ndarray) -> dict[str, Any]:
     """The 2×2 table student right/wrong × teacher right/wrong, plus copied mistakes.
 
     ``copied_mistakes`` counts rows where both are wrong with the *same* wrong label (the student
@@ -110,3 +91,37 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     num = (a * b).sum(-1)
     den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
     return float(np.mean(num / np.maximum(den, 1e-12)))
+
+
+class ClassificationTask(Task):
+    """Shared collection and scoring of class logits; subclasses read data and build feeds."""
+
+    labels: list[str] | None = None
+
+    @property
+    def n_classes(self) -> int | None:
+        return len(self.labels) if self.labels else None
+
+    def collect(self, parts: Sequence[tuple[np.ndarray, Outputs]], n: int) -> np.ndarray:
+        out: np.ndarray | None = None
+        for idx, o in parts:
+            logits = np.asarray(logits_of(o), dtype=np.float32)
+            if logits.ndim != 2:
+                raise ModelError(f"a classifier's output should be (batch, classes); got shape {logits.shape}")
+            if out is None:
+                out = np.zeros((n, logits.shape[1]), dtype=np.float32)
+            out[idx] = logits
+        if out is None:
+            raise ModelError("no predictions: the evaluation data is empty")
+        return out
+
+    def score(self, preds: np.ndarray, es: EvalSet) -> dict[str, Any]:
+        if es.labels is None:
+            return {"n": int(len(preds))}
+        n_classes = self.n_classes or int(preds.shape[1])
+        return classification_metrics(preds.argmax(-1), es.labels, n_classes)
+
+    def agreement(self, reference: np.ndarray, preds: np.ndarray) -> dict[str, Any]:
+        same = preds.argmax(-1) == reference.argmax(-1)
+        return {"top1_agreement": float(same.mean()), "predictions_changed": int((~same).sum()),
+                "logit_cosine": cosine(reference, preds), "sqnr_db": sqnr_db(reference, preds)}

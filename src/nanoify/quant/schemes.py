@@ -1,0 +1,131 @@
+"""Quantization schemes as data, and one verb that applies them (torchao's ``quantize_(model, config)`` is the
+model): a scheme is a small frozen dataclass, a plan maps each quantizable node to a scheme or to ``None``
+(keep float), and :func:`apply_plan` looks up the handler by the scheme's type.
+
+    plan = QuantPlan.uniform(StaticQDQ("entropy", "cpu", scope="all"), units)
+    plan = plan.keep_float(["/layer1.0/conv1/Conv"])          # mixed precision
+    apply_plan(plan, sources, "out.onnx", ranges)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DynamicInt8:
+    """Weights INT8 offline, activations quantized per batch at run time (ONNX Runtime ``quantize_dynamic``),
+    on the fused graph. ``reduce_range``: 7-bit weights."""
+
+    per_channel: bool = True
+    reduce_range: bool = False
+
+    @property
+    def name(self) -> str:
+        if not self.per_channel and not self.reduce_range:
+            return "dynamic-stock"  # ONNX Runtime's defaults
+        base = "dynamic-per-channel" if self.per_channel else "dynamic-per-tensor"
+        return base + ("-reduce-range" if self.reduce_range else "")
+
+    @property
+    def graph(self) -> str:
+        return "fused"
+
+
+@dataclass(frozen=True)
+class StaticQDQ:
+    """Static INT8 as Q/DQ pairs with calibrated ranges (``method``), for a ``preset`` (cpu | tensorrt), over a
+    ``scope`` of ops (weights | all), with per-channel weights of ``weight_bits``."""
+
+    method: str = "entropy"
+    preset: str = "cpu"
+    scope: str = "weights"
+    weight_bits: int = 8
+
+    @property
+    def name(self) -> str:
+        base = ("static" if self.preset == "cpu" else "qdq") + f"-{self.method}"
+        return base + ("-all-ops" if self.scope == "all" else "") + ("-w7" if self.weight_bits == 7 else "")
+
+    @property
+    def graph(self) -> str:
+        return "plain"
+
+
+Scheme = DynamicInt8 | StaticQDQ
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Node → scheme, or None to keep the node in float. Every quantized node shares one scheme (one graph
+    rewrite per plan); the float nodes are the mixed-precision part."""
+
+    nodes: Mapping[str, Scheme | None] = field(default_factory=dict)
+    base: Scheme | None = None  # the scheme of a plan that keeps every node float (it still names the format)
+
+    @classmethod
+    def uniform(cls, scheme: Scheme, units: Iterable[str]) -> QuantPlan:
+        return cls({u: scheme for u in units}, scheme)
+
+    def keep_float(self, names: Iterable[str]) -> QuantPlan:
+        drop = set(names)
+        return QuantPlan({k: (None if k in drop else v) for k, v in self.nodes.items()}, self.scheme)
+
+    @property
+    def scheme(self) -> Scheme:
+        schemes = {s for s in self.nodes.values() if s is not None}
+        if len(schemes) > 1:
+            raise ConfigError(f"a plan applies one scheme; this one has {len(schemes)}: "
+                              f"{', '.join(sorted(s.name for s in schemes))}")
+        if not schemes:
+            if self.base is None:
+                raise ConfigError("the plan names no scheme; build it with QuantPlan.uniform(scheme, nodes)")
+            return self.base
+        return next(iter(schemes))
+
+    @property
+    def float_nodes(self) -> list[str]:
+        return [k for k, v in self.nodes.items() if v is None]
+
+    @property
+    def units(self) -> list[str]:
+        return list(self.nodes)
+
+
+def _apply_dynamic(scheme: DynamicInt8, src: Path, dst: Path, ranges: Any, float_nodes: list[str]) -> None:
+    from .dynamic import quantize_dynamic_int8
+
+    quantize_dynamic_int8(src, dst, per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                          exclude_nodes=float_nodes)
+
+
+def _apply_static(scheme: StaticQDQ, src: Path, dst: Path, ranges: Any, float_nodes: list[str]) -> None:
+    from .qdq import quantize_static_qdq
+
+    if ranges is None or scheme.method not in ranges:
+        raise ConfigError(f"{scheme.name} needs ranges calibrated with {scheme.method}")
+    quantize_static_qdq(src, dst, ranges[scheme.method], preset=scheme.preset, exclude_nodes=float_nodes,
+                        scope=scheme.scope, weight_bits=scheme.weight_bits)
+
+
+HANDLERS: dict[type, Callable[..., None]] = {DynamicInt8: _apply_dynamic, StaticQDQ: _apply_static}
+
+
+def apply_plan(plan: QuantPlan, sources: Mapping[str, Path], dst: Path,
+               ranges: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Write the quantized graph of ``plan`` to ``dst``. ``sources`` maps a scheme's ``graph`` ("plain" for Q/DQ,
+    "fused" for dynamic INT8) to the ONNX file; ``ranges`` maps calibration method → tensor → Range."""
+    scheme = plan.scheme
+    HANDLERS[type(scheme)](scheme, Path(sources[scheme.graph]), Path(dst), ranges, plan.float_nodes)
+
+
+def describe(scheme: Scheme) -> dict[str, Any]:
+    """A scheme as a JSON-able dict (for manifests)."""
+    from dataclasses import asdict
+
+    return {"type": type(scheme).__name__, **asdict(scheme)}

@@ -1,0 +1,32 @@
+"""Tasks: what differs between model kinds (see :mod:`nanoify.tasks.base`). ``make_task(ref)`` builds the task a
+model reference names, from the preprocessing data the reference carries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import BudgetCheck, EvalSet, Feed, Outputs, Task, check_budget, evaluate_predictions, synthetic_feed
+
+
+def make_task(ref: Any) -> Task:
+    """The task object for a :class:`nanoify.models.resolve.ModelRef`."""
+    p = ref.preprocess
+    if ref.task == "text-classification":
+        from .text import TextClassification
+
+        return TextClassification(Path(p["tokenizer"]), ref.labels or [], p.get("max_sequence") or 512,
+                                  p.get("inputs") or ("input_ids", "attention_mask", "token_type_ids"))
+    if ref.task == "image-classification":
+        from ..data.images import Preprocess
+        from .image import ImageClassification
+
+        pre = Preprocess.from_dict({k: v for k, v in p.items() if k != "input"}, f"preprocessing of {ref.name}")
+        return ImageClassification(pre, ref.labels, p.get("input", "input"))
+    from ..errors import ModelError
+
+    raise ModelError(f"unknown task {ref.task!r}")
+
+
+__all__ = ["BudgetCheck", "EvalSet", "Feed", "Outputs", "Task", "check_budget", "evaluate_predictions", "make_task",
+           "synthetic_feed"]

@@ -1,0 +1,175 @@
+"""Text classification: tokenised rows, dynamically padded batches (sorted by length for inference), logits.
+
+The tokenizer is the ``tokenizers`` library alone when the model ships ``tokenizer.json`` (no transformers,
+hence no torch import in an ONNX Runtime process, so its measured memory is the deployment's), else the
+model's own tokenizer through transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DataConfig
+from ..data.splits import pick_split
+from ..data.text import LabelMap, available_splits, collate, encode_texts, inference_batches, load_text_data
+from ..errors import ConfigError, DataError
+from .base import EvalSet, Feed
+from .classify import ClassificationTask
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class LightTokenizer:
+    """The ``tokenizers`` library alone: what an ONNX or TensorRT deployment would load."""
+
+    tok: Any
+    pad_token_id: int
+    vocab_size: int
+
+    def encode(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        self.tok.enable_truncation(max_length)
+        return [e.ids for e in self.tok.encode_batch(list(texts))]
+
+
+def light_tokenizer(folder: Path) -> LightTokenizer | None:
+    """A LightTokenizer from ``folder/tokenizer.json``, or None when there is none."""
+    f = folder / "tokenizer.json"
+    if not f.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(f))
+    tok.no_padding()
+    pad = "[PAD]"
+    cfg = folder / "tokenizer_config.json"
+    if cfg.is_file():
+        pad = json.loads(cfg.read_text()).get("pad_token") or pad
+        pad = pad["content"] if isinstance(pad, dict) else pad
+    pid = tok.token_to_id(str(pad))
+    return LightTokenizer(tok, int(pid if pid is not None else 0), tok.get_vocab_size())
+
+
+class _HFTokenizer:
+    """transformers' tokenizer behind the LightTokenizer interface."""
+
+    def __init__(self, folder: Path) -> None:
+        from ..models.load import load_tokenizer
+
+        self.tok = load_tokenizer(str(folder))
+        self.pad_token_id = int(self.tok.pad_token_id if self.tok.pad_token_id is not None else 0)
+        self.vocab_size = int(self.tok.vocab_size)
+
+    def encode(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        return encode_texts(self.tok, texts, max_length)
+
+
+class TextClassification(ClassificationTask):
+    """Rows are token-id lists; feeds are ``input_ids``/``attention_mask``/``token_type_ids`` (those the model
+    takes, ``input_names``)."""
+
+    name = "text-classification"
+    default_calib_samples = 256
+
+    def __init__(self, tokenizer_dir: Path, labels: list[str], max_sequence: int = 512,
+                 input_names: Sequence[str] = TEXT_INPUTS) -> None:
+        self.tokenizer_dir = Path(tokenizer_dir)
+        self.labels = list(labels)
+        self.max_sequence = int(max_sequence)
+        self.input_names = tuple(input_names)
+        self._tok: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tok is None:
+            self._tok = light_tokenizer(self.tokenizer_dir) or _HFTokenizer(self.tokenizer_dir)
+        return self._tok
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def _cfg(self, data: Any) -> DataConfig:
+        cfg = data if isinstance(data, DataConfig) else DataConfig(data=data)
+        if cfg.max_length > self.max_sequence:
+            raise ConfigError(f"--max-length {cfg.max_length} is longer than the model allows ({self.max_sequence} "
+                              f"positions); use --max-length {self.max_sequence} or less")
+        return cfg
+
+    def eval_set(self, data: Any, split: str | None = None, limit: int | None = None) -> EvalSet:
+        cfg = self._cfg(data)
+        spec = cfg.data or "the default data"
+        split = pick_split(available_splits(cfg.data), split, "eval", spec)
+        ds = load_text_data(cfg, splits=(split,))
+        sp = ds.split(split)
+        texts, labels = sp.texts[:limit], sp.labels[:limit]
+        if not texts:
+            raise DataError(f"the {split} split of {ds.spec} is empty; evaluation needs rows")
+        gold = np.array(LabelMap(self.labels).encode(labels, f"{split} split of {ds.spec}"), dtype=np.int64)
+        return EvalSet(self.tokenizer.encode(texts, cfg.max_length), gold, f"{ds.spec} ({split})", split,
+                       ds.provenance)
+
+    def calib_set(self, data: Any, n: int | None = None, seed: int = 0) -> EvalSet:
+        cfg = self._cfg(data)
+        split = pick_split(available_splits(cfg.data), None, "calib", cfg.data or "the default data")
+        ds = load_text_data(cfg, splits=(split,))
+        texts = ds.split(split).texts
+        if not texts:
+            raise DataError(f"the {split} split of {ds.spec} is empty; calibration needs rows")
+        k = min(n or self.default_calib_samples, len(texts))
+        idx = sorted(random.Random(seed).sample(range(len(texts)), k))
+        return EvalSet(self.tokenizer.encode([texts[i] for i in idx], cfg.max_length), None,
+                       f"{ds.spec} ({split})", split, {**ds.provenance, "sample": {"n": k, "seed": seed}})
+
+    def subset(self, es: EvalSet, idx: Sequence[int]) -> EvalSet:
+        idx = list(idx)
+        return EvalSet([es.rows[i] for i in idx], None if es.labels is None else es.labels[idx], es.where, es.split,
+                       es.provenance)
+
+    def _feed(self, ids: Sequence[Sequence[int]]) -> Feed:
+        f = collate(ids, self.pad_id)
+        return {k: v for k, v in f.items() if k in self.input_names}
+
+    def batches(self, es: EvalSet, batch_size: int, sort: bool = False) -> Iterator[tuple[np.ndarray, Feed]]:
+        rows = es.rows
+        if sort:
+            order = list(inference_batches([len(x) for x in rows], batch_size))
+        else:
+            order = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
+        for b in order:
+            yield np.asarray(b, dtype=np.int64), self._feed([rows[i] for i in b])
+
+    def input_ranges(self) -> dict[str, tuple[float, float]]:
+        vocab = int(self.tokenizer.vocab_size)
+        return {"input_ids": (1000 if vocab > 2000 else 1, vocab), "attention_mask": (1, 2),
+                "token_type_ids": (0, 1)}
+
+    def synthetic_dims(self) -> dict[str, int]:
+        return {"sequence": min(128, self.max_sequence)}
+
+
+def predict_logits(model: Any, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64,
+                   progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """Logits (N, C) of a torch text classifier on token ids, batched by length, in the original row order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    out: np.ndarray | None = None
+    batches = list(inference_batches([len(x) for x in ids], batch_size))
+    for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress or None, leave=False):
+        feed = collate([ids[i] for i in rows], pad_id)
+        with torch.inference_mode():
+            logits = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
+        if out is None:
+            out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
+        out[rows] = logits
+    assert out is not None
+    return out

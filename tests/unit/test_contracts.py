@@ -1,0 +1,81 @@
+"""Contracts that fail when the product breaks: the budget check, the compress allowance, stage hashes, atomic
+folders, per-process peak memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from nanoify.artifacts import atomic_dir
+from nanoify.config import DataConfig, DistillConfig, QuantizeConfig, TrainConfig
+from nanoify.pipeline import CompressConfig, quantize_allowance, stage_plan
+from nanoify.tasks import check_budget
+
+
+def test_budget_check_binds_on_the_metric_and_on_agreement():
+    ref = {"accuracy": 0.900, "top1_agreement": 1.0}
+    ok = {"accuracy": 0.897, "top1_agreement": 0.985}
+    assert check_budget(ref, ok, 0.5, "accuracy").met  # 0.3 points lost
+    chk = check_budget(ref, ok, 0.2, "accuracy")
+    assert not chk.met and chk.drop_pts == pytest.approx(0.3)
+    assert check_budget(ref, {"accuracy": 0.90}, 0.0, "accuracy").met  # exactly at the budget
+    assert not check_budget(ref, ok, 0.5, "accuracy", agreement_budget_pts=1.0).met  # 1.5% of predictions changed
+    assert check_budget(ref, ok, 0.5, "accuracy", agreement_budget_pts=1.5).met
+    with pytest.raises(Exception, match="metric 'map50_95' is missing"):
+        check_budget(ref, ok, 1.0, "map50_95")
+
+
+def test_compress_gives_quantization_what_distillation_left():
+    assert quantize_allowance(3.0, 0.5, 0.90, 0.88) == pytest.approx(1.0)  # 2 points spent by the student
+    assert quantize_allowance(3.0, 0.5, 0.90, 0.86) == pytest.approx(0.5)  # beyond the budget: the floor
+    assert quantize_allowance(3.0, 0.5, 0.90, 0.91) == pytest.approx(4.0)  # the student beat its teacher
+    assert quantize_allowance(3.0, 0.5, None, None) == pytest.approx(3.0)
+
+
+def test_stage_hashes_follow_every_input():
+    base = CompressConfig(teacher="t", data=DataConfig(data="d"), distill=DistillConfig(student="half"))
+    keys = stage_plan(base)
+    changed = stage_plan(dataclasses.replace(base, distill=DistillConfig(student="half", temperature=4.0)))
+    assert all(changed[s] != keys[s] for s in ("student", "export", "quantized", "bench"))
+    trained = stage_plan(dataclasses.replace(base, distill=DistillConfig(train=TrainConfig(epochs=2))))
+    assert trained["student"] != keys["student"]
+    q = stage_plan(dataclasses.replace(base, quantize=QuantizeConfig(budget=2.0)))
+    assert q["student"] == keys["student"] and q["export"] == keys["export"] and q["quantized"] != keys["quantized"]
+    assert stage_plan(dataclasses.replace(base, data=DataConfig(data="other")))["student"] != keys["student"]
+
+
+def test_atomic_dir_keeps_the_old_folder_and_leaves_no_temp_behind(tmp_path):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(dest) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (dest / "old.txt").read_text() == "old"
+    with atomic_dir(dest) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in dest.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _child_peak(mb: int) -> float:
+    import numpy as np
+
+    from nanoify.bench.run import peak_rss_mb
+
+    block = np.ones(mb * 2**20, dtype=np.uint8)  # touched, so resident
+    assert block.sum() == mb * 2**20
+    return peak_rss_mb()
+
+
+def test_peak_rss_is_the_measuring_process_own():
+    from nanoify.bench.run import peak_rss_mb
+
+    parent = peak_rss_mb()
+    grow = int(parent) + 300  # more than the parent ever held: only the child's own peak can reach it
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        child = pool.submit(_child_peak, grow).result()
+    assert child >= grow and peak_rss_mb() < grow
