@@ -34,11 +34,11 @@ def test_torch_engine_on_cuda_matches_cpu(tiny_teacher):
 
 def test_bench_on_cuda_reports_gpu_memory_and_energy_when_readable(tiny_teacher, tiny_data):
     from nanoify.bench.run import benchmark
-    from nanoify.config import DataConfig
+    from nanoify.config import BenchConfig, DataConfig, TimingConfig
 
     rep = benchmark([str(tiny_teacher), str(tiny_teacher)], DataConfig(data=str(tiny_data), max_length=32),
-                    engines=["torch", "torch:cuda:bf16"], latency_rows=20, throughput_rows=64, isolate=False,
-                    progress=False)
+                    config=BenchConfig(engines=("torch", "torch:cuda:bf16"), isolate=False,
+                                       timing=TimingConfig(20, 64, rounds=1)), progress=False)
     cpu, gpu = rep["models"]
     assert gpu["device"] == "cuda" and gpu["gpu_peak_mb"] > 0 and gpu["top1_agreement"] >= 0.95
     if importlib.util.find_spec("pynvml") is not None:  # Volta and newer report total energy through NVML
@@ -47,17 +47,17 @@ def test_bench_on_cuda_reports_gpu_memory_and_energy_when_readable(tiny_teacher,
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed")
 def test_tensorrt_engine_runs_the_qdq_graph(tiny_export, tiny_data, tmp_path):
-    from nanoify.config import DataConfig
+    from nanoify.config import DataConfig, QuantizeConfig
     from nanoify.engines import open_engine
     from nanoify.quant.run import quantize
     from nanoify.tasks.classify import cosine
 
     out = tmp_path / "trt"
-    quantize(tiny_export, out, calib=DataConfig(data=str(tiny_data), max_length=32), budget=100.0,
-             target="tensorrt", methods=("percentile",), calib_samples=32, progress=False)
+    quantize(tiny_export, out, calib=DataConfig(data=str(tiny_data), max_length=32), progress=False,
+             config=QuantizeConfig(budget=100.0, target="tensorrt", methods=("percentile",), calib_samples=32))
     with open_engine("onnxruntime", str(out / "model.qdq.onnx")) as ort, \
-            open_engine("tensorrt", str(out / "model.qdq.onnx"), profile={"min": (1, 1), "opt": (4, 32),
-                                                                          "max": (8, 64)}) as trt:
+            open_engine("tensorrt", str(out / "model.qdq.onnx"),
+                        axes={"batch": (1, 4, 8), "sequence": (1, 32, 64)}) as trt:
         for f in _feeds():
             assert cosine(ort.infer(f)["logits"], trt.infer(f)["logits"]) >= 0.99
     assert (out / "model.qdq.plan").is_file()
