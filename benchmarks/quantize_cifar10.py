@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -141,7 +142,11 @@ def main() -> int:
     module = load_weights(build_module("nanoify.models.vision:resnet20"), WEIGHTS)
     nanoify.export(module, EXPORT, example_input=np.zeros((1, 3, 32, 32), np.float32), preprocess=PRE,
                    labels=classes, factory="nanoify.models.vision:resnet20")
-    stock = WORK / "stock_minmax.onnx"
+    stock_dir = WORK / "stock"
+    stock_dir.mkdir(exist_ok=True)
+    for f in ("preprocess.json", "label_map.json"):  # the same preprocessing and labels as nanoify's models
+        shutil.copyfile(EXPORT / f, stock_dir / f)
+    stock = stock_dir / "model.stock_minmax.onnx"
     _stock(EXPORT / "model.onnx", stock, 100, "MinMax")
     runs = {}
     for name, cfg in (("nanoify", QuantizeConfig(budget=0.3)),
@@ -172,9 +177,9 @@ def main() -> int:
             f"{_ok(m['throughput_b32'] / ort32['throughput_b32'] >= TARGETS['b32_vs_ort'])}), "
             f"{m['throughput_b32'] / st['throughput_b32']:.2f}× stock (target ≥ {TARGETS['b32_vs_stock']}: "
             f"{_ok(m['throughput_b32'] / st['throughput_b32'] >= TARGETS['b32_vs_stock'])}); b1 "
-            f"{pt['latency_ms_p50'] / m['latency_ms_p50']:.1f}× PyTorch eager (target ≥ {TARGETS['b1_vs_pytorch']}: "
+            f"{pt['latency_ms_p50'] / m['latency_ms_p50']:.2f}× PyTorch eager (target ≥ {TARGETS['b1_vs_pytorch']}: "
             f"{_ok(pt['latency_ms_p50'] / m['latency_ms_p50'] >= TARGETS['b1_vs_pytorch'])}; stock "
-            f"{pt['latency_ms_p50'] / st['latency_ms_p50']:.1f}×)")
+            f"{pt['latency_ms_p50'] / st['latency_ms_p50']:.2f}×)")
     cands = "\n".join(f"  - {c['name']}: top-1 {c['accuracy']:.4f}, {c['predictions_changed']} changed, b32 "
                       f"{c.get('throughput_b32', 0):.0f} img/s, b1 {c.get('latency_ms_p50', 0):.3f} ms, "
                       f"{len(c['fp32_nodes'])} FP32 nodes" for c in runs["nanoify-agree1"][0]["candidates"])

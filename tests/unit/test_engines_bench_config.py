@@ -46,9 +46,26 @@ def test_synthetic_feeds_come_from_the_spec():
 
 def test_noise_is_noticed_and_named():
     quiet = {"round_spread": 0.02, "latency_ms_p50": 1.0, "latency_ms_p99": 1.5}
-    assert noise_reasons(quiet, 0.5, 2) == []
-    loud = noise_reasons({"round_spread": 0.3, "latency_ms_p50": 1.0, "latency_ms_p99": 9.0}, 5.0, 2)
-    assert len(loud) == 3 and "30%" in loud[1] and "9.0×" in loud[2]
+    assert noise_reasons(quiet, 0.1, 2) == []
+    loud = noise_reasons({"round_spread": 0.3, "latency_ms_p50": 1.0, "latency_ms_p99": 9.0}, 1.5, 2)
+    assert len(loud) == 3 and "1.5 of 2 cores" in loud[0] and "30%" in loud[1] and "9.0×" in loud[2]
+
+
+def test_busy_cores_sees_another_process_spinning():
+    import subprocess
+    import sys
+
+    from nanoify.bench.run import busy_cores
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert busy_cores(0.5) > 0.6  # one spinning process ≈ one core
+    finally:
+        spin.kill()
+        spin.wait()
 
 
 def test_repeated_runs_are_medians_and_the_table_speaks_images():

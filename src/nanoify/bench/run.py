@@ -7,8 +7,9 @@ agreement, predictions changed, logit cosine, SQNR for classifiers). Bench measu
 task scores.
 
 Timing is :func:`nanoify.bench.latency.measure_speed`, the routine ``quantize`` uses, with the same rows,
-batches and rounds (:class:`~nanoify.config.TimingConfig`). A noisy machine is noticed — load average above
-the core count, throughput varying more than 10% between rounds, or a p99 more than 3× the p50 — said in the
+batches and rounds (:class:`~nanoify.config.TimingConfig`). A noisy machine is noticed — other processes
+keeping more than half a core busy just before measuring, throughput varying more than 10% between rounds, or
+a p99 more than 3× the p50 — said in the
 report, and the timing is repeated with twice the rounds when the rounds disagree.
 
 Energy is read from RAPL (``/sys/class/powercap``) for CPU engines or NVML for CUDA ones, and only when
@@ -144,11 +145,31 @@ def _streams(ref: Any, feeds: list[dict[str, np.ndarray]], n: int, engine_opts: 
             "latency_ms_p99": float(np.percentile(lat, 99))}
 
 
-def noise_reasons(speed: dict[str, Any], load_before: float, cores: int) -> list[str]:
+def busy_cores(window: float = 0.5) -> float:
+    """How many cores other processes kept busy during ``window`` seconds while this one slept (from
+    /proc/stat; 0.0 where it is not readable). The load average is no use here: it still counts the work
+    this very command did a minute ago."""
+    def sample() -> tuple[float, float] | None:
+        try:
+            vals = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0.0)
+        return sum(vals) - idle, sum(vals)
+
+    a = sample()
+    time.sleep(window)
+    b = sample()
+    if a is None or b is None or b[1] <= a[1]:
+        return 0.0
+    return (b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or 1)
+
+
+def noise_reasons(speed: dict[str, Any], busy_before: float, cores: int) -> list[str]:
     """Why a measurement may mislead (empty when the machine looked quiet)."""
     out = []
-    if load_before > cores:
-        out.append(f"load average {load_before:.1f} on {cores} cores before measuring")
+    if busy_before > 0.5:
+        out.append(f"other processes kept {busy_before:.1f} of {cores} cores busy before measuring")
     if speed.get("round_spread", 0.0) > NOISY_SPREAD:
         out.append(f"batch throughput varied {speed['round_spread']:.0%} between rounds")
     p50, p99 = speed.get("latency_ms_p50"), speed.get("latency_ms_p99")
@@ -172,7 +193,7 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
     ref = resolve(model, name, task, preprocess)
     tk = make_task(ref)
     device = spec_opts.get("device", device if ref.engine == "torch" else "cpu")
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy_before = busy_cores()
     es = tk.eval_set(data, split)
     rss_before = peak_rss_mb()
     opts: dict[str, Any] = {**spec_opts}
@@ -224,7 +245,8 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
         import torch
 
         res["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    res["noise"] = noise_reasons(res, load_before, os.cpu_count() or 1)
+    res["busy_cores_before"] = busy_before
+    res["noise"] = noise_reasons(res, busy_before, os.cpu_count() or 1)
     return res, preds
 
 
@@ -440,6 +462,10 @@ def format_table(report: dict[str, Any]) -> str:
     if all(m.get("energy_mj_per_row") is None for m in ms):
         note += " Energy n/a: no RAPL or NVML sensor is readable here."
     lines += ["", note]
+    guessed = [m["name"] for m in ms if m.get("preprocess_source") == "defaults"]
+    if guessed:
+        lines += ["", "**Preprocessing guessed** (no preprocess.json beside the model; the defaults were used) for: "
+                  + ", ".join(guessed) + ". Its numbers mean little unless the model was trained that way."]
     noisy = [(m["name"], m.get("noise")) for m in ms if m.get("noise")]
     if noisy:
         lines += ["", "**Noisy machine — read these numbers with care:** " + "; ".join(

@@ -11,12 +11,15 @@ the model's own input size. A reference names its task; it does not import it (:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import read_manifest
 from ..errors import DataError, ModelError
+
+log = logging.getLogger(__name__)
 
 ONNX_SUFFIXES = (".onnx",)
 TRT_SUFFIXES = (".plan", ".engine", ".trt")
@@ -125,6 +128,7 @@ def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any
     from ..data.images import Preprocess
 
     assets = []
+    found = None
     if preprocess is not None:
         pre = Preprocess.load(preprocess)
     else:
@@ -132,6 +136,10 @@ def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any
         pre = Preprocess.load(found) if found else Preprocess()
         if found:
             assets.append(found)
+        else:  # defaults are a guess about how the model was trained: say so wherever the model is used
+            log.warning("%s has no preprocess.json beside it: using the defaults (stretch to the model's size, RGB, "
+                        "pixels/255, no mean/std); write one or pass --preprocess if the model was trained otherwise",
+                        p)
     if len(shape) != 4:
         raise ModelError(f"{p} takes {input_name!r} of rank {len(shape)} ({shape}); an image classifier takes one "
                          "rank-4 image batch (N×C×H×W or N×H×W×C)")
@@ -159,7 +167,8 @@ def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any
             assets.append(c / LABEL_MAP_FILE)
             break
     d = {**pre.to_dict(), "input": input_name}
-    return ModelRef(name, p, engine, IMAGE, labels, d, assets, {})
+    source = str(preprocess) if preprocess is not None else (str(found) if found else "defaults")
+    return ModelRef(name, p, engine, IMAGE, labels, d, assets, {"preprocess_source": source})
 
 
 def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | Path | None) -> ModelRef:
