@@ -139,7 +139,6 @@ def main() -> None:
         _child(list(KINDS))
         return
     sys.path.insert(0, str(ROOT / "src"))
-    from nanoify.artifacts import machine, versions
     from nanoify.quant.observers import sqnr_db
 
     t0 = time.time()
@@ -184,18 +183,18 @@ def main() -> None:
         print(verdict)
     if a.no_results:
         return
-    mach, ver = machine(), versions()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _results import append, machine_line
+
     text = [f"\n## Calibration vs ModelOpt — {time.strftime('%Y-%m-%d')} (`benchmarks/calibration_vs_modelopt.py`)", "",
-            f"Machine: {mach['cpu']}, {mach['cores']} cores, flags {' '.join(mach.get('cpu_flags', []))}. Versions: "
-            + ", ".join(f"{k} {v}" for k, v in ver.items()) + (f", modelopt {mo_version}" if mo_version else "")
+            machine_line() + (f", modelopt {mo_version}" if mo_version else "")
             + f". 2^20 values per kind, signed INT8 unless stated. Wall time {time.time() - t0:.0f} s.", "",
             "ModelOpt's MSE column is its algorithm as intended: 0.47's `compute_amax('mse')` returns wrong "
             "thresholds (0.31 for the unit Gaussian, 0.97 for the Laplace: a positional bias argument).", "",
             *table, ""]
     if verdict:
         text += [verdict, ""]
-    with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-        f.write("\n".join(text))
+    append(ROOT / "benchmarks" / "RESULTS.md", "\n".join(text))
 
 
 if __name__ == "__main__":

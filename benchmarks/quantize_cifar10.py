@@ -32,7 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from nanoify.artifacts import machine, versions  # noqa: E402
+from _results import append, machine_line  # noqa: E402
+
 from nanoify.bench.run import benchmark, format_table, peak_rss_mb  # noqa: E402
 from nanoify.config import BenchConfig, QuantizeConfig  # noqa: E402
 
@@ -198,20 +199,15 @@ def main() -> int:
         verdicts.append(f"- calibration memory, nanoify 100 → 1,000 images: {by[('nanoify', 100)]['peak_rss_mb']:.0f} "
                         f"→ {by[('nanoify', 1000)]['peak_rss_mb']:.0f} MB (target: flat, 5% noise allowed: "
                         f"{_ok(flat)})")
-    m = machine()
     text = "\n".join([
         f"\n## CNN INT8, ResNet-20 on CIFAR-10 — {time.strftime('%Y-%m-%d')} (`benchmarks/quantize_cifar10.py`)\n",
-        f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in versions().items())
-        + f". 10,000 test images; 100 calibration images from train_1000.npz. Wall time "
+        machine_line() + f". 10,000 test images; 100 calibration images from train_1000.npz. Wall time "
           f"{(time.time() - t_start) / 60:.1f} min.\n",
         "Targets:", *verdicts, "", format_table(rep), "",
         "Candidates of the `--agreement-budget 1` run:", cands, "",
         *(["Calibration memory (each a fresh process):", "", *mem_lines, ""] if mem_lines else []),
     ])
-    print(text)
-    with open(a.results, "a") as f:
-        f.write(text + "\n")
+    append(a.results, text)
     return 0
 
 

@@ -35,7 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from nanoify.artifacts import machine, read_manifest, versions  # noqa: E402
+from _results import append, machine_line  # noqa: E402
+
+from nanoify.artifacts import read_manifest  # noqa: E402
 from nanoify.bench.run import benchmark, format_table, peak_rss_mb  # noqa: E402
 from nanoify.config import BenchConfig, DataConfig, QuantizeConfig  # noqa: E402
 from nanoify.export.onnx import export  # noqa: E402
@@ -170,19 +172,15 @@ def main() -> int:
                         f"1024 vs 128 samples "
                         f"{by[1024]['peak_rss_gb']:.2f} vs {by[128]['peak_rss_gb']:.2f} GB (target: no more, 5% noise "
                         f"allowed: {_ok(flat)})")
-    m = machine()
     text = "\n".join([
         f"\n## Quantized deployment — {time.strftime('%Y-%m-%d')} (`benchmarks/quantize_sst2.py`)\n",
-        f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in versions().items())
-        + f". SST-2 validation (872), max length {MAX_LEN}. Wall time {(time.time() - t_start) / 60:.1f} min.\n",
+        machine_line() + f". SST-2 validation (872), max length {MAX_LEN}. Wall time "
+        f"{(time.time() - t_start) / 60:.1f} min.\n",
         "Targets:", *verdicts, "", *sections,
         *(["#### Calibration memory (BERT-base shape, nanoify streaming entropy calibration)\n", *mem_lines, ""]
           if mem_lines else []),
     ])
-    print(text)
-    with open(a.results, "a") as f:
-        f.write(text + "\n")
+    append(a.results, text)
     return 0
 
 

@@ -66,13 +66,27 @@ def file_sha256(path: str | Path, limit: int | None = None) -> str:
     return h.hexdigest()
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats (an SQNR of inf: no noise at all) as the strings "inf"/"-inf"/"nan",
+    which strict JSON readers accept; Python's ``Infinity`` is not JSON."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        json.dump(json_safe(obj), f, indent=2, sort_keys=False, default=str, allow_nan=False)
         f.write("\n")
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)

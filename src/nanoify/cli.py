@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .artifacts import json_safe
 from .errors import NanoifyError
 
 
@@ -103,7 +104,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     res = evaluate(a.model, _data_cfg(a), split=a.split, teacher=a.teacher)
     if a.json:
-        print(json.dumps(res))
+        print(json.dumps(json_safe(res)))
         return 0
     line = f"{res['split']}: accuracy {res['accuracy']:.4f} on {res['n']} rows"
     if "macro_f1" in res:
@@ -192,7 +193,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     man = quantize(a.model, a.out, calib=calib, eval_data=ev, config=_quantize_cfg(a), task=a.task,
                    preprocess=a.preprocess)
     if a.json:
-        print(json.dumps(man))
+        print(json.dumps(json_safe(man)))
         return 0
     print((Path(a.out) / "report.md").read_text().rstrip())
     print(f"\nwritten to {a.out}/{man['model_file']}")
@@ -216,7 +217,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     rep = benchmark(a.models, _eval_data(a.data, a) if a.data else None, out=a.out, config=cfg,
                     progress=not a.json, task=a.task, preprocess=a.preprocess)
     if a.json:
-        print(json.dumps(rep))
+        print(json.dumps(json_safe(rep)))
         return 0
     print(format_table(rep))
     if a.out:

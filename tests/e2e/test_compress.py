@@ -35,6 +35,11 @@ def test_compress_runs_resumes_by_hash_and_reruns_changed_stages(tmp_path, tiny_
     assert [s for s, st in seen if st == "done"] == ["student", "export", "quantized", "bench"]
     s = man["summary"]
     assert 0 <= s["compressed_accuracy"] <= 1 and s["budget_met"] == (s["drop_pts"] <= 100.0)
+    # quantization gets what distillation left of the total budget (at least min_budget)
+    val = json.loads((out / "student" / "manifest.json").read_text())["metrics"]["validation"]
+    gap = (val["teacher_accuracy"] - val["accuracy"]) * 100
+    q_budget = json.loads((out / "quantized" / "manifest.json").read_text())["config"]["budget"]
+    assert q_budget == pytest.approx(max(100.0 - gap, 0.5)) and s["quantize_budget_pts"] == q_budget
     report = (out / "report.md").read_text()
     assert "teacher (PyTorch FP32)" in report and "compressed (ONNX Runtime INT8)" in report
     assert "change" in report and (out / "report.png").is_file() and (out / "report.json").is_file()

@@ -44,8 +44,11 @@ def test_quantize_tries_every_candidate_and_writes_a_runnable_folder(quantized):
     out, man = quantized
     w7 = "-w7" if int8_report()["static_weight_bits"] == 7 else ""
     names = [c["name"] for c in man["candidates"]]
-    assert names == ["dynamic-per-channel", "dynamic-per-channel-reduce-range", "dynamic-stock",
-                     f"static-minmax{w7}", f"static-percentile{w7}"]
+    dyn = ["dynamic-per-channel", "dynamic-per-channel-reduce-range", "dynamic-stock"]
+    assert names == dyn + [f"{n}-unfused" for n in dyn] + [f"static-minmax{w7}", f"static-percentile{w7}"]
+    by = {c["name"]: c for c in man["candidates"]}
+    assert by["dynamic-stock"]["scheme"] == {"type": "DynamicInt8", "per_channel": False, "reduce_range": False,
+                                             "graph": "fused"}
     assert man["budget_met"] and man["chosen"] in names and man["metric"] == "accuracy"
     for c in man["candidates"]:
         assert c["drop_pts"] == pytest.approx((man["reference"]["accuracy"] - c["accuracy"]) * 100)

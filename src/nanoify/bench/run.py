@@ -363,7 +363,8 @@ def _median_of_runs(runs: list[dict[str, Any]], top: bool = True) -> dict[str, A
         if isinstance(v, bool):
             out[k] = v
         elif isinstance(v, int | float) and all(isinstance(r.get(k), int | float) for r in runs):
-            out[k] = float(np.median([r[k] for r in runs]))
+            same = all(r[k] == v for r in runs)  # sizes, counts, settings: keep them as they are
+            out[k] = v if same else float(np.median([r[k] for r in runs]))
         elif isinstance(v, dict) and all(isinstance(r.get(k), dict) for r in runs):
             out[k] = _median_of_runs([r[k] for r in runs], top=False)
         elif k == "noise":

@@ -52,12 +52,35 @@ def scope_nodes(model: Any, scope: str) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in ops]
 
 
+def _skeleton(model: Any) -> Any:
+    """The model with its float initializers turned into typed graph inputs (no data): all that type inference
+    needs, without a second copy of the weights (a BERT-base graph would otherwise cost another 1.2 GB)."""
+    import onnx
+
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    g = onnx.GraphProto(name=model.graph.name)
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    declared = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        if init.data_type in floats:
+            if init.name not in declared:
+                g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        else:
+            g.initializer.append(init)  # ids, shapes, axes: small, and inference may read their values
+    m = onnx.helper.make_model(g, opset_imports=list(model.opset_import))
+    m.ir_version = model.ir_version
+    return m
+
+
 def nonfloat_tensor_names(model: Any) -> set[str]:
     """Tensors known to hold something other than floats (ids, masks, shapes): never calibrated."""
     import onnx
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
     except Exception:  # noqa: BLE001 - contrib ops defeat inference; then only what the graph states is known
         inferred = model
     vis = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)

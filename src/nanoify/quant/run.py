@@ -181,13 +181,17 @@ def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Seque
 
 
 # ---- step 5: candidates -----------------------------------------------------------------------------------
-def candidate_schemes(target: str, methods: Sequence[str], cnn: bool, weight_bits: int) -> list[Any]:
-    """The schemes worth measuring for a target and graph kind (see module docstring)."""
+def candidate_schemes(target: str, methods: Sequence[str], cnn: bool, weight_bits: int,
+                      fused: bool = True) -> list[Any]:
+    """The schemes worth measuring for a target and graph kind (see module docstring); ``fused``: a
+    transformer-fused graph exists beside the plain one (dynamic INT8 is then tried on both)."""
     out: list[Any] = []
     scopes = ("weights", "all") if cnn else ("weights",)
     if target == "cpu":
         if not cnn:  # dynamic INT8 of convolutions runs at 0.1-0.6x FP32 (ANCHORS.md); of GEMMs it is the best
-            out += [DynamicInt8(True, False), DynamicInt8(True, True), DynamicInt8(False, False)]
+            for graph in ("fused", "plain") if fused else ("fused",):
+                out += [DynamicInt8(True, False, graph), DynamicInt8(True, True, graph),
+                        DynamicInt8(False, False, graph)]
         out += [StaticQDQ(m, "cpu", s, weight_bits) for s in scopes for m in methods]
     else:
         out += [StaticQDQ(m, "tensorrt", s, 8) for s in scopes for m in methods]
@@ -199,7 +203,7 @@ def units_of(src: Source, scheme: Any) -> list[str]:
     from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
 
     if isinstance(scheme, DynamicInt8):
-        return weight_nodes(src.graphs["fused"], DYNAMIC_OPS)
+        return weight_nodes(src.graphs[scheme.graph], DYNAMIC_OPS)
     return scope_nodes(src.graphs["plain"], scheme.scope)
 
 
@@ -411,7 +415,7 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
         ref = measure_reference(src, ev, cfg.threads)
         cpu = int8_report()
         weight_bits = cpu["static_weight_bits"] if cfg.target == "cpu" else 8
-        schemes = candidate_schemes(cfg.target, methods, src.cnn, int(weight_bits))
+        schemes = candidate_schemes(cfg.target, methods, src.cnn, int(weight_bits), src.fused != src.plain)
         scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
         ranges, calib_info = calibrate(src, calib_set, methods, scopes, cfg.target == "cpu", cfg.threads, progress)
         cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s))) for s in schemes]
