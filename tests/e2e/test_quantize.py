@@ -78,7 +78,12 @@ def test_choice_follows_the_optimize_goal():
     assert choose(recs, ref, "throughput", "accuracy")[0] == 1  # 230 against 200: beyond the 5% tie band
     assert choose(recs, ref, "size", "accuracy")[0] == 0
     tie = [dict(recs[0]), dict(recs[0], accuracy=0.898, throughput_b32=196.0)]  # 2% slower, more accurate
-    assert choose(tie, ref, "throughput", "accuracy")[0] == 1
+    assert choose(tie, ref, "throughput", "accuracy")[0] == 0  # a tie on fidelity: the faster one
+    n = {"n": 1000}  # 10 vs 30 changed predictions is beyond noise (2·√40 = 12.6); 10 vs 14 is not
+    far = [dict(recs[0], **n, top1_agreement=0.970), dict(recs[0], **n, top1_agreement=0.990, throughput_b32=196.0)]
+    assert choose(far, ref, "throughput", "accuracy")[0] == 1
+    near = [dict(recs[0], **n, top1_agreement=0.986), dict(recs[0], **n, top1_agreement=0.990, throughput_b32=196.0)]
+    assert choose(near, ref, "throughput", "accuracy")[0] == 0
     idx, why = choose([recs[2]], ref, "balanced", "accuracy")
     assert idx == 0 and "NO candidate met the budget" in why
 

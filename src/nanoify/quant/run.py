@@ -350,11 +350,18 @@ def speed_score(m: dict[str, Any], ref: dict[str, Any], optimize: str, batch: in
     return (lat * thr * size) ** (1 / 3)
 
 
+def _changed(r: dict[str, Any], agree_key: str) -> float:
+    """How many evaluation rows' predictions differ from FP32 (1 − agreement, times the rows)."""
+    return (1.0 - float(r.get(agree_key, 1.0))) * float(r.get("n", 1))
+
+
 def choose(records: Sequence[dict[str, Any]], ref: dict[str, Any], optimize: str, metric: str,
            timed: bool = True, agree_key: str = "top1_agreement") -> tuple[int, str]:
     """Index of the chosen candidate and why. Within the budget: the best ``optimize`` score; scores within
-    ``SPEED_TIE`` tie and go to the closest agreement with FP32, then the better ``metric``, then the smaller
-    file. With no timing (TensorRT), the best metric. With none within the budget: the best metric, flagged."""
+    ``SPEED_TIE`` of it tie, and of those the ones whose changed predictions are within noise of the fewest
+    (two standard deviations, counts taken as Poisson) stay; then the best score, the better ``metric``, the
+    smaller file. With no timing (TensorRT), the best metric. With none within the budget: the best metric,
+    flagged."""
     ok = [i for i, r in enumerate(records) if r["meets_budget"]]
     if not ok:
         best = max(range(len(records)), key=lambda i: (records[i][metric], -records[i]["file_mb"]))
@@ -365,15 +372,19 @@ def choose(records: Sequence[dict[str, Any]], ref: dict[str, Any], optimize: str
     scores = {i: speed_score(records[i], ref, optimize) for i in ok}
     top = max(scores.values())
     band = [i for i in ok if scores[i] >= top * (1 - SPEED_TIE)]
-    # among equals: the one that follows FP32 most closely (fewest changed predictions: a less noisy judge than
-    # a few rows of accuracy), then the metric, then the smaller file
-    best = max(band, key=lambda i: (round(records[i].get(agree_key, 0.0), 6), records[i][metric],
-                                    -records[i]["file_mb"]))
+    # among equals: those that follow FP32 as closely as the closest one (changed predictions are a less noisy
+    # judge than a few rows of accuracy; counts within two standard deviations of each other are a tie), then
+    # the best score, the metric, the smaller file
+    changed = {i: _changed(records[i], agree_key) for i in band}
+    fewest = min(changed.values())
+    close = [i for i in band if changed[i] - fewest <= 2 * math.sqrt(changed[i] + fewest)]
+    best = max(close, key=lambda i: (scores[i], records[i][metric], -records[i]["file_mb"]))
     what = {"balanced": "balanced score (geometric mean of batch-1 latency, batch-32 throughput and file-size "
                         "ratios to FP32)", "latency": "batch-1 latency", "throughput": "batch-32 throughput",
             "size": "file size"}[optimize]
-    return best, (f"within the budget and within {SPEED_TIE:.0%} of the best {what} ({len(band)} such), the closest "
-                  f"to FP32 ({agree_key.replace('_', ' ')}), then the best {metric}, then the smaller file")
+    return best, (f"within the budget and within {SPEED_TIE:.0%} of the best {what} ({len(band)} such), those as "
+                  f"close to FP32 as the closest ({len(close)}: changed predictions within noise), then the best "
+                  "score")
 
 
 # ---- the command ------------------------------------------------------------------------------------------
