@@ -32,6 +32,8 @@ def test_feeds_are_checked_against_the_engine_spec():
         check_feed(IMAGE, {"input": np.zeros((1, 3, 33, 32), dtype=np.float32)})
     with pytest.raises(DataError, match="rank 3"):
         check_feed(IMAGE, {"input": np.zeros((3, 32, 32), dtype=np.float32)})
+    half = {"input": ("float16", ["batch", 3, 32, 32])}
+    assert check_feed(half, {"input": img})["input"].dtype == np.float16  # a float16 model gets float16
 
 
 def test_synthetic_feeds_come_from_the_spec():

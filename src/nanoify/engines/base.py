@@ -23,6 +23,8 @@ class EngineUnavailable(NanoifyError):
 
 
 Spec = dict[str, tuple[str, list[Any]]]
+FLOAT_WIDTHS = {"float": np.float32, "float32": np.float32, "float16": np.float16, "double": np.float64,
+                "float64": np.float64}
 
 
 def check_feed(spec: Spec, feed: dict[str, np.ndarray], max_dims: dict[str, int] | None = None,
@@ -40,6 +42,10 @@ def check_feed(spec: Spec, feed: dict[str, np.ndarray], max_dims: dict[str, int]
         want_int = any(t in str(dtype).lower() for t in ("int", "bool"))
         if want_int != (x.dtype.kind in "iub"):
             raise DataError(f"input {name!r} is {x.dtype} but the model takes {dtype}")
+        if not want_int:  # a float16 (or float64) model gets its own float width
+            want = FLOAT_WIDTHS.get(str(dtype).lower().replace("tensor(", "").rstrip(")"))
+            if want is not None and x.dtype != want:
+                x = x.astype(want)
         for axis, (d, got) in enumerate(zip(shape, x.shape, strict=False)):
             if isinstance(d, int) and d > 0 and d != got:
                 raise DataError(f"input {name!r} axis {axis} is {got} but the model was built for {d}; resize the "

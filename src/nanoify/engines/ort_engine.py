@@ -38,4 +38,11 @@ class OrtEngine(Engine):
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = self._check_feed(feed)
-        return dict(zip(self._outputs, self.session.run(self._outputs, feed), strict=True))
+        try:
+            outs = self.session.run(self._outputs, feed)
+        except Exception as e:  # noqa: BLE001 - a runtime failure inside the graph becomes one line
+            from ..errors import ModelError
+
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelError(f"ONNX Runtime failed running {self.path}: {first}") from None
+        return dict(zip(self._outputs, outs, strict=True))
