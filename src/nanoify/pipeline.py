@@ -366,7 +366,7 @@ def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
          "quantized_format": q.get("chosen"), "quantize_budget_pts": q.get("config", {}).get("budget"),
          "predictions_changed": comp.get("predictions_changed"),
          "latency_speedup_b1": base["latency_ms_p50"] / comp["latency_ms_p50"],
-         "throughput_speedup_b32": comp["throughput_b32"] / base["throughput_b32"],
+         "throughput_speedup_b32": comp["throughput"] / base["throughput"],
          "size_ratio": base["file_mb"] / comp["file_mb"], "memory_ratio": base["peak_rss_mb"] / comp["peak_rss_mb"]}
     if metric == "accuracy":  # the names earlier reports used
         s["teacher_accuracy"], s["compressed_accuracy"] = base_v, comp[metric]

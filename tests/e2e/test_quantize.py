@@ -190,7 +190,7 @@ def test_bench_restores_torch_threads_and_reports_noise(tiny_teacher, tiny_data)
                     config=BenchConfig(isolate=False, repeats=3, timing=TimingConfig(8, 32, rounds=2)))
     assert torch.get_num_threads() == 1  # what bench changes, it restores
     m = rep["models"][0]
-    assert len(m["throughput_b32_runs"]) == 3 and m["throughput_b32"] == sorted(m["throughput_b32_runs"])[1]
+    assert len(m["throughput_runs"]) == 3 and m["throughput_b32"] == sorted(m["throughput_runs"])[1]
     assert "median of 3 interleaved runs" in format_table(rep)
     noisy = dict(rep, models=[dict(m, noise=["batch throughput varied 40% between rounds"])])
     assert "Noisy machine" in format_table(noisy) and "40%" in format_table(noisy)

@@ -217,3 +217,24 @@ def test_bench_engines_checked_against_their_own_spec(tiny_cnn_export, tiny_imag
                     config=BenchConfig(isolate=False, timing=FAST))
     m = rep["models"][0]
     assert m["accuracy"] > 0.8 and m["task"] == "image-classification" and "fixed_shape" not in m
+
+
+def test_a_model_exported_with_batch_one_is_run_and_timed_at_batch_one(tmp_path, tiny_cnn_export, tiny_images):
+    from nanoify.bench.run import benchmark
+
+    m = onnx.load(tiny_cnn_export / "model.onnx")
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # as many ONNX zoo models ship
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    d = tmp_path / "b1"
+    d.mkdir()
+    onnx.save(m, d / "model.onnx")
+    for f in ("preprocess.json", "label_map.json"):
+        shutil.copy(tiny_cnn_export / f, d / f)
+    q = quantize(d / "model.onnx", tmp_path / "q", calib=str(tiny_images), progress=False,
+                 config=QuantizeConfig(budget=5.0, methods=("mse",), timing=FAST))
+    assert q["reference"]["throughput_batch"] == 1 and "throughput_b32" not in q["reference"]
+    rep = benchmark([str(d / "model.onnx"), str(tmp_path / "q")], str(tiny_images), progress=False,
+                    config=BenchConfig(isolate=False, timing=FAST))
+    base, comp = rep["models"]
+    assert base["throughput_b1"] > 0 and "throughput_b32" not in base and "throughput_b8" not in base
+    assert comp["accuracy"] > 0.8

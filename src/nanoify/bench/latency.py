@@ -31,9 +31,10 @@ def rows_in(feeds: Sequence[Feed]) -> int:
 
 def measure_speed(runs: Sequence[Callable[[Feed], Any]], b1: Sequence[Feed], big: Sequence[Feed], rounds: int = 3,
                   batch: int = 32) -> list[dict[str, Any]]:
-    """Batch-1 latency percentiles (ms) and batch-``batch`` throughput (rows/s) of each run, in ``rounds``
-    interleaved rounds (each round times every run once, so a slow spell of a shared machine touches all of
-    them), reported as medians over rounds; the per-round throughputs and their spread stay in the result."""
+    """Batch-1 latency percentiles (ms) and batch-``batch`` throughput (rows/s; also under ``throughput``) of each
+    run, in ``rounds`` interleaved rounds (each round times every run once, so a slow spell of a shared machine
+    touches all of them), reported as medians over rounds; the per-round throughputs and their spread stay in
+    the result."""
     rows = rows_in(big)
     for run in runs:  # warm every session before any timing
         time_batches(run, list(big[:1]) + list(b1[:3]), warmup=0)
@@ -50,6 +51,8 @@ def measure_speed(runs: Sequence[Callable[[Feed], Any]], b1: Sequence[Feed], big
             "latency_ms_p50": float(np.median([np.percentile(x, 50) for x in ls])),
             "latency_ms_p90": float(np.median([np.percentile(x, 90) for x in ls])),
             "latency_ms_p99": float(np.median([np.percentile(x, 99) for x in ls])),
+            "throughput": med,
+            "throughput_batch": batch,
             f"throughput_b{batch}": med,
             f"throughput_b{batch}_rounds": [float(t) for t in ts],
             "round_spread": float((max(ts) - min(ts)) / med) if med else 0.0,

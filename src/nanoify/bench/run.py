@@ -213,25 +213,27 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
             res.update(_shape(ref, eng))
             preds = tk.predict(eng.infer, es)
             res.update(tk.score(preds, es))
+            batch = tk.batch_for(t.batch)  # a model exported with a fixed batch of 1 is timed at batch 1
             b1 = tk.feeds(es, 1, t.latency_rows)
-            big = tk.feeds(es, t.batch, t.throughput_rows)
-            speed = measure_speed([eng.infer], b1, big, t.rounds, t.batch)[0]
+            big = tk.feeds(es, batch, t.throughput_rows)
+            speed = measure_speed([eng.infer], b1, big, t.rounds, batch)[0]
             if speed["round_spread"] > NOISY_SPREAD:  # rounds disagree: twice the rounds, medians of all
-                more = measure_speed([eng.infer], b1, big, t.rounds, t.batch)[0]
-                rounds = speed[f"throughput_b{t.batch}_rounds"] + more[f"throughput_b{t.batch}_rounds"]
+                more = measure_speed([eng.infer], b1, big, t.rounds, batch)[0]
+                rounds = speed[f"throughput_b{batch}_rounds"] + more[f"throughput_b{batch}_rounds"]
                 speed = {k: float(np.median([speed[k], more[k]])) if isinstance(speed[k], float) else speed[k]
                          for k in speed}
-                speed[f"throughput_b{t.batch}"] = float(np.median(rounds))
-                speed[f"throughput_b{t.batch}_rounds"] = rounds
+                speed[f"throughput_b{batch}"] = speed["throughput"] = float(np.median(rounds))
+                speed[f"throughput_b{batch}_rounds"] = rounds
                 res["extra_rounds"] = t.rounds
             res.update(speed)
             res["timing"] = to_dict(t)
-            b8 = tk.feeds(es, 8, t.throughput_rows)
-            res["throughput_b8"] = float(sum(len(next(iter(f.values()))) for f in b8)
-                                         / time_batches(eng.infer, b8, warmup=1).sum())
+            if tk.batch_for(8) == 8:
+                b8 = tk.feeds(es, 8, t.throughput_rows)
+                res["throughput_b8"] = float(sum(len(next(iter(f.values()))) for f in b8)
+                                             / time_batches(eng.infer, b8, warmup=1).sum())
             res["energy_mj_per_row"] = _energy_per_row(eng.infer, big, device)
             dims = tk.synthetic_dims()
-            if dims:  # fixed-shape throughput (text: batch 32 × length 128), inputs from the engine's own spec
+            if dims and batch == t.batch:  # fixed-shape throughput (text: batch 32 × length 128), from the spec
                 fixed = [synthetic_feed(eng.input_spec(), {"batch": t.batch, **dims}, tk.input_ranges(), seed=s)
                          for s in range(4)]
                 res["fixed_shape"] = dims
@@ -372,7 +374,7 @@ def _median_of_runs(runs: list[dict[str, Any]], top: bool = True) -> dict[str, A
         else:
             out[k] = v
     if top:
-        out["throughput_b32_runs"] = [r["throughput_b32"] for r in runs]
+        out["throughput_runs"] = [r["throughput"] for r in runs]
     return out
 
 
@@ -393,6 +395,7 @@ ROWS: list[tuple[str, str, int]] = [
     ("latency_ms_p99", "latency b1 p99 (ms)", 3),
     ("throughput_b8", "throughput b8 (rows/s)", 1),
     ("throughput_b32", "throughput b32 (rows/s)", 1),
+    ("throughput_b1", "throughput b1, fixed-batch model (rows/s)", 1),
     ("throughput_b32_fixed", "throughput b32 fixed shape (rows/s)", 1),
     ("streams_throughput", "streams: rows/s", 1),
     ("streams_p99", "streams: latency p99 (ms)", 2),

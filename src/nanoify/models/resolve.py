@@ -168,7 +168,10 @@ def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any
             break
     d = {**pre.to_dict(), "input": input_name}
     source = str(preprocess) if preprocess is not None else (str(found) if found else "defaults")
-    return ModelRef(name, p, engine, IMAGE, labels, d, assets, {"preprocess_source": source})
+    info: dict[str, Any] = {"preprocess_source": source}
+    if isinstance(shape[0], int) and shape[0] > 0:
+        info["max_batch"] = shape[0]  # exported with a fixed batch: feeds never exceed it
+    return ModelRef(name, p, engine, IMAGE, labels, d, assets, info)
 
 
 def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | Path | None) -> ModelRef:

@@ -163,7 +163,7 @@ def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Seque
     tensors: dict[str, None] = {}
     for scope in scopes:
         tensors.update(dict.fromkeys(calibration_tensors(src.graphs["plain"], scope)))
-    bs = 16 if src.ref.task == "text-classification" else 32
+    bs = src.task.batch_for(16 if src.ref.task == "text-classification" else 32)
     n_batches = math.ceil(len(calib_set) / bs)
     feeds = (f for _, f in src.task.batches(calib_set, bs))
     hists = calibrate_onnx(src.plain, tqdm(feeds, total=n_batches, desc="calibrate", unit="batch",
@@ -328,16 +328,17 @@ def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig) -
     from ..bench.latency import measure_speed
 
     t = cfg.timing
+    batch = src.task.batch_for(t.batch)
     b1 = src.task.feeds(ev, 1, t.latency_rows)
-    big = src.task.feeds(ev, t.batch, t.throughput_rows)
+    big = src.task.feeds(ev, batch, t.throughput_rows)
     with contextlib.ExitStack() as stack:
         engines = [stack.enter_context(_engine(p, cfg.threads)) for p in paths]
-        return measure_speed([e.infer for e in engines], b1, big, t.rounds, t.batch)
+        return measure_speed([e.infer for e in engines], b1, big, t.rounds, batch)
 
 
-def speed_score(m: dict[str, Any], ref: dict[str, Any], optimize: str, batch: int = 32) -> float:
+def speed_score(m: dict[str, Any], ref: dict[str, Any], optimize: str) -> float:
     """Higher is better: what ``optimize`` asks for, as a ratio to the FP32 reference."""
-    tput = f"throughput_b{batch}"
+    tput = "throughput" if "throughput" in m and "throughput" in ref else "throughput_b32"
     lat = ref["latency_ms_p50"] / m["latency_ms_p50"]
     thr = m[tput] / ref[tput]
     size = ref["file_mb"] / m["file_mb"]

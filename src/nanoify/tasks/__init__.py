@@ -11,6 +11,12 @@ from .base import BudgetCheck, EvalSet, Feed, Outputs, Task, check_budget, evalu
 
 def make_task(ref: Any) -> Task:
     """The task object for a :class:`nanoify.models.resolve.ModelRef`."""
+    task = _make(ref)
+    task.max_batch = ref.info.get("max_batch")
+    return task
+
+
+def _make(ref: Any) -> Task:
     p = ref.preprocess
     if ref.task == "text-classification":
         from .text import TextClassification

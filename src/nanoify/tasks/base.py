@@ -50,6 +50,7 @@ class Task:
     name = "task"
     default_calib_samples = 100
     default_batch = 32
+    max_batch: int | None = None  # a model exported with a fixed batch (many ONNX files take exactly 1)
     agreement_key = "top1_agreement"  # the agreement a ``--agreement-budget`` counts in
 
     # -- data -------------------------------------------------------------------------------------------
@@ -70,10 +71,14 @@ class Task:
         """(row indices, feed) per batch, lazily; ``sort`` lets a task group similar rows (inference only)."""
         raise NotImplementedError
 
+    def batch_for(self, batch_size: int) -> int:
+        """The batch size the model can take: ``batch_size``, or its fixed batch when smaller."""
+        return min(batch_size, self.max_batch) if self.max_batch else batch_size
+
     def feeds(self, es: EvalSet, batch_size: int, rows: int | None = None) -> list[Feed]:
         """Feeds of the first ``rows`` rows in data order (what timing uses: real traffic is not sorted)."""
         sub = self.subset(es, range(min(len(es), rows or len(es))))
-        return [f for _, f in self.batches(sub, batch_size, sort=False)]
+        return [f for _, f in self.batches(sub, self.batch_for(batch_size), sort=False)]
 
     def input_ranges(self) -> dict[str, tuple[float, float]]:
         """Value range per input name for synthetic feeds (ints: [lo, hi); floats: uniform)."""
@@ -109,7 +114,7 @@ class Task:
         """Run every row through ``run`` and collect the predictions in row order."""
         from tqdm.auto import tqdm
 
-        bs = batch_size or self.default_batch
+        bs = self.batch_for(batch_size or self.default_batch)
         total = (len(es) + bs - 1) // bs
         parts = [(idx, run(feed)) for idx, feed in tqdm(self.batches(es, bs, sort=True), total=total, desc=desc,
                                                         unit="batch", disable=not progress or None, leave=False)]
