@@ -177,3 +177,94 @@ def tiny_cnn_export(tmp_path_factory, tiny_cnn) -> Path:
     out = tmp_path_factory.mktemp("cnnx") / "exp"
     export(tiny_cnn, out)
     return out
+
+
+class TinyYolo(torch.nn.Module):
+    """A random-weight detector with the Ultralytics YOLOv8 output layout: one output (4 + nc) × N, box centre
+    and size in input pixels, then nc class scores, concatenated at the very end (box pixels in the hundreds
+    beside scores in 0..1 — the tensor stock static INT8 puts under one scale). Two levels, strides 8 and 16;
+    any input size that is a multiple of 16."""
+
+    def __init__(self, nc: int = 4, width: int = 16) -> None:
+        super().__init__()
+        nn = torch.nn
+
+        def block(a, b, s):
+            return nn.Sequential(nn.Conv2d(a, b, 3, s, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
+
+        self.stem = nn.Sequential(block(3, width, 2), block(width, width, 2), block(width, 2 * width, 2))
+        self.down = block(2 * width, 2 * width, 2)
+        self.box = nn.ModuleList([nn.Conv2d(2 * width, 4, 1) for _ in range(2)])
+        self.cls = nn.ModuleList([nn.Conv2d(2 * width, nc, 1) for _ in range(2)])
+        torch.manual_seed(3)
+        for m in self.modules():  # a spread of scores: a few confident boxes, many faint ones
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        for c in self.cls:
+            nn.init.normal_(c.weight, 0, 1.5)
+            nn.init.constant_(c.bias, -1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p3 = self.stem(x)
+        p4 = self.down(p3)
+        boxes, scores = [], []
+        for feat, stride, box, cls in ((p3, 8, self.box[0], self.cls[0]), (p4, 16, self.box[1], self.cls[1])):
+            b = box(feat)
+            h, w = feat.shape[2], feat.shape[3]
+            gy = torch.arange(h, dtype=x.dtype).view(1, h, 1).expand(1, h, w)
+            gx = torch.arange(w, dtype=x.dtype).view(1, 1, w).expand(1, h, w)
+            cx = (gx + torch.sigmoid(b[:, 0])) * stride
+            cy = (gy + torch.sigmoid(b[:, 1])) * stride
+            bw = torch.exp(b[:, 2].clamp(-2, 2)) * stride * 2
+            bh = torch.exp(b[:, 3].clamp(-2, 2)) * stride * 2
+            boxes.append(torch.stack([cx, cy, bw, bh], 1).flatten(2))
+            scores.append(torch.sigmoid(cls(feat)).flatten(2))
+        return torch.cat([torch.cat(boxes, 2), torch.cat(scores, 2)], 1)
+
+
+DET_CLASSES = ["red", "green", "blue", "gray"]
+
+
+def make_detection_set(root: Path, n_train: int = 24, n_val: int = 12, seed: int = 0) -> Path:
+    """A YOLO-format set: images/{train,val}/*.png of random sizes with coloured rectangles, labels/…/*.txt,
+    names.txt."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            h, w = int(rng.integers(48, 120)), int(rng.integers(48, 160))
+            img = rng.normal(110, 20, size=(h, w, 3))
+            lines = []
+            for _ in range(int(rng.integers(1, 4))):
+                c = int(rng.integers(0, 4))
+                bw, bh = int(rng.integers(8, w // 2)), int(rng.integers(8, h // 2))
+                x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+                img[y0:y0 + bh, x0:x0 + bw] = COLORS[c]
+                lines.append(f"{c} {(x0 + bw / 2) / w:.6f} {(y0 + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / split / f"im{i:03d}.png")
+            (root / "labels" / split / f"im{i:03d}.txt").write_text("\n".join(lines) + "\n")
+    (root / "names.txt").write_text("\n".join(DET_CLASSES) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def det_data(tmp_path_factory) -> Path:
+    return make_detection_set(tmp_path_factory.mktemp("det") / "shapes")
+
+
+@pytest.fixture(scope="session")
+def tiny_yolo_export(tmp_path_factory) -> Path:
+    """TinyYolo exported with dynamic batch and H/W, letterboxed into at most 640×640 (box pixels up to ~700, as
+    in a real YOLO)."""
+    from nanoify.export.onnx import export
+
+    out = tmp_path_factory.mktemp("yolo") / "exp"
+    model = TinyYolo().eval()
+    export(model, out, example_input=np.zeros((1, 3, 640, 640), np.float32), dynamic_hw=True,
+           preprocess={"size": [640, 640], "resize": "letterbox"}, labels=DET_CLASSES,
+           factory="tests.conftest:TinyYolo", output_names=("output0",), task="detection", decoder="yolov8")
+    return out

@@ -191,7 +191,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     calib = _eval_data(a.calib, a)
     ev = _eval_data(a.eval, a) if a.eval else None
     man = quantize(a.model, a.out, calib=calib, eval_data=ev, config=_quantize_cfg(a), task=a.task,
-                   preprocess=a.preprocess)
+                   preprocess=a.preprocess, decoder=a.decoder)
     if a.json:
         print(json.dumps(json_safe(man)))
         return 0
@@ -199,6 +199,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     print(f"\nwritten to {a.out}/{man['model_file']}")
     if not man["budget_met"]:
         print(f"warning: no candidate met the budget of {a.budget} points; kept the best")
+    for w in man.get("warnings", []):
+        print(f"warning: {w}")
     return 0
 
 
@@ -215,7 +217,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                       timing=TimingConfig(latency_rows=a.latency_rows, throughput_rows=a.throughput_rows,
                                           rounds=a.rounds))
     rep = benchmark(a.models, _eval_data(a.data, a) if a.data else None, out=a.out, config=cfg,
-                    progress=not a.json, task=a.task, preprocess=a.preprocess)
+                    progress=not a.json, task=a.task, preprocess=a.preprocess, decoder=a.decoder)
     if a.json:
         print(json.dumps(json_safe(rep)))
         return 0
@@ -335,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="export folder, .onnx file, classifier folder or torch-module folder")
     q.add_argument("--out", required=True, help="output folder (written atomically)")
     q.add_argument("--calib", default=None, help="calibration data (its train split, else validation/test): text "
-                                                 "files, .npz, or a folder of images (default: the default text data)")
+                                                 "files, .npz, a folder of images, a YOLO/COCO-format detection set "
+                                                 "(default: the default text data)")
     q.add_argument("--eval", default=None, help="evaluation data (its validation split, else test; default: --calib)")
     q.add_argument("--budget", type=float, default=0.5,
                    help="largest drop against FP32 in points of the task's metric: accuracy, or agreement with "
@@ -353,8 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration rows (default: 256 sentences, 100 images)")
     q.add_argument("--eval-rows", type=int, default=None, help="use the first N evaluation rows (default all)")
     q.add_argument("--rounds", type=int, default=3, help="timing rounds per candidate (default 3)")
-    q.add_argument("--task", default=None, choices=("text-classification", "image-classification"),
+    q.add_argument("--task", default=None, choices=("text-classification", "image-classification", "detection"),
                    help="the model's task when its inputs do not say")
+    q.add_argument("--decoder", default=None,
+                   help="detectors: yolov8 | yolov5 | fastestdet | package.module:function (default: detection.json "
+                        "beside the model, else what the output shape implies)")
     q.add_argument("--preprocess", default=None, help="preprocess.json for an image model without one beside it")
     q.add_argument("--text-column", default=None)
     q.add_argument("--label-column", default=None)
@@ -396,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=3, help="timing rounds inside each run (default 3)")
     b.add_argument("--latency-rows", type=int, default=200)
     b.add_argument("--throughput-rows", type=int, default=512)
-    b.add_argument("--task", default=None, choices=("text-classification", "image-classification"))
+    b.add_argument("--task", default=None, choices=("text-classification", "image-classification", "detection"))
+    b.add_argument("--decoder", default=None, help="detectors: yolov8 | yolov5 | fastestdet | package.module:function")
     b.add_argument("--preprocess", default=None, help="preprocess.json for image models without one beside them")
     b.add_argument("--text-column", default=None)
     b.add_argument("--label-column", default=None)

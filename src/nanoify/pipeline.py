@@ -53,7 +53,8 @@ from .errors import ConfigError, NanoifyError
 log = logging.getLogger(__name__)
 
 STAGES = ("teacher", "student", "export", "quantized", "bench")
-TASKS = ("text-classification", "image-classification")
+TASKS = ("text-classification", "image-classification", "detection")
+IMAGE_TASKS = ("image-classification", "detection")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class ModelSource:
     labels: tuple[str, ...] | str | None = None
     preprocess: dict[str, Any] | str | None = None
     dynamic_hw: bool = False
+    outputs: tuple[str, ...] = ("logits",)
 
     def __post_init__(self) -> None:
         _check(bool(self.module) and bool(self.weights), "model: needs module (package.module:callable) and weights")
@@ -93,12 +95,14 @@ class CompressConfig:
     model: ModelSource | None = None
     data: DataConfig = field(default_factory=DataConfig)
     calib: str | None = None
+    preprocess: dict[str, Any] | str | None = None  # for an ONNX teacher without preprocess.json beside it
+    decoder: str | None = None  # detectors: yolov8 | yolov5 | fastestdet | package.module:function
     quantize: QuantizeConfig = field(default_factory=lambda: QuantizeConfig(budget=1.0))
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self) -> None:
         _check(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.task == "image-classification":
+        if self.task in IMAGE_TASKS:
             _check(self.distill is None,
                    "distillation of image models is not built; remove distill/student from the recipe")
             _check(not self.finetune_teacher, "finetune_teacher applies to text encoders only")
@@ -134,7 +138,7 @@ def apply_overrides(cfg: CompressConfig, teacher: str | None = None, data: str |
     """Replace the given fields (None leaves the config's value)."""
     rep = dataclasses.replace
     if teacher is not None:
-        cfg = rep(cfg, teacher=teacher, model=None if cfg.task == "image-classification" else cfg.model)
+        cfg = rep(cfg, teacher=teacher, model=None if cfg.task in IMAGE_TASKS else cfg.model)
     if finetune_teacher is not None:
         cfg = rep(cfg, finetune_teacher=finetune_teacher)
     if data is not None:
@@ -326,7 +330,8 @@ def _export_model(cfg: CompressConfig, f: Path) -> None:
         module = load_weights(build_module(m.module, dict(m.kwargs)), m.weights)
         labels = list(m.labels) if isinstance(m.labels, list | tuple) else m.labels
         export(module, f, example_input=np.zeros((1, *m.input_shape), dtype=np.float32), preprocess=m.preprocess,
-               labels=labels, factory=m.module, kwargs=dict(m.kwargs), dynamic_hw=m.dynamic_hw)
+               labels=labels, factory=m.module, kwargs=dict(m.kwargs), dynamic_hw=m.dynamic_hw,
+               output_names=tuple(m.outputs), task=cfg.task, decoder=cfg.decoder)
         return
     src = Path(cfg.teacher)
     if src.is_dir() and (src / "module.json").is_file():
@@ -335,7 +340,8 @@ def _export_model(cfg: CompressConfig, f: Path) -> None:
     from .artifacts import atomic_dir
     from .models.resolve import resolve
 
-    ref = resolve(src, task=cfg.task)  # an ONNX model (or export folder): copied with its preprocessing
+    # an ONNX model (or export folder): copied with its preprocessing (and a detector's decoder)
+    ref = resolve(src, task=cfg.task, preprocess=cfg.preprocess, decoder=cfg.decoder)
     with atomic_dir(f) as tmp:
         shutil.copyfile(ref.path, tmp / "model.onnx")
         from .quant.run import write_assets
@@ -357,7 +363,8 @@ def _baseline(cfg: CompressConfig, out: Path, teacher_dir: str) -> tuple[str, st
 def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
     rep = json.loads((out / "bench" / "report.json").read_text())
     base, comp = rep["models"][0], rep["models"][-1]
-    metric = "accuracy" if "accuracy" in base and "accuracy" in comp else "top1_agreement"
+    metric = next((k for k in ("accuracy", "map50_95") if k in base and k in comp),
+                  "box_agreement" if "box_agreement" in comp else "top1_agreement")
     q = read_manifest(out / "quantized")
     base_v = base.get(metric, 1.0)
     drop = (base_v - comp[metric]) * 100
@@ -367,6 +374,7 @@ def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
          "predictions_changed": comp.get("predictions_changed"),
          "latency_speedup_b1": base["latency_ms_p50"] / comp["latency_ms_p50"],
          "throughput_speedup_b32": comp["throughput"] / base["throughput"],
+         "throughput_batch": comp.get("throughput_batch"),
          "size_ratio": base["file_mb"] / comp["file_mb"], "memory_ratio": base["peak_rss_mb"] / comp["peak_rss_mb"]}
     if metric == "accuracy":  # the names earlier reports used
         s["teacher_accuracy"], s["compressed_accuracy"] = base_v, comp[metric]
@@ -383,9 +391,9 @@ def _write_report(out: Path, s: dict[str, Any]) -> None:
     head = [f"# nanoify compress — {out.name}", "",
             f"{s['baseline_name']} → compressed ({s['quantized_format']}, ONNX Runtime): {what} "
             f"{s['baseline_value']:.4f} → {s['compressed_value']:.4f} ({-s['drop_pts']:+.2f} pt; budget "
-            f"{s['budget_pts']} pt: {verdict}); batch-1 latency {s['latency_speedup_b1']:.1f}× faster, batch-32 "
-            f"throughput {s['throughput_speedup_b32']:.1f}×, file {s['size_ratio']:.1f}× smaller, peak memory "
-            f"{s['memory_ratio']:.1f}× lower.", ""]
+            f"{s['budget_pts']} pt: {verdict}); batch-1 latency {s['latency_speedup_b1']:.1f}× faster, batch-"
+            f"{s.get('throughput_batch') or 32} throughput {s['throughput_speedup_b32']:.1f}×, file "
+            f"{s['size_ratio']:.1f}× smaller, peak memory {s['memory_ratio']:.1f}× lower.", ""]
     (out / "report.md").write_text("\n".join(head) + "\n" + table + "\n")
     shutil.copyfile(out / "bench" / "report.json", out / "report.json")
     shutil.copyfile(out / "bench" / "report.png", out / "report.png")

@@ -50,8 +50,10 @@ def test_any_input_size_becomes_the_model_size(shape):
         out, info = p.resize_one(img)
         assert out.shape == (64, 48, 3), mode
         if mode == "letterbox":  # scaled to fit, padded with 114 where the image does not reach
-            r = min(64 / h, 48 / w)
-            assert info["scale_x"] == info["scale_y"] == pytest.approx(r)
+            r = min(64 / h, 48 / w)  # the content is resized to round(h·r) × round(w·r): those are the scales
+            assert info["scale_x"] == pytest.approx(round(w * r) / w)
+            assert info["scale_y"] == pytest.approx(round(h * r) / h)
+            assert abs(info["scale_x"] - r) <= 0.5 / w and abs(info["scale_y"] - r) <= 0.5 / h
             if round(h * r) < 64:
                 assert (out[0] == 114).all()
         assert p([img]).shape == (1, 3, 64, 48)

@@ -180,7 +180,8 @@ def noise_reasons(speed: dict[str, Any], busy_before: float, cores: int) -> list
 
 def measure_model(model: str, data: Any, engine: str | None = None, streams: int = 0,
                   timing: TimingConfig | None = None, device: str = "cpu", split: str | None = None,
-                  task: str | None = None, preprocess: str | None = None) -> tuple[dict[str, Any], Any]:
+                  task: str | None = None, preprocess: str | None = None,
+                  decoder: str | None = None) -> tuple[dict[str, Any], Any]:
     """Every measurement of one model, in the calling process (see ``benchmark`` for isolation). Returns the
     results and the predictions (for agreement with the baseline)."""
     from ..engines import open_engine, parse_engine_spec
@@ -190,7 +191,7 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
 
     t = timing or TimingConfig()
     name, spec_opts = parse_engine_spec(engine) if engine else (None, {})
-    ref = resolve(model, name, task, preprocess)
+    ref = resolve(model, name, task, preprocess, decoder)
     tk = make_task(ref)
     device = spec_opts.get("device", device if ref.engine == "torch" else "cpu")
     busy_before = busy_cores()
@@ -290,7 +291,7 @@ def _run_isolated(args: tuple) -> tuple[dict[str, Any], Any]:
     return res, preds
 
 
-def _data(data: Any, first_model: str, task: str | None, preprocess: str | None) -> Any:
+def _data(data: Any, first_model: str, task: str | None, preprocess: str | None, decoder: str | None) -> Any:
     """The data bench reads: as given, or the default text data for text models."""
     if isinstance(data, DataConfig) and data.data is not None:
         return data
@@ -298,9 +299,9 @@ def _data(data: Any, first_model: str, task: str | None, preprocess: str | None)
         return data
     from ..models.resolve import resolve
 
-    ref = resolve(first_model, task=task, preprocess=preprocess)
+    ref = resolve(first_model, task=task, preprocess=preprocess, decoder=decoder)
     if ref.task != "text-classification":
-        raise ConfigError("bench needs --data for image models (an .npz file or a folder of images)")
+        raise ConfigError("bench needs --data for image models (an .npz file, a folder of images, a detection set)")
     from ..data.text import default_data_spec
 
     base = data if isinstance(data, DataConfig) else DataConfig()
@@ -309,7 +310,8 @@ def _data(data: Any, first_model: str, task: str | None, preprocess: str | None)
 
 def benchmark(models: Sequence[str], data: Any = None, out: str | Path | None = None,
               config: BenchConfig | None = None, names: Sequence[str] | None = None, progress: bool = True,
-              task: str | None = None, preprocess: str | None = None, **overrides: Any) -> dict[str, Any]:
+              task: str | None = None, preprocess: str | None = None, decoder: str | None = None,
+              **overrides: Any) -> dict[str, Any]:
     """Measure ``models`` (the first is the baseline); write report.md/report.json/report.png to ``out``.
 
     With ``config.repeats`` > 1 the models are measured in interleaved runs (m1, m2, …, m1, m2, …), each in a
@@ -327,17 +329,17 @@ def benchmark(models: Sequence[str], data: Any = None, out: str | Path | None = 
     engines = list(cfg.engines or [None] * len(models))
     if len(engines) != len(models):
         raise ConfigError(f"--engine lists {len(engines)} engines for {len(models)} models; give one per model")
-    data = _data(data, str(models[0]), task, preprocess)
+    data = _data(data, str(models[0]), task, preprocess, decoder)
     runs: list[list[tuple[dict[str, Any], Any]]] = [[] for _ in models]
     jobs = [(i, m, e) for _ in range(cfg.repeats) for i, (m, e) in enumerate(zip(models, engines, strict=True))]
     for i, m, e in tqdm(jobs, desc="bench", unit="run", disable=not progress or None):
-        args = (str(m), data, e, cfg.streams, cfg.timing, cfg.device, cfg.split, task, preprocess)
+        args = (str(m), data, e, cfg.streams, cfg.timing, cfg.device, cfg.split, task, preprocess, decoder)
         runs[i].append(_run_isolated(args) if cfg.isolate else measure_model(*args))
     results = [_median_of_runs([r for r, _ in rs]) for rs in runs]
     preds = [rs[0][1] for rs in runs]
     for r, n in zip(results, names or [], strict=False):
         r["name"] = n
-    base_task = make_task(resolve(models[0], task=task, preprocess=preprocess))
+    base_task = make_task(resolve(models[0], task=task, preprocess=preprocess, decoder=decoder))
     for r, p in zip(results[1:], preds[1:], strict=True):
         r.update(base_task.agreement(preds[0], p))
     report = {"kind": "bench", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),

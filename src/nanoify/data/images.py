@@ -119,35 +119,48 @@ class Preprocess:
         h, w = self.size
         return (3, h, w) if self.layout == "nchw" else (h, w, 3)
 
+    def geometry(self, h: int, w: int) -> dict[str, float]:
+        """How an h×w image maps onto the model's input: input = original × scale + pad (per axis). Boxes map
+        back with original = (input − pad) / scale."""
+        assert self.size is not None
+        th, tw = self.size
+        if (h, w) == (th, tw) or self.resize == "stretch":
+            return {"scale_x": tw / w, "scale_y": th / h, "pad_x": 0.0, "pad_y": 0.0, "height": h, "width": w}
+        if self.resize == "letterbox":
+            r = min(th / h, tw / w)
+            nh, nw = max(1, round(h * r)), max(1, round(w * r))
+            return {"scale_x": nw / w, "scale_y": nh / h, "pad_x": float((tw - nw) // 2),
+                    "pad_y": float((th - nh) // 2), "height": h, "width": w}
+        r = max(th / h, tw / w)  # center-crop: cover, then cut the centre
+        nh, nw = max(th, round(h * r)), max(tw, round(w * r))
+        return {"scale_x": nw / w, "scale_y": nh / h, "pad_x": -float((nw - tw) // 2),
+                "pad_y": -float((nh - th) // 2), "height": h, "width": w}
+
     def resize_one(self, img: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """One RGB uint8 H×W×3 image resized to ``size``; also the transform (scale, offsets) that maps input
+        """One RGB uint8 H×W×3 image resized to ``size``; also the transform (:meth:`geometry`) that maps input
         pixels back to the original image (detectors need it)."""
         from PIL import Image
 
         assert self.size is not None
         th, tw = self.size
         h, w = img.shape[:2]
-        info = {"scale_x": tw / w, "scale_y": th / h, "pad_x": 0.0, "pad_y": 0.0, "height": h, "width": w}
+        info = self.geometry(h, w)
         if (h, w) == (th, tw):
-            return img, {**info, "scale_x": 1.0, "scale_y": 1.0}
+            return img, info
         resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "area": Image.BOX,
                     "bicubic": Image.BICUBIC}[self.interpolation]
         pil = Image.fromarray(img)
         if self.resize == "stretch":
             return np.asarray(pil.resize((tw, th), resample)), info
+        nh, nw = round(h * info["scale_y"]), round(w * info["scale_x"])
+        resized = np.asarray(pil.resize((nw, nh), resample))
         if self.resize == "letterbox":
-            r = min(th / h, tw / w)
-            nh, nw = max(1, round(h * r)), max(1, round(w * r))
             out = np.full((th, tw, 3), int(round(self.pad)), dtype=np.uint8)
-            top, left = (th - nh) // 2, (tw - nw) // 2
-            out[top:top + nh, left:left + nw] = np.asarray(pil.resize((nw, nh), resample))
-            return out, {**info, "scale_x": r, "scale_y": r, "pad_x": float(left), "pad_y": float(top)}
-        r = max(th / h, tw / w)  # center-crop: cover, then cut the centre
-        nh, nw = max(th, round(h * r)), max(tw, round(w * r))
-        big = np.asarray(pil.resize((nw, nh), resample))
-        top, left = (nh - th) // 2, (nw - tw) // 2
-        return big[top:top + th, left:left + tw], {**info, "scale_x": r, "scale_y": r, "pad_x": -float(left),
-                                                   "pad_y": -float(top)}
+            top, left = int(info["pad_y"]), int(info["pad_x"])
+            out[top:top + nh, left:left + nw] = resized
+            return out, info
+        top, left = -int(info["pad_y"]), -int(info["pad_x"])
+        return resized[top:top + th, left:left + tw], info
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """A float32 batch in the model's layout from RGB uint8 images of any size."""
@@ -332,6 +345,8 @@ def is_image_data(spec: str | None) -> bool:
         return p.suffix.lower() == ".npz" or p.suffix.lower() in IMAGE_SUFFIXES
     if not p.is_dir():
         return False
+    if (p / "images").is_dir() or (p / "annotations").is_dir():  # YOLO- or COCO-format detection sets
+        return True
     for c in p.iterdir():
         if c.is_file() and (c.suffix.lower() == ".npz" or c.suffix.lower() in IMAGE_SUFFIXES):
             return True

@@ -95,8 +95,9 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
                   labels: Sequence[str] | str | Path | None = None, factory: str | None = None,
                   kwargs: dict[str, Any] | None = None, input_name: str = "input",
                   output_names: Sequence[str] = ("logits",), dynamic_hw: bool = False, opset: int = 17,
-                  images: np.ndarray | None = None) -> dict[str, Any]:
-    """Export a PyTorch image classifier (see module docstring); returns the manifest.
+                  images: np.ndarray | None = None, task: str = IMAGE, decoder: str | None = None) -> dict[str, Any]:
+    """Export a PyTorch image model — a classifier, or a detector with ``task="detection"`` and its ``decoder``
+    (see module docstring); returns the manifest.
 
     Args:
         example_input: a tensor or array of the input's shape (N×C×H×W, or N×H×W×C with an NHWC preprocess).
@@ -135,15 +136,21 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
     module = module.eval().float()
     n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
     outs = _torch_outputs(module, x[:1])
-    if names is not None and outs[0].ndim == 2 and outs[0].shape[1] != len(names):
+    if task == IMAGE and names is not None and outs[0].ndim == 2 and outs[0].shape[1] != len(names):
         raise DataError(f"{len(names)} labels for a model with {outs[0].shape[1]} outputs")
     axes: dict[str, dict[int, str]] = {input_name: {0: "batch"}}
     if dynamic_hw:
         axes[input_name].update({1: "height", 2: "width"} if nhwc else {2: "height", 3: "width"})
-    for o in output_names:
+    for o, y in zip(output_names, outs, strict=False):
         axes[o] = {0: "batch"}
+        if dynamic_hw and y.ndim >= 3:  # a detector's number of boxes (or grid) follows the input size
+            axes[o].update({k: f"{o}_dim{k}" for k in range(2, y.ndim)} if y.ndim == 4 else {2: f"{o}_boxes"})
     rng = np.random.default_rng(0)
     feeds = [rng.normal(size=(b, *x.shape[1:])).astype(np.float32) for b in (1, 3)]
+    if dynamic_hw:  # the dynamic axes must really be dynamic: another size, checked like the rest
+        other = (x.shape[1], x.shape[2] + 32, x.shape[3] + 64) if not nhwc else (x.shape[1] + 32, x.shape[2] + 64,
+                                                                                   x.shape[3])
+        feeds.append(rng.normal(size=(1, *other)).astype(np.float32))
     if images is not None and len(images):
         feeds.append(np.asarray(images[:16], dtype=np.float32))
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as scratch:
@@ -166,18 +173,23 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
         pre.save(tmp / "preprocess.json")
         if names:
             (tmp / "label_map.json").write_text(json.dumps({"names": names}, indent=2) + "\n")
+        det = {"decoder": decoder} if task == "detection" and decoder else None
+        if det:
+            (tmp / "detection.json").write_text(json.dumps(det, indent=2) + "\n")
         shape = ["batch", *(["height", "width"] if dynamic_hw else list(hw)), 3] if nhwc else \
             ["batch", 3, *(["height", "width"] if dynamic_hw else list(hw))]
         if factory:
             from ..models.load import save_module
 
             save_module(module, tmp / "torch", factory, kwargs or {}, {input_name: ["float32", shape]},
-                        list(output_names), IMAGE)
+                        list(output_names), task)
             pre.save(tmp / "torch" / "preprocess.json")
             if names:
                 (tmp / "torch" / "label_map.json").write_text(json.dumps({"names": names}, indent=2) + "\n")
+            if det:
+                (tmp / "torch" / "detection.json").write_text(json.dumps(det, indent=2) + "\n")
         man = manifest("export", {"module": factory or type(module).__qualname__, "kwargs": kwargs or {},
-                                  "opset": opset, "dynamic_hw": dynamic_hw}, task=IMAGE,
+                                  "opset": opset, "dynamic_hw": dynamic_hw}, task=task,
                        labels=names, inputs={input_name: shape}, outputs={o: ["batch", "…"] for o in output_names},
                        preprocess=pre.to_dict(),
                        validation={"tolerance": TOLERANCE, "max_rel_output_diff": checks,
@@ -206,9 +218,20 @@ def export_module_folder(folder: str | Path, out: str | Path, opset: int = 17, d
     d = read_module_json(folder)
     module = load_module(folder)
     (input_name, (_, shape)), = d["inputs"].items()
-    example = np.zeros([1 if not isinstance(s, int) else s for s in shape], dtype=np.float32)
     pre = folder / "preprocess.json"
+    if not all(isinstance(s, int) for s in shape[1:]):  # dynamic H/W: the example takes the preprocessing's size
+        from ..data.images import Preprocess
+
+        size = Preprocess.load(pre).size if pre.is_file() else None
+        if size is None:
+            raise DataError(f"{folder}: the module takes any image size; give preprocess.json a \"size\"")
+        hw = iter(size)
+        shape = [1] + [s if isinstance(s, int) else next(hw) for s in shape[1:]]
+        dynamic_hw = True
+    example = np.zeros([1 if not isinstance(s, int) else s for s in shape], dtype=np.float32)
+    det = folder / "detection.json"
+    decoder = json.loads(det.read_text()).get("decoder") if det.is_file() else None
     return export_module(module, out, example, preprocess=pre if pre.is_file() else None,
                          labels=read_labels(folder), factory=d["factory"], kwargs=d.get("kwargs") or {},
                          input_name=input_name, output_names=d["outputs"], dynamic_hw=dynamic_hw, opset=opset,
-                         images=images)
+                         images=images, task=d.get("task", IMAGE), decoder=decoder)

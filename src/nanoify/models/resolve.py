@@ -25,7 +25,9 @@ ONNX_SUFFIXES = (".onnx",)
 TRT_SUFFIXES = (".plan", ".engine", ".trt")
 TEXT = "text-classification"
 IMAGE = "image-classification"
-TASK_NAMES = (TEXT, IMAGE)
+DETECT = "detection"
+TASK_NAMES = (TEXT, IMAGE, DETECT)
+DETECTION_FILE = "detection.json"  # decoder and thresholds of a detector, beside it
 MODULE_FILE = "module.json"
 LABEL_MAP_FILE = "label_map.json"
 PREPROCESS_FILE = "preprocess.json"
@@ -124,12 +126,14 @@ def _text_ref(name: str, p: Path, engine: str, tok: Path, inputs: list[str] | No
 
 
 def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any], folder: Path,
-               preprocess: str | Path | None) -> ModelRef:
+               preprocess: str | Path | None, task: str = IMAGE, detection: dict[str, Any] | None = None) -> ModelRef:
     from ..data.images import Preprocess
 
     assets = []
     found = None
-    if preprocess is not None:
+    if isinstance(preprocess, dict):
+        pre = Preprocess.from_dict(preprocess, "preprocess")
+    elif preprocess is not None:
         pre = Preprocess.load(preprocess)
     else:
         found = next((c / PREPROCESS_FILE for c in (folder, folder.parent) if (c / PREPROCESS_FILE).is_file()), None)
@@ -141,7 +145,7 @@ def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any
                         "pixels/255, no mean/std); write one or pass --preprocess if the model was trained otherwise",
                         p)
     if len(shape) != 4:
-        raise ModelError(f"{p} takes {input_name!r} of rank {len(shape)} ({shape}); an image classifier takes one "
+        raise ModelError(f"{p} takes {input_name!r} of rank {len(shape)} ({shape}); an image model takes one "
                          "rank-4 image batch (N×C×H×W or N×H×W×C)")
     layout = pre.layout
     if isinstance(shape[1], int) and shape[1] == 3 and not (isinstance(shape[3], int) and shape[3] == 3):
@@ -153,8 +157,9 @@ def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any
     size = pre.size or fixed
     if size is None:
         raise DataError(f"{p} takes images of any size and no preprocess.json says which; write one with "
-                        "\"size\": [H, W] beside the model or pass --preprocess FILE")
-    if fixed and tuple(size) != fixed:
+                        "\"size\": [H, W] beside the model or pass --preprocess FILE (for a detector: the largest "
+                        "input it should get)")
+    if fixed and tuple(size) != fixed and task != DETECT:
         raise DataError(f"preprocess size {list(size)} does not match the model's fixed input {list(fixed)}; fix "
                         "\"size\" in preprocess.json")
     from dataclasses import replace
@@ -166,15 +171,55 @@ def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any
             labels = read_labels(c)
             assets.append(c / LABEL_MAP_FILE)
             break
+    if fixed and tuple(size) != fixed:
+        raise DataError(f"preprocess size {list(size)} does not match the detector's fixed input {list(fixed)}; fix "
+                        "\"size\" in preprocess.json")
     d = {**pre.to_dict(), "input": input_name}
-    source = str(preprocess) if preprocess is not None else (str(found) if found else "defaults")
+    if task == DETECT:
+        d.update(detection or {})
+        d["dynamic_hw"] = fixed is None
+    source = ("given" if isinstance(preprocess, dict) else str(preprocess)) if preprocess is not None else (
+        str(found) if found else "defaults")
     info: dict[str, Any] = {"preprocess_source": source}
     if isinstance(shape[0], int) and shape[0] > 0:
         info["max_batch"] = shape[0]  # exported with a fixed batch: feeds never exceed it
-    return ModelRef(name, p, engine, IMAGE, labels, d, assets, info)
+    for c in (folder, folder.parent):
+        if task == DETECT and (c / DETECTION_FILE).is_file():
+            assets.append(c / DETECTION_FILE)
+            break
+    return ModelRef(name, p, engine, task, labels, d, assets, info)
 
 
-def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | Path | None) -> ModelRef:
+def detection_settings(folder: Path, decoder: str | None, output_shapes: list[list[Any]]) -> dict[str, Any]:
+    """Decoder and thresholds of a detector: ``--decoder``, else ``detection.json`` beside it, else the decoder its
+    output shape implies; none of these is a one-line error."""
+    from ..tasks.decoders import guess_decoder
+
+    d: dict[str, Any] = {}
+    for c in (folder, folder.parent):
+        f = c / DETECTION_FILE
+        if f.is_file():
+            try:
+                d = json.loads(f.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{f} is not valid JSON ({e.msg})") from None
+            unknown = set(d) - {"decoder", "conf", "iou", "max_det", "stride"}
+            if unknown:
+                raise DataError(f"{f}: unknown key(s) {', '.join(sorted(unknown))}; allowed: decoder, conf, iou, "
+                                "max_det, stride")
+            break
+    if decoder:
+        d["decoder"] = decoder
+    if not d.get("decoder"):
+        d["decoder"] = guess_decoder(output_shapes)
+    if not d.get("decoder"):
+        raise ModelError(f"cannot tell how to decode outputs of shape {output_shapes}; pass --decoder yolov8|yolov5|"
+                         "fastestdet or package.module:function")
+    return d
+
+
+def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | Path | None,
+              decoder: str | None = None) -> ModelRef:
     ins, outs, ops = onnx_io(p)
     name = f"{p.parent.name}/{p.name}"
     default_engine = engine or ("onnxruntime" if p.suffix.lower() in ONNX_SUFFIXES else "tensorrt")
@@ -184,10 +229,7 @@ def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | P
             task = TEXT
         elif len(ins) == 1 and len(next(iter(ins.values()))[1]) == 4:
             out_rank = {len(s) for _, s in outs.values()}
-            if out_rank != {2}:
-                raise ModelError(f"{p} looks like a detector (image in, outputs of rank {sorted(out_rank)}); "
-                                 "detectors are not supported yet — only classifiers with (batch, classes) outputs")
-            task = IMAGE
+            task = IMAGE if out_rank == {2} else DETECT
         else:
             desc = ", ".join(f"{k} {d}{s}" for k, (d, s) in ins.items())
             raise ModelError(f"cannot tell the task of {p} from its inputs ({desc}); pass --task "
@@ -199,12 +241,14 @@ def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | P
         if "input_ids" not in ins:
             raise ModelError(f"{p} takes {', '.join(ins)}, not input_ids: it is not a text classifier")
         return _text_ref(name, p, default_engine, tok, list(ins))
-    if task == IMAGE:
+    if task in (IMAGE, DETECT):
         floats = [k for k, (d, _) in ins.items() if d.startswith("float")]
         if len(ins) != 1 or not floats:
             desc = ", ".join(f"{k} {d}{s}" for k, (d, s) in ins.items())
-            raise ModelError(f"{p} takes {desc}; an image classifier takes one float image input")
-        return _image_ref(name, p, default_engine, floats[0], ins[floats[0]][1], p.parent, preprocess)
+            kind = "an image classifier" if task == IMAGE else "a detector"
+            raise ModelError(f"{p} takes {desc}; {kind} takes one float image input")
+        det = detection_settings(p.parent, decoder, [s for _, s in outs.values()]) if task == DETECT else None
+        return _image_ref(name, p, default_engine, floats[0], ins[floats[0]][1], p.parent, preprocess, task, det)
     raise ModelError(f"unknown task {task!r}; choose {' or '.join(TASK_NAMES)}")
 
 
@@ -214,7 +258,7 @@ def is_quantized(ops: list[str]) -> int:
 
 
 def resolve(model: str | Path, engine: str | None = None, task: str | None = None,
-            preprocess: str | Path | None = None) -> ModelRef:
+            preprocess: str | Path | None = None, decoder: str | None = None) -> ModelRef:
     """Resolve a model argument (see module docstring). ``engine``/``task``/``preprocess`` override what is found."""
     p = Path(model).expanduser()
     if not p.exists():
@@ -232,7 +276,7 @@ def resolve(model: str | Path, engine: str | None = None, task: str | None = Non
             ref.preprocess["inputs"] = _hf_inputs(p)
             return ref
         elif (p / MODULE_FILE).is_file():
-            return _module_ref(p, engine, preprocess)
+            return _module_ref(p, engine, preprocess, decoder)
         else:
             onnx_files = sorted(p.glob("*.onnx"))
             if len(onnx_files) != 1:
@@ -241,15 +285,15 @@ def resolve(model: str | Path, engine: str | None = None, task: str | None = Non
             f = onnx_files[0]
         if not f.is_file():
             raise ModelError(f"{p} has no {f.name}; re-run the command that wrote it")
-        return resolve(f, engine, task or man.get("task"), preprocess)
+        return resolve(f, engine, task or man.get("task"), preprocess, decoder)
     suffix = p.suffix.lower()
     if suffix in ONNX_SUFFIXES:
-        return _onnx_ref(p, engine, task, preprocess)
+        return _onnx_ref(p, engine, task, preprocess, decoder)
     if suffix in TRT_SUFFIXES:
         beside = next(iter(sorted(p.parent.glob("*.onnx"))), None)
         if beside is None:
             raise ModelError(f"{p}: a TensorRT engine needs its ONNX source beside it to know its task and inputs")
-        ref = _onnx_ref(beside, engine or "tensorrt", task, preprocess)
+        ref = _onnx_ref(beside, engine or "tensorrt", task, preprocess, decoder)
         ref.path, ref.name = p, f"{p.parent.name}/{p.name}"
         return ref
     raise ModelError(f"{p}: unknown model file type {suffix or '(none)'}; expected .onnx, a TensorRT engine "
@@ -279,11 +323,12 @@ def read_module_json(folder: Path) -> dict[str, Any]:
     return d
 
 
-def _module_ref(folder: Path, engine: str | None, preprocess: str | Path | None) -> ModelRef:
+def _module_ref(folder: Path, engine: str | None, preprocess: str | Path | None,
+                decoder: str | None = None) -> ModelRef:
     d = read_module_json(folder)
     task = d.get("task", IMAGE)
-    if task != IMAGE:
+    if task not in (IMAGE, DETECT):
         raise ModelError(f"{folder}: torch modules of task {task!r} are not supported")
     (input_name, (_, shape)), = ((k, tuple(v)) for k, v in d["inputs"].items())
-    ref = _image_ref(folder.name, folder, engine or "torch", input_name, list(shape), folder, preprocess)
-    return ref
+    det = detection_settings(folder, decoder, [["batch", "?", "?"]]) if task == DETECT else None
+    return _image_ref(folder.name, folder, engine or "torch", input_name, list(shape), folder, preprocess, task, det)

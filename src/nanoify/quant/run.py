@@ -102,24 +102,27 @@ def _engine(path: Path, threads: int | None) -> Any:
 
 
 # ---- step 1: the source graphs ----------------------------------------------------------------------------
-def prepare(model: str | Path, tmp: Path, task: str | None = None, preprocess: str | Path | None = None) -> Source:
+def prepare(model: str | Path, tmp: Path, task: str | None = None, preprocess: str | Path | None = None,
+            decoder: str | None = None) -> Source:
     """Resolve the model (exporting a PyTorch one into ``tmp/export`` first) and load its graphs."""
     import onnx
 
     from ..models.resolve import is_quantized, onnx_io, resolve
     from ..tasks import make_task
 
-    ref = resolve(model, task=task, preprocess=preprocess)
+    ref = resolve(model, task=task, preprocess=preprocess, decoder=decoder)
     if ref.engine == "torch":
         from ..export.onnx import export
 
         export(ref.path, tmp / "export")
-        ref = resolve(tmp / "export", preprocess=preprocess)
+        ref = resolve(tmp / "export", preprocess=preprocess, decoder=decoder)
     if ref.engine != "onnxruntime":
         raise ModelError(f"{ref.path} is not an ONNX model; run `nanoify export` first (or pass its folder)")
     fused = ref.path
     plain = fused.parent / "model.onnx" if fused.name == "model.fused.onnx" and (
         fused.parent / "model.onnx").is_file() else fused
+    if plain == fused:
+        fused = plain = upgrade_opset(plain, tmp / "upgraded")
     graphs = {}
     for key, p in (("plain", plain), ("fused", fused)):
         n_q = is_quantized(onnx_io(p)[2])
@@ -129,6 +132,32 @@ def prepare(model: str | Path, tmp: Path, task: str | None = None, preprocess: s
         graphs[key] = onnx.load(str(p), load_external_data=False)
     cnn = any(n.op_type in ("Conv", "ConvTranspose") for n in graphs["plain"].graph.node)
     return Source(ref, make_task(ref), plain, fused, graphs, cnn)
+
+
+MIN_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs opset 13
+
+
+def upgrade_opset(path: Path, folder: Path) -> Path:
+    """``path`` itself, or a copy converted to opset 13 when it is older (FastestDet ships opset 11): per-channel
+    weights need the ``axis`` of opset-13 DequantizeLinear, without which ONNX Runtime refuses the graph."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    if opset >= MIN_OPSET or any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer):
+        return path
+    from onnx import version_converter
+
+    try:
+        up = version_converter.convert_version(m, MIN_OPSET)
+    except Exception as e:  # noqa: BLE001 - the converter's own errors are not user-readable
+        raise ModelError(f"{path} uses opset {opset}; converting it to {MIN_OPSET} for INT8 failed "
+                         f"({type(e).__name__}); re-export it at opset {MIN_OPSET} or newer") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / path.name
+    onnx.save(up, str(out))
+    log.info("%s: opset %d converted to %d for per-channel INT8", path, opset, MIN_OPSET)
+    return out
 
 
 # ---- step 2: data -----------------------------------------------------------------------------------------
@@ -172,10 +201,12 @@ def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Seque
     # u8 targets have a free zero point: non-negative tensors get [0, amax], skewed ones their own extent
     ranges = {m: choose_ranges(hists, m, allow_unsigned=allow_unsigned, asymmetric=allow_unsigned) for m in methods}
     report = range_report(hists, ranges)
+    report["unrelated_concats"] = unrelated_concats(src.graphs["plain"], hists)
     info = {"samples": len(calib_set), "data": calib_set.where, "tensors": len(hists),
             "unsigned_tensors": sum(h.nonnegative for h in hists.values()) if allow_unsigned else 0,
             "asymmetric_tensors": {m: sum(r.lo is not None for r in rs.values()) for m, rs in ranges.items()},
             "seconds": round(time.time() - t0, 2), "best_method_counts": report["best_method_counts"],
+            "kept_float_by_rule": report["unrelated_concats"],
             "provenance": calib_set.provenance}
     return ranges, {"info": info, "report": report}
 
@@ -195,6 +226,23 @@ def candidate_schemes(target: str, methods: Sequence[str], cnn: bool, weight_bit
         out += [StaticQDQ(m, "cpu", s, weight_bits) for s in scopes for m in methods]
     else:
         out += [StaticQDQ(m, "tensorrt", s, 8) for s in scopes for m in methods]
+    return out
+
+
+UNRELATED_RANGES = 16.0  # inputs of one Concat whose ranges differ more than this never share a scale
+
+
+def unrelated_concats(model: Any, hists: dict[str, Any], ratio: float = UNRELATED_RANGES) -> dict[str, list[float]]:
+    """Concat nodes whose inputs' ranges differ by more than ``ratio`` (node → input amaxes). Quantized, their
+    output gets one scale, and the small input rounds away — in Ultralytics-style heads, box pixels (hundreds)
+    beside class scores (0..1) turn every score into 0. These stay float in every static plan."""
+    out = {}
+    for n in model.graph.node:
+        if n.op_type != "Concat":
+            continue
+        amax = [hists[i].amax for i in n.input if i in hists and hists[i].n]
+        if len(amax) >= 2 and min(amax) > 0 and max(amax) / min(amax) > ratio:
+            out[n.name] = [float(a) for a in amax]
     return out
 
 
@@ -402,7 +450,7 @@ def _config(config: QuantizeConfig | None, overrides: dict[str, Any]) -> Quantiz
 
 def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: Any = None,
              config: QuantizeConfig | None = None, task: str | None = None, preprocess: str | Path | None = None,
-             progress: bool = True, **overrides: Any) -> dict[str, Any]:
+             progress: bool = True, decoder: str | None = None, **overrides: Any) -> dict[str, Any]:
     """Calibrate, quantize and choose (see module docstring); writes ``out`` atomically and returns its manifest.
 
     Args:
@@ -420,7 +468,7 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
     out = Path(out)
     t_start = time.time()
     with atomic_dir(out) as tmp:
-        src = prepare(model, tmp, task, preprocess)
+        src = prepare(model, tmp, task, preprocess, decoder)
         calib_set, ev = load_data(src, calib, eval_data, cfg)
         work = tmp / "candidates"
         work.mkdir()
@@ -430,7 +478,9 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
         schemes = candidate_schemes(cfg.target, methods, src.cnn, int(weight_bits), src.fused != src.plain)
         scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
         ranges, calib_info = calibrate(src, calib_set, methods, scopes, cfg.target == "cpu", cfg.threads, progress)
-        cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s))) for s in schemes]
+        keep = list(calib_info.get("report", {}).get("unrelated_concats", {}))
+        cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
+            keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
         ab = cfg.agreement_budget
         for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
             evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, ab)
@@ -465,6 +515,8 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
         man = manifest("quantize", {**to_dict(cfg), "model": str(model), "methods": list(methods),
                                     "threads": cfg.threads or os.cpu_count()},
                        task=src.ref.task, model_file=model_file, chosen=chosen.name, why=why,
+                       warnings=slower_than_reference(records[idx], ref.metrics) if timed else [],
+                       agreement_key=src.task.agreement_key,
                        budget_met=bool(records[idx]["meets_budget"]), metric=ref.metric, int8_cpu=cpu,
                        data={"eval": ev.where, "eval_rows": len(ev), "calibration": calib_set.where},
                        reference={"name": f"ONNX Runtime FP32 ({src.fused.name})", **ref.metrics},
@@ -485,9 +537,13 @@ def write_assets(ref: Any, folder: Path) -> None:
         return
     from ..data.images import Preprocess
 
-    Preprocess.from_dict({k: v for k, v in ref.preprocess.items() if k != "input"}).save(folder / "preprocess.json")
+    keys = set(Preprocess.__dataclass_fields__)
+    Preprocess.from_dict({k: v for k, v in ref.preprocess.items() if k in keys}).save(folder / "preprocess.json")
     if ref.labels:
         (folder / "label_map.json").write_text(json.dumps({"names": ref.labels}, indent=2) + "\n")
+    if ref.task == "detection":
+        det = {k: ref.preprocess[k] for k in ("decoder", "conf", "iou", "max_det", "stride") if k in ref.preprocess}
+        (folder / "detection.json").write_text(json.dumps(det, indent=2) + "\n")
 
 
 def _tensorrt_files(tmp: Path, chosen: Candidate, ranges: dict[str, Any], src: Source, ev: Any) -> dict[str, Any]:
@@ -524,25 +580,29 @@ def _fmt(v: Any, nd: int = 4) -> str:
 
 
 def format_report(man: dict[str, Any]) -> str:
-    """Markdown: the FP32 reference and every candidate, the chosen one marked."""
+    """Markdown: the FP32 reference and every candidate, the chosen one marked; columns follow the task."""
     ref = man["reference"]
     cfg = man["config"]
     metric = man["metric"]
+    agree = man.get("agreement_key", "top1_agreement")
+    batch = ref.get("throughput_batch", 32)
     ab = cfg.get("agreement_budget")
     lines = [f"# nanoify quantize — target {cfg['target']}, budget {cfg['budget']} points of {metric}"
              + (f" and {ab} points of agreement with FP32" if ab is not None else "") + f", optimize {cfg['optimize']}",
-             "",
-             f"Chosen: **{man['chosen']}** ({man['why']}).", "",
-             f"| model | {metric} | drop (pts) | top-1 agree | changed | SQNR dB | b32 rows/s | b1 p50 ms | MB | "
-             "FP32 nodes |",
-             "|---|---|---|---|---|---|---|---|---|---|",
-             f"| {ref['name']} | {_fmt(ref[metric])} | 0 | 1 | 0 | inf | {_fmt(ref.get('throughput_b32'), 1)} | "
-             f"{_fmt(ref.get('latency_ms_p50'), 2)} | {_fmt(ref['file_mb'], 1)} | all |"]
+             "", f"Chosen: **{man['chosen']}** ({man['why']}).", ""]
+    for w in man.get("warnings", []):
+        lines += [f"**Warning:** {w}", ""]
+    lines += [f"| model | {metric} | drop (pts) | {agree.replace('_', ' ')} | changed | b{batch} rows/s | b1 p50 ms "
+              "| MB | FP32 nodes |", "|---|---|---|---|---|---|---|---|---|",
+              f"| {ref['name']} | {_fmt(ref[metric])} | 0 | 1 | 0 | {_fmt(ref.get('throughput'), 1)} | "
+              f"{_fmt(ref.get('latency_ms_p50'), 2)} | {_fmt(ref['file_mb'], 1)} | all |"]
     for c in man["candidates"]:
         mark = " **(chosen)**" if c["name"] == man["chosen"] else ""
+        changed = c.get("predictions_changed")
+        if changed is None and "reference_boxes" in c:
+            changed = round((1 - c.get(agree, 1.0)) * c["reference_boxes"])
         lines.append(f"| {c['name']}{mark} | {_fmt(c[metric])} | {_fmt(c['drop_pts'], 2)} | "
-                     f"{_fmt(c.get('top1_agreement'))} | {_fmt(c.get('predictions_changed'))} | "
-                     f"{_fmt(c.get('sqnr_db'), 1)} | {_fmt(c.get('throughput_b32'), 1)} | "
+                     f"{_fmt(c.get(agree))} | {_fmt(changed)} | {_fmt(c.get('throughput'), 1)} | "
                      f"{_fmt(c.get('latency_ms_p50'), 2)} | {_fmt(c['file_mb'], 1)} | {len(c['fp32_nodes'])} |")
     mp = man.get("mixed_precision")
     if mp:
@@ -555,3 +615,21 @@ def format_report(man: dict[str, Any]) -> str:
         lines += ["", "TensorRT speed is not measured here (no TensorRT/GPU); accuracy is ONNX Runtime CPU running "
                       "the same Q/DQ graph.", "", "```", man["tensorrt"]["trtexec"], "```"]
     return "\n".join(lines)
+
+
+def slower_than_reference(chosen: dict[str, Any], ref: dict[str, Any], tie: float = SPEED_TIE) -> list[str]:
+    """Loud words when the chosen model runs slower than FP32 here (beyond the noise band)."""
+    out = []
+    if chosen.get("latency_ms_p50") and ref.get("latency_ms_p50"):
+        ratio = ref["latency_ms_p50"] / chosen["latency_ms_p50"]
+        if ratio < 1 - tie:
+            out.append(f"the chosen model is SLOWER than FP32 at batch 1 on this machine ({ratio:.2f}× its speed)")
+    if chosen.get("throughput") and ref.get("throughput"):
+        ratio = chosen["throughput"] / ref["throughput"]
+        if ratio < 1 - tie:
+            out.append(f"the chosen model is SLOWER than FP32 at batch {ref.get('throughput_batch', 32)} on this "
+                       f"machine ({ratio:.2f}× its throughput)")
+    if out:
+        out.append("INT8 does not pay here (layout changes around integer kernels can cost more than they save); "
+                   "keep the FP32 model or try --optimize size if the smaller file is the point")
+    return out

@@ -23,11 +23,19 @@ def _make(ref: Any) -> Task:
 
         return TextClassification(Path(p["tokenizer"]), ref.labels or [], p.get("max_sequence") or 512,
                                   p.get("inputs") or ("input_ids", "attention_mask", "token_type_ids"))
-    if ref.task == "image-classification":
+    if ref.task in ("image-classification", "detection"):
         from ..data.images import Preprocess
+
+        keys = set(Preprocess.__dataclass_fields__)
+        pre = Preprocess.from_dict({k: v for k, v in p.items() if k in keys}, f"preprocessing of {ref.name}")
+        if ref.task == "detection":
+            from .detect import Detection
+
+            extra = {k: p[k] for k in ("conf", "iou", "max_det", "stride") if k in p}
+            return Detection(pre, ref.labels, p.get("input", "input"), p["decoder"],
+                             dynamic_hw=bool(p.get("dynamic_hw")), **extra)
         from .image import ImageClassification
 
-        pre = Preprocess.from_dict({k: v for k, v in p.items() if k != "input"}, f"preprocessing of {ref.name}")
         return ImageClassification(pre, ref.labels, p.get("input", "input"))
     from ..errors import ModelError
 

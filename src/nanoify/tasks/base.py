@@ -89,9 +89,25 @@ class Task:
         return {}
 
     # -- outputs ------------------------------------------------------------------------------------------
-    def collect(self, parts: Sequence[tuple[np.ndarray, Outputs]], n: int) -> Any:
-        """Predictions for ``n`` rows from per-batch raw outputs (in any row order)."""
+    def start(self, es: EvalSet | None, n: int) -> Any:
+        """A fresh accumulator for the predictions of ``n`` rows."""
         raise NotImplementedError
+
+    def add(self, state: Any, idx: np.ndarray, outputs: Outputs) -> None:
+        """Fold one batch's raw outputs (rows ``idx``) into the accumulator; a detector decodes here, so raw maps
+        never pile up."""
+        raise NotImplementedError
+
+    def finish(self, state: Any) -> Any:
+        """The predictions, in row order."""
+        raise NotImplementedError
+
+    def collect(self, parts: Sequence[tuple[np.ndarray, Outputs]], n: int, es: EvalSet | None = None) -> Any:
+        """Predictions for ``n`` rows from per-batch raw outputs (in any row order)."""
+        state = self.start(es, n)
+        for idx, out in parts:
+            self.add(state, idx, out)
+        return self.finish(state)
 
     def score(self, preds: Any, es: EvalSet) -> dict[str, Any]:
         """Metrics against the gold labels (``{"n": N}`` only when there are none)."""
@@ -116,9 +132,11 @@ class Task:
 
         bs = self.batch_for(batch_size or self.default_batch)
         total = (len(es) + bs - 1) // bs
-        parts = [(idx, run(feed)) for idx, feed in tqdm(self.batches(es, bs, sort=True), total=total, desc=desc,
-                                                        unit="batch", disable=not progress or None, leave=False)]
-        return self.collect(parts, len(es))
+        state = self.start(es, len(es))
+        for idx, feed in tqdm(self.batches(es, bs, sort=True), total=total, desc=desc, unit="batch",
+                              disable=not progress or None, leave=False):
+            self.add(state, idx, run(feed))
+        return self.finish(state)
 
 
 def evaluate_predictions(task: Task, preds: Any, es: EvalSet, reference: Any | None = None) -> dict[str, Any]:

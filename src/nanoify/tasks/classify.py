@@ -3,7 +3,6 @@ two classes); agreement is top-1 agreement, changed predictions, logit cosine an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -102,18 +101,21 @@ class ClassificationTask(Task):
     def n_classes(self) -> int | None:
         return len(self.labels) if self.labels else None
 
-    def collect(self, parts: Sequence[tuple[np.ndarray, Outputs]], n: int) -> np.ndarray:
-        out: np.ndarray | None = None
-        for idx, o in parts:
-            logits = np.asarray(logits_of(o), dtype=np.float32)
-            if logits.ndim != 2:
-                raise ModelError(f"a classifier's output should be (batch, classes); got shape {logits.shape}")
-            if out is None:
-                out = np.zeros((n, logits.shape[1]), dtype=np.float32)
-            out[idx] = logits
-        if out is None:
+    def start(self, es: EvalSet | None, n: int) -> dict[str, Any]:
+        return {"n": n, "logits": None}
+
+    def add(self, state: dict[str, Any], idx: np.ndarray, outputs: Outputs) -> None:
+        logits = np.asarray(logits_of(outputs), dtype=np.float32)
+        if logits.ndim != 2:
+            raise ModelError(f"a classifier's output should be (batch, classes); got shape {logits.shape}")
+        if state["logits"] is None:
+            state["logits"] = np.zeros((state["n"], logits.shape[1]), dtype=np.float32)
+        state["logits"][idx] = logits
+
+    def finish(self, state: dict[str, Any]) -> np.ndarray:
+        if state["logits"] is None:
             raise ModelError("no predictions: the evaluation data is empty")
-        return out
+        return state["logits"]
 
     def score(self, preds: np.ndarray, es: EvalSet) -> dict[str, Any]:
         if es.labels is None:

@@ -1,0 +1,165 @@
+"""Detectors through the chain: a random-weight Ultralytics-layout network exported with dynamic batch and H/W;
+any frame size; the stock-INT8 failure (every score rounded to zero) and nanoify's rescue; bench's detector
+contract with four streams; a detection recipe; FastestDet on a slice of COCO128 (shared data)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from nanoify.cli import main
+from nanoify.config import QuantizeConfig, TimingConfig
+from nanoify.engines import open_engine
+from nanoify.models.resolve import resolve
+from nanoify.quant.run import quantize
+from nanoify.tasks import make_task
+from tests.conftest import DET_CLASSES, SHARED
+
+FAST = TimingConfig(latency_rows=8, throughput_rows=16, rounds=1)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, det_data):
+    """The validation images of the shape set as a plain, unlabelled folder."""
+    d = tmp_path_factory.mktemp("photos")
+    for p in sorted((det_data / "images" / "val").iterdir()):
+        shutil.copy(p, d / p.name)
+    return d
+
+
+def test_detector_export_is_dynamic_and_resolves_with_its_decoder(tiny_yolo_export):
+    man = json.loads((tiny_yolo_export / "manifest.json").read_text())
+    assert man["task"] == "detection" and man["inputs"]["input"] == ["batch", 3, "height", "width"]
+    assert [672, 704] in [f[2:] for f in man["validation"]["feeds"]]  # checked at another size too
+    assert max(man["validation"]["max_rel_output_diff"].values()) <= 1e-4
+    assert json.loads((tiny_yolo_export / "detection.json").read_text()) == {"decoder": "yolov8"}
+    ref = resolve(tiny_yolo_export)
+    assert ref.task == "detection" and ref.preprocess["decoder"] == "yolov8" and ref.preprocess["dynamic_hw"]
+    assert ref.labels == DET_CLASSES and resolve(tiny_yolo_export / "torch").task == "detection"
+
+
+@pytest.mark.parametrize("hw", [(320, 320), (641, 641), (480, 1280), (2160, 3840)])
+def test_any_frame_size_gives_boxes_in_original_pixels(tmp_path, tiny_yolo_export, hw):
+    h, w = hw
+    d = tmp_path / "frames"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)).save(d / "frame.png")
+    task = make_task(resolve(tiny_yolo_export))
+    es = task.eval_set(str(d))
+    seen = []
+    with open_engine("onnxruntime", str(tiny_yolo_export / "model.onnx")) as eng:
+        def run(feed):
+            seen.append(feed["input"].shape)
+            return eng.infer(feed)
+
+        (det,) = task.predict(run, es)
+    _, _, ih, iw = seen[0]
+    assert ih % 32 == 0 and iw % 32 == 0 and max(ih, iw) == 640  # letterboxed, padded to the stride only
+    assert len(det.scores) > 0 and det.boxes[:, [0, 2]].max() <= w and det.boxes[:, [1, 3]].max() <= h
+    assert det.boxes.min() >= 0 and (det.boxes[:, 2] >= det.boxes[:, 0]).all()
+
+
+def test_stock_int8_loses_every_box_and_nanoify_keeps_them(tmp_path, tiny_yolo_export, det_data, photos):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    task = make_task(resolve(tiny_yolo_export))
+    feeds = [f for _, f in task.batches(task.calib_set(str(det_data), 16), 1)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_static(str(tiny_yolo_export / "model.onnx"), str(tmp_path / "stock.onnx"), Reader(),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    es = task.eval_set(str(photos))
+    with open_engine("onnxruntime", str(tiny_yolo_export / "model.onnx")) as e:
+        ref = task.predict(e.infer, es)
+    with open_engine("onnxruntime", str(tmp_path / "stock.onnx")) as e:
+        stock = task.predict(e.infer, es)
+    assert task.agreement(ref, stock)["box_agreement"] == 0.0  # one scale for pixels and scores: all scores 0
+    # nanoify, unlabelled evaluation: the budget counts agreement points (5 = keep 95% of the FP32 boxes)
+    man = quantize(tiny_yolo_export, tmp_path / "q", calib=str(det_data), eval_data=str(photos), progress=False,
+                   config=QuantizeConfig(budget=5.0, methods=("percentile", "mse"), calib_samples=16, timing=FAST))
+    assert man["metric"] == "box_agreement" and man["budget_met"]
+    chosen = next(c for c in man["candidates"] if c["name"] == man["chosen"])
+    assert chosen["box_agreement"] >= 0.95
+    assert man["calibration"]["kept_float_by_rule"]  # the box/score Concat never shares a scale
+    assert json.loads((tmp_path / "q" / "detection.json").read_text())["decoder"] == "yolov8"
+    assert resolve(tmp_path / "q").task == "detection"
+
+
+def test_bench_detector_contract_with_four_streams(tmp_path, tiny_yolo_export, det_data, capsys):
+    assert main(["bench", str(tiny_yolo_export / "torch"), str(tiny_yolo_export), "--data", str(det_data), "--json",
+                 "--streams", "4", "--latency-rows", "8", "--throughput-rows", "16", "--rounds", "1"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    base, onnx_fp32 = rep["models"]
+    assert rep["task"] == "detection" and rep["split"] == "validation"
+    for key in ("map50", "map50_95", "latency_ms_p50", "throughput_b1", "peak_rss_mb"):
+        assert isinstance(onnx_fp32[key], float), key
+    assert 0 <= onnx_fp32["map50_95"] <= onnx_fp32["map50"] <= 1
+    assert onnx_fp32["box_agreement"] >= 0.99  # ONNX Runtime FP32 against PyTorch FP32
+    assert onnx_fp32["streams"]["streams"] == 4 and onnx_fp32["streams"]["requests"] == 8
+    assert base["engine"] == "torch" and onnx_fp32["engine"] == "onnxruntime"
+
+
+def test_detection_recipe_for_an_onnx_model_without_preprocess_json(tmp_path, tiny_yolo_export, det_data, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tiny_yolo_export / "model.onnx", bare / "detector.onnx")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+task: detection
+teacher: {bare / 'detector.onnx'}
+preprocess: {{size: [640, 640], resize: letterbox}}
+decoder: yolov8
+data: {{data: {det_data}}}
+quantize: {{budget: 100, methods: [minmax], calib_samples: 8,
+           timing: {{latency_rows: 4, throughput_rows: 8, rounds: 1}}}}
+bench: {{isolate: false, timing: {{latency_rows: 4, throughput_rows: 8, rounds: 1}}}}
+out: {tmp_path / 'out'}
+""")
+    assert main(["compress", str(recipe)]) == 0
+    text = capsys.readouterr().out
+    assert "[3/3] bench: done" in text and "model (ONNX Runtime FP32)" in text
+    export_dir = tmp_path / "out" / "export"
+    assert json.loads((export_dir / "preprocess.json").read_text())["resize"] == "letterbox"
+    assert json.loads((export_dir / "detection.json").read_text())["decoder"] == "yolov8"
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["summary"]["metric"] == "map50_95"
+
+
+FASTESTDET = SHARED / "models" / "fastestdet" / "FastestDet.onnx"
+COCO128 = SHARED / "data" / "vision" / "coco128"
+
+
+@pytest.mark.shared_data
+def test_fastestdet_on_a_coco128_slice(tmp_path):
+    if not FASTESTDET.is_file() or not (COCO128 / "images").is_dir():
+        pytest.skip("shared FastestDet or COCO128 not found")
+    d = tmp_path / "fd"
+    d.mkdir()
+    shutil.copy(FASTESTDET, d / "model.onnx")  # opset 11, batch 1, 352×352, BGR, area resize, /255 (DATA.md)
+    (d / "preprocess.json").write_text(json.dumps({"size": [352, 352], "interpolation": "area", "channels": "bgr"}))
+    (d / "label_map.json").write_text(json.dumps({"names": (COCO128 / "names.txt").read_text().split("\n")[:80]}))
+    ref = resolve(d / "model.onnx")
+    assert ref.preprocess["decoder"] == "fastestdet" and ref.info["max_batch"] == 1  # told by the output shape
+    man = quantize(d, tmp_path / "q", calib=str(COCO128), progress=False,
+                   config=QuantizeConfig(budget=100.0, methods=("minmax",), calib_samples=16, eval_rows=32,
+                                         timing=FAST))
+    assert man["data"]["eval"].endswith("val2017 (validation)") and man["data"]["calibration"].endswith("(train)")
+    assert 0.1 < man["reference"]["map50_95"] < man["reference"]["map50"] < 0.7
+    q = onnx.load(tmp_path / "q" / "model.int8.onnx")
+    assert any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in q.opset_import)  # upgraded from 11
+    assert all(c["box_agreement"] > 0.5 for c in man["candidates"])
