@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nanoify-installed
 DEMO := runs/demo
 
-.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-calib clean-demo
+.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-calib clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench-quant: $(STAMP)
 
 bench-cifar: $(STAMP)
 	$(PY) benchmarks/quantize_cifar10.py
+
+bench-detect: $(STAMP)
+	$(PY) benchmarks/detect_coco128.py
 
 # needs a venv with nvidia-modelopt (not a nanoify dependency): MODELOPT_PY=/path/to/venv/bin/python
 bench-calib: $(STAMP)

@@ -387,7 +387,8 @@ def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
 def _write_report(out: Path, s: dict[str, Any]) -> None:
     table = (out / "bench" / "report.md").read_text().rstrip()
     verdict = "met" if s["budget_met"] else "MISSED"
-    what = s["metric"].replace("_", " ")
+    what = {"map50_95": "mAP@0.5:0.95", "box_agreement": "boxes kept", "top1_agreement": "top-1 agreement"}.get(
+        s["metric"], s["metric"].replace("_", " "))
     head = [f"# nanoify compress — {out.name}", "",
             f"{s['baseline_name']} → compressed ({s['quantized_format']}, ONNX Runtime): {what} "
             f"{s['baseline_value']:.4f} → {s['compressed_value']:.4f} ({-s['drop_pts']:+.2f} pt; budget "

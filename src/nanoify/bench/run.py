@@ -212,8 +212,6 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
         with open_engine(ref.engine, str(ref.path), **opts) as eng:
             res["load_s"] = time.perf_counter() - t_load
             res.update(_shape(ref, eng))
-            preds = tk.predict(eng.infer, es)
-            res.update(tk.score(preds, es))
             batch = tk.batch_for(t.batch)  # a model exported with a fixed batch of 1 is timed at batch 1
             b1 = tk.feeds(es, 1, t.latency_rows)
             big = tk.feeds(es, batch, t.throughput_rows)
@@ -240,9 +238,14 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
                 res["fixed_shape"] = dims
                 res[f"throughput_b{t.batch}_fixed"] = float(t.batch * len(fixed)
                                                             / time_batches(eng.infer, fixed, warmup=1).sum())
+            # serving memory: the runtime, the model and the timing batches, before any scoring machinery
+            # (COCOeval alone holds ~90 MB for 128 images) joins the process
+            res["peak_rss_mb"] = peak_rss_mb()
+            preds = tk.predict(eng.infer, es)
+            res.update(tk.score(preds, es))
         if streams > 1:
             res["streams"] = _streams(ref, b1, streams, opts)
-    res["peak_rss_mb"] = peak_rss_mb()
+    res["peak_rss_total_mb"] = peak_rss_mb()
     res["rss_before_load_mb"] = rss_before
     if device.startswith("cuda") and ref.engine == "torch":
         import torch
@@ -388,6 +391,11 @@ ROWS: list[tuple[str, str, int]] = [
     ("file_mb", "file (MB)", 2),
     ("accuracy", "accuracy", 4),
     ("macro_f1", "macro-F1", 4),
+    ("map50_95", "mAP@0.5:0.95", 4),
+    ("map50", "mAP@0.5", 4),
+    ("box_agreement", "boxes kept vs baseline (IoU ≥ 0.5, same class)", 4),
+    ("mean_iou", "mean IoU of kept boxes", 4),
+    ("map50_95_vs_reference", "mAP@0.5:0.95 with baseline boxes as truth", 4),
     ("top1_agreement", "top-1 agreement with baseline", 4),
     ("predictions_changed", "predictions changed vs baseline", 0),
     ("logit_cosine", "logit cosine to baseline", 4),
@@ -418,9 +426,10 @@ def _value(r: dict[str, Any], key: str) -> Any:
 def _change(a: Any, b: Any, key: str) -> str:
     if not isinstance(a, int | float) or not isinstance(b, int | float) or isinstance(a, bool):
         return ""
-    if key in ("accuracy", "macro_f1"):
+    if key in ("accuracy", "macro_f1", "map50_95", "map50"):
         return f"{(b - a) * 100:+.2f} pt"
-    if key in ("top1_agreement", "logit_cosine", "sqnr_db", "predictions_changed") or a == 0:
+    if key in ("top1_agreement", "logit_cosine", "sqnr_db", "predictions_changed", "box_agreement", "mean_iou",
+               "map50_95_vs_reference") or a == 0:
         return ""
     ratio = b / a
     if key.startswith("latency") or key.startswith("streams_p"):
@@ -431,7 +440,7 @@ def _change(a: Any, b: Any, key: str) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """Markdown: metric | baseline | others… | change (last against baseline); then machine, noise notes."""
     ms = report["models"]
-    image = report.get("task") == "image-classification"
+    image = report.get("task") in ("image-classification", "detection")
     head = ["metric"] + [m["name"] for m in ms] + (["change"] if len(ms) > 1 else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, nd in ROWS:
@@ -458,8 +467,9 @@ def format_table(report: dict[str, Any]) -> str:
     note = (f"{report['data']} ({report['split']}{ml}); {mach['cpu']}, {mach['cores']} cores"
             f"{', ' + ' '.join(mach['cpu_flags']) if mach.get('cpu_flags') else ''}; {report['created']}. "
             f"Latency over the first {t.get('latency_rows')} rows at batch 1, throughput over the first "
-            f"{t.get('throughput_rows')} at batch {t.get('batch')}, medians of {t.get('rounds')} rounds. "
-            "Peak RSS is the whole measuring process.")
+            f"{t.get('throughput_rows')} at batch {ms[0].get('throughput_batch', t.get('batch'))}, medians of "
+            f"{t.get('rounds')} rounds. "
+            "Peak RSS is the measuring process while serving (runtime, model, timing batches), before scoring.")
     if report.get("repeats", 1) > 1:
         note += f" Every number is the median of {report['repeats']} interleaved runs per model (fresh processes)."
     fixed = next((m["fixed_shape"] for m in ms if m.get("fixed_shape")), None)

@@ -152,6 +152,7 @@ class Detection(Task):
 
     name = "detection"
     default_calib_samples = 100
+    timing_distinct_rows = 64
     default_batch = 8
     agreement_key = "box_agreement"
 

@@ -45,6 +45,7 @@ class ImageClassification(ClassificationTask):
 
     name = "image-classification"
     default_calib_samples = 100
+    timing_distinct_rows = 64
 
     def __init__(self, preprocess: Preprocess, labels: list[str] | None, input_name: str = "input") -> None:
         if preprocess.size is None:
