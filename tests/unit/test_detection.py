@@ -98,3 +98,36 @@ def test_boxes_map_back_to_the_original_image(shape):
     img = np.zeros((h, w, 3), np.uint8)
     out, info = pre.resize_one(img)
     assert out.shape == (640, 640, 3) and info == g
+
+
+def test_detection_layouts_yolo_coco_and_plain_folders(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from nanoify.data.detection import detection_splits, load_detection
+
+    def img(path, h=20, w=30):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(path)
+
+    img(tmp_path / "plain" / "images" / "a.png")  # images/ without split folders: every split
+    assert load_detection(str(tmp_path / "plain"), None).boxes is None
+    img(tmp_path / "yolo" / "images" / "val2017" / "b.png")
+    (tmp_path / "yolo" / "labels" / "val2017").mkdir(parents=True)
+    (tmp_path / "yolo" / "labels" / "val2017" / "b.txt").write_text("1 0.5 0.5 0.2 0.5\n")
+    (tmp_path / "yolo" / "names.txt").write_text("a\nb\n")
+    layout, splits = detection_splits(str(tmp_path / "yolo"))
+    sp = load_detection(str(tmp_path / "yolo"), "validation")
+    assert layout == "yolo" and set(splits) == {"validation"} and sp.names == ["a", "b"]
+    np.testing.assert_allclose(sp.boxes[0], [[12, 5, 18, 15]]) and sp.classes[0].tolist() == [1]
+    img(tmp_path / "coco" / "images" / "val2017" / "c.png", 40, 50)
+    (tmp_path / "coco" / "annotations").mkdir()
+    (tmp_path / "coco" / "annotations" / "instances_val2017.json").write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "c.png", "height": 40, "width": 50}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 18, "bbox": [5, 6, 10, 20], "iscrowd": 0},
+                        {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 4, 4], "iscrowd": 1}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]}))
+    sp = load_detection(str(tmp_path / "coco"), "validation")
+    assert sp.names == ["person", "dog"] and sp.classes[0].tolist() == [1]  # the crowd region is left out
+    np.testing.assert_allclose(sp.boxes[0], [[5, 6, 15, 26]])

@@ -106,6 +106,8 @@ def load_detection(spec: str, split: str | None) -> DetSplit:
         assert splits is not None and split is not None
         return _load_coco(root, splits[split], split)
     folder = root if splits is None else splits[split]
+    if splits is None and not _images(folder) and (root / "images").is_dir():
+        folder = root / "images"  # images/ with no split folders inside: one folder serves every split
     paths = _images(folder)
     if not paths:
         raise DataError(f"{folder} holds no images")
