@@ -84,7 +84,11 @@ def test_quantize_cnn_static_int8_of_every_op(cnn_quantized):
     out, man = cnn_quantized
     names = [c["name"] for c in man["candidates"]]
     w7 = "-w7" if man["int8_cpu"]["static_weight_bits"] == 7 else ""
-    assert names == [f"static-mse{w7}", f"static-minmax{w7}", f"static-mse-all-ops{w7}", f"static-minmax-all-ops{w7}"]
+    assert names[:4] == [f"static-mse{w7}", f"static-minmax{w7}", f"static-mse-all-ops{w7}",
+                         f"static-minmax-all-ops{w7}"]
+    # at most one more: a static candidate with the nodes whose INT8 kernels profiled slower kept float
+    sp = man["speed_fallback"]
+    assert sp["base"] in names[:4] and names[4:] == ([sp["candidate"]] if sp["nodes"] else [])
     assert not any(n.startswith("dynamic") for n in names)  # dynamic INT8 of convolutions is not tried
     assert man["data"]["calibration"].endswith("(train)") and man["data"]["eval"].endswith("(test)")
     assert man["calibration"]["samples"] == 100 and man["metric"] == "accuracy"
@@ -238,3 +242,16 @@ def test_a_model_exported_with_batch_one_is_run_and_timed_at_batch_one(tmp_path,
     base, comp = rep["models"]
     assert base["throughput_b1"] > 0 and "throughput_b32" not in base and "throughput_b8" not in base
     assert comp["accuracy"] > 0.8
+
+
+def test_profiler_maps_int8_kernels_back_to_their_graph_nodes(tmp_path, cnn_quantized, tiny_cnn_export):
+    from nanoify.quant.profile import slow_int8_nodes
+
+    out, man = cnn_quantized
+    plain = onnx.load(tiny_cnn_export / "model.onnx")
+    convs = [n.name for n in plain.graph.node if n.op_type == "Conv"]
+    feeds = [{"input": np.random.default_rng(i).random((1, 3, 16, 16), dtype=np.float32)} for i in range(6)]
+    rows = slow_int8_nodes(out / "model.int8.onnx", tiny_cnn_export / "model.onnx", convs, feeds, 1, tmp_path,
+                           share=-1e9)  # every node found in both profiles
+    assert {r["node"] for r in rows} == set(convs)
+    assert all(r["int8_ms"] > 0 and r["float_ms"] > 0 for r in rows)

@@ -79,3 +79,15 @@ def test_peak_rss_is_the_measuring_process_own():
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         child = pool.submit(_child_peak, grow).result()
     assert child >= grow and peak_rss_mb() < grow
+
+
+def test_slower_than_fp32_is_said_once_per_batch_size():
+    from nanoify.quant.run import slower_than_reference
+
+    ref = {"latency_ms_p50": 1.0, "throughput": 1000.0, "throughput_batch": 32}
+    slow = {"latency_ms_p50": 1.2, "throughput": 800.0}
+    assert len(slower_than_reference(slow, ref)) == 3  # batch 1, batch 32, what to do
+    assert slower_than_reference({"latency_ms_p50": 1.02, "throughput": 990.0}, ref) == []  # within the noise band
+    fixed = {**ref, "throughput_batch": 1}  # a batch-1 model: its throughput is batch 1 again, said once
+    words = slower_than_reference(slow, fixed)
+    assert len(words) == 2 and "batch 1" in words[0]

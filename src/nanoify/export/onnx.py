@@ -59,15 +59,21 @@ def _torch_logits(model: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
         return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
 
 
-def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
-    """An ONNX Runtime session with full graph optimisation on the CPU provider (by default)."""
+def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                level: str = "all", profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime session with full graph optimisation on the CPU provider (by default); ``level``
+    "extended" stops before layout transforms (NCHWc), ``profile_prefix`` turns ORT's per-node profiler on."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     try:
         return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - corrupt or unsupported graphs become one line

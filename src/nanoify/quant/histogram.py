@@ -14,8 +14,9 @@ With at least 8 fine bins per coarse bin, the view is the same (to a fraction of
 tensor arrived in one batch or in sixteen; the old design merged bins k at a time as the range grew and
 left 1025–1903 of 2048 bins populated after 16 batches.
 
-Memory per tensor is the fine array (at most ``FINE_MAX`` int64 = 1 MiB) plus a few scalars, whatever the
-number of calibration samples. Exact signed min and max are kept beside it (min-max ranges, signedness).
+Memory per tensor is the fine array (at most ``FINE_MAX`` int64 = 512 KiB; 128 to 256 KiB for the first
+batches' range) plus a few scalars, whatever the number of calibration samples. Exact signed min and max are
+kept beside it (min-max ranges, signedness).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import numpy as np
 from ..errors import DataError
 
 DEFAULT_BINS = 2048
-FINE_INIT = 1 << 15  # the first batch's max|x| lands within this many fine bins (16 per coarse bin)
-FINE_MAX = 1 << 17  # beyond this many fine bins, pairs are summed (never fewer than 8 per coarse bin)
+FINE_INIT = 1 << 14  # the first batch's max|x| lands within this many fine bins (8 to 16 per coarse bin)
+FINE_MAX = 1 << 16  # beyond this many fine bins, pairs are summed (never fewer than 8 per coarse bin)
 
 
 @dataclass(frozen=True)

@@ -370,6 +370,32 @@ def mixed_precision_base(cands: Sequence[Candidate], src: Source, ev: Any, ref: 
     return max(band, key=lambda c: c.metrics.get(src.task.agreement_key, 0.0))
 
 
+# ---- step 6b: speed fallback ------------------------------------------------------------------------------
+def speed_fallback(base: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path,
+                   cfg: QuantizeConfig) -> tuple[Candidate | None, dict[str, Any]]:
+    """``base`` with the nodes whose INT8 kernel profiles slower than their float kernel kept float (see
+    ``quant/profile.py``), evaluated; None when no node qualifies or ``base`` is not a static Q/DQ plan (the
+    dynamic graphs' node names do not survive ORT's rewrites). The final timing decides whether it is chosen."""
+    from .profile import slow_int8_nodes
+
+    info: dict[str, Any] = {"base": base.name, "nodes": []}
+    if not isinstance(base.plan.scheme, StaticQDQ) or base.path is None:
+        info["skipped"] = "only static Q/DQ plans are profiled"
+        return None, info
+    quantized = set(base.plan.units) - set(base.plan.float_nodes)
+    feeds = src.task.feeds(ev, src.task.batch_for(1), min(32, cfg.timing.latency_rows))
+    slow = slow_int8_nodes(base.path, src.sources[base.plan.scheme.graph], sorted(quantized), feeds, cfg.threads,
+                           work / "profile")
+    info["nodes"] = slow
+    if not slow:
+        return None, info
+    keep = list(base.plan.float_nodes) + [str(r["node"]) for r in slow]
+    fast = Candidate(f"{base.name}+fp32-speed[{len(slow)}]", base.plan.keep_float(keep))
+    evaluate_candidate(fast, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
+    info["candidate"] = fast.name
+    return fast, info
+
+
 # ---- step 7: timing and the choice ------------------------------------------------------------------------
 def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig) -> list[dict[str, Any]]:
     """Speed of each model with the timing bench uses (same rows, batches and rounds)."""
@@ -492,6 +518,12 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
                                           agreement_budget=ab)
             evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, ab)
             cands.append(mixed)
+        speed_plan: dict[str, Any] | None = None
+        if cfg.target == "cpu":
+            base = cands[-1] if plan is not None else mixed_precision_base(cands, src, ev, ref, cfg)
+            fast, speed_plan = speed_fallback(base, src, ev, ref, ranges, work, cfg)
+            if fast is not None:
+                cands.append(fast)
 
         timed = cfg.target == "cpu"
         if timed:  # the reference and every candidate, timed together
@@ -520,7 +552,8 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
                        budget_met=bool(records[idx]["meets_budget"]), metric=ref.metric, int8_cpu=cpu,
                        data={"eval": ev.where, "eval_rows": len(ev), "calibration": calib_set.where},
                        reference={"name": f"ONNX Runtime FP32 ({src.fused.name})", **ref.metrics},
-                       candidates=records, mixed_precision=plan, calibration=calib_info.get("info", {}),
+                       candidates=records, mixed_precision=plan, speed_fallback=speed_plan,
+                       calibration=calib_info.get("info", {}),
                        seconds=round(time.time() - t_start, 1), **extra)
         write_json(tmp / MANIFEST, man)
         (tmp / "report.md").write_text(format_report(man) + "\n")
@@ -608,6 +641,14 @@ def format_report(man: dict[str, Any]) -> str:
     if mp:
         lines += ["", f"Mixed precision from {mp['base']}: {len(mp['kept_fp32'])} node(s) kept FP32 "
                       f"(sensitivity on {mp['sensitivity_rows']} rows): {', '.join(mp['kept_fp32']) or 'none'}."]
+    sp = man.get("speed_fallback")
+    if sp and sp.get("nodes"):
+        slow = ", ".join(f"{r['node']} ({r['int8_ms']:.3f} ms INT8 vs {r['float_ms']:.3f} float)" for r in sp["nodes"])
+        lines += ["", f"INT8 kernels slower than float in {sp['base']} (ORT profiler, batch 1): {slow}; tried with "
+                      f"them kept float as {sp['candidate']}."]
+    elif sp:
+        why = sp.get("skipped") or f"no INT8 kernel of {sp['base']} profiled slower than its float kernel"
+        lines += ["", f"Speed fallback: {why}."]
     cpu = man.get("int8_cpu", {})
     lines += ["", f"CPU: {', '.join(cpu.get('cpu_flags', [])) or 'flags unknown'}; u8×s8 INT8 GEMM probe: "
                   f"{'saturates → 7-bit weights' if cpu.get('u8s8_saturates') else 'exact → 8-bit weights'}."]
@@ -624,7 +665,8 @@ def slower_than_reference(chosen: dict[str, Any], ref: dict[str, Any], tie: floa
         ratio = ref["latency_ms_p50"] / chosen["latency_ms_p50"]
         if ratio < 1 - tie:
             out.append(f"the chosen model is SLOWER than FP32 at batch 1 on this machine ({ratio:.2f}× its speed)")
-    if chosen.get("throughput") and ref.get("throughput"):
+    batch1 = ref.get("throughput_batch", 32) == 1  # a fixed-batch model: its throughput is batch 1 again
+    if chosen.get("throughput") and ref.get("throughput") and not (batch1 and out):
         ratio = chosen["throughput"] / ref["throughput"]
         if ratio < 1 - tie:
             out.append(f"the chosen model is SLOWER than FP32 at batch {ref.get('throughput_batch', 32)} on this "
