@@ -86,3 +86,29 @@ def test_excluded_nodes_stay_fp32_and_missing_ranges_fail(calibrated, tmp_path):
     partial = dict(list(ranges.items())[1:])
     with pytest.raises(ConfigError, match="no calibrated range"):
         quantize_static_qdq(src, tmp_path / "x.onnx", partial)
+
+
+def test_pre_optimize_removes_layout_noise_and_keeps_the_math(tmp_path):
+    """An Identity and a constant subexpression go (ORT's basic rewrites, as before quant_pre_process's
+    quantization); the outputs stay equal."""
+    from onnx import TensorProto, helper
+
+    from nanoify.export.onnx import ort_session
+    from nanoify.quant.run import pre_optimize
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 4, 1, 1)).astype(np.float32), "w")
+    one = numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Identity", ["c"], ["i"], name="id"),
+             helper.make_node("Add", ["one", "one"], ["two"], name="const_add"),  # foldable
+             helper.make_node("Mul", ["i", "two"], ["y"], name="mul")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8, 5, 5])], [w, one])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), src)
+    out = pre_optimize(src, tmp_path / "basic")
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    assert out != src and "Identity" not in ops and ops.count("Add") == 0 and "Conv" in ops
+    x = np.random.default_rng(1).normal(size=(2, 4, 5, 5)).astype(np.float32)
+    a, b = (ort_session(p).run(None, {"x": x})[0] for p in (src, out))
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

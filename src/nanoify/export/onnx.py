@@ -60,14 +60,18 @@ def _torch_logits(model: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                level: str = "all", profile_prefix: str | None = None) -> Any:
+                level: str = "all", profile_prefix: str | None = None, save_to: str | Path | None = None) -> Any:
     """An ONNX Runtime session with full graph optimisation on the CPU provider (by default); ``level``
-    "extended" stops before layout transforms (NCHWc), ``profile_prefix`` turns ORT's per-node profiler on."""
+    "extended" stops before layout transforms (NCHWc), "basic" at hardware-neutral rewrites; ``profile_prefix``
+    turns ORT's per-node profiler on; ``save_to`` writes the optimised graph."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
+    if save_to:
+        so.optimized_model_filepath = str(save_to)
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads

@@ -123,6 +123,9 @@ def prepare(model: str | Path, tmp: Path, task: str | None = None, preprocess: s
         fused.parent / "model.onnx").is_file() else fused
     if plain == fused:
         fused = plain = upgrade_opset(plain, tmp / "upgraded")
+    simple = pre_optimize(plain, tmp / "basic")
+    fused = simple if fused == plain else fused
+    plain = simple
     graphs = {}
     for key, p in (("plain", plain), ("fused", fused)):
         n_q = is_quantized(onnx_io(p)[2])
@@ -157,6 +160,28 @@ def upgrade_opset(path: Path, folder: Path) -> Path:
     out = folder / path.name
     onnx.save(up, str(out))
     log.info("%s: opset %d converted to %d for per-channel INT8", path, opset, MIN_OPSET)
+    return out
+
+
+def pre_optimize(path: Path, folder: Path) -> Path:
+    """The graph after ONNX Runtime's hardware-neutral ("basic") rewrites — constant folding, redundant
+    Reshape/Transpose pairs, Pad folded into pooling — as ONNX Runtime's own ``quant_pre_process`` does before
+    quantizing: Q/DQ then sits on the graph ORT will run. Measured on FastestDet (VNNI machine): 13 Reshape +
+    Transpose pairs of its channel shuffles and a Pad go, and its static INT8 runs 3% faster at batch 1.
+    ``path`` itself when its weights live in external files (over 2 GB) or ORT cannot load it."""
+    import onnx
+
+    from ..export.onnx import ort_session
+
+    m = onnx.load(str(path), load_external_data=False)
+    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer):
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / path.name
+    try:
+        ort_session(path, 1, level="basic", save_to=out)
+    except ModelError:
+        return path
     return out
 
 
