@@ -217,7 +217,7 @@ def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Seque
     tensors: dict[str, None] = {}
     for scope in scopes:
         tensors.update(dict.fromkeys(calibration_tensors(src.graphs["plain"], scope)))
-    bs = src.task.batch_for(16 if src.ref.task == "text-classification" else 32)
+    bs = src.task.batch_for(src.task.calib_batch)
     n_batches = math.ceil(len(calib_set) / bs)
     feeds = (f for _, f in src.task.batches(calib_set, bs))
     hists = calibrate_onnx(src.plain, tqdm(feeds, total=n_batches, desc="calibrate", unit="batch",

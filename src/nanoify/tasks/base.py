@@ -50,6 +50,7 @@ class Task:
     name = "task"
     default_calib_samples = 100
     default_batch = 32
+    calib_batch = 32  # rows per calibration pass (memory: every intermediate of one batch is live at once)
     max_batch: int | None = None  # a model exported with a fixed batch (many ONNX files take exactly 1)
     agreement_key = "top1_agreement"  # the agreement a ``--agreement-budget`` counts in
 

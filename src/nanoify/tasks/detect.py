@@ -154,6 +154,7 @@ class Detection(Task):
     default_calib_samples = 100
     timing_distinct_rows = 64
     default_batch = 8
+    calib_batch = 1  # a 640×640 YOLO holds about 0.4 GB of intermediates per image: calibrate one at a time
     agreement_key = "box_agreement"
 
     def __init__(self, preprocess: Preprocess, labels: list[str] | None, input_name: str, decoder: str,
@@ -197,9 +198,22 @@ class Detection(Task):
                        es.provenance)
 
     # -- feeds --------------------------------------------------------------------------------------------
-    def batch_for(self, batch_size: int) -> int:
-        """Dynamic H/W: one image per batch (each padded only to its own stride multiple)."""
-        return 1 if self.dynamic_hw else super().batch_for(batch_size)
+    # Dynamic H/W: an image alone is letterboxed into ``size`` and padded only to its own stride multiple (what
+    # batch-1 serving does, and how predictions are scored); images batched together share one shape, so each
+    # is letterboxed into the full ``size`` (rounded up to the stride). The batch's length decides, in
+    # ``batches`` and in ``add`` alike, so boxes always map back through the geometry that made them.
+    def predict(self, run: Any, es: EvalSet, batch_size: int | None = None, progress: bool = False,
+                desc: str = "predict") -> Any:
+        return super().predict(run, es, batch_size or (1 if self.dynamic_hw else None), progress, desc)
+
+    def full_size(self) -> Preprocess:
+        """The shape every image of a batch shares (dynamic H/W): ``size`` rounded up to the stride."""
+        th, tw = self.preprocess.size  # type: ignore[misc]
+        size = (math.ceil(th / self.stride) * self.stride, math.ceil(tw / self.stride) * self.stride)
+        return replace(self.preprocess, size=size, resize="letterbox")
+
+    def _pre(self, h: int, w: int, batched: bool) -> Preprocess:
+        return self.full_size() if batched and self.dynamic_hw else self.preprocess_for(h, w)
 
     def preprocess_for(self, h: int, w: int) -> Preprocess:
         """The preprocessing of one h×w image: the model's fixed size, or (dynamic H/W) the image letterboxed
@@ -214,11 +228,10 @@ class Detection(Task):
 
     def batches(self, es: EvalSet, batch_size: int, sort: bool = False) -> Iterator[tuple[np.ndarray, Feed]]:
         rows: DetRows = es.rows
-        bs = 1 if self.dynamic_hw else batch_size
-        for start in range(0, len(rows), bs):
-            b = np.arange(start, min(start + bs, len(rows)), dtype=np.int64)
+        for start in range(0, len(rows), batch_size):
+            b = np.arange(start, min(start + batch_size, len(rows)), dtype=np.int64)
             imgs = rows.load(b)
-            pre = self.preprocess_for(*imgs[0].shape[:2])
+            pre = self._pre(*imgs[0].shape[:2], batched=len(b) > 1)
             yield b, {self.input_name: pre(imgs)}
 
     # -- outputs ------------------------------------------------------------------------------------------
@@ -231,7 +244,7 @@ class Detection(Task):
         rows: DetRows = state["rows"]
         for j, i in enumerate(idx):
             h, w = rows.size(int(i))
-            pre = self.preprocess_for(h, w)
+            pre = self._pre(h, w, batched=len(idx) > 1)
             g = pre.geometry(h, w)
             one = {k: np.asarray(v)[j:j + 1] for k, v in outputs.items()}
             boxes, scores, classes = self.decode(one, tuple(pre.size), self.conf)  # type: ignore[arg-type]

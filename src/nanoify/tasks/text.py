@@ -75,6 +75,8 @@ class TextClassification(ClassificationTask):
     """Rows are token-id lists; feeds are ``input_ids``/``attention_mask``/``token_type_ids`` (those the model
     takes, ``input_names``)."""
 
+    calib_batch = 16
+
     name = "text-classification"
     default_calib_samples = 256
 
