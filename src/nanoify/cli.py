@@ -89,7 +89,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
     cfg = DistillConfig(teacher=a.teacher, student=a.student, init=a.init, alpha_hard=a.alpha_hard,
                         alpha_soft=a.alpha_soft, temperature=a.temperature, attention_weight=a.attention_weight,
                         hidden_weight=a.hidden_weight, embedding_weight=a.embedding_weight,
-                        layer_map=a.layer_map, stages=stages, data=_data_cfg(a), train=_train_cfg(a))
+                        relation_weight=a.relation_weight, relation_layer=a.relation_layer,
+                        relation_heads=a.relation_heads, layer_map=a.layer_map, stages=stages, data=_data_cfg(a),
+                        train=_train_cfg(a))
     man = distill(cfg, a.out, resume=a.resume)
     st = man["student"]
     print(f"student written to {a.out}: {st['layers']} layers, hidden {st['hidden']}, "
@@ -289,9 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="output folder (written atomically)")
     d.add_argument("--student", default="half",
                    help="half | tinybert | layers=4,hidden=312,heads=12,intermediate=1200 (default half)")
-    d.add_argument("--init", default="teacher-layers",
-                   help="teacher-layers (DistilBERT) | random (TinyBERT) | teacher-pca (fresh layers, teacher "
-                        "embeddings projected to the student width) | PATH of a smaller encoder")
+    d.add_argument("--init", default="auto",
+                   help="auto (default: teacher-layers when the student has the teacher's width, else "
+                        "teacher-pca) | teacher-layers (DistilBERT) | random (TinyBERT) | teacher-pca (fresh "
+                        "layers, teacher embeddings projected to the student width) | PATH of a smaller encoder")
     d.add_argument("--alpha-hard", type=float, default=0.5, help="weight of gold-label cross-entropy (0.5)")
     d.add_argument("--alpha-soft", type=float, default=1.0, help="weight of soft-target KL (1.0)")
     d.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of soft targets (2.0)")
@@ -299,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention-map MSE weight (default 1 with an intermediate stage, else 0)")
     d.add_argument("--hidden-weight", type=float, default=None, help="hidden-state MSE weight (same default)")
     d.add_argument("--embedding-weight", type=float, default=None, help="embedding-output MSE weight (same default)")
+    d.add_argument("--relation-weight", type=float, default=0.0,
+                   help="MiniLM-v2 self-attention relation KL (Q-Q, K-K, V-V) of a teacher layer against the "
+                        "student's last layer; any widths and head counts, no projection (default 0: off)")
+    d.add_argument("--relation-layer", type=int, default=0, help="teacher layer for relations (default: its last)")
+    d.add_argument("--relation-heads", type=int, default=0,
+                   help="relation heads (default: the student's head count when it divides both widths)")
     d.add_argument("--layer-map", default="uniform", help="uniform | last | 1:3,2:6,... (student:teacher)")
     d.add_argument("--stages", default="joint", help="joint | intermediate,prediction (TinyBERT two-stage)")
     _data_args(d)

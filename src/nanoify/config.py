@@ -86,18 +86,22 @@ class DistillConfig:
     """Teacher → student distillation.
 
     Intermediate-loss weights left as None resolve to 1.0 when the schedule has an ``intermediate``
-    stage and to 0.0 otherwise (logits-only distillation, where teacher logits are cached).
+    stage (and no relation loss is asked for) and to 0.0 otherwise (logits-only distillation, where teacher
+    logits are cached). ``relation_weight`` turns on MiniLM-v2 relation distillation (``distill/relations.py``).
     """
 
     teacher: str = ""
     student: str = "half"
-    init: str = "teacher-layers"
+    init: str = "auto"
     alpha_hard: float = 0.5
     alpha_soft: float = 1.0
     temperature: float = 2.0
     attention_weight: float | None = None
     hidden_weight: float | None = None
     embedding_weight: float | None = None
+    relation_weight: float = 0.0
+    relation_layer: int = 0  # teacher layer (1-based) whose Q/K/V relations the student's last layer learns; 0: last
+    relation_heads: int = 0  # relation heads R; 0: the student's head count when it divides both widths
     layer_map: str = "uniform"
     stages: tuple[str, ...] = ("joint",)
     data: DataConfig = field(default_factory=DataConfig)
@@ -105,7 +109,8 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
-        for name in ("alpha_hard", "alpha_soft", "attention_weight", "hidden_weight", "embedding_weight"):
+        for name in ("alpha_hard", "alpha_soft", "attention_weight", "hidden_weight", "embedding_weight",
+                     "relation_weight"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
         stages = tuple(self.stages)
@@ -114,18 +119,22 @@ class DistillConfig:
                f"--stages takes a comma list of {', '.join(STAGES)}; got {','.join(stages)}")
         inter = "intermediate" in stages
         for name in ("attention_weight", "hidden_weight", "embedding_weight"):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, 1.0 if inter else 0.0)
+            if getattr(self, name) is None:  # relations replace TinyBERT's layer losses unless asked for too
+                object.__setattr__(self, name, 1.0 if inter and not self.relation_weight else 0.0)
         if inter:
-            _check(self.attention_weight + self.hidden_weight + self.embedding_weight > 0,
-                   "the intermediate stage needs a non-zero --attention-weight, --hidden-weight or --embedding-weight")
+            _check(self.attention_weight + self.hidden_weight + self.embedding_weight + self.relation_weight > 0,
+                   "the intermediate stage needs a non-zero --attention-weight, --hidden-weight, --embedding-weight "
+                   "or --relation-weight")
+        _check(self.relation_layer >= 0 and self.relation_heads >= 0,
+               "--relation-layer and --relation-heads must be ≥ 0 (0: the teacher's last layer; automatic)")
         _check(self.alpha_hard + self.alpha_soft > 0 or stages == ("intermediate",),
                "--alpha-hard and --alpha-soft are both 0: the student would never learn the task")
 
     @property
     def uses_intermediate(self) -> bool:
-        """True when any attention, hidden-state or embedding loss is on in some stage."""
-        return (self.attention_weight or 0) + (self.hidden_weight or 0) + (self.embedding_weight or 0) > 0
+        """True when any attention, hidden-state, embedding or relation loss is on in some stage."""
+        return ((self.attention_weight or 0) + (self.hidden_weight or 0) + (self.embedding_weight or 0)
+                + self.relation_weight) > 0
 
 
 TARGETS = ("cpu", "tensorrt")

@@ -118,7 +118,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_teacher, tiny_dat
             distill(cfg, part, progress=False)
     finally:
         run_mod.train = orig
-    assert not part.exists() and (tmp_path / "part.ckpt" / "state.pt").is_file()
+    assert not part.exists() and (tmp_path / "part.ckpt" / "state.safetensors").is_file()
+    assert not list((tmp_path / "part.ckpt").glob("*.pt"))  # nothing that would be unpickled
     distill(cfg, part, resume=True, progress=False)
     a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
     assert a.keys() == b.keys()
@@ -172,7 +173,8 @@ def test_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tiny_teacher
     empty = tmp_path / "empty"
     write_tsv(empty / "train.tsv", [])
     assert "is empty" in _run_error(capsys, base + ["--data", str(empty)])
-    assert "--init random" in _run_error(capsys, base + ["--data", str(tiny_data), "--student", "hidden=16,heads=2"])
+    assert "--init random" in _run_error(capsys, base + ["--data", str(tiny_data), "--student", "hidden=16,heads=2",
+                                                        "--init", "teacher-layers"])
     assert "does not exist" in _run_error(capsys, ["distill", "--teacher", str(tmp_path / "t"), "--out", str(out)])
     # a student folder whose label map differs from the teacher's
     other = tmp_path / "other_labels"
@@ -237,3 +239,32 @@ def test_stale_checkpoint_is_an_error_for_resume_and_ignored_for_auto(tmp_path, 
     a, b = load_file(fresh / "model.safetensors"), load_file(out / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_finetune_twice_with_one_seed_gives_identical_weights(tmp_path, tiny_encoder, tiny_data):
+    """The classifier head is initialised from the run's seed, not from whatever the global RNG holds."""
+    from nanoify.config import FinetuneConfig
+    from nanoify.distill.run import finetune
+
+    cfg = FinetuneConfig(model=str(tiny_encoder), data=DataConfig(data=str(tiny_data), max_length=32),
+                         train=TrainConfig(max_steps=6, batch_size=32, lr=3e-3, seed=7))
+    finetune(cfg, tmp_path / "a", progress=False)
+    torch.rand(123)  # the global RNG moves on between runs, as it does in any longer session
+    finetune(cfg, tmp_path / "b", progress=False)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_relation_distillation_trains_a_narrow_student_without_projections(tmp_path, tiny_teacher, tiny_data):
+    cfg = _cfg(tiny_teacher, tiny_data, student="layers=2,hidden=16,heads=2,intermediate=32",
+               relation_weight=1.0, stages=("intermediate", "prediction"),
+               train=TrainConfig(max_steps=10, batch_size=32, lr=2e-3, log_every=5))
+    man = distill(cfg, tmp_path / "rel", progress=False)
+    rel = man["relations"]
+    assert rel["student_layer"] == 2 and rel["teacher_layer"] == 4 and rel["heads"] == 2
+    assert man["student"]["init"] == "teacher-pca" and man["student"]["init_asked"] == "auto"
+    assert man["projections"] == [] and man["layer_matches"] == []  # relations replace the layer losses
+    inter = man["stages"][0]
+    assert inter["name"] == "intermediate" and list(inter["weights"]) == [rel["term"]]
+    first = [h for h in _history(tmp_path / "rel") if h["stage"] == "intermediate"]
+    assert first[-1][rel["term"]] < first[0][rel["term"]]  # the student's relations move towards the teacher's

@@ -8,6 +8,7 @@ from nanoify.models.student import (
     build_student,
     copy_teacher_layers,
     parse_student_spec,
+    resolve_init,
     teacher_layer_choice,
 )
 
@@ -73,6 +74,19 @@ def test_teacher_layers_needs_same_width():
         build_student(teacher, spec, "teacher-layers", LabelMap(["0", "1"]))
     student, _ = build_student(teacher, spec, "random", LabelMap(["0", "1"]))
     assert student.config.hidden_size == 16 and student.config.num_hidden_layers == 2
+
+
+def test_auto_init_fits_the_student():
+    teacher = _teacher()
+    half = parse_student_spec("half", teacher.config)
+    narrow = parse_student_spec("layers=2,hidden=16,heads=4", teacher.config)
+    wide = parse_student_spec("layers=2,hidden=64,heads=4", teacher.config)
+    assert resolve_init(teacher.config, half) == "teacher-layers"
+    assert resolve_init(teacher.config, narrow) == "teacher-pca"
+    assert resolve_init(teacher.config, wide) == "random"
+    student, _ = build_student(teacher, half, "auto", LabelMap(["0", "1"]))
+    copied = teacher.bert.encoder.layer[teacher_layer_choice(3, 6)[0]].attention.self.query.weight
+    assert torch.equal(student.bert.encoder.layer[0].attention.self.query.weight, copied)
 
 
 def test_unknown_init_is_clear():

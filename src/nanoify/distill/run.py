@@ -23,7 +23,7 @@ from ..config import DataConfig, DistillConfig, FinetuneConfig, config_hash, to_
 from ..data.text import LabelMap, TextData, encode_texts, load_text_data
 from ..errors import ConfigError, DataError, ModelError
 from ..models.load import count_parameters, encoder_flops_per_token, load_classifier, save_classifier
-from ..models.student import StudentSpec, build_student, parse_student_spec, teacher_layer_choice
+from ..models.student import INITS, StudentSpec, build_student, parse_student_spec, resolve_init, teacher_layer_choice
 from ..tasks.classify import agreement_table as agreement
 from ..tasks.classify import classification_metrics
 from ..tasks.text import predict_logits
@@ -96,7 +96,11 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
     label_map = LabelMap.from_values(tr.labels)
     if len(label_map) < 2:
         raise DataError(f"the train split of {data.spec} has a single label {label_map.names}; need two or more")
-    model, tok, _ = load_classifier(cfg.model, label_map=label_map)
+    # a new classification head is drawn from torch's global RNG: seed it from the run, or two runs with one
+    # seed start from different heads and end with different weights (tests/e2e/test_distill.py)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model, tok, _ = load_classifier(cfg.model, label_map=label_map)
     ids = encode_texts(tok, tr.texts, cfg.data.max_length)
     y = torch.tensor(label_map.encode(tr.labels, "train split"))
 
@@ -126,9 +130,11 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
     return type(a).__name__ == type(b).__name__ and a.get_vocab() == b.get_vocab()
 
 
-def _stages(cfg: DistillConfig, matches: list[LayerMatch], steps: int) -> list[Stage]:
+def _stages(cfg: DistillConfig, matches: list[LayerMatch], steps: int, rel_key: str | None = None) -> list[Stage]:
     logit_w = {"kd_kl": cfg.alpha_soft, "hard_ce": cfg.alpha_hard}
     inter_w = {_term(m): m.weight for m in matches}
+    if rel_key:
+        inter_w[rel_key] = cfg.relation_weight
     out = []
     for name in cfg.stages:
         w = {"joint": {**logit_w, **inter_w}, "intermediate": inter_w, "prediction": logit_w}[name]
@@ -187,9 +193,11 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     tr = _train_split(data)
     y = torch.tensor(label_map.encode(tr.labels, f"train split of {data.spec}"))
     spec: StudentSpec | None = None
-    if cfg.init in ("teacher-layers", "random", "teacher-pca"):
+    init = cfg.init
+    if init in INITS:
         spec = parse_student_spec(cfg.student, teacher.config)
-    student, s_tok = build_student(teacher, spec, cfg.init, label_map, seed=cfg.train.seed)
+        init = resolve_init(teacher.config, spec) if init == "auto" else init
+    student, s_tok = build_student(teacher, spec, init, label_map, seed=cfg.train.seed)
     s_tok = s_tok or t_tok
     same_tok = s_tok is t_tok or _same_tokenizer(s_tok, t_tok)
     if not same_tok and cfg.uses_intermediate:
@@ -209,9 +217,19 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         if m.feature in ("hidden", "embedding") and sc.hidden_size != tc.hidden_size:
             proj[_term(m)] = torch.nn.Linear(sc.hidden_size, tc.hidden_size)
 
+    rel_key, rel_heads, caps = None, 0, None
+    if cfg.relation_weight > 0:
+        from .relations import QKVCapture, relation_heads
+
+        t_layer = cfg.relation_layer or n_t
+        rel_key = f"relation_kl_s{n_s}_t{t_layer}"
+        rel_heads = relation_heads(sc.hidden_size, tc.hidden_size, sc.num_attention_heads, cfg.relation_heads)
+        caps = (QKVCapture(student, n_s - 1), QKVCapture(teacher, t_layer - 1))
+        log.info("relation distillation: student layer %d ← teacher layer %d, %d relation heads", n_s, t_layer,
+                 rel_heads)
     s_ids = encode_texts(s_tok, tr.texts, cfg.data.max_length)
     t_ids = s_ids if same_tok else encode_texts(t_tok, tr.texts, cfg.data.max_length)
-    stages = _stages(cfg, matches, steps_for(len(s_ids), cfg.train))
+    stages = _stages(cfg, matches, steps_for(len(s_ids), cfg.train), rel_key)
     run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
     ckpt = _ckpt_dir(out)
     needs_cache = any("kd_kl" in s.weights and not any(k not in LOGIT_TERMS for k in s.weights) for s in stages)
@@ -229,7 +247,8 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         need_hid = any(m.feature != "attention" for m in inter)
         s_out = student(**batch, output_attentions=need_att, output_hidden_states=need_hid)
         t_out = None
-        if inter or ("kd_kl" in w and cached is None):
+        rel = rel_key is not None and rel_key in w
+        if inter or rel or ("kd_kl" in w and cached is None):
             with torch.no_grad():
                 t_out = teacher(**batch, output_attentions=need_att, output_hidden_states=need_hid)
         terms: dict[str, torch.Tensor] = {}
@@ -249,23 +268,33 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
                 terms[key] = L.embedding_loss(s_feat, t_feat, mask, p)
             else:
                 terms[key] = L.hidden_mse(s_feat, t_feat, mask, p)
+        if caps is not None:
+            s_qkv, t_qkv = caps[0].take(), (caps[1].take() if t_out is not None else None)
+            if rel and t_qkv is not None:
+                from .relations import relation_kl
+
+                terms[rel_key] = relation_kl(s_qkv, t_qkv, mask, rel_heads)  # type: ignore[index]
         return terms
 
     history = train(student, proj, s_ids, _pad_id(s_tok), stages, cfg.train, loss_fn, ckpt, resume, run_key,
                     progress=progress)
+    for c in caps or ():
+        c.remove()
     metrics, diagnostics = _diagnose(cfg, student, s_tok, teacher, t_tok, label_map, data, cached, y)
     man = manifest(
         "distill", to_dict(cfg), data=data.provenance, labels=label_map.names,
         teacher={"path": str(Path(cfg.teacher).resolve()) if Path(cfg.teacher).exists() else cfg.teacher,
                  "layers": n_t, "hidden": tc.hidden_size, "parameters": count_parameters(teacher),
                  "encoder_parameters": count_parameters(teacher, encoder_only=True)},
-        student={"spec": spec.to_dict() if spec else None, "init": cfg.init,
-                 "init_teacher_layers": teacher_layer_choice(n_s, n_t) if cfg.init == "teacher-layers" else None,
+        student={"spec": spec.to_dict() if spec else None, "init": init, "init_asked": cfg.init,
+                 "init_teacher_layers": teacher_layer_choice(n_s, n_t) if init == "teacher-layers" else None,
                  "layers": n_s, "hidden": sc.hidden_size, "heads": sc.num_attention_heads,
                  "parameters": count_parameters(student),
                  "encoder_parameters": count_parameters(student, encoder_only=True),
                  "encoder_flops_ratio_vs_teacher": encoder_flops_per_token(tc) / encoder_flops_per_token(sc)},
         layer_matches=[m.to_dict() for m in matches],
+        relations=({"term": rel_key, "student_layer": n_s, "teacher_layer": cfg.relation_layer or n_t,
+                    "heads": rel_heads, "weight": cfg.relation_weight} if rel_key else None),
         projections=sorted(proj.keys()),
         stages=[{"name": s.name, "weights": s.weights, "steps": s.steps} for s in stages],
         teacher_logits_cached=cached is not None,

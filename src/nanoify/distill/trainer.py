@@ -3,14 +3,14 @@
 A run is a list of stages (TinyBERT's schedule is ``intermediate`` then ``prediction``); each stage has
 its own loss weights, step count and optimiser. Batches come from :func:`epoch_batches`, a pure function
 of (seed, stage, epoch), and the checkpoint stores model, projections, optimiser, scheduler and the torch
-RNG state (dropout), so a run resumed after a kill ends at the same weights as an uninterrupted one.
+RNG state (dropout), so a run resumed after a kill ends at the same weights as an uninterrupted one. The
+checkpoint is safetensors plus JSON (``checkpoint.py``): resuming never unpickles.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +21,9 @@ import torch
 from ..config import TrainConfig
 from ..data.text import collate, epoch_batches
 from ..errors import ConfigError
+from .checkpoint import CKPT_FILE, load_state, save_state
 
 log = logging.getLogger(__name__)
-
-CKPT_FILE = "state.pt"
 
 # loss_fn(stage, batch, row_indices) -> {term name: unweighted loss tensor}
 LossFn = Callable[["Stage", dict[str, torch.Tensor], list[int]], dict[str, torch.Tensor]]
@@ -46,12 +45,6 @@ def steps_for(n_rows: int, cfg: TrainConfig) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[int]], pad_id: int,
           stages: Sequence[Stage], cfg: TrainConfig, loss_fn: LossFn, ckpt_dir: Path | None = None,
           resume: bool | str = False, run_key: str = "", on_step: Callable[[int], None] | None = None,
@@ -60,8 +53,8 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
 
     Args:
         ids: token ids of every training row (the loss function maps row indices to labels/targets).
-        ckpt_dir: where ``state.pt`` is written every ``cfg.checkpoint_every`` steps (None: never).
-        resume: continue from ``ckpt_dir/state.pt`` when present; it must carry the same ``run_key``.
+        ckpt_dir: where ``state.safetensors`` is written every ``cfg.checkpoint_every`` steps (None: never).
+        resume: continue from ``ckpt_dir/state.safetensors`` when present; it must carry the same ``run_key``.
             ``"auto"``: a checkpoint of other settings is stale and is ignored (pipelines whose stage
             hashes already decide what reruns).
         on_step: called with the global step after each optimiser step (for tests and callers that stop).
@@ -77,7 +70,7 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
     state = None
     ckpt = ckpt_dir / CKPT_FILE if ckpt_dir else None
     if resume and ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = load_state(ckpt)
         if state.get("run_key") != run_key:
             if resume != "auto":
                 raise ConfigError(f"checkpoint in {ckpt_dir} was made with other settings; "
@@ -153,9 +146,9 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
             bar.update(1)
             if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == stage.steps):
                 nxt_stage, nxt_step = (si, step) if step < stage.steps else (si + 1, 0)
-                _save_atomic({"run_key": run_key, "model": model.state_dict(), "aux": aux.state_dict(),
-                              "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": torch.get_rng_state(),
-                              "stage": nxt_stage, "step": nxt_step, "history": history, "window": window}, ckpt)
+                save_state(ckpt, run_key=run_key, model=model.state_dict(), aux=aux.state_dict(),
+                           opt=opt.state_dict(), sched=sched.state_dict(), rng=torch.get_rng_state(),
+                           stage=nxt_stage, step=nxt_step, history=history, window=window)
             if on_step is not None:
                 on_step(global_step)
     bar.close()

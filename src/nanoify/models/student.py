@@ -164,6 +164,21 @@ def project_teacher_embeddings(teacher: Any, student: Any) -> Any:
     return basis
 
 
+INITS = ("auto", "teacher-layers", "random", "teacher-pca")
+
+
+def resolve_init(teacher_config: Any, spec: StudentSpec | None) -> str:
+    """``--init auto``: the teacher's layers when the student has the teacher's width (DistilBERT), else the
+    teacher's embeddings projected onto the student's width (fresh layers; TinyBERT-shaped students), else —
+    a student wider than its teacher — the architecture's own random initialisation."""
+    assert spec is not None
+    tc = teacher_config
+    if (spec.hidden, spec.heads, spec.intermediate) == (tc.hidden_size, tc.num_attention_heads,
+                                                          tc.intermediate_size):
+        return "teacher-layers"
+    return "teacher-pca" if spec.hidden <= tc.hidden_size else "random"
+
+
 def build_student(teacher: Any, spec: StudentSpec | None, init: str, label_map: LabelMap,
                   seed: int = 0) -> tuple[Any, Any | None]:
     """Create the student classifier. Returns (model, tokenizer or None to use the teacher's).
@@ -175,6 +190,8 @@ def build_student(teacher: Any, spec: StudentSpec | None, init: str, label_map: 
     from transformers import AutoModelForSequenceClassification
 
     tc = teacher.config
+    if init == "auto":
+        init = resolve_init(tc, spec)
     if init in ("teacher-layers", "random", "teacher-pca"):
         assert spec is not None
         if init == "teacher-layers":
