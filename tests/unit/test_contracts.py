@@ -91,3 +91,14 @@ def test_slower_than_fp32_is_said_once_per_batch_size():
     fixed = {**ref, "throughput_batch": 1}  # a batch-1 model: its throughput is batch 1 again, said once
     words = slower_than_reference(slow, fixed)
     assert len(words) == 2 and "batch 1" in words[0]
+
+
+def test_small_data_trains_at_least_min_steps_within_max_epochs():
+    from nanoify.distill.trainer import steps_for
+
+    cfg = TrainConfig(epochs=1, batch_size=32)  # defaults: at least 500 steps, at most 10 epochs
+    assert steps_for(67_349, cfg) == 2105  # big data: its epochs decide
+    assert steps_for(2_000, cfg) == 500  # 63 steps per epoch: 500 steps (8 epochs)
+    assert steps_for(640, cfg) == 200  # 20 steps per epoch: 10 epochs at most
+    assert steps_for(2_000, dataclasses.replace(cfg, min_steps=0)) == 63
+    assert steps_for(2_000, dataclasses.replace(cfg, max_steps=100)) == 100  # the cap wins

@@ -39,9 +39,12 @@ class Stage:
 
 
 def steps_for(n_rows: int, cfg: TrainConfig) -> int:
-    """Optimiser steps for ``cfg.epochs`` over ``n_rows`` rows (capped by ``max_steps``)."""
+    """Optimiser steps for ``cfg.epochs`` over ``n_rows`` rows; small data gets at least ``min_steps`` (but no
+    more than ``max_epochs`` epochs); ``max_steps`` caps everything."""
     per_epoch = math.ceil(n_rows / cfg.batch_size)
     steps = max(1, int(math.ceil(per_epoch * cfg.epochs)))
+    if cfg.min_steps > steps:
+        steps = max(steps, min(cfg.min_steps, int(math.ceil(per_epoch * cfg.max_epochs))))
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
