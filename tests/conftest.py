@@ -90,7 +90,7 @@ def tiny_teacher(tmp_path_factory, tiny_encoder, tiny_data) -> Path:
 
     out = tmp_path_factory.mktemp("teacher") / "teacher"
     cfg = FinetuneConfig(model=str(tiny_encoder), data=DataConfig(data=str(tiny_data), max_length=32),
-                         train=TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_ratio=0.1))
+                         train=TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_ratio=0.1, min_steps=0))
     man = finetune(cfg, out, progress=False)
     assert man["metrics"]["validation"]["accuracy"] > 0.8, man["metrics"]
     return out

@@ -32,6 +32,11 @@ def _train_args(p: argparse.ArgumentParser, lr: float) -> None:
     g.add_argument("--min-steps", type=int, default=500,
                    help="small data trains longer: at least this many steps per stage (default 500; 0: off) ...")
     g.add_argument("--max-epochs", type=float, default=10.0, help="... but never more epochs than this (default 10)")
+    g.add_argument("--holdout", type=float, default=0.1,
+                   help="when --min-steps lengthens training, this share of the training rows judges early "
+                        "stopping (default 0.1; 0: off)")
+    g.add_argument("--patience", type=int, default=3, help="held-out evaluations without a new best before "
+                                                          "stopping (default 3)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
     g.add_argument("--weight-decay", type=float, default=0.01)
@@ -53,6 +58,7 @@ def _train_cfg(a: argparse.Namespace) -> Any:
     from .config import TrainConfig
 
     return TrainConfig(epochs=a.epochs, max_steps=a.max_steps, min_steps=a.min_steps, max_epochs=a.max_epochs,
+                       holdout=a.holdout, patience=a.patience,
                        batch_size=a.batch_size, lr=a.lr,
                        weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, seed=a.seed,
                        checkpoint_every=a.checkpoint_every)

@@ -55,6 +55,10 @@ class TrainConfig:
     # MiniLM: 1 epoch = 63 steps gave 65.4% test accuracy, 5 epochs = 315 steps 94.0%)
     min_steps: int = 500
     max_epochs: float = 10.0
+    # when that rule lengthens a stage (small data), this share of the training rows is held out and the stage
+    # stops after `patience` evaluations without a lower held-out loss, keeping its best weights (0: off)
+    holdout: float = 0.1
+    patience: int = 3
     batch_size: int = 32
     lr: float = 5e-5
     weight_decay: float = 0.01
@@ -68,6 +72,7 @@ class TrainConfig:
         _check(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
         _check(self.max_steps is None or self.max_steps > 0, "--max-steps must be positive")
         _check(self.min_steps >= 0 and self.max_epochs > 0, "--min-steps must be ≥ 0 and --max-epochs positive")
+        _check(0 <= self.holdout < 0.5 and self.patience >= 1, "--holdout must be in [0, 0.5), --patience ≥ 1")
         _check(self.batch_size > 0, "--batch-size must be positive")
         _check(self.lr > 0, "--lr must be positive")
         _check(0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)")

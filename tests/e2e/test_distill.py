@@ -38,7 +38,7 @@ def test_narrow_student_with_all_losses_learns_and_round_trips(tmp_path, tiny_te
     out = tmp_path / "student"
     cfg = _cfg(tiny_teacher, tiny_data, student="layers=2,hidden=16,heads=2,intermediate=32", init="random",
                attention_weight=1.0, hidden_weight=1.0, embedding_weight=1.0,
-               train=TrainConfig(epochs=5, batch_size=32, lr=3e-3, log_every=10))
+               train=TrainConfig(epochs=5, batch_size=32, lr=3e-3, log_every=10, min_steps=0))
     man = distill(cfg, out, progress=False)
     hist = _history(out)
     # attention maps are also pulled by the task terms here; the two-stage test checks them falling alone
@@ -81,7 +81,8 @@ def test_two_stage_schedule_runs_each_stage_with_its_terms(tmp_path, tiny_teache
     out = tmp_path / "two"
     man = distill(_cfg(tiny_teacher, tiny_data, student="layers=2,hidden=16,heads=2,intermediate=32", init="random",
                        stages=("intermediate", "prediction"),
-                       train=TrainConfig(epochs=2, batch_size=32, lr=3e-3, log_every=5)), out, progress=False)
+                       train=TrainConfig(epochs=2, batch_size=32, lr=3e-3, log_every=5, min_steps=0)), out,
+                 progress=False)
     names = [s["name"] for s in man["stages"]]
     assert names == ["intermediate", "prediction"]
     inter, pred = man["stages"]
@@ -269,3 +270,46 @@ def test_relation_distillation_trains_a_narrow_student_without_projections(tmp_p
     assert inter["name"] == "intermediate" and list(inter["weights"]) == [rel["term"]]
     first = [h for h in _history(tmp_path / "rel") if h["stage"] == "intermediate"]
     assert first[-1][rel["term"]] < first[0][rel["term"]]  # the student's relations move towards the teacher's
+
+
+def test_small_data_holds_out_a_slice_and_stops_early_resumably(tmp_path, tiny_encoder, tiny_data):
+    """640 rows at batch 32 are 20 steps an epoch: the default schedule lengthens the run (min steps, within 10
+    epochs), holds out 10% of the rows and stops when their loss stops falling, keeping the best step; a run
+    killed and resumed ends at the same weights."""
+    from nanoify.config import FinetuneConfig
+    from nanoify.distill import run as run_mod
+    from nanoify.distill.run import finetune
+    from nanoify.distill.trainer import holdout_split
+
+    cfg = FinetuneConfig(model=str(tiny_encoder), data=DataConfig(data=str(tiny_data), max_length=32),
+                         train=TrainConfig(epochs=1, batch_size=32, lr=3e-3, patience=2, checkpoint_every=7))
+    keep, held = holdout_split(640, cfg.train)
+    assert len(held) == 64 and not set(keep) & set(held) and holdout_split(640, cfg.train) == (keep, held)
+    assert holdout_split(64_000, cfg.train)[1] == []  # big data: its epochs decide, every row trains
+    man = finetune(cfg, tmp_path / "full", progress=False)
+    tr = man["train"]
+    assert tr["steps"] == 200 and tr["holdout_rows"] == 64
+    hist = _history(tmp_path / "full")
+    losses = [h["holdout_loss"] for h in hist if "holdout_loss" in h]
+    assert len(losses) >= 3
+    (stop,) = tr["early_stops"]  # measured: stops at step 120, keeps step 80 (the lowest held-out loss)
+    assert stop["kept_step"] < stop["stopped_at"] < 200 and stop["holdout_loss"] == min(losses)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(step):
+        if step == 30:
+            raise Killed
+
+    orig = run_mod.train
+    run_mod.train = lambda *a, **k: orig(*a, **{**k, "on_step": kill_at})
+    try:
+        with pytest.raises(Killed):
+            finetune(cfg, tmp_path / "part", progress=False)
+    finally:
+        run_mod.train = orig
+    finetune(cfg, tmp_path / "part", resume=True, progress=False)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _history(tmp_path / "full") == _history(tmp_path / "part")

@@ -31,13 +31,20 @@ def _jsonable(obj: Any, where: str) -> Any:
     raise TypeError(f"checkpoint field {where} is a {type(obj).__name__}, which JSON cannot hold")
 
 
+STATE_DICTS = ("model", "aux", "best_model", "best_aux")  # tensors saved under these prefixes
+
+
 def save_state(path: Path, *, run_key: str, model: dict[str, torch.Tensor], aux: dict[str, torch.Tensor],
-               opt: dict[str, Any], sched: dict[str, Any], rng: torch.Tensor, **position: Any) -> None:
-    """Write a checkpoint to ``path`` atomically (``position``: stage, step, history, window — JSON values)."""
+               opt: dict[str, Any], sched: dict[str, Any], rng: torch.Tensor,
+               best_model: dict[str, torch.Tensor] | None = None, best_aux: dict[str, torch.Tensor] | None = None,
+               **position: Any) -> None:
+    """Write a checkpoint to ``path`` atomically (``position``: stage, step, history, window, early-stopping
+    counters — JSON values; ``best_*``: the best held-out weights of the current stage)."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, sd in (("model", model), ("aux", aux)):
+    for prefix, sd in (("model", model), ("aux", aux), ("best_model", best_model or {}),
+                       ("best_aux", best_aux or {})):
         for k, v in sd.items():
             tensors[f"{prefix}/{k}"] = v.detach().cpu().clone().contiguous()  # clone: tied weights share storage
     opt_tensors: dict[str, dict[str, Any]] = {}  # param index → {key: JSON value}; tensors go to the file
@@ -69,11 +76,11 @@ def load_state(path: Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - a damaged or foreign file is one line
         raise ConfigError(f"{path} is not a readable nanoify checkpoint ({type(e).__name__}); delete its folder "
                           "or rerun without --resume") from None
-    out: dict[str, Any] = {"model": {}, "aux": {}}
+    out: dict[str, Any] = {k: {} for k in STATE_DICTS}
     state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta.pop("opt_plain").items()}
     for k, v in tensors.items():
         head, _, rest = k.partition("/")
-        if head in ("model", "aux"):
+        if head in STATE_DICTS:
             out[head][rest] = v
         elif head == "opt":
             idx, _, key = rest.partition("/")

@@ -6,6 +6,7 @@ until the run completes, so ``resume=True`` continues a killed run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from ..tasks.classify import classification_metrics
 from ..tasks.text import predict_logits
 from . import losses as L
 from .mapping import LayerMatch, build_matches, features
-from .trainer import Stage, steps_for, train
+from .trainer import Stage, holdout_split, steps_for, train
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +102,20 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model, tok, _ = load_classifier(cfg.model, label_map=label_map)
-    ids = encode_texts(tok, tr.texts, cfg.data.max_length)
-    y = torch.tensor(label_map.encode(tr.labels, "train split"))
+    all_ids = encode_texts(tok, tr.texts, cfg.data.max_length)
+    all_y = torch.tensor(label_map.encode(tr.labels, "train split"))
+    keep, held = holdout_split(len(all_ids), cfg.train)
+    ids, y = [all_ids[i] for i in keep], all_y[keep]
 
     def loss_fn(stage: Stage, batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
         return {"hard_ce": L.hard_ce(model(**batch).logits, y[rows])}
 
-    stage = Stage("finetune", {"hard_ce": 1.0}, steps_for(len(ids), cfg.train))
+    stage = Stage("finetune", {"hard_ce": 1.0}, steps_for(len(all_ids), cfg.train), early_stop=bool(held))
     run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
     history = train(model, torch.nn.ModuleDict(), ids, _pad_id(tok), [stage], cfg.train, loss_fn,
-                    _ckpt_dir(out), resume, run_key, progress=progress)
+                    _ckpt_dir(out), resume, run_key, progress=progress,
+                    evaluate=_holdout_loss(model, [all_ids[i] for i in held], all_y[held], _pad_id(tok),
+                                           cfg.train.eval_batch_size) if held else None)
     metrics: dict[str, Any] = {}
     for split in ("validation", "test"):
         res = _eval_split(model, tok, label_map, data, split, cfg.data.max_length, cfg.train.eval_batch_size)
@@ -120,10 +125,27 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
                    model={"source": cfg.model, "parameters": count_parameters(model),
                           "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size},
                    train={"steps": stage.steps, "seconds": round(time.time() - t0, 1),
+                          **_early_summary(history, len(held)),
                           "first": history[0] if history else None, "last": history[-1] if history else None},
                    metrics=metrics, run_key=run_key)
     _finish(out, model, tok, label_map, man, history)
     return man
+
+
+def _holdout_loss(model: Any, ids: list[Any], y: torch.Tensor, pad_id: int, batch_size: int) -> Any:
+    """The early-stopping judge: cross-entropy of ``model`` on held-out training rows (gold labels)."""
+    def loss() -> float:
+        logits = torch.from_numpy(predict_logits(model, ids, pad_id, batch_size))
+        return float(torch.nn.functional.cross_entropy(logits, y))
+    return loss
+
+
+def _early_summary(history: list[dict[str, Any]], held: int) -> dict[str, Any]:
+    """What the manifest says about the held-out slice: its size, and where each early-stopped stage ended."""
+    stops = [h for h in history if h.get("early_stop")]
+    return {"holdout_rows": held,
+            "early_stops": [{"stage": h["stage"], "stopped_at": h["step"], "kept_step": h["best_step"],
+                             "holdout_loss": h["holdout_loss_best"]} for h in stops]}
 
 
 def _same_tokenizer(a: Any, b: Any) -> bool:
@@ -227,9 +249,13 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         caps = (QKVCapture(student, n_s - 1), QKVCapture(teacher, t_layer - 1))
         log.info("relation distillation: student layer %d ← teacher layer %d, %d relation heads", n_s, t_layer,
                  rel_heads)
-    s_ids = encode_texts(s_tok, tr.texts, cfg.data.max_length)
-    t_ids = s_ids if same_tok else encode_texts(t_tok, tr.texts, cfg.data.max_length)
-    stages = _stages(cfg, matches, steps_for(len(s_ids), cfg.train), rel_key)
+    all_s = encode_texts(s_tok, tr.texts, cfg.data.max_length)
+    all_t = all_s if same_tok else encode_texts(t_tok, tr.texts, cfg.data.max_length)
+    keep, held = holdout_split(len(all_s), cfg.train)  # small data: a held-out slice stops the logit stages
+    s_ids, t_ids = [all_s[i] for i in keep], [all_t[i] for i in keep]
+    y_all, y = y, y[keep]
+    stages = [dataclasses.replace(st, early_stop=bool(held) and bool(set(LOGIT_TERMS) & set(st.weights)))
+              for st in _stages(cfg, matches, steps_for(len(all_s), cfg.train), rel_key)]
     run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
     ckpt = _ckpt_dir(out)
     needs_cache = any("kd_kl" in s.weights and not any(k not in LOGIT_TERMS for k in s.weights) for s in stages)
@@ -277,10 +303,15 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         return terms
 
     history = train(student, proj, s_ids, _pad_id(s_tok), stages, cfg.train, loss_fn, ckpt, resume, run_key,
-                    progress=progress)
+                    progress=progress,
+                    evaluate=_holdout_loss(student, [all_s[i] for i in held], y_all[held], _pad_id(s_tok),
+                                           cfg.train.eval_batch_size) if held else None)
+    y = y_all
     for c in caps or ():
         c.remove()
-    metrics, diagnostics = _diagnose(cfg, student, s_tok, teacher, t_tok, label_map, data, cached, y)
+    # the cache covers the rows that trained; with a held-out slice the diagnostics' sample needs every row
+    metrics, diagnostics = _diagnose(cfg, student, s_tok, teacher, t_tok, label_map, data,
+                                     cached if not held else None, y)
     man = manifest(
         "distill", to_dict(cfg), data=data.provenance, labels=label_map.names,
         teacher={"path": str(Path(cfg.teacher).resolve()) if Path(cfg.teacher).exists() else cfg.teacher,
@@ -298,7 +329,8 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         projections=sorted(proj.keys()),
         stages=[{"name": s.name, "weights": s.weights, "steps": s.steps} for s in stages],
         teacher_logits_cached=cached is not None,
-        train={"seconds": round(time.time() - t0, 1), "first": history[0] if history else None,
+        train={"seconds": round(time.time() - t0, 1), **_early_summary(history, len(held)),
+               "first": history[0] if history else None,
                "last": history[-1] if history else None},
         metrics=metrics, diagnostics=diagnostics, run_key=run_key)
     _finish(out, student, s_tok, label_map, man, history)

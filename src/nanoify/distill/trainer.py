@@ -36,6 +36,25 @@ class Stage:
     name: str
     weights: dict[str, float]
     steps: int
+    early_stop: bool = False  # evaluate the held-out loss and stop when it no longer falls
+
+
+def extended(n_rows: int, cfg: TrainConfig) -> bool:
+    """True when the min-steps rule lengthens the schedule (small data): then a held-out slice stops training."""
+    per_epoch = math.ceil(n_rows / cfg.batch_size)
+    return cfg.min_steps > max(1, int(math.ceil(per_epoch * cfg.epochs))) and not cfg.max_steps
+
+
+def holdout_split(n_rows: int, cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """(training rows, held-out rows): a seeded ``cfg.holdout`` share held out when the data is small (see
+    :func:`extended`) and at least 20 rows would be held out; else every row trains."""
+    n_hold = int(n_rows * cfg.holdout)
+    if not extended(n_rows, cfg) or n_hold < 20:
+        return list(range(n_rows)), []
+    import numpy as np
+
+    hold = set(np.random.default_rng(cfg.seed + 7919).choice(n_rows, size=n_hold, replace=False).tolist())
+    return [i for i in range(n_rows) if i not in hold], sorted(hold)
 
 
 def steps_for(n_rows: int, cfg: TrainConfig) -> int:
@@ -48,10 +67,19 @@ def steps_for(n_rows: int, cfg: TrainConfig) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
+def _restore_best(model: torch.nn.Module, aux: torch.nn.Module, best: dict[str, Any] | None, es: dict[str, Any],
+                  step: int) -> None:
+    """End a stage with its best held-out weights (when early stopping measured any other step)."""
+    if best is not None and es.get("best_step") not in (None, step):
+        model.load_state_dict(best["model"])
+        aux.load_state_dict(best["aux"])
+        es["best_step"] = step  # restored: later calls at this step are no-ops
+
+
 def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[int]], pad_id: int,
           stages: Sequence[Stage], cfg: TrainConfig, loss_fn: LossFn, ckpt_dir: Path | None = None,
           resume: bool | str = False, run_key: str = "", on_step: Callable[[int], None] | None = None,
-          progress: bool = True) -> list[dict[str, Any]]:
+          progress: bool = True, evaluate: Callable[[], float] | None = None) -> list[dict[str, Any]]:
     """Train ``model`` (and the auxiliary projections ``aux``) through ``stages``.
 
     Args:
@@ -61,6 +89,9 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
             ``"auto"``: a checkpoint of other settings is stale and is ignored (pipelines whose stage
             hashes already decide what reruns).
         on_step: called with the global step after each optimiser step (for tests and callers that stop).
+        evaluate: the held-out loss (lower is better) for stages with ``early_stop``: measured every tenth of
+            the stage (at least every 10 steps); after ``cfg.patience`` measurements without a new best the
+            stage stops, and it ends with its best weights.
 
     Returns:
         The loss history: one dict per ``cfg.log_every`` steps with the mean of every unweighted term.
@@ -110,11 +141,18 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
         step = 0
         resuming = state is not None and si == start_stage and start_step > 0
+        early = stage.early_stop and evaluate is not None
+        every = max(10, stage.steps // 10)
+        es: dict[str, Any] = {"best": None, "best_step": 0, "bad": 0}
+        best_sd: dict[str, dict[str, torch.Tensor]] | None = None
         if resuming:
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             torch.set_rng_state(state["rng"])
             step = start_step
+            es = state.get("early") or es
+            if state.get("best_model"):
+                best_sd = {"model": state["best_model"], "aux": state.get("best_aux", {})}
         else:
             torch.manual_seed(cfg.seed * 1000 + si + 1)
         per_epoch = math.ceil(len(ids) / cfg.batch_size)
@@ -147,13 +185,39 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
                 bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in window.items()})
                 window = {}
             bar.update(1)
-            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == stage.steps):
-                nxt_stage, nxt_step = (si, step) if step < stage.steps else (si + 1, 0)
+            stop = False
+            if early and (step % every == 0 or step == stage.steps):
+                assert evaluate is not None
+                loss_h = float(evaluate())
+                model.train()
+                history.append({"stage": stage.name, "step": step, "holdout_loss": loss_h})
+                if es["best"] is None or loss_h < es["best"] - 1e-6:
+                    es = {"best": loss_h, "best_step": step, "bad": 0}
+                    best_sd = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                               "aux": {k: v.detach().clone() for k, v in aux.state_dict().items()}}
+                else:
+                    es = {**es, "bad": es["bad"] + 1}
+                    stop = es["bad"] >= cfg.patience
+                if stop:
+                    log.info("%s: held-out loss has not improved for %d evaluations; stopping at step %d and "
+                             "keeping step %d", stage.name, cfg.patience, step, es["best_step"])
+                    history.append({"stage": stage.name, "step": step, "early_stop": True,
+                                    "best_step": es["best_step"], "holdout_loss_best": es["best"]})
+            if ckpt is not None and (stop or step % cfg.checkpoint_every == 0 or step == stage.steps):
+                if stop or step == stage.steps:
+                    _restore_best(model, aux, best_sd, es, step)
+                nxt_stage, nxt_step = (si, step) if step < stage.steps and not stop else (si + 1, 0)
                 save_state(ckpt, run_key=run_key, model=model.state_dict(), aux=aux.state_dict(),
                            opt=opt.state_dict(), sched=sched.state_dict(), rng=torch.get_rng_state(),
-                           stage=nxt_stage, step=nxt_step, history=history, window=window)
+                           stage=nxt_stage, step=nxt_step, history=history, window=window, early=es,
+                           best_model=best_sd["model"] if best_sd and nxt_stage == si else {},
+                           best_aux=best_sd["aux"] if best_sd and nxt_stage == si else {})
             if on_step is not None:
                 on_step(global_step)
+            if stop:
+                break
+        _restore_best(model, aux, best_sd, es, step)
+        global_step += stage.steps - step  # a stage stopped early counts as done
     bar.close()
     model.eval()
     return history
