@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nanoify-installed
 DEMO := runs/demo
 
-.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-yolo bench-calib clean-demo
+.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-yolo bench-calib bench-distill-small clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-detect: $(STAMP)
 # needs a venv with nvidia-modelopt (not a nanoify dependency): MODELOPT_PY=/path/to/venv/bin/python
 bench-yolo: $(STAMP)
 	$(PY) benchmarks/yolo_layout_speed.py
+
+bench-distill-small: $(STAMP)
+	$(PY) benchmarks/distill_small.py
 
 bench-calib: $(STAMP)
 	$(PY) benchmarks/calibration_vs_modelopt.py $(if $(MODELOPT_PY),--modelopt-python $(MODELOPT_PY))

@@ -100,8 +100,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
                         alpha_soft=a.alpha_soft, temperature=a.temperature, attention_weight=a.attention_weight,
                         hidden_weight=a.hidden_weight, embedding_weight=a.embedding_weight,
                         relation_weight=a.relation_weight, relation_layer=a.relation_layer,
-                        relation_heads=a.relation_heads, layer_map=a.layer_map, stages=stages, data=_data_cfg(a),
-                        train=_train_cfg(a))
+                        relation_heads=a.relation_heads, augment=a.augment, augment_prob=a.augment_prob,
+                        augment_neighbours=a.augment_neighbours, layer_map=a.layer_map, stages=stages,
+                        data=_data_cfg(a), train=_train_cfg(a))
     man = distill(cfg, a.out, resume=a.resume)
     st = man["student"]
     print(f"student written to {a.out}: {st['layers']} layers, hidden {st['hidden']}, "
@@ -318,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--relation-layer", type=int, default=0, help="teacher layer for relations (default: its last)")
     d.add_argument("--relation-heads", type=int, default=0,
                    help="relation heads (default: the student's head count when it divides both widths)")
+    d.add_argument("--augment", type=int, default=0,
+                   help="TinyBERT-style augmentation: N variants per training sentence, each word replaced with "
+                        "probability --augment-prob (0.4) by one of its --augment-neighbours (15) nearest tokens in "
+                        "the teacher's input embeddings; the teacher labels them (default 0: off)")
+    d.add_argument("--augment-prob", type=float, default=0.4, help=argparse.SUPPRESS)
+    d.add_argument("--augment-neighbours", type=int, default=15, help=argparse.SUPPRESS)
     d.add_argument("--layer-map", default="uniform", help="uniform | last | 1:3,2:6,... (student:teacher)")
     d.add_argument("--stages", default="joint", help="joint | intermediate,prediction (TinyBERT two-stage)")
     _data_args(d)

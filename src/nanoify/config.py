@@ -112,6 +112,9 @@ class DistillConfig:
     relation_weight: float = 0.0
     relation_layer: int = 0  # teacher layer (1-based) whose Q/K/V relations the student's last layer learns; 0: last
     relation_heads: int = 0  # relation heads R; 0: the student's head count when it divides both widths
+    augment: int = 0  # TinyBERT-style variants per training sentence, labelled by the teacher (distill/augment.py)
+    augment_prob: float = 0.4
+    augment_neighbours: int = 15
     layer_map: str = "uniform"
     stages: tuple[str, ...] = ("joint",)
     data: DataConfig = field(default_factory=DataConfig)
@@ -135,6 +138,8 @@ class DistillConfig:
             _check(self.attention_weight + self.hidden_weight + self.embedding_weight + self.relation_weight > 0,
                    "the intermediate stage needs a non-zero --attention-weight, --hidden-weight, --embedding-weight "
                    "or --relation-weight")
+        _check(self.augment >= 0 and 0 < self.augment_prob <= 1 and self.augment_neighbours >= 1,
+               "--augment must be ≥ 0, --augment-prob in (0, 1], --augment-neighbours ≥ 1")
         _check(self.relation_layer >= 0 and self.relation_heads >= 0,
                "--relation-layer and --relation-heads must be ≥ 0 (0: the teacher's last layer; automatic)")
         _check(self.alpha_hard + self.alpha_soft > 0 or stages == ("intermediate",),

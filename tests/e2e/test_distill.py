@@ -313,3 +313,15 @@ def test_small_data_holds_out_a_slice_and_stops_early_resumably(tmp_path, tiny_e
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _history(tmp_path / "full") == _history(tmp_path / "part")
+
+
+def test_augmented_distillation_labels_variants_with_the_teacher(tmp_path, tiny_teacher, tiny_data):
+    cfg = _cfg(tiny_teacher, tiny_data, student="layers=2,hidden=16,heads=2,intermediate=32", augment=2,
+               train=TrainConfig(max_steps=12, batch_size=32, lr=2e-3, log_every=6))
+    man = distill(cfg, tmp_path / "aug", progress=False)
+    aug = man["augmentation"]
+    assert aug["rows"] == 640 and aug["variant_rows"] == 1280 and aug["source"] == "teacher input embeddings"
+    assert aug["variants_changed"] > 640 and aug["teacher_rows_labelled"] == 1920  # cached once, all rows
+    assert all(np.isfinite(h["hard_ce"]) for h in _history(tmp_path / "aug") if "hard_ce" in h)
+    with pytest.raises(ConfigError, match="augment-prob"):
+        _cfg(tiny_teacher, tiny_data, augment=1, augment_prob=0.0)

@@ -28,8 +28,14 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
 
 
 def hard_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with the gold labels. logits (B, C), labels (B,) int64."""
-    return F.cross_entropy(logits, labels)
+    """Cross-entropy with the gold labels. logits (B, C), labels (B,) int64; a label < 0 (an augmented row,
+    whose gold label is unknown) does not count, and a batch of such rows contributes 0."""
+    known = labels >= 0
+    if bool(known.all()):
+        return F.cross_entropy(logits, labels)
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[known], labels[known])
 
 
 def attention_mse(student_att: torch.Tensor, teacher_att: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

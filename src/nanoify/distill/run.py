@@ -254,14 +254,28 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     keep, held = holdout_split(len(all_s), cfg.train)  # small data: a held-out slice stops the logit stages
     s_ids, t_ids = [all_s[i] for i in keep], [all_t[i] for i in keep]
     y_all, y = y, y[keep]
+    aug_info = None
+    if cfg.augment:
+        if not same_tok:
+            raise ConfigError("--augment rewrites token ids, so teacher and student must share a tokenizer")
+        from .augment import IGNORE, augment
+
+        t_aug = time.time()
+        extra, aug_info = augment(s_ids, s_tok, teacher.get_input_embeddings().weight, cfg.augment,
+                                  cfg.augment_prob, cfg.augment_neighbours, cfg.train.seed)
+        s_ids = t_ids = s_ids + extra
+        y = torch.cat([y, torch.full((len(extra),), IGNORE, dtype=y.dtype)])
+        aug_info["seconds"] = round(time.time() - t_aug, 1)
     stages = [dataclasses.replace(st, early_stop=bool(held) and bool(set(LOGIT_TERMS) & set(st.weights)))
-              for st in _stages(cfg, matches, steps_for(len(all_s), cfg.train), rel_key)]
+              for st in _stages(cfg, matches, steps_for(len(s_ids) + len(held), cfg.train), rel_key)]
     run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
     ckpt = _ckpt_dir(out)
     needs_cache = any("kd_kl" in s.weights and not any(k not in LOGIT_TERMS for k in s.weights) for s in stages)
     cached = None
     if needs_cache:
         cached = _teacher_logits(teacher, cfg.teacher, t_ids, _pad_id(t_tok), cfg.train.eval_batch_size, progress)
+    if aug_info is not None:  # the cost of the variants: teacher passes over them (once, cached) or every step
+        aug_info["teacher_rows_labelled"] = len(t_ids) if cached is not None else None
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -324,6 +338,7 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
                  "encoder_parameters": count_parameters(student, encoder_only=True),
                  "encoder_flops_ratio_vs_teacher": encoder_flops_per_token(tc) / encoder_flops_per_token(sc)},
         layer_matches=[m.to_dict() for m in matches],
+        augmentation=aug_info,
         relations=({"term": rel_key, "student_layer": n_s, "teacher_layer": cfg.relation_layer or n_t,
                     "heads": rel_heads, "weight": cfg.relation_weight} if rel_key else None),
         projections=sorted(proj.keys()),
