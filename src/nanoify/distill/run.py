@@ -140,6 +140,21 @@ def _holdout_loss(model: Any, ids: list[Any], y: torch.Tensor, pad_id: int, batc
     return loss
 
 
+def _holdout_distill_loss(cfg: DistillConfig, student: Any, teacher: Any, s_ids: list[Any], t_ids: list[Any],
+                          y: torch.Tensor, s_pad: int, t_pad: int) -> Any:
+    """The early-stopping judge of distillation: the logit objective itself (alpha_soft · soft KL to the
+    teacher + alpha_hard · gold CE) on held-out training rows. Gold CE alone stopped students too early in
+    benchmarks/distill_small.py: it rises as a student grows confident while its accuracy still improves."""
+    bs = cfg.train.eval_batch_size
+    t_logits = torch.from_numpy(predict_logits(teacher, t_ids, t_pad, bs))  # once: the teacher is fixed
+
+    def loss() -> float:
+        s_logits = torch.from_numpy(predict_logits(student, s_ids, s_pad, bs))
+        return float(cfg.alpha_soft * L.kd_kl(s_logits, t_logits, cfg.temperature)
+                     + cfg.alpha_hard * L.hard_ce(s_logits, y))
+    return loss
+
+
 def _early_summary(history: list[dict[str, Any]], held: int) -> dict[str, Any]:
     """What the manifest says about the held-out slice: its size, and where each early-stopped stage ended."""
     stops = [h for h in history if h.get("early_stop")]
@@ -318,8 +333,9 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
 
     history = train(student, proj, s_ids, _pad_id(s_tok), stages, cfg.train, loss_fn, ckpt, resume, run_key,
                     progress=progress,
-                    evaluate=_holdout_loss(student, [all_s[i] for i in held], y_all[held], _pad_id(s_tok),
-                                           cfg.train.eval_batch_size) if held else None)
+                    evaluate=_holdout_distill_loss(cfg, student, teacher, [all_s[i] for i in held],
+                                                   [all_t[i] for i in held], y_all[held], _pad_id(s_tok),
+                                                   _pad_id(t_tok)) if held else None)
     y = y_all
     for c in caps or ():
         c.remove()
