@@ -24,3 +24,29 @@ def append(path: str | Path, text: str) -> None:
     print(text)
     with open(path, "a") as f:
         f.write(text.rstrip("\n") + "\n")
+
+
+def cached(out: Path, cfg: object) -> bool:
+    """A finished run with exactly this config is already in ``out`` (benchmarks reuse it)."""
+    from nanoify.artifacts import read_manifest
+    from nanoify.config import to_dict
+
+    man = read_manifest(out)
+    return bool(man) and man.get("config") == to_dict(cfg)
+
+
+def distil_all(runs: dict, cache: Path) -> dict[str, Path]:
+    """Distil every named config into ``cache/student{i}`` (resuming a killed run) unless a finished run with the
+    same config is there; the folders by name."""
+    import logging
+
+    from nanoify.distill.run import distill
+
+    folders = {}
+    for i, (name, cfg) in enumerate(runs.items()):
+        out = cache / f"student{i}"
+        if not cached(out, cfg):
+            logging.info("distilling %s", name)
+            distill(cfg, out, resume=True, progress=False)
+        folders[name] = out
+    return folders

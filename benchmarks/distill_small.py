@@ -29,16 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _results import append, machine_line  # noqa: E402
+from _results import append, cached, distil_all, machine_line  # noqa: E402
 
 from nanoify.artifacts import read_manifest  # noqa: E402
-from nanoify.config import DataConfig, DistillConfig, FinetuneConfig, TrainConfig, to_dict  # noqa: E402
-from nanoify.distill.run import distill, finetune  # noqa: E402
-
-
-def _cached(out: Path, cfg) -> bool:
-    man = read_manifest(out)
-    return bool(man) and man.get("config") == to_dict(cfg)
+from nanoify.config import DataConfig, DistillConfig, FinetuneConfig, TrainConfig  # noqa: E402
+from nanoify.distill.run import finetune  # noqa: E402
 
 
 def main() -> int:
@@ -54,7 +49,7 @@ def main() -> int:
     data = DataConfig(max_length=64, max_train=a.rows)
     tcfg = FinetuneConfig(model="minilm", data=data, train=TrainConfig(lr=5e-5))
     teacher = cache / "teacher"
-    if not _cached(teacher, tcfg):
+    if not cached(teacher, tcfg):
         finetune(tcfg, teacher, progress=False)
 
     def student(spec: str, lr: float, **kw) -> DistillConfig:
@@ -78,11 +73,7 @@ def main() -> int:
              f"| teacher MiniLM-L6 | 6×384 | {tman['model']['parameters'] / 1e6:.1f} | {100 * t_acc:.2f} | 1.000 | "
              f"{_ran(tman['train'], tman['train']['steps'])} | {tman['train']['seconds'] / 60:.1f} |"]
     accs = {}
-    for i, (name, cfg) in enumerate(runs.items()):
-        out = cache / f"student{i}"
-        if not _cached(out, cfg):
-            logging.info("distilling %s", name)
-            distill(cfg, out, progress=False)
+    for name, out in distil_all(runs, cache).items():
         man = read_manifest(out)
         acc = man["metrics"]["validation"]["accuracy"]
         accs[name] = acc

@@ -24,20 +24,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _results import cached, distil_all  # noqa: E402
 
 from nanoify.artifacts import machine, read_manifest, versions  # noqa: E402
 from nanoify.bench.latency import measure_speed  # noqa: E402
-from nanoify.config import DataConfig, DistillConfig, FinetuneConfig, TrainConfig, to_dict  # noqa: E402
-from nanoify.distill.run import distill, evaluate, finetune  # noqa: E402
+from nanoify.config import DataConfig, DistillConfig, FinetuneConfig, TrainConfig  # noqa: E402
+from nanoify.distill.run import evaluate, finetune  # noqa: E402
 from nanoify.models.load import count_parameters, encoder_flops_per_token, load_classifier  # noqa: E402
 
 NARROW = "layers=4,hidden=192,heads=12,intermediate=768"
 TARGETS = {"teacher_accuracy": 0.89, "half_ratio": 0.98, "narrow_ratio": 0.95, "narrow_flops": 4.0}
-
-
-def _cached(out: Path, cfg) -> bool:
-    man = read_manifest(out)
-    return bool(man) and man.get("config") == to_dict(cfg)
 
 
 def main() -> int:
@@ -61,7 +59,7 @@ def main() -> int:
     tcfg = FinetuneConfig(model="minilm", data=data,
                           train=TrainConfig(epochs=1, lr=5e-5, batch_size=32, checkpoint_every=300, max_steps=steps))
     teacher = cache / "teacher_sst2"
-    teacher_trained = not _cached(teacher, tcfg)
+    teacher_trained = not cached(teacher, tcfg)
     if teacher_trained:
         logging.info("fine-tuning the teacher (cached afterwards in %s)", teacher)
         finetune(tcfg, teacher, resume=True)
@@ -81,15 +79,8 @@ def main() -> int:
         "narrow, logits + intermediate": student("narrow_inter", student=NARROW, init="teacher-pca", lr=5e-4,
                                                  **inter),
     }
-    folders = {}
-    student_secs = {}
-    for i, (name, cfg) in enumerate(runs.items()):
-        out = cache / f"student{i}"
-        if not _cached(out, cfg):
-            logging.info("distilling %s", name)
-            distill(cfg, out, resume=True)
-        folders[name] = out
-        student_secs[name] = read_manifest(out)["train"]["seconds"]
+    folders = distil_all(runs, cache)
+    student_secs = {name: read_manifest(out)["train"]["seconds"] for name, out in folders.items()}
 
     from nanoify.engines import open_engine
     from nanoify.models.resolve import resolve
