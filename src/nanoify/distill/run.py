@@ -114,8 +114,8 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
     run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
     history = train(model, torch.nn.ModuleDict(), ids, _pad_id(tok), [stage], cfg.train, loss_fn,
                     _ckpt_dir(out), resume, run_key, progress=progress,
-                    evaluate=_holdout_loss(model, [all_ids[i] for i in held], all_y[held], _pad_id(tok),
-                                           cfg.train.eval_batch_size) if held else None)
+                    evaluate=_holdout_judge(model, [all_ids[i] for i in held], all_y[held], _pad_id(tok),
+                                            cfg.train.eval_batch_size) if held else None)
     metrics: dict[str, Any] = {}
     for split in ("validation", "test"):
         res = _eval_split(model, tok, label_map, data, split, cfg.data.max_length, cfg.train.eval_batch_size)
@@ -132,26 +132,18 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
     return man
 
 
-def _holdout_loss(model: Any, ids: list[Any], y: torch.Tensor, pad_id: int, batch_size: int) -> Any:
-    """The early-stopping judge: cross-entropy of ``model`` on held-out training rows (gold labels)."""
+def _holdout_judge(model: Any, ids: list[Any], y: torch.Tensor, pad_id: int, batch_size: int,
+                   soft: tuple[torch.Tensor, float, float, float] | None = None) -> Any:
+    """The early-stopping judge: the logit objective on held-out training rows — gold CE (fine-tuning), or with
+    ``soft`` = (teacher logits, alpha_soft, alpha_hard, T) distillation's alpha_soft · soft KL + alpha_hard · CE.
+    Gold CE alone stopped distilled students too early in benchmarks/distill_small.py: it rises as a student
+    grows confident while its accuracy still improves."""
     def loss() -> float:
         logits = torch.from_numpy(predict_logits(model, ids, pad_id, batch_size))
-        return float(torch.nn.functional.cross_entropy(logits, y))
-    return loss
-
-
-def _holdout_distill_loss(cfg: DistillConfig, student: Any, teacher: Any, s_ids: list[Any], t_ids: list[Any],
-                          y: torch.Tensor, s_pad: int, t_pad: int) -> Any:
-    """The early-stopping judge of distillation: the logit objective itself (alpha_soft · soft KL to the
-    teacher + alpha_hard · gold CE) on held-out training rows. Gold CE alone stopped students too early in
-    benchmarks/distill_small.py: it rises as a student grows confident while its accuracy still improves."""
-    bs = cfg.train.eval_batch_size
-    t_logits = torch.from_numpy(predict_logits(teacher, t_ids, t_pad, bs))  # once: the teacher is fixed
-
-    def loss() -> float:
-        s_logits = torch.from_numpy(predict_logits(student, s_ids, s_pad, bs))
-        return float(cfg.alpha_soft * L.kd_kl(s_logits, t_logits, cfg.temperature)
-                     + cfg.alpha_hard * L.hard_ce(s_logits, y))
+        if soft is None:
+            return float(L.hard_ce(logits, y))
+        t_logits, a_soft, a_hard, temp = soft
+        return float(a_soft * L.kd_kl(logits, t_logits, temp) + a_hard * L.hard_ce(logits, y))
     return loss
 
 
@@ -331,11 +323,14 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
                 terms[rel_key] = relation_kl(s_qkv, t_qkv, mask, rel_heads)  # type: ignore[index]
         return terms
 
+    bs, soft = cfg.train.eval_batch_size, None
+    if held:  # the teacher's held-out logits, once: the teacher is fixed
+        t_held = torch.from_numpy(predict_logits(teacher, [all_t[i] for i in held], _pad_id(t_tok), bs))
+        soft = (t_held, cfg.alpha_soft, cfg.alpha_hard, cfg.temperature)
     history = train(student, proj, s_ids, _pad_id(s_tok), stages, cfg.train, loss_fn, ckpt, resume, run_key,
                     progress=progress,
-                    evaluate=_holdout_distill_loss(cfg, student, teacher, [all_s[i] for i in held],
-                                                   [all_t[i] for i in held], y_all[held], _pad_id(s_tok),
-                                                   _pad_id(t_tok)) if held else None)
+                    evaluate=_holdout_judge(student, [all_s[i] for i in held], y_all[held], _pad_id(s_tok), bs,
+                                            soft) if held else None)
     y = y_all
     for c in caps or ():
         c.remove()

@@ -41,8 +41,7 @@ class Stage:
 
 def extended(n_rows: int, cfg: TrainConfig) -> bool:
     """True when the min-steps rule lengthens the schedule (small data): then a held-out slice stops training."""
-    per_epoch = math.ceil(n_rows / cfg.batch_size)
-    return cfg.min_steps > max(1, int(math.ceil(per_epoch * cfg.epochs))) and not cfg.max_steps
+    return cfg.min_steps > _epoch_steps(n_rows, cfg, cfg.epochs) and not cfg.max_steps
 
 
 def holdout_split(n_rows: int, cfg: TrainConfig) -> tuple[list[int], list[int]]:
@@ -57,23 +56,25 @@ def holdout_split(n_rows: int, cfg: TrainConfig) -> tuple[list[int], list[int]]:
     return [i for i in range(n_rows) if i not in hold], sorted(hold)
 
 
+def _epoch_steps(n_rows: int, cfg: TrainConfig, epochs: float) -> int:
+    return max(1, int(math.ceil(math.ceil(n_rows / cfg.batch_size) * epochs)))
+
+
 def steps_for(n_rows: int, cfg: TrainConfig) -> int:
     """Optimiser steps for ``cfg.epochs`` over ``n_rows`` rows; small data gets at least ``min_steps`` (but no
     more than ``max_epochs`` epochs); ``max_steps`` caps everything."""
-    per_epoch = math.ceil(n_rows / cfg.batch_size)
-    steps = max(1, int(math.ceil(per_epoch * cfg.epochs)))
+    steps = _epoch_steps(n_rows, cfg, cfg.epochs)
     if cfg.min_steps > steps:
-        steps = max(steps, min(cfg.min_steps, int(math.ceil(per_epoch * cfg.max_epochs))))
+        steps = max(steps, min(cfg.min_steps, _epoch_steps(n_rows, cfg, cfg.max_epochs)))
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def _restore_best(model: torch.nn.Module, aux: torch.nn.Module, best: dict[str, Any] | None, es: dict[str, Any],
+def _restore_best(model: torch.nn.Module, aux: torch.nn.Module, best: dict[str, Any] | None, best_step: int,
                   step: int) -> None:
-    """End a stage with its best held-out weights (when early stopping measured any other step)."""
-    if best is not None and es.get("best_step") not in (None, step):
+    """End a stage with its best held-out weights (when early stopping kept another step than this one)."""
+    if best is not None and best_step != step:
         model.load_state_dict(best["model"])
         aux.load_state_dict(best["aux"])
-        es["best_step"] = step  # restored: later calls at this step are no-ops
 
 
 def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[int]], pad_id: int,
@@ -205,7 +206,8 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
                                     "best_step": es["best_step"], "holdout_loss_best": es["best"]})
             if ckpt is not None and (stop or step % cfg.checkpoint_every == 0 or step == stage.steps):
                 if stop or step == stage.steps:
-                    _restore_best(model, aux, best_sd, es, step)
+                    _restore_best(model, aux, best_sd, es["best_step"], step)
+                    best_sd = None  # restored
                 nxt_stage, nxt_step = (si, step) if step < stage.steps and not stop else (si + 1, 0)
                 save_state(ckpt, run_key=run_key, model=model.state_dict(), aux=aux.state_dict(),
                            opt=opt.state_dict(), sched=sched.state_dict(), rng=torch.get_rng_state(),
@@ -216,7 +218,7 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
                 on_step(global_step)
             if stop:
                 break
-        _restore_best(model, aux, best_sd, es, step)
+        _restore_best(model, aux, best_sd, es["best_step"], step)
         global_step += stage.steps - step  # a stage stopped early counts as done
     bar.close()
     model.eval()

@@ -147,7 +147,7 @@ def upgrade_opset(path: Path, folder: Path) -> Path:
 
     m = onnx.load(str(path), load_external_data=False)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
-    if opset >= MIN_OPSET or any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer):
+    if opset >= MIN_OPSET or _external_weights(m):
         return path
     from onnx import version_converter
 
@@ -163,6 +163,13 @@ def upgrade_opset(path: Path, folder: Path) -> Path:
     return out
 
 
+def _external_weights(model: Any) -> bool:
+    """Weights in external files (a graph over 2 GB): rewriting it here would need them all in memory."""
+    import onnx
+
+    return any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+
+
 def pre_optimize(path: Path, folder: Path) -> Path:
     """The graph after ONNX Runtime's hardware-neutral ("basic") rewrites — constant folding, redundant
     Reshape/Transpose pairs, Pad folded into pooling — as ONNX Runtime's own ``quant_pre_process`` does before
@@ -173,8 +180,7 @@ def pre_optimize(path: Path, folder: Path) -> Path:
 
     from ..export.onnx import ort_session
 
-    m = onnx.load(str(path), load_external_data=False)
-    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer):
+    if _external_weights(onnx.load(str(path), load_external_data=False)):
         return path
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / path.name
