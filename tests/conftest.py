@@ -61,6 +61,22 @@ def make_encoder(folder: Path, hidden: int = 32, layers: int = 4, heads: int = 4
     return folder
 
 
+def make_mpnet_encoder(folder: Path, hidden: int = 32, layers: int = 4, heads: int = 4, seed: int = 0) -> Path:
+    """A randomly initialised tiny MPNet encoder (relative position bias) with an MPNet tokenizer."""
+    from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"] + POS + NEG + FILL
+    tok = MPNetTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    tok.save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = MPNetConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      intermediate_size=hidden * 2, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                      eos_token_id=2)
+    MPNetModel(cfg).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Keep the tests' teacher-logit cache away from the user's."""

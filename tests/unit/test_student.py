@@ -114,3 +114,54 @@ def test_teacher_pca_projects_embeddings_onto_top_components():
     wide = parse_student_spec("layers=2,hidden=64,heads=4", teacher.config)
     with pytest.raises(ModelError, match="no wider"):
         build_student(teacher, wide, "teacher-pca", LabelMap(["0", "1"]))
+
+
+def _mpnet_teacher(layers=4, hidden=32, heads=4):
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = MPNetConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      intermediate_size=2 * hidden, max_position_embeddings=66, num_labels=2)
+    t = MPNetForSequenceClassification(cfg).eval()
+    with torch.no_grad():  # a bias unlike any fresh initialisation, so copying is visible
+        t.mpnet.encoder.relative_attention_bias.weight.copy_(torch.randn(32, heads) * 3)
+    return t
+
+
+BIAS = "mpnet.encoder.relative_attention_bias.weight"
+
+
+def test_mpnet_relative_position_bias_survives_layer_copying():
+    teacher = _mpnet_teacher()
+    lm = LabelMap(["0", "1"])
+    same, _ = build_student(teacher, parse_student_spec("layers=4", teacher.config), "auto", lm)
+    ids = torch.randint(5, 100, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    with torch.no_grad():  # a student with every layer is the teacher: the shared bias came along
+        torch.testing.assert_close(same.eval()(input_ids=ids, attention_mask=mask).logits,
+                                   teacher(input_ids=ids, attention_mask=mask).logits)
+    half, _ = build_student(teacher, parse_student_spec("half", teacher.config), "auto", lm)
+    assert torch.equal(half.state_dict()[BIAS], teacher.state_dict()[BIAS])
+
+
+def test_fresh_mpnet_students_take_the_teachers_position_bias_per_head():
+    teacher = _mpnet_teacher(heads=4)
+    lm = LabelMap(["0", "1"])
+    t_bias = teacher.state_dict()[BIAS]
+    narrow, _ = build_student(teacher, parse_student_spec("layers=2,hidden=16,heads=4", teacher.config), "auto", lm)
+    assert torch.equal(narrow.state_dict()[BIAS], t_bias)
+    two, _ = build_student(teacher, parse_student_spec("layers=2,hidden=16,heads=2", teacher.config), "auto", lm)
+    assert torch.equal(two.state_dict()[BIAS], t_bias[:, [0, 2]])
+    rnd, _ = build_student(teacher, parse_student_spec("layers=2,hidden=16,heads=2", teacher.config), "random", lm)
+    assert not torch.equal(rnd.state_dict()[BIAS], t_bias[:, [0, 2]])
+
+
+def test_mpnet_student_with_other_bucket_count_is_one_clear_error():
+    from nanoify.models.student import copy_position_bias
+
+    teacher = _mpnet_teacher()
+    cfg = teacher.config.__class__(**{**teacher.config.to_dict(), "relative_attention_num_buckets": 16})
+    other = type(teacher)(cfg)
+    with pytest.raises(ModelError, match="32 relative-position buckets, the student 16"):
+        copy_position_bias(teacher, other)

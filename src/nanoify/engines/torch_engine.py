@@ -44,7 +44,7 @@ class TorchEngine(Engine):
             self._outputs = list(d["outputs"])
             self._hf = False
         else:
-            from ..models.load import load_classifier
+            from ..models.load import load_classifier, max_tokens
 
             self.model, _, _ = load_classifier(self.path)
             params = inspect.signature(self.model.forward).parameters
@@ -52,7 +52,7 @@ class TorchEngine(Engine):
             self._spec = {k: ("int64", ["batch", "sequence"]) for k in names}
             self._outputs = ["logits"]
             self._hf = True
-            limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+            limit = max_tokens(self.model.config, 0)
             if limit:
                 self.options.setdefault("max_dims", {}).setdefault("sequence", limit)
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -117,8 +117,11 @@ def export_model(model: Any, path: str | Path, opset: int = 17, max_length: int 
 
 def fuse(path: str | Path, out: str | Path, num_heads: int, hidden: int, model_type: str = "bert") -> dict[str, int]:
     """ONNX Runtime's transformer fusions (Attention, SkipLayerNorm, BiasGelu, …); returns fused-op counts."""
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
+    # encoders ONNX Runtime has no fusion table for (MPNet, DistilBERT, RoBERTa, ...) share BERT's patterns
+    # (SkipLayerNorm, BiasGelu, and Attention where the score computation matches)
+    model_type = model_type if model_type in MODEL_TYPES else "bert"
     opt = optimize_model(str(path), model_type=model_type, num_heads=num_heads, hidden_size=hidden, opt_level=1)
     opt.save_model_to_file(str(out))
     return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
@@ -143,8 +146,9 @@ def validation_feeds(model: Any, tok: Any = None, texts: list[str] | None = None
                      lengths: tuple[int, ...] = (8, 32, 128)) -> list[dict[str, np.ndarray]]:
     """Random token batches at several sequence lengths, plus real sentences when given."""
     from ..data.text import collate, encode_texts
+    from ..models.load import max_tokens
 
-    limit = int(getattr(model.config, "max_position_embeddings", 512))
+    limit = max_tokens(model.config)
     feeds = [_dummy(model, b, min(n, limit), seed=n) for n in lengths for b in (1, 3)]
     if tok is not None and texts:
         ids = encode_texts(tok, texts[:16], min(128, limit))
@@ -177,7 +181,7 @@ def export(model: Any, out: str | Path, opset: int = 17, texts: list[str] | None
 def export_text(model_dir: str | Path, out: str | Path, opset: int = 17, texts: list[str] | None = None,
                 fuse_graph: bool = True) -> dict[str, Any]:
     """``nanoify export``: ONNX + fused ONNX + tokenizer + label map + manifest, validated, written atomically."""
-    from ..models.load import load_classifier, save_classifier
+    from ..models.load import load_classifier, max_tokens, save_classifier
 
     model, tok, label_map = load_classifier(str(model_dir))
     model.float().eval()
@@ -189,21 +193,24 @@ def export_text(model_dir: str | Path, out: str | Path, opset: int = 17, texts: 
         fused_ops: dict[str, int] = {}
         if fuse_graph:
             fused_ops = fuse(tmp / MODEL_FILE, tmp / FUSED_FILE, cfg.num_attention_heads, cfg.hidden_size,
-                             model_type="bert" if cfg.model_type == "bert" else cfg.model_type)
+                             model_type=cfg.model_type)
             checks[FUSED_FILE] = validate(model, tmp / FUSED_FILE, feeds)
         warns = []
         if fuse_graph and fused_ops.get("Attention", 0) < cfg.num_hidden_layers:
             # seen on torch 2.11 + transformers 5.17: the exported pattern is not recognised, nothing fuses
+            why = ("MPNet's relative position bias is not a pattern ONNX Runtime's BERT attention fusion matches"
+                   if getattr(cfg, "relative_attention_num_buckets", None) else
+                   "the pattern depends on the torch and transformers versions; fusion was verified with torch 2.13"
+                   " + transformers 5.24")
             warns.append(f"ONNX Runtime fused {fused_ops.get('Attention', 0)} of {cfg.num_hidden_layers} attention "
-                         "blocks; the fused graph is correct but slower (the pattern depends on the torch and "
-                         "transformers versions; fusion was verified with torch 2.13 + transformers 5.24)")
+                         f"blocks; the fused graph is correct but slower ({why})")
             log.warning(warns[-1])
         save_classifier(model, tok, label_map, tmp / "hf")  # the source, for torch engines and re-export
         man = manifest("export", {"model": str(model_dir), "opset": opset, "fused": fuse_graph},
                        task="text-classification", labels=label_map.names,
                        inputs={k: ["batch", "sequence"] for k in _text_spec(model)},
                        outputs={"logits": ["batch", len(label_map)]},
-                       max_sequence=int(getattr(cfg, "max_position_embeddings", 512)),
+                       max_sequence=max_tokens(cfg),
                        validation={"tolerance": TOLERANCE, "max_abs_logit_diff": checks,
                                    "feeds": [{k: list(v.shape) for k, v in f.items() if k == "input_ids"}
                                              for f in feeds]},

@@ -88,6 +88,21 @@ def load_classifier(name: str, label_map: LabelMap | None = None) -> tuple[Any, 
     return model, tok, label_map
 
 
+# Encoders whose position ids start after the padding index (RoBERTa's scheme): ``padding_idx + 1`` of their
+# position embeddings are never used by real tokens.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "data2vec-text", "longformer")
+
+
+def max_tokens(config: Any, default: int = 512) -> int:
+    """The longest token sequence the encoder accepts: its position table, less the offset RoBERTa-style
+    encoders (MPNet too) start positions at. ``config`` is a transformers config or its JSON dict."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    n = int(get("max_position_embeddings", default) or default)
+    if get("model_type") in _OFFSET_POSITIONS:
+        n -= int(get("pad_token_id", 1) if get("pad_token_id", 1) is not None else 1) + 1
+    return n
+
+
 def saved_label_map(folder: Path, id2label: dict[Any, Any] | None = None) -> LabelMap | None:
     """The label map saved beside a model (``label_map.json``), else from ``id2label``, else None."""
     f = folder / LABEL_MAP_FILE

@@ -78,7 +78,9 @@ def read_labels(folder: Path) -> list[str] | None:
 def _max_seq(folder: Path, default: int = 512) -> int:
     cfg = folder / "config.json"
     if cfg.is_file():
-        return int(json.loads(cfg.read_text()).get("max_position_embeddings", default))
+        from .load import max_tokens
+
+        return max_tokens(json.loads(cfg.read_text()), default)
     return default
 
 

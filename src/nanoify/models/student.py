@@ -9,6 +9,12 @@
   narrow student a general-distillation pass over a large corpus first; with no such corpus, this keeps
   most of what the teacher's vocabulary knows at no training cost (see benchmarks/RESULTS.md).
 * a PATH: a smaller pretrained encoder; the student has that encoder's architecture.
+
+Encoders with a learned relative position bias (MPNet's ``encoder.relative_attention_bias``: one scalar per
+distance bucket and head, shared by all layers) keep it: ``teacher-layers`` copies it with the layers, fresh
+students (``teacher-pca``) take it too, as a position prior for their heads (the teacher's heads when the head
+counts match, else teacher heads spread evenly over the student's), since a random bias would start every
+head with arbitrary preferences for distance.
 """
 
 from __future__ import annotations
@@ -132,6 +138,34 @@ def copy_teacher_layers(teacher: Any, student: Any) -> dict[str, str]:
     return mapping
 
 
+def copy_position_bias(teacher: Any, student: Any) -> list[str]:
+    """Copy the teacher's relative position bias tables (bucket × head embeddings) into a fresh student.
+
+    Student head j takes teacher head ``j·H_t // H_s``. Returns the names copied; raises ModelError when the
+    student has such a table with another number of buckets (it could not be filled faithfully).
+    """
+    import torch
+
+    t_mods = dict(teacher.named_modules())
+    copied = []
+    for name, mod in student.named_modules():
+        if not name.endswith("relative_attention_bias") or not isinstance(mod, torch.nn.Embedding):
+            continue
+        src = t_mods.get(name)
+        if not isinstance(src, torch.nn.Embedding):
+            continue
+        if src.num_embeddings != mod.num_embeddings:
+            raise ModelError(f"{name}: the teacher has {src.num_embeddings} relative-position buckets, the "
+                             f"student {mod.num_embeddings}; keep relative_attention_num_buckets unchanged")
+        heads = [j * src.embedding_dim // mod.embedding_dim for j in range(mod.embedding_dim)]
+        with torch.no_grad():
+            mod.weight.copy_(src.weight[:, heads])
+        copied.append(name)
+    if copied:
+        log.info("relative position bias copied from the teacher: %s", ", ".join(copied))
+    return copied
+
+
 def pca_basis(matrix: Any, k: int) -> Any:
     """The top-``k`` principal directions (D × k) of the rows of ``matrix`` (N × D)."""
     import torch
@@ -210,6 +244,7 @@ def build_student(teacher: Any, spec: StudentSpec | None, init: str, label_map: 
             copy_teacher_layers(teacher, student)
         elif init == "teacher-pca":
             project_teacher_embeddings(teacher, student)
+            copy_position_bias(teacher, student)
         return student, None
     path = Path(init).expanduser()
     if not path.exists():
