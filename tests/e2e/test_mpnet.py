@@ -3,6 +3,7 @@ fine-tune, distil into a half student and a narrow one with layer and relation l
 
 from __future__ import annotations
 
+import onnx
 import pytest
 
 from nanoify.config import DataConfig, DistillConfig, FinetuneConfig, TrainConfig
@@ -36,6 +37,11 @@ def test_mpnet_half_student_keeps_the_teacher_and_exports(tmp_path, mpnet_teache
     ex = export(tmp_path / "half", tmp_path / "onnx", texts=["good w1 w2", "bad w3 w4 w5 w6 w7", "w9"])
     assert max(ex["validation"]["max_abs_logit_diff"].values()) <= 1e-4
     assert set(ex["inputs"]) == {"input_ids", "attention_mask"}  # MPNet takes no token type ids
+    # the relative position bias + padding mask attention becomes one MultiHeadAttention per layer (validated above
+    # against PyTorch, padded rows included)
+    assert ex["fused_ops"]["MultiHeadAttention"] == 2 and ex["warnings"] == []
+    ops = [n.op_type for n in onnx.load(tmp_path / "onnx" / "model.fused.onnx").graph.node]
+    assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops
 
 
 @pytest.mark.parametrize("losses", [{"attention_weight": 1.0, "hidden_weight": 1.0},

@@ -121,10 +121,19 @@ def fuse(path: str | Path, out: str | Path, num_heads: int, hidden: int, model_t
 
     # encoders ONNX Runtime has no fusion table for (MPNet, DistilBERT, RoBERTa, ...) share BERT's patterns
     # (SkipLayerNorm, BiasGelu, and Attention where the score computation matches)
-    model_type = model_type if model_type in MODEL_TYPES else "bert"
-    opt = optimize_model(str(path), model_type=model_type, num_heads=num_heads, hidden_size=hidden, opt_level=1)
+    known = model_type in MODEL_TYPES
+    opt = optimize_model(str(path), model_type=model_type if known else "bert", num_heads=num_heads,
+                         hidden_size=hidden, opt_level=1)
+    stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    if not stats.get("Attention"):
+        # attention with a second additive score term (MPNet's relative position bias): see export/attention.py
+        from .attention import fuse_biased_attention
+
+        n = fuse_biased_attention(opt.model, num_heads)
+        if n:
+            stats["MultiHeadAttention"] = n
     opt.save_model_to_file(str(out))
-    return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    return stats
 
 
 def validate(model: Any, onnx_path: str | Path, feeds: list[dict[str, np.ndarray]],
@@ -196,13 +205,12 @@ def export_text(model_dir: str | Path, out: str | Path, opset: int = 17, texts: 
                              model_type=cfg.model_type)
             checks[FUSED_FILE] = validate(model, tmp / FUSED_FILE, feeds)
         warns = []
-        if fuse_graph and fused_ops.get("Attention", 0) < cfg.num_hidden_layers:
+        attn = fused_ops.get("Attention", 0) + fused_ops.get("MultiHeadAttention", 0)
+        if fuse_graph and attn < cfg.num_hidden_layers:
             # seen on torch 2.11 + transformers 5.17: the exported pattern is not recognised, nothing fuses
-            why = ("MPNet's relative position bias is not a pattern ONNX Runtime's BERT attention fusion matches"
-                   if getattr(cfg, "relative_attention_num_buckets", None) else
-                   "the pattern depends on the torch and transformers versions; fusion was verified with torch 2.13"
-                   " + transformers 5.24")
-            warns.append(f"ONNX Runtime fused {fused_ops.get('Attention', 0)} of {cfg.num_hidden_layers} attention "
+            why = ("the exported attention pattern was not recognised; it depends on the model type and the torch and "
+                   "transformers versions — fusion was verified for BERT and MPNet with torch 2.13 + transformers 5.24")
+            warns.append(f"ONNX Runtime fused {attn} of {cfg.num_hidden_layers} attention "
                          f"blocks; the fused graph is correct but slower ({why})")
             log.warning(warns[-1])
         save_classifier(model, tok, label_map, tmp / "hf")  # the source, for torch engines and re-export
