@@ -101,7 +101,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
                         hidden_weight=a.hidden_weight, embedding_weight=a.embedding_weight,
                         relation_weight=a.relation_weight, relation_layer=a.relation_layer,
                         relation_heads=a.relation_heads, augment=a.augment, augment_prob=a.augment_prob,
-                        augment_neighbours=a.augment_neighbours, layer_map=a.layer_map, stages=stages,
+                        augment_neighbours=a.augment_neighbours, augment_mlm=a.augment_mlm, layer_map=a.layer_map,
+                        stages=stages,
                         data=_data_cfg(a), train=_train_cfg(a))
     man = distill(cfg, a.out, resume=a.resume)
     st = man["student"]
@@ -325,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the teacher's input embeddings; the teacher labels them (default 0: off)")
     d.add_argument("--augment-prob", type=float, default=0.4, help=argparse.SUPPRESS)
     d.add_argument("--augment-neighbours", type=int, default=15, help=argparse.SUPPRESS)
+    d.add_argument("--augment-mlm", default=None, metavar="MODEL",
+                   help="take --augment candidates from this masked LM (path or hub name; it must share the "
+                        "teacher's vocabulary), as TinyBERT does, instead of the teacher's embedding neighbours")
     d.add_argument("--layer-map", default="uniform", help="uniform | last | 1:3,2:6,... (student:teacher)")
     d.add_argument("--stages", default="joint", help="joint | intermediate,prediction (TinyBERT two-stage)")
     _data_args(d)

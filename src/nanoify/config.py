@@ -115,6 +115,7 @@ class DistillConfig:
     augment: int = 0  # TinyBERT-style variants per training sentence, labelled by the teacher (distill/augment.py)
     augment_prob: float = 0.4
     augment_neighbours: int = 15
+    augment_mlm: str | None = None  # a masked LM on the teacher's vocabulary: candidates as in TinyBERT
     layer_map: str = "uniform"
     stages: tuple[str, ...] = ("joint",)
     data: DataConfig = field(default_factory=DataConfig)

@@ -325,3 +325,26 @@ def test_augmented_distillation_labels_variants_with_the_teacher(tmp_path, tiny_
     assert all(np.isfinite(h["hard_ce"]) for h in _history(tmp_path / "aug") if "hard_ce" in h)
     with pytest.raises(ConfigError, match="augment-prob"):
         _cfg(tiny_teacher, tiny_data, augment=1, augment_prob=0.0)
+
+
+def test_augmentation_from_a_masked_lm_on_the_teachers_vocabulary(tmp_path, tiny_teacher, tiny_data, capsys):
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=64))
+    mlm.save_pretrained(tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    out = tmp_path / "aug_mlm"
+    assert main(["distill", "--teacher", str(tiny_teacher), "--student", "layers=2,hidden=16,heads=2,intermediate=32",
+                 "--data", str(tiny_data), "--max-length", "32", "--max-steps", "8", "--min-steps", "0",
+                 "--augment", "1", "--augment-mlm", str(tmp_path / "mlm"), "--out", str(out)]) == 0
+    aug = json.loads((out / "manifest.json").read_text())["augmentation"]
+    assert aug["source"].startswith("masked LM") and aug["variant_rows"] == 640 and aug["variants_changed"] > 320
+    # an encoder without its masked-LM head (the packaged MiniLM): one line, exit 2, nothing written
+    capsys.readouterr()
+    assert main(["distill", "--teacher", str(tiny_teacher), "--data", str(tiny_data), "--augment", "1",
+                 "--augment-mlm", "minilm", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no masked-LM head" in err[0] and not (tmp_path / "bad").exists()

@@ -50,3 +50,57 @@ def test_hard_ce_skips_rows_without_a_gold_label():
     y = torch.tensor([0, IGNORE, 1])
     assert torch.allclose(hard_ce(logits, y), hard_ce(logits[[0, 2]], y[[0, 2]]))
     assert hard_ce(logits, torch.full((3,), IGNORE)).item() == 0.0
+
+
+def _mlm(v, favourite):
+    """A tiny BERT masked LM whose output bias makes ``favourite`` words the most likely anywhere."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    m = BertForMaskedLM(BertConfig(vocab_size=len(v), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, max_position_embeddings=32)).eval()
+    with torch.no_grad():
+        m.cls.predictions.decoder.weight.zero_()
+        bias = torch.zeros(len(v))
+        for rank, w in enumerate(favourite):
+            bias[v[w]] = 10.0 - rank
+        m.cls.predictions.bias.copy_(bias)
+        m.cls.predictions.decoder.bias.copy_(bias)
+    return m
+
+
+def test_masked_lm_candidates_are_its_top_words_at_the_masked_position(tmp_path):
+    from nanoify.distill.augment import mlm_candidates
+
+    tok, v = _tok(tmp_path)
+    cand, pieces = candidate_ids(tok)
+    mlm = _mlm(v, ["[UNK]", "poor", "good", "fine", "great"])  # [UNK] is no candidate; "good" not for itself
+    rows = [[v["[CLS]"], v["good"], v["play"], v["##ing"], v["[SEP]"]]]
+    at = mlm_candidates(rows, [(0, 1)], mlm, v["[MASK]"], cand, k=2)
+    assert at[(0, 1)].tolist() == [v["poor"], v["fine"]]
+    extra, info = augment(rows * 50, tok, torch.randn(len(v), 8), n=2, p=1.0, k=2, seed=3, mlm=mlm, mlm_name="tiny")
+    col = np.array(extra)
+    assert set(col[:, 1].tolist()) <= {v["poor"], v["fine"]} and (col[:, 2] == v["play"]).all()  # play has ##ing
+    assert info["source"].startswith("masked LM tiny") and info["variants_changed"] == 100
+    # the same seed chooses the same positions whatever the candidates' source
+    plain, _ = augment(rows * 50, tok, torch.randn(len(v), 8), n=2, p=1.0, k=2, seed=3)
+    assert [r[1] != rows[0][1] for r in plain] == [r[1] != rows[0][1] for r in extra]
+
+
+def test_masked_lm_with_another_vocabulary_is_one_clear_error(tmp_path):
+    import pytest
+
+    from nanoify.errors import ModelError
+    from nanoify.models.load import load_masked_lm
+
+    tok, v = _tok(tmp_path)
+    other = {**v, "extra": len(v)}
+    mlm = _mlm(other, ["good"])
+    mlm.save_pretrained(tmp_path / "mlm")
+    BertTokenizerFast(vocab=other, do_lower_case=True).save_pretrained(tmp_path / "mlm")
+    with pytest.raises(ModelError, match="vocabulary differs from the teacher's tokenizer"):
+        load_masked_lm(str(tmp_path / "mlm"), tok)
+    same = tmp_path / "same"
+    _mlm(v, ["good"]).save_pretrained(same)
+    tok.save_pretrained(same)
+    assert load_masked_lm(str(same), tok).config.vocab_size == len(v)

@@ -268,8 +268,15 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         from .augment import IGNORE, augment
 
         t_aug = time.time()
+        mlm = None
+        if cfg.augment_mlm:
+            from ..models.load import load_masked_lm
+
+            mlm = load_masked_lm(cfg.augment_mlm, s_tok)
         extra, aug_info = augment(s_ids, s_tok, teacher.get_input_embeddings().weight, cfg.augment,
-                                  cfg.augment_prob, cfg.augment_neighbours, cfg.train.seed)
+                                  cfg.augment_prob, cfg.augment_neighbours, cfg.train.seed, mlm=mlm,
+                                  mlm_name=cfg.augment_mlm)
+        del mlm
         s_ids = t_ids = s_ids + extra
         y = torch.cat([y, torch.full((len(extra),), IGNORE, dtype=y.dtype)])
         aug_info["seconds"] = round(time.time() - t_aug, 1)

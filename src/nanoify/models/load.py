@@ -103,6 +103,31 @@ def max_tokens(config: Any, default: int = 512) -> int:
     return n
 
 
+def load_masked_lm(name: str, tokenizer: Any) -> Any:
+    """A masked language model (``--augment-mlm``) that must share ``tokenizer``'s vocabulary, in eval mode."""
+    from transformers import AutoModelForMaskedLM
+
+    path = resolve_model(name)
+    _quiet_transformers()
+    try:
+        mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+        mlm_vocab = load_tokenizer(name).get_vocab()
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _fail(name, e) from None
+    if info.get("missing_keys"):  # an encoder without its pretraining head: the head would be random
+        raise ModelError(f"--augment-mlm {name} has no masked-LM head ({len(info['missing_keys'])} weights missing, "
+                         f"e.g. {sorted(info['missing_keys'])[0]}); pass a model saved with its masked-LM head")
+    if mlm_vocab != tokenizer.get_vocab():
+        raise ModelError(f"--augment-mlm {name}: its vocabulary differs from the teacher's tokenizer "
+                         f"({len(mlm_vocab)} vs {len(tokenizer.get_vocab())} tokens); use a masked LM trained on the "
+                         "teacher's vocabulary (bert-base-uncased for MiniLM/BERT-uncased teachers)")
+    if getattr(tokenizer, "mask_token_id", None) is None:
+        raise ModelError(f"--augment-mlm {name}: the tokenizer has no mask token")
+    return mlm.eval()
+
+
 def saved_label_map(folder: Path, id2label: dict[Any, Any] | None = None) -> LabelMap | None:
     """The label map saved beside a model (``label_map.json``), else from ``id2label``, else None."""
     f = folder / LABEL_MAP_FILE
