@@ -4,11 +4,14 @@ Run: `make bench-distill` (or `.venv/bin/python benchmarks/distill_sst2.py [--qu
 
 * Teacher: all-MiniLM-L6-v2 fine-tuned on the full SST-2 train split (67,349 phrases), 1 epoch,
   max length 64, lr 5e-5, batch 32; cached in .cache/bench/ and reused while its config is unchanged.
-* Students, 1 epoch each on the same data with the same steps:
+* Students on the same data (1 epoch unless said):
   - half: 3 layers at the teacher's width, initialised from teacher layers 1, 3, 5 (DistilBERT),
     logits only (soft KL at T=2 + 0.5 × hard CE).
   - narrow: 4 layers × 192 hidden (12 heads, FFN 768), fresh layers with teacher-PCA embeddings;
-    once logits-only and once logits + attention/hidden/embedding losses (the ablation).
+    once logits-only and once logits + attention/hidden/embedding losses (the ablation); then, at two passes
+    over the data each, logits-only for 2 epochs against TinyBERT's schedule (layer losses alone for an
+    epoch, then logits for an epoch). No augmentation here: labelling 4 variants of 67k phrases by the teacher
+    and training on them does not fit the 60-minute budget on 2 cores (benchmarks/distill_small.py has it).
 * Measured in this one run: SST-2 validation accuracy, parameters, file size, PyTorch CPU latency at
   batch 1 (p50 over 200 validation sentences) and throughput at batch 32 over all 872, as ratios to the
   teacher. Appends a dated section with machine and versions to benchmarks/RESULTS.md.
@@ -35,7 +38,7 @@ from nanoify.distill.run import evaluate, finetune  # noqa: E402
 from nanoify.models.load import count_parameters, encoder_flops_per_token, load_classifier  # noqa: E402
 
 NARROW = "layers=4,hidden=192,heads=12,intermediate=768"
-TARGETS = {"teacher_accuracy": 0.89, "half_ratio": 0.98, "narrow_ratio": 0.95, "narrow_flops": 4.0}
+TARGETS = {"teacher_accuracy": 0.89, "half_ratio": 0.985, "narrow_ratio": 0.96, "narrow_flops": 4.0}  # issue 10
 
 
 def main() -> int:
@@ -67,8 +70,8 @@ def main() -> int:
 
     def student(name: str, **kw) -> DistillConfig:
         return DistillConfig(teacher=str(teacher), data=data,
-                             train=TrainConfig(epochs=1, batch_size=32, checkpoint_every=300, max_steps=steps,
-                                               lr=kw.pop("lr")), **kw)
+                             train=TrainConfig(epochs=kw.pop("epochs", 1), batch_size=32, checkpoint_every=300,
+                                               max_steps=steps, lr=kw.pop("lr")), **kw)
 
     logits_only = {"attention_weight": 0.0, "hidden_weight": 0.0, "embedding_weight": 0.0}
     inter = {"attention_weight": 1.0, "hidden_weight": 1.0, "embedding_weight": 1.0}
@@ -78,6 +81,12 @@ def main() -> int:
         "narrow, logits only": student("narrow", student=NARROW, init="teacher-pca", lr=5e-4, **logits_only),
         "narrow, logits + intermediate": student("narrow_inter", student=NARROW, init="teacher-pca", lr=5e-4,
                                                  **inter),
+        # the same number of passes over the data (2 epochs) for logits-only and TinyBERT's two stages
+        "narrow, logits only, 2 epochs": student("narrow2", student=NARROW, init="teacher-pca", lr=5e-4, epochs=2,
+                                                 **logits_only),
+        "narrow, layer losses then logits (1 + 1 epochs)": student("narrow_two", student=NARROW, init="teacher-pca",
+                                                                   lr=5e-4, stages=("intermediate", "prediction"),
+                                                                   **inter),
     }
     folders = distil_all(runs, cache)
     student_secs = {name: read_manifest(out)["train"]["seconds"] for name, out in folders.items()}
@@ -122,17 +131,21 @@ def main() -> int:
             f"{r['accuracy'] / base['accuracy']:.3f} | {r['latency_ms_p50']:.1f} | "
             f"{base['latency_ms_p50'] / r['latency_ms_p50']:.2f} | {r['throughput_b32']:.0f} | "
             f"{r['throughput_b32'] / base['throughput_b32']:.2f} | {cm} |")
-    half, nlog, ninter = rows[1], rows[2], rows[3]
+    half, nlog, ninter, nlog2, ntwo = rows[1:6]
+    best = max(rows[2:], key=lambda r: r["accuracy"])
     checks = [
         ("teacher ≥ 89%", base["accuracy"] >= TARGETS["teacher_accuracy"], f"{100 * base['accuracy']:.2f}%"),
-        ("half ≥ 98% of teacher", half["accuracy"] / base["accuracy"] >= TARGETS["half_ratio"],
+        ("half ≥ 98.5% of teacher", half["accuracy"] / base["accuracy"] >= TARGETS["half_ratio"],
          f"{half['accuracy'] / base['accuracy']:.3f}"),
         ("narrow ≥ 4× fewer encoder FLOPs", base["flops"] / ninter["flops"] >= TARGETS["narrow_flops"],
          f"{base['flops'] / ninter['flops']:.1f}×"),
-        ("narrow (intermediate) ≥ 95% of teacher", ninter["accuracy"] / base["accuracy"] >= TARGETS["narrow_ratio"],
-         f"{ninter['accuracy'] / base['accuracy']:.3f}"),
-        ("intermediate beats logits-only", ninter["accuracy"] > nlog["accuracy"],
+        ("best narrow ≥ 96% of teacher", best["accuracy"] / base["accuracy"] >= TARGETS["narrow_ratio"],
+         f"{best['name']}: {best['accuracy'] / base['accuracy']:.3f}"),
+        ("layer losses beat logits-only by ≥ 0.5 pt (1 epoch, joint)", ninter["accuracy"] - nlog["accuracy"] >= 0.005,
          f"{100 * ninter['accuracy']:.2f} vs {100 * nlog['accuracy']:.2f}"),
+        ("layer losses beat logits-only by ≥ 0.5 pt (2 passes, two-stage)",
+         ntwo["accuracy"] - nlog2["accuracy"] >= 0.005,
+         f"{100 * ntwo['accuracy']:.2f} vs {100 * nlog2['accuracy']:.2f}"),
     ]
     wall = (time.time() - t_start) / 60
     how = "trained in this run" if teacher_trained else "reused from cache"
