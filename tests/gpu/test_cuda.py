@@ -61,3 +61,18 @@ def test_tensorrt_engine_runs_the_qdq_graph(tiny_export, tiny_data, tmp_path):
         for f in _feeds():
             assert cosine(ort.infer(f)["logits"], trt.infer(f)["logits"]) >= 0.99
     assert (out / "model.qdq.plan").is_file()
+
+
+def test_cuda_graphs_and_compile_match_eager(tiny_teacher):
+    from nanoify.engines import open_engine, parse_engine_spec
+    from nanoify.tasks.classify import cosine
+
+    with open_engine("torch", str(tiny_teacher)) as cpu, \
+            open_engine("torch", str(tiny_teacher), **parse_engine_spec("torch:cuda:graphs")[1]) as graphs, \
+            open_engine("torch", str(tiny_teacher), **parse_engine_spec("torch:cuda:fp16:sdpa:graphs")[1]) as half:
+        for _ in range(2):  # the second pass replays the graphs captured by the first
+            for f in _feeds():
+                ref = cpu.infer(f)["logits"]
+                np.testing.assert_allclose(graphs.infer(f)["logits"], ref, atol=1e-3)
+                assert cosine(ref, half.infer(f)["logits"]) >= 0.99
+        assert graphs._runner.captured == [(1, 16), (3, 16), (3, 32)]

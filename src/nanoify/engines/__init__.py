@@ -36,9 +36,15 @@ def _trt(path: str, **kw: Any) -> Engine:
 ENGINES: dict[str, Callable[..., Engine]] = {"torch": _torch, "onnxruntime": _ort, "tensorrt": _trt}
 
 
+# torch engine options beyond device and dtype (see engines/torch_engine.py)
+TORCH_FLAGS = {"graphs": ("graphs", True), "sdpa": ("attention", "sdpa"), "compile": ("compile", "default"),
+               "compile-max": ("compile", "max-autotune"), "compile-ro": ("compile", "reduce-overhead")}
+
+
 def parse_engine_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``NAME[:DEVICE][:DTYPE]`` → (name, options): ``torch:cuda:bf16``, ``onnxruntime:cuda`` (CUDA execution
-    provider), ``tensorrt``."""
+    """``NAME[:DEVICE][:DTYPE][:FLAG…]`` → (name, options): ``torch:cuda:bf16``, ``torch:cuda:fp16:graphs``
+    (CUDA graphs per batch and sequence bucket), ``torch:cuda:fp16:sdpa:compile-max``, ``onnxruntime:cuda``
+    (CUDA execution provider), ``tensorrt``."""
     name, *rest = spec.split(":")
     opts: dict[str, Any] = {}
     for part in rest:
@@ -46,8 +52,14 @@ def parse_engine_spec(spec: str) -> tuple[str, dict[str, Any]]:
             opts["dtype"] = part
         elif part == "cpu" or part.startswith("cuda"):
             opts["device"] = part
+        elif name == "torch" and part in TORCH_FLAGS:
+            key, value = TORCH_FLAGS[part]
+            opts[key] = value
         else:
-            raise EngineUnavailable(f"unknown engine option {part!r} in {spec!r}; use NAME[:cpu|cuda][:fp32|bf16|fp16]")
+            raise EngineUnavailable(f"unknown engine option {part!r} in {spec!r}; use NAME[:cpu|cuda][:fp32|bf16|fp16]"
+                                    f" (torch also: {', '.join(TORCH_FLAGS)})")
+    if opts.get("graphs") and not opts.get("device", "cpu").startswith("cuda"):
+        raise EngineUnavailable(f"{spec!r}: CUDA graphs need a CUDA device; use torch:cuda:…:graphs")
     if name == "onnxruntime" and opts.get("device", "cpu").startswith("cuda"):
         opts["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return name, opts

@@ -1,4 +1,7 @@
-"""PyTorch eager engine: FP32, BF16 or FP16, CUDA when present (``device='cuda'``).
+"""PyTorch engine: FP32, BF16 or FP16, CUDA when present (``device='cuda'``); for Hugging Face classifiers
+also SDPA attention (``attention='sdpa'``), ``torch.compile`` (``compile='default'|'max-autotune'|
+'reduce-overhead'``) and CUDA graphs (``graphs=True``), the last two on inputs padded to sequence-length
+buckets (engines/static_shapes.py).
 
 Opens a Hugging Face classifier folder (``config.json``) or a nanoify torch-module folder (``module.json``:
 an import path that builds the module, its keyword arguments, input and output names; weights in
@@ -34,6 +37,7 @@ class TorchEngine(Engine):
         if dtype not in DTYPES:
             raise EngineUnavailable(f"torch engine: unknown dtype {dtype!r}; use fp32, bf16 or fp16")
         folder = Path(self.path)
+        limit, tok = 0, None
         if (folder / "module.json").is_file():
             from ..models.load import load_module
             from ..models.resolve import read_module_json
@@ -46,7 +50,7 @@ class TorchEngine(Engine):
         else:
             from ..models.load import load_classifier, max_tokens
 
-            self.model, _, _ = load_classifier(self.path)
+            self.model, tok, _ = load_classifier(self.path, attention=self.options.get("attention", "eager"))
             params = inspect.signature(self.model.forward).parameters
             names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params]
             self._spec = {k: ("int64", ["batch", "sequence"]) for k in names}
@@ -59,6 +63,26 @@ class TorchEngine(Engine):
         self.model.to(device=device, dtype=dtypes[dtype]).eval()
         self.device = device
         self._dtype = dtypes[dtype]
+        self._runner = None
+        graphs, mode = bool(self.options.get("graphs")), self.options.get("compile")
+        if graphs and not device.startswith("cuda"):
+            raise EngineUnavailable("torch engine: CUDA graphs need device='cuda'")
+        if (graphs or mode) and self._hf:
+            from .static_shapes import StaticShapeRunner, buckets_for
+
+            model = self.model
+
+            def call(**t: Any) -> Any:
+                return model(**t).logits
+
+            fn: Any = call
+            if mode:
+                # reduce-overhead captures its own CUDA graphs; with ours, compile without them
+                inner = "max-autotune-no-cudagraphs" if graphs and mode == "max-autotune" else mode
+                fn = torch.compile(call, mode=None if inner == "default" else inner, dynamic=False)
+            pad = {"input_ids": int(getattr(tok, "pad_token_id", 0) or 0)}
+            self._runner = StaticShapeRunner(fn, pad, self.options.get("buckets") or buckets_for(limit or None),
+                                             device, graphs=graphs and mode != "reduce-overhead")
 
     def close(self) -> None:
         self.__dict__.pop("model", None)
@@ -77,6 +101,8 @@ class TorchEngine(Engine):
             for k, v in feed.items():
                 t = torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
                 tensors[k] = t.to(self._dtype) if t.is_floating_point() else t
+            if self._runner is not None:
+                return {"logits": self._runner(tensors).float().cpu().numpy()}
             out = self.model(**tensors) if self._hf else self.model(*tensors.values())
         if self._hf:
             items = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}

@@ -62,8 +62,10 @@ def load_tokenizer(name: str) -> Any:
         raise _fail(name, e) from None
 
 
-def load_classifier(name: str, label_map: LabelMap | None = None) -> tuple[Any, Any, LabelMap]:
-    """Load (model, tokenizer, label map) in eval mode with eager attention (attention maps available).
+def load_classifier(name: str, label_map: LabelMap | None = None,
+                    attention: str = "eager") -> tuple[Any, Any, LabelMap]:
+    """Load (model, tokenizer, label map) in eval mode with eager attention (attention maps available), or
+    ``attention="sdpa"`` (fused scaled-dot-product kernels, for serving).
 
     With ``label_map`` given, a fresh classification head of that size is created (fine-tuning an
     encoder); otherwise the label map saved with the model is used.
@@ -71,7 +73,7 @@ def load_classifier(name: str, label_map: LabelMap | None = None) -> tuple[Any, 
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(name)
-    kwargs: dict[str, Any] = {"attn_implementation": "eager"}
+    kwargs: dict[str, Any] = {"attn_implementation": attention}
     if label_map is not None:
         kwargs.update(num_labels=len(label_map), id2label=dict(enumerate(label_map.names)),
                       label2id=label_map.label2id)
