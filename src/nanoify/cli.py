@@ -209,6 +209,13 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(json_safe(man)))
         return 0
+    if a.target == "cuda":
+        for r in man["candidates"]:
+            print(f"{r['name']:>17}: {r['metric']} {r[r['metric']]:.4f} (drop {r['drop_pts']:+.2f} pt), "
+                  f"b1 p50 {r['latency_ms_p50']:.2f} ms, b{r['throughput_batch']} {r['throughput']:.0f} rows/s"
+                  f"{'' if r['meets_budget'] else ', over the budget'}")
+        print(f"chosen: {man['chosen']} ({man['why']}); written to {a.out}")
+        return 0
     print((Path(a.out) / "report.md").read_text().rstrip())
     print(f"\nwritten to {a.out}/{man['model_file']}")
     if not man["budget_met"]:
@@ -376,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--agreement-budget", type=float, default=None,
                    help="also bound how far predictions may drift from FP32, in points of agreement (1.0: at most "
                         "1%% of predictions change); default: no bound")
-    q.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu")
+    q.add_argument("--target", choices=("cpu", "tensorrt", "cuda"), default="cpu",
+                   help="cpu: ONNX Runtime INT8 measured here; tensorrt: Q/DQ graph + calibration cache to hand off; "
+                        "cuda: GPU formats (FP8/INT8/FP16) for the torch engine, measured on the GPU")
     q.add_argument("--optimize", choices=("balanced", "latency", "throughput", "size"), default="balanced",
                    help="what the model is for: balanced (default: batch-1 latency, throughput and size together), "
                         "latency, throughput or size")

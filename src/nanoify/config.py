@@ -153,7 +153,7 @@ class DistillConfig:
                 + self.relation_weight) > 0
 
 
-TARGETS = ("cpu", "tensorrt")
+TARGETS = ("cpu", "tensorrt", "cuda")
 OPTIMIZE = ("balanced", "latency", "throughput", "size")
 
 
@@ -201,7 +201,7 @@ class QuantizeConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
 
     def __post_init__(self) -> None:
-        _check(self.target in TARGETS, f"--target must be cpu or tensorrt, got {self.target!r}")
+        _check(self.target in TARGETS, f"--target must be cpu, tensorrt or cuda, got {self.target!r}")
         _check(self.budget >= 0 and self.min_budget >= 0, "--budget is a drop in points and must be ≥ 0")
         _check(self.agreement_budget is None or self.agreement_budget >= 0, "--agreement-budget must be ≥ 0")
         _check(self.optimize in OPTIMIZE, f"--optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")

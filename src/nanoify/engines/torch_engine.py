@@ -38,6 +38,7 @@ class TorchEngine(Engine):
             raise EngineUnavailable(f"torch engine: unknown dtype {dtype!r}; use fp32, bf16 or fp16")
         folder = Path(self.path)
         limit, tok = 0, None
+        self.quantization: dict[str, Any] | None = None
         if (folder / "module.json").is_file():
             from ..models.load import load_module
             from ..models.resolve import read_module_json
@@ -49,8 +50,13 @@ class TorchEngine(Engine):
             self._hf = False
         else:
             from ..models.load import load_classifier, max_tokens
+            from ..quant.gpu import QUANT_FILE, load_quantized
 
-            self.model, tok, _ = load_classifier(self.path, attention=self.options.get("attention", "eager"))
+            attention = self.options.get("attention", "eager")
+            if (folder / QUANT_FILE).is_file():  # nanoify quantize --target cuda
+                self.model, tok, _, self.quantization = load_quantized(folder, attention)
+            else:
+                self.model, tok, _ = load_classifier(self.path, attention=attention)
             params = inspect.signature(self.model.forward).parameters
             names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params]
             self._spec = {k: ("int64", ["batch", "sequence"]) for k in names}
@@ -60,7 +66,12 @@ class TorchEngine(Engine):
             if limit:
                 self.options.setdefault("max_dims", {}).setdefault("sequence", limit)
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-        self.model.to(device=device, dtype=dtypes[dtype]).eval()
+        if self.quantization:
+            from ..quant.gpu import cast_except_quantized
+
+            cast_except_quantized(self.model.to(device), dtypes[dtype]).eval()
+        else:
+            self.model.to(device=device, dtype=dtypes[dtype]).eval()
         self.device = device
         self._dtype = dtypes[dtype]
         self._runner = None

@@ -1,0 +1,144 @@
+"""``nanoify quantize --target cuda``: GPU formats for transformer classifiers, chosen by measurement on the GPU.
+
+Candidates (quant/gpu.py): FP16 without quantization, INT8 dynamic (``_int_mm``), INT8 static (activation scales
+calibrated on the calibration rows), FP8 e4m3 (``_scaled_mm``; compute capability ≥ 8.9 only) and INT8
+weight-only. Every candidate runs in the torch engine on the GPU — FP16 for what stays float, CUDA graphs per
+batch and sequence bucket — against the FP32 model on the same GPU: the task's primary metric and agreement
+on the evaluation rows, batch-1 latency and batch-32 throughput timed in interleaved rounds (the routine
+``quantize --target cpu`` and ``bench`` use), and :func:`nanoify.quant.run.choose` picks within the budget.
+
+The folder written is loadable by the torch engine (``nanoify bench OUT --engine torch:cuda:fp16:graphs``):
+config, tokenizer, label map, ``model.safetensors`` with the quantized tensors, ``quantization.json``, and
+the manifest with every candidate's measurements. CNNs and detectors (convolutions) are not covered by these
+formats: for them ``--target tensorrt`` writes the Q/DQ graph.
+
+``device`` other than CUDA is accepted only from Python (the tests run the whole path on the CPU kernels of the
+same ops); there, speed numbers mean nothing and the manifest says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
+from ..config import QuantizeConfig, to_dict
+from ..errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+def _classifier_folder(model: str | Path) -> Path:
+    p = Path(model)
+    if (p / "hf" / "config.json").is_file():  # an export folder keeps its source in hf/
+        return p / "hf"
+    if (p / "config.json").is_file():
+        return p
+    raise ModelError(f"--target cuda quantizes Hugging Face classifiers (a folder with config.json, or an export "
+                     f"folder with hf/); {p} is neither — for CNNs and detectors use --target tensorrt")
+
+
+def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_data: Any = None,
+                  config: QuantizeConfig | None = None, device: str = "cuda", formats: tuple[str, ...] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Measure the GPU formats and write the chosen one (see module docstring); returns the manifest."""
+    import torch
+
+    from ..engines.torch_engine import TorchEngine
+    from ..models.load import load_classifier
+    from ..models.resolve import resolve
+    from ..tasks import check_budget, evaluate_predictions, make_task
+    from .gpu import (
+        FORMATS,
+        calibrate_input_scales,
+        fp8_supported,
+        quantizable_linears,
+        quantize_model,
+        save_quantized,
+    )
+    from .run import choose
+
+    cfg = config or QuantizeConfig(target="cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--target cuda needs a CUDA GPU and a CUDA build of torch (torch.cuda.is_available() is "
+                          "False here); use --target cpu, or --target tensorrt for a hand-off graph")
+    folder = _classifier_folder(model)
+    ref_obj = resolve(folder)
+    task = make_task(ref_obj)
+    if task.name != "text-classification":
+        raise ModelError(f"--target cuda covers text classifiers; this is a {task.name} model: use --target tensorrt")
+    calib_set = task.calib_set(calib, cfg.calib_samples)
+    ev = task.eval_set(eval_data if eval_data is not None else calib, None, cfg.eval_rows)
+    on_gpu = device.startswith("cuda")
+    wanted = formats or tuple(f for f in FORMATS if f != "fp8" or fp8_supported(device))
+    skipped = [] if formats else [f for f in FORMATS if f not in wanted]
+    t_start = time.time()
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        model_fp32, tok, lm = load_classifier(str(folder))
+        names = quantizable_linears(model_fp32)
+        batches = [{k: torch.from_numpy(v) for k, v in f.items()} for f in task.feeds(calib_set, 16)]
+        scales = calibrate_input_scales(model_fp32, names, batches) if "int8-static" in wanted else None
+        paths = {"fp16": folder}
+        for fmt in wanted:
+            m = copy.deepcopy(model_fp32)
+            quantize_model(m, fmt, names, scales)
+            calib_info = {"rows": len(calib_set), "method": "max"} if fmt == "int8-static" else None
+            save_quantized(m, tok, lm.names, tmp / "candidates" / fmt, fmt, names, {"calibration": calib_info})
+            paths[fmt] = tmp / "candidates" / fmt
+            del m
+        del model_fp32
+        with TorchEngine(str(folder), device=device) as ref_eng:  # FP32, eager: the reference
+            ref_preds = task.predict(ref_eng.infer, ev)
+        ref = {**task.reference_metrics(ref_preds, ev), "file_mb": _size(folder)}
+        metric = task.primary_metric(ev)
+        records = []
+        for name, path in paths.items():
+            with TorchEngine(str(path), device=device, dtype="fp16" if on_gpu else "fp32", graphs=on_gpu) as eng:
+                preds = task.predict(eng.infer, ev)
+            m = {"name": name, **evaluate_predictions(task, preds, ev, ref_preds), "file_mb": _size(path)}
+            chk = check_budget(ref, m, cfg.budget, metric, cfg.agreement_budget, task.agreement_key)
+            m.update(metric=metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
+            records.append(m)
+        fast = {"device": device, "dtype": "fp16" if on_gpu else "fp32", "graphs": on_gpu}
+        ref_speed, *speeds = _time_all([(folder, {"device": device}), *((p, fast) for p in paths.values())],
+                                       task, ev, cfg)  # interleaved rounds, the FP32 reference among them
+        ref.update(ref_speed)
+        for r, sp in zip(records, speeds, strict=True):
+            r.update(sp)
+        best, why = choose(records, ref, cfg.optimize, metric, agree_key=task.agreement_key)
+        chosen = records[best]
+        final = paths[chosen["name"]]
+        for f in Path(final).iterdir():
+            if f.is_file() and f.name != MANIFEST:
+                (tmp / f.name).write_bytes(f.read_bytes())
+        shutil.rmtree(tmp / "candidates", ignore_errors=True)
+        man = manifest("quantize", to_dict(cfg) | {"model": str(model), "target": "cuda", "device": device},
+                       chosen=chosen["name"], why=why, reference={"name": "PyTorch FP32 (eager)", **ref},
+                       candidates=records, skipped_formats=skipped, task=task.name,
+                       seconds=round(time.time() - t_start, 1),
+                       speed_note=None if on_gpu else "not a GPU: timings are of the CPU kernels and say nothing "
+                                                      "about GPU speed")
+        write_json(tmp / MANIFEST, man)
+    return man
+
+
+def _size(folder: Path) -> float:
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 1e6
+
+
+def _time_all(models: list[tuple[Path, dict[str, Any]]], task: Any, ev: Any,
+              cfg: QuantizeConfig) -> list[dict[str, Any]]:
+    from ..bench.latency import measure_speed
+    from ..engines.torch_engine import TorchEngine
+
+    t = cfg.timing
+    with contextlib.ExitStack() as stack:
+        engines = [stack.enter_context(TorchEngine(str(p), **opts)) for p, opts in models]
+        return measure_speed([e.infer for e in engines], task.feeds(ev, 1, t.latency_rows),
+                             task.feeds(ev, t.batch, t.throughput_rows), t.rounds, t.batch)

@@ -1,0 +1,212 @@
+"""Quantized linear layers for the GPU path (``nanoify quantize --target cuda``), in plain PyTorch.
+
+Formats (weights per output channel, symmetric; activations per row of the flattened input):
+
+* ``int8``: INT8 weights and dynamically quantized INT8 activations, multiplied by ``torch._int_mm``
+  (INT32 accumulation, cuBLAS on CUDA). cuBLAS needs M > 16 and K, N multiples of 8: the weight is padded once
+  (K, N), the activation rows are padded to 17 when fewer — small-M results of ``_int_mm`` were wrong in some
+  cuBLAS versions, so the tests compare against a float reference at every M, and the GPU check does too.
+* ``int8-static``: as ``int8`` with each layer's activation scale fixed from calibration (max |x| over the
+  calibration batches, the seed's recipe of calibrated ranges), so no per-row reduction at run time.
+* ``fp8``: float8 e4m3 weights and per-row dynamic e4m3 activations through ``torch._scaled_mm`` with row-wise
+  scales (compute capability ≥ 8.9 on CUDA: Ada, Hopper).
+* ``int8-weight-only``: INT8 weights dequantized on the fly (memory-bound small batches).
+
+Everything here also runs on the CPU (``_int_mm`` and ``_scaled_mm`` have CPU kernels in torch 2.13), which is
+how the numerics are tested on machines without a GPU; speed is only measured on CUDA.
+The artifact is the Hugging Face folder's config and tokenizer plus ``model.safetensors`` holding the quantized
+tensors and scales, and ``quantization.json`` (format, which layers, versions), loadable by the torch engine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMATS = ("int8", "int8-static", "fp8", "int8-weight-only")
+QUANT_FILE = "quantization.json"
+FP8_MAX = 448.0  # largest finite float8 e4m3fn
+EPS = 1e-12
+
+
+def _ceil(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def fp8_supported(device: str | torch.device) -> bool:
+    """FP8 matmuls: any CPU build with ``_scaled_mm``; CUDA compute capability ≥ 8.9."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return hasattr(torch, "_scaled_mm")
+    return torch.cuda.get_device_capability(dev) >= (8, 9)
+
+
+class QuantLinear(nn.Module):
+    """A linear layer with quantized weights; ``fmt`` in FORMATS. Build with :meth:`from_linear`."""
+
+    def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool) -> None:
+        super().__init__()
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown GPU quantization format {fmt!r}; use one of {', '.join(FORMATS)}")
+        self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
+        k, n = _ceil(in_features, 8), _ceil(out_features, 8)
+        wdtype = torch.float8_e4m3fn if fmt == "fp8" else torch.int8
+        self.register_buffer("weight_q", torch.zeros(n, k, dtype=wdtype))
+        self.register_buffer("weight_scale", torch.ones(n, dtype=torch.float32))
+        self.register_buffer("input_scale", torch.zeros((), dtype=torch.float32))  # int8-static only
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, fmt: str) -> QuantLinear:
+        q = cls(lin.in_features, lin.out_features, fmt, lin.bias is not None)
+        w = lin.weight.detach().float()
+        top = FP8_MAX if fmt == "fp8" else 127.0
+        scale = w.abs().amax(1).clamp_min(EPS) / top
+        wq = (w / scale[:, None]).clamp(-top, top)
+        wq = wq.to(torch.float8_e4m3fn) if fmt == "fp8" else wq.round().to(torch.int8)
+        q.weight_q.zero_()
+        q.weight_q[: lin.out_features, : lin.in_features] = wq
+        q.weight_scale[: lin.out_features] = scale
+        if lin.bias is not None:
+            q.bias = lin.bias.detach().float().clone()
+        return q.to(lin.weight.device)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, fmt={self.fmt}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, shape[-1]).float()
+        k_pad = self.weight_q.shape[1] - self.in_features
+        if k_pad:
+            x2 = nn.functional.pad(x2, (0, k_pad))
+        n = self.out_features
+        if self.fmt == "int8-weight-only":
+            w = self.weight_q[:n].float() * self.weight_scale[:n, None]
+            y = x2 @ w.t()
+        elif self.fmt == "fp8":
+            a_scale = x2.abs().amax(1, keepdim=True).clamp_min(EPS) / FP8_MAX
+            xq = (x2 / a_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            y = torch._scaled_mm(xq, self.weight_q.t(), scale_a=a_scale, scale_b=self.weight_scale[None, :],
+                                 out_dtype=torch.float32)[:, :n]
+        else:
+            if self.fmt == "int8-static":
+                a_scale = self.input_scale.clamp_min(EPS).expand(x2.shape[0], 1)
+            else:
+                a_scale = x2.abs().amax(1, keepdim=True).clamp_min(EPS) / 127.0
+            xq = (x2 / a_scale).round().clamp(-127, 127).to(torch.int8)
+            m = xq.shape[0]
+            if m <= 16:  # cuBLAS int8 GEMM needs M > 16
+                xq = nn.functional.pad(xq, (0, 0, 0, 17 - m))
+            acc = torch._int_mm(xq, self.weight_q.t())[:m, :n]
+            y = acc.float() * a_scale * self.weight_scale[None, :n]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(dtype).reshape(*shape[:-1], n)
+
+
+def cast_except_quantized(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model.to(dtype)`` for every float parameter and buffer except the QuantLinear ones (``Module.to`` would
+    turn FP8 weights, which are floating point, into the new dtype); QuantLinear computes in float32 and returns
+    its input's dtype."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            continue
+        for _name, p in list(m.named_parameters(recurse=False)):
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b is not None and b.is_floating_point():
+                setattr(m, name, b.to(dtype))
+    return model
+
+
+def quantizable_linears(model: nn.Module, skip: tuple[str, ...] = ("classifier", "pooler", "out_proj")) -> list[str]:
+    """Names of the ``nn.Linear`` modules to quantize: every one in the encoder (the small classification head
+    and pooler stay float: they are a rounding error of the time and the most sensitive to rounding)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not any(s in n for s in skip)]
+
+
+def calibrate_input_scales(model: nn.Module, names: list[str],
+                           batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """max |input| / 127 of every named linear layer over the calibration batches (int8-static)."""
+    mods = dict(model.named_modules())
+    amax: dict[str, float] = {n: 0.0 for n in names}
+    hooks = []
+    for n in names:
+        def hook(_m: nn.Module, args: tuple[Any, ...], n: str = n) -> None:
+            amax[n] = max(amax[n], float(args[0].detach().abs().max()))
+        hooks.append(mods[n].register_forward_pre_hook(hook))
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                model(**b)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: max(v, EPS) / 127.0 for n, v in amax.items()}
+
+
+def quantize_model(model: nn.Module, fmt: str, names: list[str] | None = None,
+                   input_scales: dict[str, float] | None = None) -> list[str]:
+    """Replace the named linear layers of ``model`` (in place) by QuantLinear; returns the names replaced."""
+    names = quantizable_linears(model) if names is None else names
+    if fmt == "int8-static" and input_scales is None:
+        raise ValueError("int8-static needs calibrated input scales (calibrate_input_scales)")
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        q = QuantLinear.from_linear(getattr(parent, attr), fmt)
+        if input_scales is not None and fmt == "int8-static":
+            q.input_scale.fill_(input_scales[name])
+        setattr(parent, attr, q)
+    return names
+
+
+def save_quantized(model: nn.Module, tokenizer: Any, label_names: list[str], out: Path, fmt: str,
+                   names: list[str], extra: dict[str, Any] | None = None) -> None:
+    """config + tokenizer + label map + quantized ``model.safetensors`` + ``quantization.json``."""
+    from safetensors.torch import save_file
+
+    from ..models.load import LABEL_MAP_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / LABEL_MAP_FILE).write_text(json.dumps({"names": label_names}, indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "nanoify_quantization": fmt})
+    (out / QUANT_FILE).write_text(json.dumps({"format": fmt, "layers": names, **(extra or {})}, indent=2) + "\n")
+
+
+def load_quantized(folder: str | Path, attention: str = "eager") -> tuple[nn.Module, Any, list[str], dict[str, Any]]:
+    """(model with QuantLinear layers, tokenizer, label names, quantization.json) from ``save_quantized``."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..errors import ModelError
+    from ..models.load import LABEL_MAP_FILE
+
+    folder = Path(folder)
+    try:
+        qcfg = json.loads((folder / QUANT_FILE).read_text())
+        cfg = AutoConfig.from_pretrained(folder)
+        cfg._attn_implementation = attention
+        model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=attention)
+        fmt, names = qcfg["format"], list(qcfg["layers"])
+        for name in names:
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            lin = getattr(parent, attr)
+            setattr(parent, attr, QuantLinear(lin.in_features, lin.out_features, fmt, lin.bias is not None))
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        tok = AutoTokenizer.from_pretrained(folder)
+        labels = json.loads((folder / LABEL_MAP_FILE).read_text())["names"]
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load the quantized GPU model in {folder} ({first})") from None
+    return model.eval(), tok, labels, qcfg

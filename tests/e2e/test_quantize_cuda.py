@@ -1,0 +1,43 @@
+"""``quantize --target cuda`` end to end on the CPU kernels of the same ops (the GPU run is tests/gpu and
+benchmarks/gpu_check.sh): every format measured against FP32, the chosen one written and loadable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nanoify.cli import main
+from nanoify.config import DataConfig, QuantizeConfig, TimingConfig
+from nanoify.engines import open_engine
+from nanoify.quant.cuda import quantize_cuda
+from nanoify.quant.gpu import FORMATS
+
+
+def test_every_gpu_format_is_measured_and_the_choice_loads(tmp_path, tiny_teacher, tiny_data):
+    data = DataConfig(data=str(tiny_data), max_length=32)
+    cfg = QuantizeConfig(target="cuda", budget=2.0, calib_samples=64, timing=TimingConfig(20, 64, rounds=1))
+    man = quantize_cuda(tiny_teacher, tmp_path / "q", data, data, cfg, device="cpu", progress=False)
+    names = [r["name"] for r in man["candidates"]]
+    assert names == ["fp16", *FORMATS] and man["chosen"] in names and man["speed_note"]
+    for r in man["candidates"]:
+        assert r["drop_pts"] <= 2.0 and r["top1_agreement"] >= 0.95, r
+    out = tmp_path / "q"
+    if man["chosen"] != "fp16":
+        assert json.loads((out / "quantization.json").read_text())["format"] == man["chosen"]
+    with open_engine("torch", str(out)) as q, open_engine("torch", str(tiny_teacher)) as ref:
+        ids = torch.randint(5, 80, (3, 20)).numpy()
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        a, b = q.infer(feed)["logits"], ref.infer(feed)["logits"]
+        assert a.shape == b.shape and (a.argmax(1) == b.argmax(1)).mean() >= 2 / 3
+
+
+def test_target_cuda_without_a_gpu_is_one_line(tmp_path, tiny_teacher, tiny_data, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["quantize", str(tiny_teacher), "--calib", str(tiny_data), "--target", "cuda",
+                 "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--target cuda needs a CUDA GPU" in err[0] and not (tmp_path / "q").exists()
