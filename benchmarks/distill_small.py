@@ -89,7 +89,8 @@ def main() -> int:
         st = man["student"]
         planned = sum(s["steps"] for s in man["stages"])
         lines.append(f"| {name} | {st['layers']}×{st['hidden']} | {st['parameters'] / 1e6:.1f} | {100 * acc:.2f} | "
-                     f"{acc / t_acc:.3f} | {_ran(man['train'], planned)} | {man['train']['seconds'] / 60:.1f} |")
+                     f"{acc / t_acc:.3f} | {_ran(man['train'], planned, man['stages'])} | "
+                     f"{man['train']['seconds'] / 60:.1f} |")
     tb = max(v for k, v in accs.items() if k.startswith("tinybert"))
     aug_log = accs[f"tinybert, logits, augment {a.augment}"]
     layered = {k: v for k, v in accs.items() if k.startswith("tinybert") and f"augment {a.augment}" in k
@@ -114,12 +115,15 @@ def main() -> int:
     return 0
 
 
-def _ran(train: dict, planned: int) -> str:
+def _ran(train: dict, planned: int, stages: list | None = None) -> str:
+    """Steps run (a stage that stopped early counts to where it stopped) / planned."""
     stops = train.get("early_stops") or []
     if not stops:
         return f"{planned} / {planned}"
-    return f"{sum(s['stopped_at'] for s in stops)} (kept " + ", ".join(str(s["kept_step"]) for s in stops) + \
-        f") / {planned}"
+    by_stage = {s["stage"]: s for s in stops}
+    ran = (sum(by_stage[st["name"]]["stopped_at"] if st["name"] in by_stage else st["steps"] for st in stages)
+           if stages else sum(s["stopped_at"] for s in stops))
+    return f"{ran} (kept " + ", ".join(str(s["kept_step"]) for s in stops) + f") / {planned}"
 
 
 if __name__ == "__main__":
