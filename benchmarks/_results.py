@@ -27,8 +27,24 @@ def append(path: str | Path, text: str) -> None:
 
 
 # Config fields added after runs were cached, with the value that reproduces the behaviour from before they
-# existed: a stored config without them still matches a config that has them at exactly that value.
-ADDED_FIELDS = {"augment_mlm": None}
+# existed: a stored config without them still matches a config that has them at exactly that value
+# ("train.device": the field device of the nested train config).
+ADDED_FIELDS = {"augment_mlm": None, "train.device": "cpu", "train.precision": "fp32"}
+
+
+def _backfill(stored: dict, want: dict) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in stored.items()}
+    for path, value in ADDED_FIELDS.items():
+        *heads, last = path.split(".")
+        s, w = out, want
+        for h in heads:
+            if not isinstance(s.get(h), dict) or not isinstance(w.get(h), dict):
+                break
+            s, w = s[h], w[h]
+        else:
+            if last in w and last not in s:
+                s[last] = value
+    return out
 
 
 def cached(out: Path, cfg: object) -> bool:
@@ -40,8 +56,7 @@ def cached(out: Path, cfg: object) -> bool:
     if not man or "config" not in man:
         return False
     want = to_dict(cfg)
-    stored = {**{k: v for k, v in ADDED_FIELDS.items() if k in want}, **man["config"]}
-    return stored == want
+    return _backfill(man["config"], want) == want
 
 
 def distil_all(runs: dict, cache: Path) -> dict[str, Path]:

@@ -44,6 +44,9 @@ def _train_args(p: argparse.ArgumentParser, lr: float) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
     g.add_argument("--resume", action="store_true", help="continue a killed run from OUT.ckpt/")
+    g.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where training runs")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: autocast forward passes and losses to bfloat16 (GPUs; also works on CPUs with bf16)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
 
 
@@ -61,7 +64,7 @@ def _train_cfg(a: argparse.Namespace) -> Any:
                        holdout=a.holdout, patience=a.patience,
                        batch_size=a.batch_size, lr=a.lr,
                        weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, seed=a.seed,
-                       checkpoint_every=a.checkpoint_every)
+                       checkpoint_every=a.checkpoint_every, device=a.device, precision=a.precision)
 
 
 def _print_summary(man: dict[str, Any]) -> None:

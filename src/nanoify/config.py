@@ -67,6 +67,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     eval_batch_size: int = 64
+    device: str = "cpu"  # "cuda" / "cuda:N": train on a GPU
+    precision: str = "fp32"  # "bf16": autocast the forward passes (and the losses) to bfloat16
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
@@ -77,6 +79,9 @@ class TrainConfig:
         _check(self.lr > 0, "--lr must be positive")
         _check(0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)")
         _check(self.checkpoint_every > 0, "--checkpoint-every must be positive")
+        _check(self.device == "cpu" or self.device.startswith("cuda"), f"--device must be cpu or cuda[:N], got "
+               f"{self.device!r}")
+        _check(self.precision in ("fp32", "bf16"), f"--precision must be fp32 or bf16, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

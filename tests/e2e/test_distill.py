@@ -348,3 +348,43 @@ def test_augmentation_from_a_masked_lm_on_the_teachers_vocabulary(tmp_path, tiny
                  "--augment-mlm", "minilm", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no masked-LM head" in err[0] and not (tmp_path / "bad").exists()
+
+
+def test_bf16_autocast_training_runs_and_resumes_exactly(tmp_path, tiny_teacher, tiny_data):
+    """--precision bf16 (the GPU recipe; CPUs run bfloat16 autocast too): losses fall, and a killed run resumes
+    to the same weights as an uninterrupted one."""
+    cfg = _cfg(tiny_teacher, tiny_data, student="layers=2,hidden=16,heads=2,intermediate=32",
+               train=TrainConfig(max_steps=16, batch_size=32, lr=3e-3, log_every=4, checkpoint_every=5,
+                                 min_steps=0, precision="bf16"))
+    man = distill(cfg, tmp_path / "full", progress=False)
+    hist = [h for h in _history(tmp_path / "full") if "kd_kl" in h]
+    assert hist[-1]["kd_kl"] < hist[0]["kd_kl"] and man["config"]["train"]["precision"] == "bf16"
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(step):
+        if step == 7:
+            raise Killed
+
+    from nanoify.distill import run as run_mod
+
+    orig = run_mod.train
+    run_mod.train = lambda *a, **k: orig(*a, **{**k, "on_step": kill_at})
+    try:
+        with pytest.raises(Killed):
+            distill(cfg, tmp_path / "part", progress=False)
+    finally:
+        run_mod.train = orig
+    distill(cfg, tmp_path / "part", resume=True, progress=False)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_on_a_missing_gpu_is_one_line(tmp_path, tiny_teacher, tiny_data, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["distill", "--teacher", str(tiny_teacher), "--data", str(tiny_data), "--device", "cuda",
+                 "--max-steps", "2", "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch sees no CUDA GPU" in err[0] and not (tmp_path / "g").exists()

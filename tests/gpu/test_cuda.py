@@ -76,3 +76,15 @@ def test_cuda_graphs_and_compile_match_eager(tiny_teacher):
                 np.testing.assert_allclose(graphs.infer(f)["logits"], ref, atol=1e-3)
                 assert cosine(ref, half.infer(f)["logits"]) >= 0.99
         assert graphs._runner.captured == [(1, 16), (3, 16), (3, 32)]
+
+
+def test_distillation_trains_on_cuda_in_bf16(tmp_path, tiny_teacher, tiny_data):
+    from nanoify.config import DataConfig, DistillConfig, TrainConfig
+    from nanoify.distill.run import distill
+
+    cfg = DistillConfig(teacher=str(tiny_teacher), student="layers=2,hidden=16,heads=2,intermediate=32",
+                        data=DataConfig(data=str(tiny_data), max_length=32),
+                        train=TrainConfig(epochs=5, batch_size=32, lr=3e-3, min_steps=0, device="cuda",
+                                          precision="bf16"))
+    man = distill(cfg, tmp_path / "gpu", progress=False)
+    assert man["metrics"]["validation"]["accuracy"] > 0.6 and man["config"]["train"]["device"] == "cuda"

@@ -35,7 +35,7 @@ STATE_DICTS = ("model", "aux", "best_model", "best_aux")  # tensors saved under 
 
 
 def save_state(path: Path, *, run_key: str, model: dict[str, torch.Tensor], aux: dict[str, torch.Tensor],
-               opt: dict[str, Any], sched: dict[str, Any], rng: torch.Tensor,
+               opt: dict[str, Any], sched: dict[str, Any], rng: torch.Tensor, rng_cuda: torch.Tensor | None = None,
                best_model: dict[str, torch.Tensor] | None = None, best_aux: dict[str, torch.Tensor] | None = None,
                **position: Any) -> None:
     """Write a checkpoint to ``path`` atomically (``position``: stage, step, history, window, early-stopping
@@ -57,6 +57,8 @@ def save_state(path: Path, *, run_key: str, model: dict[str, torch.Tensor], aux:
                 plain[k] = v
         opt_tensors[str(idx)] = plain
     tensors["rng"] = rng.clone()
+    if rng_cuda is not None:
+        tensors["rng_cuda"] = rng_cuda.detach().cpu().clone()
     meta = {"run_key": run_key, "opt_groups": opt["param_groups"], "opt_plain": opt_tensors, "sched": sched,
             **position}
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -91,5 +93,6 @@ def load_state(path: Path) -> dict[str, Any]:
             g["betas"] = tuple(g["betas"])
     out["opt"] = {"state": state, "param_groups": groups}
     out["rng"] = tensors["rng"]
+    out["rng_cuda"] = tensors.get("rng_cuda")
     out.update(meta)
     return out

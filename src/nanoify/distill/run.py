@@ -30,7 +30,7 @@ from ..tasks.classify import classification_metrics
 from ..tasks.text import predict_logits
 from . import losses as L
 from .mapping import LayerMatch, build_matches, features
-from .trainer import Stage, holdout_split, steps_for, train
+from .trainer import Stage, holdout_split, require_device, steps_for, train
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
     t0 = time.time()
     out = Path(out)
     cfg = config
+    require_device(cfg.train.device)
     data = load_text_data(cfg.data, seed=cfg.train.seed)
     tr = _train_split(data)
     label_map = LabelMap.from_values(tr.labels)
@@ -108,7 +109,8 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
     ids, y = [all_ids[i] for i in keep], all_y[keep]
 
     def loss_fn(stage: Stage, batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
-        return {"hard_ce": L.hard_ce(model(**batch).logits, y[rows])}
+        logits = model(**batch).logits
+        return {"hard_ce": L.hard_ce(logits, y[rows].to(logits.device))}
 
     stage = Stage("finetune", {"hard_ce": 1.0}, steps_for(len(all_ids), cfg.train), early_stop=bool(held))
     run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
@@ -217,6 +219,7 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     cfg = config
     if not cfg.teacher:
         raise ConfigError("distill needs a teacher: pass --teacher DIR")
+    require_device(cfg.train.device)
     teacher, t_tok, label_map = load_classifier(cfg.teacher)
     data = load_text_data(cfg.data, seed=cfg.train.seed)
     tr = _train_split(data)
@@ -286,6 +289,7 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     ckpt = _ckpt_dir(out)
     needs_cache = any("kd_kl" in s.weights and not any(k not in LOGIT_TERMS for k in s.weights) for s in stages)
     cached = None
+    teacher.to(cfg.train.device)  # its passes (logit cache, held-out logits, layer targets) run where training does
     if needs_cache:
         cached = _teacher_logits(teacher, cfg.teacher, t_ids, _pad_id(t_tok), cfg.train.eval_batch_size, progress)
     if aug_info is not None:  # the cost of the variants: teacher passes over them (once, cached) or every step
@@ -307,11 +311,12 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
                 t_out = teacher(**batch, output_attentions=need_att, output_hidden_states=need_hid)
         terms: dict[str, torch.Tensor] = {}
         mask = batch["attention_mask"]
+        dev = s_out.logits.device
         if "kd_kl" in w:
-            t_logits = cached[rows] if cached is not None and not inter else t_out.logits
+            t_logits = cached[rows].to(dev) if cached is not None and not inter else t_out.logits
             terms["kd_kl"] = L.kd_kl(s_out.logits, t_logits, cfg.temperature)
         if "hard_ce" in w:
-            terms["hard_ce"] = L.hard_ce(s_out.logits, y[rows])
+            terms["hard_ce"] = L.hard_ce(s_out.logits, y[rows].to(dev))
         for m in inter:
             key = _term(m)
             p = proj[key] if key in proj else None
@@ -338,6 +343,7 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
                     progress=progress,
                     evaluate=_holdout_judge(student, [all_s[i] for i in held], y_all[held], _pad_id(s_tok), bs,
                                             soft) if held else None)
+    teacher.to("cpu")
     y = y_all
     for c in caps or ():
         c.remove()

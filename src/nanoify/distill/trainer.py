@@ -77,6 +77,14 @@ def _restore_best(model: torch.nn.Module, aux: torch.nn.Module, best: dict[str, 
         aux.load_state_dict(best["aux"])
 
 
+def require_device(device: str) -> torch.device:
+    """The training device, or one line saying why it cannot be used."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: torch sees no CUDA GPU here (torch.cuda.is_available() is False)")
+    return dev
+
+
 def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[int]], pad_id: int,
           stages: Sequence[Stage], cfg: TrainConfig, loss_fn: LossFn, ckpt_dir: Path | None = None,
           resume: bool | str = False, run_key: str = "", on_step: Callable[[int], None] | None = None,
@@ -99,6 +107,10 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
     """
     from tqdm.auto import tqdm
 
+    dev = require_device(cfg.device)
+    model.to(dev)
+    aux.to(dev)
+    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     lengths = [len(x) for x in ids]
     params = [p for p in list(model.parameters()) + list(aux.parameters()) if p.requires_grad]
     start_stage, start_step, history = 0, 0, []
@@ -150,12 +162,14 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             torch.set_rng_state(state["rng"])
+            if dev.type == "cuda" and state.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(state["rng_cuda"], dev)
             step = start_step
             es = state.get("early") or es
             if state.get("best_model"):
                 best_sd = {"model": state["best_model"], "aux": state.get("best_aux", {})}
         else:
-            torch.manual_seed(cfg.seed * 1000 + si + 1)
+            torch.manual_seed(cfg.seed * 1000 + si + 1)  # seeds CUDA's generators too
         per_epoch = math.ceil(len(ids) / cfg.batch_size)
         epoch = -1
         batches: list[list[int]] = []
@@ -166,9 +180,10 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
                 epoch = e
                 batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, si * 100_000 + e)
             rows = batches[pos]
-            batch = {k: torch.from_numpy(v) for k, v in collate([ids[i] for i in rows], pad_id).items()}
-            terms = loss_fn(stage, batch, rows)
-            loss = sum(stage.weights[k] * v for k, v in terms.items())
+            batch = {k: torch.from_numpy(v).to(dev) for k, v in collate([ids[i] for i in rows], pad_id).items()}
+            with autocast:
+                terms = loss_fn(stage, batch, rows)
+            loss = sum(stage.weights[k] * v.float() for k, v in terms.items())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -211,6 +226,7 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
                 nxt_stage, nxt_step = (si, step) if step < stage.steps and not stop else (si + 1, 0)
                 save_state(ckpt, run_key=run_key, model=model.state_dict(), aux=aux.state_dict(),
                            opt=opt.state_dict(), sched=sched.state_dict(), rng=torch.get_rng_state(),
+                           rng_cuda=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
                            stage=nxt_stage, step=nxt_step, history=history, window=window, early=es,
                            best_model=best_sd["model"] if best_sd and nxt_stage == si else {},
                            best_aux=best_sd["aux"] if best_sd and nxt_stage == si else {})
@@ -221,5 +237,7 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
         _restore_best(model, aux, best_sd, es["best_step"], step)
         global_step += stage.steps - step  # a stage stopped early counts as done
     bar.close()
+    model.to("cpu")
+    aux.to("cpu")
     model.eval()
     return history

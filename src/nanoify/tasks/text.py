@@ -164,12 +164,13 @@ def predict_logits(model: Any, ids: Sequence[Sequence[int]], pad_id: int, batch_
     from tqdm.auto import tqdm
 
     model.eval()
+    device = next(model.parameters()).device
     out: np.ndarray | None = None
     batches = list(inference_batches([len(x) for x in ids], batch_size))
     for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress or None, leave=False):
         feed = collate([ids[i] for i in rows], pad_id)
         with torch.inference_mode():
-            logits = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
+            logits = model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()}).logits.float().cpu().numpy()
         if out is None:
             out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
         out[rows] = logits
