@@ -88,3 +88,29 @@ def test_distillation_trains_on_cuda_in_bf16(tmp_path, tiny_teacher, tiny_data):
                                           precision="bf16"))
     man = distill(cfg, tmp_path / "gpu", progress=False)
     assert man["metrics"]["validation"]["accuracy"] > 0.6 and man["config"]["train"]["device"] == "cuda"
+
+
+def test_engines_on_their_own_streams_serve_threads_concurrently(tiny_teacher):
+    import threading
+
+    from nanoify.engines import open_engine, parse_engine_spec
+
+    feeds = _feeds() * 8
+    opts = parse_engine_spec("torch:cuda:fp16:graphs")[1]
+    with open_engine("torch", str(tiny_teacher), **opts) as serial:
+        want = [serial.infer(f)["logits"] for f in feeds]
+    with open_engine("torch", str(tiny_teacher), **opts) as a, open_engine("torch", str(tiny_teacher), **opts) as b:
+        assert a._stream is not None and a._stream != b._stream
+        got: dict[int, np.ndarray] = {}
+
+        def work(e, idx):
+            for i in idx:
+                got[i] = e.infer(feeds[i])["logits"]
+
+        ts = [threading.Thread(target=work, args=(e, range(k, len(feeds), 2))) for k, e in enumerate((a, b))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    for i, w in enumerate(want):
+        np.testing.assert_allclose(got[i], w, atol=1e-3)

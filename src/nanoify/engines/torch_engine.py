@@ -10,6 +10,7 @@ an import path that builds the module, its keyword arguments, input and output n
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -75,6 +76,9 @@ class TorchEngine(Engine):
         self.device = device
         self._dtype = dtypes[dtype]
         self._runner = None
+        # every engine works on its own CUDA stream, so engines serving requests from several threads (bench
+        # --streams N) overlap on the GPU instead of queueing on the default stream
+        self._stream = torch.cuda.Stream(device=device) if device.startswith("cuda") else None
         graphs, mode = bool(self.options.get("graphs")), self.options.get("compile")
         if graphs and not device.startswith("cuda"):
             raise EngineUnavailable("torch engine: CUDA graphs need device='cuda'")
@@ -107,7 +111,8 @@ class TorchEngine(Engine):
         import torch
 
         feed = self._check_feed(feed)
-        with torch.inference_mode():
+        on_stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with on_stream, torch.inference_mode():
             tensors = {}
             for k, v in feed.items():
                 t = torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
@@ -115,12 +120,13 @@ class TorchEngine(Engine):
             if self._runner is not None:
                 return {"logits": self._runner(tensors).float().cpu().numpy()}
             out = self.model(**tensors) if self._hf else self.model(*tensors.values())
-        if self._hf:
-            items = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-        elif isinstance(out, dict):
-            items = dict(out)
-        elif isinstance(out, tuple | list):
-            items = dict(zip(self._outputs, out, strict=False))
-        else:
-            items = {self._outputs[0]: out}
-        return {k: v.float().cpu().numpy() for k, v in items.items()}
+            if self._hf:
+                items = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+            elif isinstance(out, dict):
+                items = dict(out)
+            elif isinstance(out, tuple | list):
+                items = dict(zip(self._outputs, out, strict=False))
+            else:
+                items = {self._outputs[0]: out}
+            # copied back on the engine's stream (a copy on another stream would not wait for its kernels)
+            return {k: v.float().cpu().numpy() for k, v in items.items()}
