@@ -165,3 +165,15 @@ def test_mpnet_student_with_other_bucket_count_is_one_clear_error():
     other = type(teacher)(cfg)
     with pytest.raises(ModelError, match="32 relative-position buckets, the student 16"):
         copy_position_bias(teacher, other)
+
+
+def test_half_precision_checkpoints_load_as_float32(tmp_path):
+    from nanoify.models.load import load_classifier
+    from tests.conftest import make_encoder
+
+    enc = make_encoder(tmp_path / "enc")
+    model, tok, _ = load_classifier(str(enc), label_map=LabelMap(["a", "b"]))
+    model.half().save_pretrained(tmp_path / "fp16")
+    tok.save_pretrained(tmp_path / "fp16")
+    again, _, lm = load_classifier(str(tmp_path / "fp16"))
+    assert again.dtype == torch.float32 and lm.names == ["a", "b"]

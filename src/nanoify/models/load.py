@@ -70,10 +70,13 @@ def load_classifier(name: str, label_map: LabelMap | None = None,
     With ``label_map`` given, a fresh classification head of that size is created (fine-tuning an
     encoder); otherwise the label map saved with the model is used.
     """
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(name)
-    kwargs: dict[str, Any] = {"attn_implementation": attention}
+    # float32 whatever the checkpoint holds: transformers 5 keeps a half-precision checkpoint in half precision
+    # ("auto"), and training, export and the FP32 references all assume float32 (engines cast where asked)
+    kwargs: dict[str, Any] = {"attn_implementation": attention, "dtype": torch.float32}
     if label_map is not None:
         kwargs.update(num_labels=len(label_map), id2label=dict(enumerate(label_map.names)),
                       label2id=label_map.label2id)
