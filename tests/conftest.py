@@ -98,18 +98,22 @@ def tiny_encoder(tmp_path_factory) -> Path:
     return make_encoder(tmp_path_factory.mktemp("enc") / "encoder")
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory, tiny_encoder, tiny_data) -> Path:
-    """The tiny encoder fine-tuned on the tiny task (well above chance)."""
+def finetune_tiny(encoder: Path, data: Path, out: Path) -> Path:
+    """A tiny encoder fine-tuned on the tiny task (checked well above chance)."""
     from nanoify.config import DataConfig, FinetuneConfig, TrainConfig
     from nanoify.distill.run import finetune
 
-    out = tmp_path_factory.mktemp("teacher") / "teacher"
-    cfg = FinetuneConfig(model=str(tiny_encoder), data=DataConfig(data=str(tiny_data), max_length=32),
+    cfg = FinetuneConfig(model=str(encoder), data=DataConfig(data=str(data), max_length=32),
                          train=TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_ratio=0.1, min_steps=0))
     man = finetune(cfg, out, progress=False)
     assert man["metrics"]["validation"]["accuracy"] > 0.8, man["metrics"]
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, tiny_encoder, tiny_data) -> Path:
+    """The tiny encoder fine-tuned on the tiny task (well above chance)."""
+    return finetune_tiny(tiny_encoder, tiny_data, tmp_path_factory.mktemp("teacher") / "teacher")
 
 
 @pytest.fixture(scope="session")

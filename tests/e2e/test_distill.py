@@ -30,6 +30,26 @@ def _first_last(history, key):
     return vals[0], vals[-1]
 
 
+def _kill_at(cfg, out: Path, step: int) -> None:
+    """Run ``distill(cfg, out)`` and kill it (an exception from inside the loop) after optimiser step ``step``."""
+    class Killed(Exception):
+        pass
+
+    def kill(s):
+        if s == step:
+            raise Killed
+
+    from nanoify.distill import run as run_mod
+
+    orig = run_mod.train
+    run_mod.train = lambda *a, **k: orig(*a, **{**k, "on_step": kill})
+    try:
+        with pytest.raises(Killed):
+            distill(cfg, out, progress=False)
+    finally:
+        run_mod.train = orig
+
+
 def _history(folder: Path):
     return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
 
@@ -102,24 +122,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_teacher, tiny_dat
                train=TrainConfig(max_steps=12, batch_size=32, lr=2e-3, checkpoint_every=5, log_every=4))
     full = tmp_path / "full"
     distill(cfg, full, progress=False)
-
-    class Killed(Exception):
-        pass
-
-    def kill_at(step):
-        if step == 8:
-            raise Killed
-
     part = tmp_path / "part"
-    from nanoify.distill import run as run_mod
-
-    orig = run_mod.train
-    run_mod.train = lambda *a, **k: orig(*a, **{**k, "on_step": kill_at})
-    try:
-        with pytest.raises(Killed):
-            distill(cfg, part, progress=False)
-    finally:
-        run_mod.train = orig
+    _kill_at(cfg, part, 8)
     assert not part.exists() and (tmp_path / "part.ckpt" / "state.safetensors").is_file()
     assert not list((tmp_path / "part.ckpt").glob("*.pt"))  # nothing that would be unpickled
     distill(cfg, part, resume=True, progress=False)
@@ -360,22 +364,7 @@ def test_bf16_autocast_training_runs_and_resumes_exactly(tmp_path, tiny_teacher,
     hist = [h for h in _history(tmp_path / "full") if "kd_kl" in h]
     assert hist[-1]["kd_kl"] < hist[0]["kd_kl"] and man["config"]["train"]["precision"] == "bf16"
 
-    class Killed(Exception):
-        pass
-
-    def kill_at(step):
-        if step == 7:
-            raise Killed
-
-    from nanoify.distill import run as run_mod
-
-    orig = run_mod.train
-    run_mod.train = lambda *a, **k: orig(*a, **{**k, "on_step": kill_at})
-    try:
-        with pytest.raises(Killed):
-            distill(cfg, tmp_path / "part", progress=False)
-    finally:
-        run_mod.train = orig
+    _kill_at(cfg, tmp_path / "part", 7)
     distill(cfg, tmp_path / "part", resume=True, progress=False)
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

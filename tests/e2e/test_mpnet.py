@@ -6,21 +6,16 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from nanoify.config import DataConfig, DistillConfig, FinetuneConfig, TrainConfig
-from nanoify.distill.run import distill, finetune
+from nanoify.config import DataConfig, DistillConfig, TrainConfig
+from nanoify.distill.run import distill
 from nanoify.export.onnx import export
-from tests.conftest import make_mpnet_encoder
+from tests.conftest import finetune_tiny, make_mpnet_encoder
 
 
 @pytest.fixture(scope="module")
 def mpnet_teacher(tmp_path_factory, tiny_data):
     enc = make_mpnet_encoder(tmp_path_factory.mktemp("mpnet") / "encoder")
-    out = tmp_path_factory.mktemp("mpnet_teacher") / "teacher"
-    cfg = FinetuneConfig(model=str(enc), data=DataConfig(data=str(tiny_data), max_length=32),
-                         train=TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_ratio=0.1, min_steps=0))
-    man = finetune(cfg, out, progress=False)
-    assert man["metrics"]["validation"]["accuracy"] > 0.8, man["metrics"]
-    return out
+    return finetune_tiny(enc, tiny_data, tmp_path_factory.mktemp("mpnet_teacher") / "teacher")
 
 
 def _distill(teacher, data, out, **kw):
