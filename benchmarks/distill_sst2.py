@@ -116,7 +116,8 @@ def main() -> int:
              f"Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
              f"Data: SST-2 train {'2000-row subset' if a.quick else 'all 67,349 phrases'}, max length 64; "
              "scored on SST-2 validation (872). PyTorch FP32 eager on CPU, dynamic padding, real sentence order.",
-             f"Training time: teacher {teacher_secs / 60:.1f} min (cached), students "
+             f"Training time: teacher {teacher_secs / 60:.1f} min "
+             f"({'trained in this run' if teacher_trained else 'from an earlier run, cached'}), students "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in student_secs.items()) + ".",
              "",
              "| model | layers×hidden | params (M) | encoder FLOPs ÷ | file MB | val acc | × teacher acc | "
