@@ -41,3 +41,27 @@ def test_target_cuda_without_a_gpu_is_one_line(tmp_path, tiny_teacher, tiny_data
                  "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--target cuda needs a CUDA GPU" in err[0] and not (tmp_path / "q").exists()
+
+
+def test_gpu_artifacts_are_benchmarked_by_the_torch_engine(tmp_path, tiny_teacher, tiny_data):
+    """The folder quantize --target cuda writes (and any saved quantized folder) resolves to the torch engine,
+    not to an ONNX file, and bench scores it."""
+    from nanoify.bench.run import benchmark
+    from nanoify.config import BenchConfig
+    from nanoify.models.load import load_classifier
+    from nanoify.models.resolve import resolve
+    from nanoify.quant.gpu import quantizable_linears, quantize_model, save_quantized
+
+    data = DataConfig(data=str(tiny_data), max_length=32)
+    cfg = QuantizeConfig(target="cuda", budget=5.0, calib_samples=32, eval_rows=64,
+                         timing=TimingConfig(5, 32, rounds=1))
+    quantize_cuda(tiny_teacher, tmp_path / "q", data, data, cfg, device="cpu", formats=("int8",), progress=False)
+    model, tok, lm = load_classifier(str(tiny_teacher))
+    names = quantizable_linears(model)
+    quantize_model(model, "int8", names)
+    save_quantized(model, tok, lm.names, tmp_path / "int8", "int8", names)
+    for folder in (tmp_path / "q", tmp_path / "int8"):
+        assert resolve(folder).engine == "torch"
+    rep = benchmark([str(tiny_teacher), str(tmp_path / "int8")], data, progress=False,
+                    config=BenchConfig(isolate=False, timing=TimingConfig(5, 32, rounds=1)))
+    assert rep["models"][1]["accuracy"] > 0.7 and rep["models"][1]["top1_agreement"] >= 0.9

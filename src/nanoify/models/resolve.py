@@ -269,7 +269,7 @@ def resolve(model: str | Path, engine: str | None = None, task: str | None = Non
     if p.is_dir():
         man = read_manifest(p)
         kind = man.get("kind")
-        if kind == "quantize":
+        if kind == "quantize" and man.get("config", {}).get("target") != "cuda":
             f = p / man.get("model_file", "model.int8.onnx")
         elif kind == "export" or ((p / "hf").is_dir() and not (p / "config.json").is_file()):
             f = p / "model.fused.onnx" if (p / "model.fused.onnx").is_file() else p / "model.onnx"
