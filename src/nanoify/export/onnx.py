@@ -129,7 +129,7 @@ def fuse(path: str | Path, out: str | Path, num_heads: int, hidden: int, model_t
         # attention with a second additive score term (MPNet's relative position bias): see export/attention.py
         from .attention import fuse_biased_attention
 
-        n = fuse_biased_attention(opt.model, num_heads)
+        n = fuse_biased_attention(opt, num_heads)
         if n:
             stats["MultiHeadAttention"] = n
     opt.save_model_to_file(str(out))
