@@ -49,6 +49,7 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
     """Measure the GPU formats and write the chosen one (see module docstring); returns the manifest."""
     import torch
 
+    from ..bench.latency import measure_speed
     from ..engines.torch_engine import TorchEngine
     from ..models.load import load_classifier
     from ..models.resolve import resolve
@@ -93,21 +94,24 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
             paths[fmt] = tmp / "candidates" / fmt
             del m
         del model_fp32
-        with TorchEngine(str(folder), device=device) as ref_eng:  # FP32, eager: the reference
-            ref_preds = task.predict(ref_eng.infer, ev)
-        ref = {**task.reference_metrics(ref_preds, ev), "file_mb": _size(folder)}
+        fast = {"device": device, "dtype": "fp16" if on_gpu else "fp32", "graphs": on_gpu}
         metric = task.primary_metric(ev)
         records = []
-        for name, path in paths.items():
-            with TorchEngine(str(path), device=device, dtype="fp16" if on_gpu else "fp32", graphs=on_gpu) as eng:
+        with contextlib.ExitStack() as stack:  # every engine opened once (on a GPU: loaded and captured once)
+            ref_eng = stack.enter_context(TorchEngine(str(folder), device=device))  # FP32, eager: the reference
+            engines = {name: stack.enter_context(TorchEngine(str(p), **fast)) for name, p in paths.items()}
+            ref_preds = task.predict(ref_eng.infer, ev)
+            ref = {**task.reference_metrics(ref_preds, ev), "file_mb": _size(folder)}
+            for name, eng in engines.items():
                 preds = task.predict(eng.infer, ev)
-            m = {"name": name, **evaluate_predictions(task, preds, ev, ref_preds), "file_mb": _size(path)}
-            chk = check_budget(ref, m, cfg.budget, metric, cfg.agreement_budget, task.agreement_key)
-            m.update(metric=metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
-            records.append(m)
-        fast = {"device": device, "dtype": "fp16" if on_gpu else "fp32", "graphs": on_gpu}
-        ref_speed, *speeds = _time_all([(folder, {"device": device}), *((p, fast) for p in paths.values())],
-                                       task, ev, cfg)  # interleaved rounds, the FP32 reference among them
+                m = {"name": name, **evaluate_predictions(task, preds, ev, ref_preds), "file_mb": _size(paths[name])}
+                chk = check_budget(ref, m, cfg.budget, metric, cfg.agreement_budget, task.agreement_key)
+                m.update(metric=metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
+                records.append(m)
+            t = cfg.timing  # interleaved rounds, the FP32 reference among them
+            ref_speed, *speeds = measure_speed([ref_eng.infer, *(e.infer for e in engines.values())],
+                                               task.feeds(ev, 1, t.latency_rows),
+                                               task.feeds(ev, t.batch, t.throughput_rows), t.rounds, t.batch)
         ref.update(ref_speed)
         for r, sp in zip(records, speeds, strict=True):
             r.update(sp)
@@ -116,7 +120,7 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
         final = paths[chosen["name"]]
         for f in Path(final).iterdir():
             if f.is_file() and f.name != MANIFEST:
-                (tmp / f.name).write_bytes(f.read_bytes())
+                shutil.copy(f, tmp / f.name)
         shutil.rmtree(tmp / "candidates", ignore_errors=True)
         man = manifest("quantize", to_dict(cfg) | {"model": str(model), "target": "cuda", "device": device},
                        chosen=chosen["name"], why=why, reference={"name": "PyTorch FP32 (eager)", **ref},
@@ -130,15 +134,3 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
 
 def _size(folder: Path) -> float:
     return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 1e6
-
-
-def _time_all(models: list[tuple[Path, dict[str, Any]]], task: Any, ev: Any,
-              cfg: QuantizeConfig) -> list[dict[str, Any]]:
-    from ..bench.latency import measure_speed
-    from ..engines.torch_engine import TorchEngine
-
-    t = cfg.timing
-    with contextlib.ExitStack() as stack:
-        engines = [stack.enter_context(TorchEngine(str(p), **opts)) for p, opts in models]
-        return measure_speed([e.infer for e in engines], task.feeds(ev, 1, t.latency_rows),
-                             task.feeds(ev, t.batch, t.throughput_rows), t.rounds, t.batch)
