@@ -145,49 +145,31 @@ class _Null:
 def streams_row(model, feed: dict, n: int = 4, requests: int = 400) -> dict:
     """Batch-1 requests served by ``n`` threads, each with its own CUDA stream and captured graph (the torch
     engine's arrangement), against one: aggregate rows/s, per-request p50/p99."""
-    import numpy as np
     import torch
 
+    from nanoify.bench.run import serve_concurrently
     from nanoify.engines.static_shapes import StaticShapeRunner
 
-    def serve(k: int) -> tuple[float, list[float]]:
-        streams = [torch.cuda.Stream() for _ in range(k)]
-        runners = []
-        for s in streams:
-            with torch.cuda.stream(s):
+    def serve(k: int) -> dict:
+        runs = []
+        for _ in range(k):
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
                 r = StaticShapeRunner(lambda **t: model(**t).logits, {"input_ids": 0}, (SEQ,), "cuda", graphs=True)
                 r(feed)
-                runners.append(r)
+
+            def run(f, r=r, stream=stream):
+                with torch.cuda.stream(stream):
+                    r(f)
+                    stream.synchronize()
+            runs.append(run)
         torch.cuda.synchronize()
-        lat: list[float] = []
-        lock = threading.Lock()
-        todo = iter(range(requests))
+        return serve_concurrently(runs, [feed] * requests)
 
-        def work(i: int) -> None:
-            while True:
-                with lock:
-                    j = next(todo, None)
-                if j is None:
-                    return
-                t0 = time.perf_counter()
-                with torch.cuda.stream(streams[i]):
-                    runners[i](feed)
-                    streams[i].synchronize()
-                with lock:
-                    lat.append((time.perf_counter() - t0) * 1e3)
-
-        ts = [threading.Thread(target=work, args=(i,)) for i in range(k)]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        return requests / (time.perf_counter() - t0), lat
-
-    one, _ = serve(1)
-    many, lat = serve(n)
-    return {"streams": n, "one_stream_rows_s": one, "rows_s": many, "ratio": many / one,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    one, many = serve(1), serve(n)
+    return {"streams": n, "one_stream_rows_s": one["throughput_rows_s"], "rows_s": many["throughput_rows_s"],
+            "ratio": many["throughput_rows_s"] / one["throughput_rows_s"], "p50_ms": many["latency_ms_p50"],
+            "p99_ms": many["latency_ms_p99"]}
 
 
 def main() -> int:

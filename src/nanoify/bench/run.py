@@ -106,43 +106,49 @@ def torch_threads(n: int | None) -> Any:
         torch.set_num_threads(before)
 
 
-def _streams(ref: Any, feeds: list[dict[str, np.ndarray]], n: int, engine_opts: dict[str, Any]) -> dict[str, Any]:
-    """``n`` workers, each with its own engine, serving batch-1 requests from one queue concurrently."""
-    from ..engines import open_engine
-
-    threads = max(1, (os.cpu_count() or 1) // n)
-    guard = torch_threads(threads) if ref.engine == "torch" else contextlib.nullcontext()
+def serve_concurrently(runs: list[Any], requests: list[Any]) -> dict[str, Any]:
+    """One thread per callable in ``runs``, all taking requests from one queue: aggregate requests/s and
+    per-request p50/p99 latency (ms). Each callable must be warm and used by its thread alone."""
     lat: list[float] = []
     lock = threading.Lock()
-    nxt = iter(range(len(feeds)))
+    nxt = iter(range(len(requests)))
 
-    def work(e: Any) -> None:
+    def work(run: Any) -> None:
         while True:
             with lock:
                 i = next(nxt, None)
             if i is None:
                 return
             t0 = time.perf_counter()
-            e.infer(feeds[i])
+            run(requests[i])
             dt = time.perf_counter() - t0
             with lock:
                 lat.append(dt * 1e3)
 
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=work, args=(r,)) for r in runs]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"requests": len(requests), "throughput_rows_s": len(requests) / wall,
+            "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p99": float(np.percentile(lat, 99))}
+
+
+def _streams(ref: Any, feeds: list[dict[str, np.ndarray]], n: int, engine_opts: dict[str, Any]) -> dict[str, Any]:
+    """``n`` workers, each with its own engine, serving batch-1 requests from one queue concurrently."""
+    from ..engines import open_engine
+
+    threads = max(1, (os.cpu_count() or 1) // n)
+    guard = torch_threads(threads) if ref.engine == "torch" else contextlib.nullcontext()
     with guard, contextlib.ExitStack() as stack:  # torch's intra-op pool is global: n streams share the cores
         engines = [stack.enter_context(open_engine(ref.engine, str(ref.path), **{**engine_opts, "threads": threads}))
                    for _ in range(n)]
         for e in engines:
             e.infer(feeds[0])
-        t0 = time.perf_counter()
-        ts = [threading.Thread(target=work, args=(e,)) for e in engines]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        wall = time.perf_counter() - t0
-    return {"streams": n, "threads_per_stream": threads, "requests": len(feeds),
-            "throughput_rows_s": len(feeds) / wall, "latency_ms_p50": float(np.percentile(lat, 50)),
-            "latency_ms_p99": float(np.percentile(lat, 99))}
+        res = serve_concurrently([e.infer for e in engines], feeds)
+    return {"streams": n, "threads_per_stream": threads, **res}
 
 
 def busy_cores(window: float = 0.5) -> float:
