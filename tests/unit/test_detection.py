@@ -131,3 +131,28 @@ def test_detection_layouts_yolo_coco_and_plain_folders(tmp_path):
     sp = load_detection(str(tmp_path / "coco"), "validation")
     assert sp.names == ["person", "dog"] and sp.classes[0].tolist() == [1]  # the crowd region is left out
     np.testing.assert_allclose(sp.boxes[0], [[5, 6, 15, 26]])
+
+
+def test_boxes_wholly_in_the_letterbox_padding_are_dropped_before_nms():
+    """A 320×640 (h×w) image letterboxed into 640×640 sits in rows 160..480. A confident box in the grey above it
+    shows nothing of the image: it would clip to zero height; it is dropped, takes no max_det place and suppresses
+    nothing, and a box straddling the edge is kept, clipped."""
+    from nanoify.tasks.detect import Detection
+
+    class Rows:
+        def size(self, i):
+            return 320, 640
+
+    task = Detection(Preprocess.from_dict({"size": [640, 640], "resize": "letterbox"}), ["a"], "input", "yolov8",
+                     max_det=2)
+    # yolov8 layout (1, 4 + nc, N): centre x, centre y, w, h in input pixels, then one class score
+    cands = np.array([[100, 50, 40, 40, 0.99],    # wholly in the padding above the image
+                      [300, 300, 40, 40, 0.90],   # inside
+                      [500, 165, 40, 40, 0.80],   # straddles the top edge (rows 145..185)
+                      [300, 302, 40, 40, 0.70]],  # overlaps the inside box: suppressed
+                     np.float32)
+    state = task.start(type("ES", (), {"rows": Rows()})(), 1)
+    task.add(state, np.array([0]), {"output0": cands.T[None]})
+    det = task.finish(state)[0]
+    assert det.scores.tolist() == pytest.approx([0.90, 0.80])
+    np.testing.assert_allclose(det.boxes, [[280, 120, 320, 160], [480, 0, 520, 25]], atol=1e-4)

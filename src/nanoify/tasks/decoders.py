@@ -148,15 +148,18 @@ def _nms_session() -> Any:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float = 0.45, max_det: int = 300,
-        max_candidates: int = 3000) -> Candidates:
+        max_candidates: int = 3000, return_index: bool = False) -> Any:
     """Class-aware non-maximum suppression by ONNX Runtime; the ``max_det`` best survivors, best first. Only the
     ``max_candidates`` best-scoring candidates enter it (as Ultralytics' ``max_nms`` does): at a 0.001 threshold a
-    detector proposes tens of thousands, and NMS cost grows with the square of them per class."""
+    detector proposes tens of thousands, and NMS cost grows with the square of them per class. With
+    ``return_index`` a fourth array gives the survivors' positions in the input."""
+    index = np.arange(len(scores))
     if len(scores) == 0:
-        return boxes.reshape(0, 4).astype(np.float32), scores.astype(np.float32), classes.astype(np.int64)
+        out = boxes.reshape(0, 4).astype(np.float32), scores.astype(np.float32), classes.astype(np.int64)
+        return (*out, index) if return_index else out
     if len(scores) > max_candidates:
-        top = np.argpartition(-scores, max_candidates)[:max_candidates]
-        boxes, scores, classes = boxes[top], scores[top], classes[top]
+        index = np.argpartition(-scores, max_candidates)[:max_candidates]
+        boxes, scores, classes = boxes[index], scores[index], classes[index]
     # one row per candidate, scores only in its class's row: per-class suppression in one call
     uniq, inv = np.unique(classes, return_inverse=True)
     mat = np.zeros((1, len(uniq), len(scores)), dtype=np.float32)
@@ -167,4 +170,5 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float =
         "iou": np.array([iou], dtype=np.float32), "score_thr": np.array([thr], dtype=np.float32)})[0]
     keep = sel[:, 2]
     order = keep[np.argsort(-scores[keep], kind="stable")][:max_det]
-    return boxes[order].astype(np.float32), scores[order].astype(np.float32), classes[order].astype(np.int64)
+    out = boxes[order].astype(np.float32), scores[order].astype(np.float32), classes[order].astype(np.int64)
+    return (*out, index[order]) if return_index else out

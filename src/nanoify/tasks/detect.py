@@ -248,13 +248,19 @@ class Detection(Task):
             g = pre.geometry(h, w)
             one = {k: np.asarray(v)[j:j + 1] for k, v in outputs.items()}
             boxes, scores, classes = self.decode(one, tuple(pre.size), self.conf)  # type: ignore[arg-type]
-            boxes, scores, classes = nms(np.asarray(boxes, dtype=np.float32), np.asarray(scores, dtype=np.float32),
-                                         np.asarray(classes, dtype=np.int64), self.iou, self.max_det)
-            if len(boxes):
-                boxes = boxes.copy()
-                boxes[:, [0, 2]] = np.clip((boxes[:, [0, 2]] - g["pad_x"]) / g["scale_x"], 0, w)
-                boxes[:, [1, 3]] = np.clip((boxes[:, [1, 3]] - g["pad_y"]) / g["scale_y"], 0, h)
-            state["out"][int(i)] = Detections(boxes, scores, classes)
+            boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+            scores, classes = np.asarray(scores, dtype=np.float32), np.asarray(classes, dtype=np.int64)
+            # back to the image's pixels, clipped to it; a box wholly inside the letterbox padding clips to zero
+            # area: it shows no part of the image, and is dropped before NMS so it neither takes one of the
+            # max_det places nor suppresses a real box (no box could match it, so it only ever cost precision)
+            mapped = boxes.copy()
+            mapped[:, [0, 2]] = np.clip((boxes[:, [0, 2]] - g["pad_x"]) / g["scale_x"], 0, w)
+            mapped[:, [1, 3]] = np.clip((boxes[:, [1, 3]] - g["pad_y"]) / g["scale_y"], 0, h)
+            inside = (mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1])
+            ids = np.flatnonzero(inside)
+            _, scores, classes, kept = nms(boxes[ids], scores[ids], classes[ids], self.iou, self.max_det,
+                                           return_index=True)
+            state["out"][int(i)] = Detections(mapped[ids[kept]], scores, classes)
 
     def finish(self, state: dict[str, Any]) -> list[Detections]:
         return state["out"]
