@@ -86,10 +86,11 @@ def test_batched_frames_share_the_full_letterbox_and_map_back(tmp_path, tiny_yol
     assert task.feeds(es, 4)[0]["input"].shape == (4, 3, 640, 640)
     from nanoify.tasks.detect import box_agreement
 
-    # the same boxes up to the padding's effect on a random-weight net (0.87-0.96 of ~1,200 boxes, mean IoU
-    # above 0.99, measured); a geometry error would shift every box and keep almost none
+    # the same boxes up to the padding's effect on a random-weight net, whose scores near a frame's edge move
+    # with the extent of the grey around it (0.55-0.97 of the confident boxes kept for TinyYolo seeds 0-4, the
+    # kept ones at mean IoU ≥ 0.998, measured); a geometry error would shift or scale every box and keep none
     agree = box_agreement(one, four)
-    assert agree["box_agreement"] >= 0.8 and agree["mean_iou"] >= 0.98, agree
+    assert agree["box_agreement"] >= 0.5 and agree["mean_iou"] >= 0.99, agree
     for (h, w), det in zip(sizes, four, strict=True):
         assert det.boxes[:, [0, 2]].max() <= w and det.boxes[:, [1, 3]].max() <= h
 
