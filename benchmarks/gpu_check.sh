@@ -10,7 +10,7 @@
 # without CUDA everything skips cleanly (the tests report skipped, the matrix says so) and it exits 0.
 # The image's transformers (5.17 when last read) may predate transformers' guard for CUDA-graph capture in its
 # mask code; if the graph rows fail at capture, carry transformers 5.24 as a wheel (device README) and rerun.
-# Not in it yet (issue 11, not built): several GPUs through accelerate, the CNN and detector rows.
+# Not in it yet (issue 11, not built): the CNN and detector rows (one GPU: several-GPU training is CPU-tested only).
 # On the lent machine (a session whose device status shows can_start_another true): first here
 # `.venv/bin/python benchmarks/gpu_pack.py`, then one device run with carry [".gpu_carry"], timeout 600 and the
 # command `OUT=$OUT bash benchmarks/gpu_check.sh`; append gpu_matrix.md and the env.txt lines to RESULTS.md here.

@@ -89,6 +89,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
 
     man = finetune(FinetuneConfig(model=a.model, data=_data_cfg(a), train=_train_cfg(a)), a.out,
                    resume=a.resume)
+    if not man:  # another process of a torchrun / accelerate launch group: process 0 writes and reports
+        return 0
     print(f"classifier written to {a.out}")
     _print_summary(man)
     return 0
@@ -108,6 +110,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
                         stages=stages,
                         data=_data_cfg(a), train=_train_cfg(a))
     man = distill(cfg, a.out, resume=a.resume)
+    if not man:  # another process of a torchrun / accelerate launch group: process 0 writes and reports
+        return 0
     st = man["student"]
     print(f"student written to {a.out}: {st['layers']} layers, hidden {st['hidden']}, "
           f"{st['parameters'] / 1e6:.1f}M parameters, {st['encoder_flops_ratio_vs_teacher']:.1f}x fewer encoder FLOPs")
@@ -475,6 +479,20 @@ def main(argv: list[str] | None = None) -> int:
         print("nanoify: interrupted; previous outputs are intact (rerun with --resume to continue training)",
               file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """End a torchrun / accelerate launch group cleanly (every process reaches here)."""
+    import importlib.util
+
+    if "torch" not in sys.modules or importlib.util.find_spec("torch.distributed") is None:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -36,10 +36,12 @@ STATE_DICTS = ("model", "aux", "best_model", "best_aux")  # tensors saved under 
 
 def save_state(path: Path, *, run_key: str, model: dict[str, torch.Tensor], aux: dict[str, torch.Tensor],
                opt: dict[str, Any], sched: dict[str, Any], rng: torch.Tensor, rng_cuda: torch.Tensor | None = None,
+               rng_ranks: torch.Tensor | None = None, rng_cuda_ranks: torch.Tensor | None = None,
                best_model: dict[str, torch.Tensor] | None = None, best_aux: dict[str, torch.Tensor] | None = None,
                **position: Any) -> None:
     """Write a checkpoint to ``path`` atomically (``position``: stage, step, history, window, early-stopping
-    counters — JSON values; ``best_*``: the best held-out weights of the current stage)."""
+    counters — JSON values; ``best_*``: the best held-out weights of the current stage; ``rng*_ranks``: every
+    process's RNG state, one row each, when several trained together)."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -57,8 +59,9 @@ def save_state(path: Path, *, run_key: str, model: dict[str, torch.Tensor], aux:
                 plain[k] = v
         opt_tensors[str(idx)] = plain
     tensors["rng"] = rng.clone()
-    if rng_cuda is not None:
-        tensors["rng_cuda"] = rng_cuda.detach().cpu().clone()
+    for key, t in (("rng_cuda", rng_cuda), ("rng_ranks", rng_ranks), ("rng_cuda_ranks", rng_cuda_ranks)):
+        if t is not None:
+            tensors[key] = t.detach().cpu().clone().contiguous()
     meta = {"run_key": run_key, "opt_groups": opt["param_groups"], "opt_plain": opt_tensors, "sched": sched,
             **position}
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -93,6 +96,7 @@ def load_state(path: Path) -> dict[str, Any]:
             g["betas"] = tuple(g["betas"])
     out["opt"] = {"state": state, "param_groups": groups}
     out["rng"] = tensors["rng"]
-    out["rng_cuda"] = tensors.get("rng_cuda")
+    for key in ("rng_cuda", "rng_ranks", "rng_cuda_ranks"):
+        out[key] = tensors.get(key)
     out.update(meta)
     return out

@@ -29,6 +29,7 @@ from ..tasks.classify import agreement_table as agreement
 from ..tasks.classify import classification_metrics
 from ..tasks.text import predict_logits
 from . import losses as L
+from . import parallel
 from .mapping import LayerMatch, build_matches, features
 from .trainer import Stage, holdout_split, require_device, steps_for, train
 
@@ -92,7 +93,8 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
     t0 = time.time()
     out = Path(out)
     cfg = config
-    require_device(cfg.train.device)
+    group, device = parallel.setup(cfg.train.device)
+    require_device(device)
     data = load_text_data(cfg.data, seed=cfg.train.seed)
     tr = _train_split(data)
     label_map = LabelMap.from_values(tr.labels)
@@ -120,6 +122,8 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
                     evaluate=_holdout_judge(model, [all_ids[i] for i in held], all_y[held], _pad_id(tok),
                                             cfg.train.eval_batch_size) if held else None)
     loop_s = round(time.time() - t_loop, 1)
+    if not group.main:  # one of several training processes: process 0 evaluates and writes
+        return {}
     metrics: dict[str, Any] = {}
     for split in ("validation", "test"):
         res = _eval_split(model, tok, label_map, data, split, cfg.data.max_length, cfg.train.eval_batch_size)
@@ -129,6 +133,7 @@ def finetune(config: FinetuneConfig, out: str | Path, resume: bool | str = False
                    model={"source": cfg.model, "parameters": count_parameters(model),
                           "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size},
                    train={"steps": stage.steps, "seconds": round(time.time() - t0, 1), "loop_seconds": loop_s,
+                          "processes": group.world,
                           **_early_summary(history, len(held)),
                           "first": history[0] if history else None, "last": history[-1] if history else None},
                    metrics=metrics, run_key=run_key)
@@ -197,7 +202,12 @@ def _teacher_logits(teacher: Any, teacher_dir: str, ids: list[list[int]], pad_id
     for row in ids:
         h.update(np.asarray(row, dtype=np.int32).tobytes() + b"|")
     path = cache_dir() / "teacher_logits" / f"{h.hexdigest()[:24]}.pt"
+    group = parallel.current()
+    if group.active and not group.main:  # process 0 computes and writes them; the others read its file
+        parallel.barrier()
+        return torch.load(path, weights_only=True)
     if path.is_file():
+        parallel.barrier()
         log.info("teacher logits from cache %s", path)
         return torch.load(path, weights_only=True)
     logits = torch.from_numpy(predict_logits(teacher, ids, pad_id, batch_size, progress, "teacher logits"))
@@ -205,6 +215,7 @@ def _teacher_logits(teacher: Any, teacher_dir: str, ids: list[list[int]], pad_id
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(logits, tmp)
     os.replace(tmp, path)
+    parallel.barrier()
     return logits
 
 
@@ -221,7 +232,8 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     cfg = config
     if not cfg.teacher:
         raise ConfigError("distill needs a teacher: pass --teacher DIR")
-    require_device(cfg.train.device)
+    group, device = parallel.setup(cfg.train.device)
+    require_device(device)
     teacher, t_tok, label_map = load_classifier(cfg.teacher)
     data = load_text_data(cfg.data, seed=cfg.train.seed)
     tr = _train_split(data)
@@ -291,7 +303,7 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     ckpt = _ckpt_dir(out)
     needs_cache = any("kd_kl" in s.weights and not any(k not in LOGIT_TERMS for k in s.weights) for s in stages)
     cached = None
-    teacher.to(cfg.train.device)  # its passes (logit cache, held-out logits, layer targets) run where training does
+    teacher.to(device)  # its passes (logit cache, held-out logits, layer targets) run where training does
     if needs_cache:
         cached = _teacher_logits(teacher, cfg.teacher, t_ids, _pad_id(t_tok), cfg.train.eval_batch_size, progress)
     if aug_info is not None:  # the cost of the variants: teacher passes over them (once, cached) or every step
@@ -347,10 +359,12 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
                     evaluate=_holdout_judge(student, [all_s[i] for i in held], y_all[held], _pad_id(s_tok), bs,
                                             soft) if held else None)
     loop_s = round(time.time() - t_loop, 1)
-    teacher.to("cpu")
-    y = y_all
     for c in caps or ():
         c.remove()
+    if not group.main:  # one of several training processes: process 0 evaluates and writes
+        return {}
+    teacher.to("cpu")
+    y = y_all
     # the cache covers the rows that trained; with a held-out slice the diagnostics' sample needs every row
     metrics, diagnostics = _diagnose(cfg, student, s_tok, teacher, t_tok, label_map, data,
                                      cached if not held else None, y)
@@ -373,7 +387,8 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         stages=[{"name": s.name, "weights": s.weights, "steps": s.steps} for s in stages],
         teacher_logits_cached=cached is not None,
         # seconds: the whole command (teacher passes, evaluation included); loop_seconds: the optimiser loop alone
-        train={"seconds": round(time.time() - t0, 1), "loop_seconds": loop_s, **_early_summary(history, len(held)),
+        train={"seconds": round(time.time() - t0, 1), "loop_seconds": loop_s, "processes": group.world,
+               **_early_summary(history, len(held)),
                "first": history[0] if history else None,
                "last": history[-1] if history else None},
         metrics=metrics, diagnostics=diagnostics, run_key=run_key)

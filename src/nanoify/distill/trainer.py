@@ -21,6 +21,7 @@ import torch
 from ..config import TrainConfig
 from ..data.text import collate, epoch_batches
 from ..errors import ConfigError
+from . import parallel
 from .checkpoint import CKPT_FILE, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
     """
     from tqdm.auto import tqdm
 
-    dev = require_device(cfg.device)
+    group, device = parallel.setup(cfg.device)  # one process, or one of torchrun's / accelerate launch's N
+    dev = require_device(device)
     model.to(dev)
     aux.to(dev)
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
@@ -124,18 +126,23 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
                                   "rerun without --resume or with the original settings")
             log.info("ignoring the checkpoint in %s: it was made with other settings", ckpt_dir)
             state = None
+    if state is not None and state.get("processes", 1) != group.world:
+        raise ConfigError(f"the checkpoint in {ckpt_dir} was written by {state.get('processes', 1)} process(es); "
+                          f"resume with the same number (now {group.world}), or rerun without --resume")
     if state is not None:
         model.load_state_dict(state["model"])
         aux.load_state_dict(state["aux"])
         start_stage, start_step, history = state["stage"], state["step"], state["history"]
         log.info("resuming from stage %d step %d", start_stage, start_step)
-    elif ckpt is not None:
+    elif ckpt is not None and group.main:
         assert ckpt_dir is not None
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+    writes = ckpt is not None and group.main
 
     total = sum(s.steps for s in stages)
     done_before = sum(s.steps for s in stages[:start_stage]) + start_step
-    bar = tqdm(total=total, initial=done_before, desc="train", unit="step", disable=not progress, mininterval=2.0,
+    bar = tqdm(total=total, initial=done_before, desc="train", unit="step", disable=not progress or not group.main,
+               mininterval=2.0,
                dynamic_ncols=True)
     global_step = done_before
     model.train()
@@ -161,15 +168,17 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
         if resuming:
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
-            torch.set_rng_state(state["rng"])
-            if dev.type == "cuda" and state.get("rng_cuda") is not None:
-                torch.cuda.set_rng_state(state["rng_cuda"], dev)
+            torch.set_rng_state(state["rng"] if not group.active else state["rng_ranks"][group.rank].clone())
+            rng_cuda = state.get("rng_cuda") if not group.active else state.get("rng_cuda_ranks")
+            if dev.type == "cuda" and rng_cuda is not None:
+                torch.cuda.set_rng_state(rng_cuda if not group.active else rng_cuda[group.rank].clone(), dev)
             step = start_step
             es = state.get("early") or es
             if state.get("best_model"):
                 best_sd = {"model": state["best_model"], "aux": state.get("best_aux", {})}
         else:
-            torch.manual_seed(cfg.seed * 1000 + si + 1)  # seeds CUDA's generators too
+            # seeds CUDA's generators too; process r draws its own dropout masks (r = 0 alone: as ever)
+            torch.manual_seed(cfg.seed * 1000 + si + 1 + 7919 * group.rank)
         per_epoch = math.ceil(len(ids) / cfg.batch_size)
         epoch = -1
         batches: list[list[int]] = []
@@ -179,20 +188,25 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
             if e != epoch:
                 epoch = e
                 batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, si * 100_000 + e)
-            rows = batches[pos]
+            rows = parallel.shard(batches[pos], group)
+            weight = len(rows) / len(batches[pos])  # this process's share of the batch (1 alone)
+            if not rows:  # a last batch smaller than the group: a stand-in row whose gradient counts zero
+                rows = list(batches[pos][:1])
             batch = {k: torch.from_numpy(v).to(dev) for k, v in collate([ids[i] for i in rows], pad_id).items()}
             with autocast:
                 terms = loss_fn(stage, batch, rows)
             loss = sum(stage.weights[k] * v.float() for k, v in terms.items())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            parallel.average_gradients(params, weight, group)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             step += 1
             global_step += 1
-            for k, v in terms.items():
-                window.setdefault(k, []).append(float(v.detach()))
+            for k, v in parallel.reduce_terms({k: float(v.detach()) for k, v in terms.items()}, weight,
+                                              group).items():
+                window.setdefault(k, []).append(v)
             if step % cfg.log_every == 0 or step == stage.steps:
                 rec = {"stage": stage.name, "step": step, "lr": sched.get_last_lr()[0]}
                 rec.update({k: sum(v) / len(v) for k, v in window.items()})
@@ -204,7 +218,7 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
             stop = False
             if early and (step % every == 0 or step == stage.steps):
                 assert evaluate is not None
-                loss_h = float(evaluate())
+                loss_h = parallel.broadcast_float(evaluate() if group.main else None, group)  # one judge
                 model.train()
                 history.append({"stage": stage.name, "step": step, "holdout_loss": loss_h})
                 if es["best"] is None or loss_h < es["best"] - 1e-6:
@@ -224,12 +238,19 @@ def train(model: torch.nn.Module, aux: torch.nn.Module, ids: Sequence[Sequence[i
                     _restore_best(model, aux, best_sd, es["best_step"], step)
                     best_sd = None  # restored
                 nxt_stage, nxt_step = (si, step) if step < stage.steps and not stop else (si + 1, 0)
-                save_state(ckpt, run_key=run_key, model=model.state_dict(), aux=aux.state_dict(),
-                           opt=opt.state_dict(), sched=sched.state_dict(), rng=torch.get_rng_state(),
-                           rng_cuda=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-                           stage=nxt_stage, step=nxt_step, history=history, window=window, early=es,
-                           best_model=best_sd["model"] if best_sd and nxt_stage == si else {},
-                           best_aux=best_sd["aux"] if best_sd and nxt_stage == si else {})
+                rngs = parallel.gather_rng(torch.get_rng_state(), group)
+                rngs_cuda = parallel.gather_rng(torch.cuda.get_rng_state(dev), group) if dev.type == "cuda" else None
+                if writes:
+                    save_state(ckpt, run_key=run_key, model=model.state_dict(), aux=aux.state_dict(),
+                               opt=opt.state_dict(), sched=sched.state_dict(), rng=rngs[0],
+                               rng_cuda=rngs_cuda[0] if rngs_cuda else None,
+                               rng_ranks=torch.stack(rngs) if group.active else None,
+                               rng_cuda_ranks=torch.stack(rngs_cuda) if group.active and rngs_cuda else None,
+                               processes=group.world, stage=nxt_stage, step=nxt_step, history=history,
+                               window=window, early=es,
+                               best_model=best_sd["model"] if best_sd and nxt_stage == si else {},
+                               best_aux=best_sd["aux"] if best_sd and nxt_stage == si else {})
+                parallel.barrier()  # no process runs ahead of a checkpoint it could be resumed from
             if on_step is not None:
                 on_step(global_step)
             if stop:
