@@ -265,9 +265,9 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
 def _shape(ref: Any, eng: Any) -> dict[str, Any]:
     """Parameter count (torch module or ONNX weights)."""
     out: dict[str, Any] = {}
-    if hasattr(eng, "model"):
+    if hasattr(eng, "model") and ref.path.suffix != ".onnx":
         out["parameters_m"] = sum(p.numel() for p in eng.model.parameters()) / 1e6
-    elif ref.path.suffix == ".onnx":
+    elif ref.path.suffix == ".onnx":  # ONNX Runtime, or torch running the graph (its weights are buffers)
         import onnx
 
         g = onnx.load(str(ref.path), load_external_data=False).graph

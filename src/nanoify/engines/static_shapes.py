@@ -104,3 +104,58 @@ class StaticShapeRunner:
     def captured(self) -> list[tuple[int, int]]:
         """The (batch, bucket) keys seen so far (captured graphs when ``graphs``)."""
         return sorted(self.entries)
+
+
+class ExactShapeRunner:
+    """Calls ``fn(**tensors)`` with one CUDA graph per exact set of input shapes (images: batch × C × H × W, a
+    handful of shapes per model) — no padding, so outputs are the eager ones; with ``graphs=False`` it calls
+    ``fn`` directly (``torch.compile`` alone). The output may be a tensor, a tuple or a dict of tensors; a
+    replay returns fresh copies."""
+
+    def __init__(self, fn: Callable[..., Any], device: str, graphs: bool, warmup: int = 2,
+                 max_graphs: int = 32) -> None:
+        import torch
+
+        if graphs and not str(device).startswith("cuda"):
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.fn, self.device, self.graphs, self.warmup, self.max_graphs = fn, device, graphs, warmup, max_graphs
+        self.entries: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if graphs else None
+
+    def __call__(self, tensors: dict[str, Any]) -> Any:
+        import torch
+
+        if not self.graphs:
+            with torch.inference_mode():
+                return self.fn(**tensors)
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in tensors.items())
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) >= self.max_graphs:  # a stream of new shapes: run eagerly, capture no more
+                with torch.inference_mode():
+                    return self.fn(**tensors)
+            static = {k: v.clone() for k, v in tensors.items()}
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(self.warmup):
+                    self.fn(**static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+                out = self.fn(**static)
+            entry = self.entries[key] = {"inputs": static, "graph": graph, "output": out}
+        with torch.inference_mode():
+            for k, v in tensors.items():
+                entry["inputs"][k].copy_(v, non_blocking=True)
+            entry["graph"].replay()
+            out = entry["output"]
+            if isinstance(out, dict):
+                return {k: v.clone() for k, v in out.items()}
+            if isinstance(out, tuple | list):
+                return type(out)(v.clone() for v in out)
+            return out.clone()
+
+    @property
+    def captured(self) -> list[tuple[Any, ...]]:
+        return list(self.entries)

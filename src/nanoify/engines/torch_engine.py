@@ -3,9 +3,13 @@ also SDPA attention (``attention='sdpa'``), ``torch.compile`` (``compile='defaul
 'reduce-overhead'``) and CUDA graphs (``graphs=True``), the last two on inputs padded to sequence-length
 buckets (engines/static_shapes.py).
 
-Opens a Hugging Face classifier folder (``config.json``) or a nanoify torch-module folder (``module.json``:
+Opens a Hugging Face classifier folder (``config.json``), a nanoify torch-module folder (``module.json``:
 an import path that builds the module, its keyword arguments, input and output names; weights in
-``model.safetensors``). Returns every named output.
+``model.safetensors``), or an ``.onnx`` file, interpreted with torch operators (models/onnx_module.py: for
+models that ship only as ONNX, such as FastestDet, on the GPU path). Returns every named output. Image and
+detection models (module folders, ONNX files) take ``graphs``/``compile`` too: one CUDA graph per exact input
+shape. On CUDA, inputs go through pinned host buffers (one per input shape, reused) with asynchronous copies on
+the engine's stream, and outputs come back the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +44,16 @@ class TorchEngine(Engine):
         folder = Path(self.path)
         limit, tok = 0, None
         self.quantization: dict[str, Any] | None = None
-        if (folder / "module.json").is_file():
+        if folder.suffix.lower() == ".onnx" and folder.is_file():
+            from ..models.onnx_module import load_onnx_module
+            from ..models.resolve import onnx_io
+
+            self.model = load_onnx_module(folder)
+            ins, _outs, _ = onnx_io(folder)
+            self._spec = {k: (str(v[0]), list(v[1])) for k, v in ins.items() if k in self.model.input_names}
+            self._outputs = list(self.model.output_names)
+            self._hf = False
+        elif (folder / "module.json").is_file():
             from ..models.load import load_module
             from ..models.resolve import read_module_json
 
@@ -79,9 +92,22 @@ class TorchEngine(Engine):
         # every engine works on its own CUDA stream, so engines serving requests from several threads (bench
         # --streams N) overlap on the GPU instead of queueing on the default stream
         self._stream = torch.cuda.Stream(device=device) if device.startswith("cuda") else None
+        self._pinned: dict[tuple[str, tuple[int, ...], str], Any] = {}
         graphs, mode = bool(self.options.get("graphs")), self.options.get("compile")
         if graphs and not device.startswith("cuda"):
             raise EngineUnavailable("torch engine: CUDA graphs need device='cuda'")
+        if (graphs or mode) and not self._hf:
+            from .static_shapes import ExactShapeRunner
+
+            module, names = self.model, list(self._spec)
+            fn = module if not mode else torch.compile(
+                module, mode=None if mode == "default" else ("max-autotune-no-cudagraphs" if graphs and
+                                                             mode == "max-autotune" else mode), dynamic=False)
+
+            def call_module(**t: Any) -> Any:
+                return fn(*[t[k] for k in names])
+
+            self._runner = ExactShapeRunner(call_module, device, graphs=graphs and mode != "reduce-overhead")
         if (graphs or mode) and self._hf:
             from .static_shapes import StaticShapeRunner, buckets_for
 
@@ -115,18 +141,56 @@ class TorchEngine(Engine):
         with on_stream, torch.inference_mode():
             tensors = {}
             for k, v in feed.items():
-                t = torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+                t = self._to_device(k, np.ascontiguousarray(v))
                 tensors[k] = t.to(self._dtype) if t.is_floating_point() else t
             if self._runner is not None:
-                return {"logits": self._runner(tensors).float().cpu().numpy()}
-            out = self.model(**tensors) if self._hf else self.model(*tensors.values())
+                got = self._runner(tensors)
+                if self._hf:
+                    return {"logits": self._to_host(got)}
+                return {k: self._to_host(v) for k, v in self._named(got).items()}
+            if self._hf:
+                out = self.model(**tensors)
+            else:
+                out = self.model(*[tensors[k] for k in self._spec if k in tensors])
             if self._hf:
                 items = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-            elif isinstance(out, dict):
-                items = dict(out)
-            elif isinstance(out, tuple | list):
-                items = dict(zip(self._outputs, out, strict=False))
             else:
-                items = {self._outputs[0]: out}
+                items = self._named(out)
             # copied back on the engine's stream (a copy on another stream would not wait for its kernels)
-            return {k: v.float().cpu().numpy() for k, v in items.items()}
+            return {k: self._to_host(v) for k, v in items.items()}
+
+    def _named(self, out: Any) -> dict[str, Any]:
+        if isinstance(out, dict):
+            return dict(out)
+        if isinstance(out, tuple | list):
+            return dict(zip(self._outputs, out, strict=False))
+        return {self._outputs[0]: out}
+
+    def _to_device(self, name: str, arr: np.ndarray) -> Any:
+        """A feed array on the engine's device: on CUDA through a pinned host buffer kept per (input, shape,
+        dtype), so the copy is a DMA that does not stall the host (the buffer is reused only after this stream's
+        work on it ended: ``_to_host`` synchronises the stream before ``infer`` returns)."""
+        import torch
+
+        src = torch.from_numpy(arr)
+        if not str(self.device).startswith("cuda"):
+            return src
+        key = (name, tuple(arr.shape), str(arr.dtype))
+        buf = self._pinned.get(key)
+        if buf is None:
+            if len(self._pinned) > 64:  # many distinct shapes (dynamic H/W): keep the newest few
+                self._pinned.clear()
+            buf = self._pinned[key] = torch.empty(arr.shape, dtype=src.dtype, pin_memory=True)
+        buf.copy_(src)
+        return buf.to(self.device, non_blocking=True)
+
+    def _to_host(self, t: Any) -> np.ndarray:
+        import torch
+
+        t = t.float()
+        if not str(self.device).startswith("cuda"):
+            return t.cpu().numpy()
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()  # the engine's stream (infer runs inside it)
+        return host.numpy()
