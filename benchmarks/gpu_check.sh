@@ -1,48 +1,88 @@
 #!/usr/bin/env bash
 # Issue 11's prepared GPU check: one command for a machine with one CUDA GPU and no network.
 #   OUT=/path/to/results bash benchmarks/gpu_check.sh        (PYTHON=… to pick the interpreter; default python3)
-# At most 8 files come back from a device run: env.txt, tests_gpu.log, matrix.log, gpu_matrix.json, gpu_matrix.md,
-# quantize_cuda.log, quantize_cuda.json, distill_cuda.log.
+# A device run returns at most 8 files, so everything is written to $WORK and, after every step, packed into
+# $OUT/gpu_check.tgz (a step that hangs or a run cut short still returns what finished); $OUT also gets env.txt,
+# gpu_matrix.md and vision.md as plain files.
 # Needs torch (CUDA build), transformers, safetensors, tokenizers, onnx, onnxruntime, pytest and nvidia-ml-py, all
-# in the GPU image described in /work/.library/device/KINDS.md; nanoify runs from src/ (no install). Writes env.txt,
-# tests_gpu.log, matrix.log, gpu_matrix.json and gpu_matrix.md to $OUT, within 9.5 minutes at worst (the
-# timeouts below; a device call may run 10), typically 4–6. On a machine
+# in the GPU image described in /work/.library/device/KINDS.md; nanoify runs from src/ (no install). On a machine
 # without CUDA everything skips cleanly (the tests report skipped, the matrix says so) and it exits 0.
+# Time: a device call may run 600 s. Each step gets its own cap, and no step starts with less than its cap left
+# before DEADLINE (default 560 s), so the packing always happens; typically 5-7 minutes in all.
 # The image's transformers (5.17 when last read) may predate transformers' guard for CUDA-graph capture in its
 # mask code; if the graph rows fail at capture, carry transformers 5.24 as a wheel (device README) and rerun.
-# Not in it yet (issue 11, not built): the CNN and detector rows (one GPU: several-GPU training is CPU-tested only).
+# Steps: environment; tests/gpu; the BERT-base engine matrix (benchmarks/gpu_check.py); with .gpu_carry
+# (benchmarks/gpu_pack.py, carried): quantize --target cuda on SST-2, the CNN (ResNet-20, CIFAR-10) and the detector
+# (FastestDet, COCO128) through the torch engine on CUDA with four streams, and a distillation on the GPU.
 # On the lent machine (a session whose device status shows can_start_another true): first here
 # `.venv/bin/python benchmarks/gpu_pack.py`, then one device run with carry [".gpu_carry"], timeout 600 and the
-# command `OUT=$OUT bash benchmarks/gpu_check.sh`; append gpu_matrix.md and the env.txt lines to RESULTS.md here.
+# command `OUT=$OUT bash benchmarks/gpu_check.sh`; append gpu_matrix.md, vision.md and the env.txt lines to
+# RESULTS.md here.
 set -uo pipefail
 OUT=${OUT:-gpu_check_out}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT"
+DEADLINE=${DEADLINE:-560}
+WORK=${WORK:-/tmp/gpu_check_work}
+mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+pack() {
+  tar czf "$OUT/gpu_check.tgz.part" --exclude='*.safetensors' --exclude='*.onnx' --exclude='*.bin' -C "$WORK" . 2>/dev/null && mv "$OUT/gpu_check.tgz.part" "$OUT/gpu_check.tgz"
+  for f in env.txt gpu_matrix.md vision.md; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"; done
+  return 0
+}
+# step NAME CAP CMD…: run CMD with a timeout of CAP seconds when CAP seconds remain before DEADLINE, else skip
+step() {
+  local name=$1 cap=$2
+  shift 2
+  if (( SECONDS + cap > DEADLINE )); then
+    echo "$name: skipped, ${SECONDS}s gone and it may take ${cap}s (deadline ${DEADLINE}s)" >> "$WORK/env.txt"
+    return 0
+  fi
+  local t0=$SECONDS
+  timeout "$cap" "$@" > "$WORK/$name.log" 2>&1
+  echo "$name exit $? in $((SECONDS - t0))s" >> "$WORK/env.txt"
+  pack
+}
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv 2>&1 || echo "no nvidia-smi"
   "$PY" -c "import sys, torch, transformers; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda',
 torch.version.cuda, 'available', torch.cuda.is_available(), 'transformers', transformers.__version__)"
-} > "$OUT/env.txt" 2>&1
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/gpu > "$OUT/tests_gpu.log" 2>&1
-echo "tests/gpu exit $?: $(tail -n 1 "$OUT/tests_gpu.log")" >> "$OUT/env.txt"
-timeout 240 "$PY" benchmarks/gpu_check.py --out "$OUT" > "$OUT/matrix.log" 2>&1
-echo "matrix exit $?" >> "$OUT/env.txt"
-# with .gpu_carry (benchmarks/gpu_pack.py, carried): the formats' SST-2 accuracy, and a distillation on the GPU
-# (4×192 student, logits only, bf16, the 8,000 carried rows; CPU reference in benchmarks/RESULTS.md)
+} > "$WORK/env.txt" 2>&1
+pack
+step tests_gpu 110 "$PY" -m pytest -q -p no:cacheprovider tests/gpu
+echo "tests/gpu: $(tail -n 1 "$WORK/tests_gpu.log" 2>/dev/null)" >> "$WORK/env.txt"
+step matrix 220 "$PY" benchmarks/gpu_check.py --out "$WORK"
+pack
 if [ -d .gpu_carry/teacher ] && "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  timeout 120 "$PY" -m nanoify.cli quantize .gpu_carry/teacher --target cuda --calib .gpu_carry/sst2 \
-    --eval .gpu_carry/sst2 --max-length 64 --out /tmp/gpu_quantized > "$OUT/quantize_cuda.log" 2>&1
-  echo "quantize --target cuda exit $?" >> "$OUT/env.txt"
-  cp /tmp/gpu_quantized/manifest.json "$OUT/quantize_cuda.json" 2>/dev/null
-  timeout 90 "$PY" -m nanoify.cli distill --teacher .gpu_carry/teacher --data .gpu_carry/sst2 --max-length 64 \
-    --student layers=4,hidden=192,heads=12,intermediate=768 --attention-weight 0 --hidden-weight 0 \
-    --embedding-weight 0 --min-steps 0 --lr 5e-4 --device cuda --precision bf16 --out /tmp/gpu_distill \
-    > "$OUT/distill_cuda.log" 2>&1
-  echo "distill on cuda exit $?" >> "$OUT/env.txt"
-  "$PY" -c "import json; m = json.load(open('/tmp/gpu_distill/manifest.json')); s = sum(x['steps'] for x in m['stages']);
+  # the formats' SST-2 accuracy under the budget, on the GPU
+  step quantize_cuda 100 "$PY" -m nanoify.cli quantize .gpu_carry/teacher --target cuda --calib .gpu_carry/sst2 \
+    --eval .gpu_carry/sst2 --max-length 64 --out "$WORK/quantized"
+  cp "$WORK/quantized/manifest.json" "$WORK/quantize_cuda.json" 2>/dev/null
+  # the seed's before/after table on a GPU: eager FP32 → FP16 with CUDA graphs, four streams, watts, top-1 / mAP
+  # (ONNX Runtime on the CPU as the reference the CPU benchmarks used)
+  BENCH=(--streams 4 --rounds 2 --latency-rows 64 --throughput-rows 512)
+  step cnn 60 "$PY" -m nanoify.cli bench .gpu_carry/resnet20/torch .gpu_carry/resnet20/torch \
+    .gpu_carry/resnet20/torch .gpu_carry/resnet20/model.onnx \
+    --engine torch:cuda,torch:cuda:fp16,torch:cuda:fp16:graphs,onnxruntime --data .gpu_carry/cifar10/test.npz \
+    "${BENCH[@]}" --out "$WORK/cnn"
+  step detector 70 "$PY" -m nanoify.cli bench .gpu_carry/fastestdet/model.onnx .gpu_carry/fastestdet/model.onnx \
+    .gpu_carry/fastestdet/model.onnx --engine torch:cuda,torch:cuda:fp16:graphs,onnxruntime \
+    --data .gpu_carry/coco128 --streams 4 --rounds 2 --latency-rows 64 --throughput-rows 64 --out "$WORK/detector"
+  { echo "### ResNet-20, 2,000 carried CIFAR-10 test images"; cat "$WORK/cnn/report.md" 2>/dev/null
+    echo; echo "### FastestDet, 128 carried COCO128 val images (≤ 416 px)"; cat "$WORK/detector/report.md" 2>/dev/null
+  } > "$WORK/vision.md"
+  pack
+  # a distillation on the GPU (4×192 student, logits only, bf16, the 8,000 carried rows; CPU reference in
+  # benchmarks/RESULTS.md)
+  step distill_cuda 80 "$PY" -m nanoify.cli distill --teacher .gpu_carry/teacher --data .gpu_carry/sst2 \
+    --max-length 64 --student layers=4,hidden=192,heads=12,intermediate=768 --attention-weight 0 --hidden-weight 0 \
+    --embedding-weight 0 --min-steps 0 --lr 5e-4 --device cuda --precision bf16 --out "$WORK/distilled"
+  "$PY" -c "import json, sys; m = json.load(open(sys.argv[1])); s = sum(x['steps'] for x in m['stages']);
 t = m['train']['loop_seconds']; print('distillation on the GPU:', s, 'steps, loop', t, 's =', round(t / s, 4),
-'s/step (whole command', m['train']['seconds'], 's); val acc', m['metrics']['validation']['accuracy'])" >> "$OUT/env.txt" 2>&1
+'s/step (whole command', m['train']['seconds'], 's); val acc', m['metrics']['validation']['accuracy'])" \
+    "$WORK/distilled/manifest.json" >> "$WORK/env.txt" 2>&1
 fi
-cat "$OUT/env.txt" "$OUT/gpu_matrix.md" 2>/dev/null
+echo "done in ${SECONDS}s" >> "$WORK/env.txt"
+pack
+cat "$WORK/env.txt" "$WORK/gpu_matrix.md" 2>/dev/null

@@ -1,11 +1,16 @@
 """Pack what the GPU check needs beyond the repository into ``.gpu_carry/`` (ignored by git), within the 64 MiB a
-device run can bring: the SST-2 MiniLM teacher in FP16 safetensors (~45 MB) and SST-2 text (8,000 seeded training
-rows and the 872 validation rows).
+device run can bring (working tree included): the SST-2 MiniLM teacher in FP16 safetensors (~45 MB) and SST-2
+text (8,000 seeded training rows and the 872 validation rows); the pretrained ResNet-20 exported by nanoify (torch
+folder + ONNX) with 2,000 seeded CIFAR-10 test images; FastestDet (ONNX, with the preprocessing and decoder of
+benchmarks/detect_coco128.py) with COCO128's 128 validation images shrunk to at most 416 pixels a side (JPEG
+quality 92; labels are normalised, so they hold) — FastestDet's input is 352×352, so the shrink changes little,
+but the GPU table's mAP is on these files: the packer prints ONNX Runtime's CPU mAP on them as the reference.
 
 Run here, before a GPU session: `.venv/bin/python benchmarks/gpu_pack.py [--teacher DIR]` (default: the teacher of
 `make bench-distill`, .cache/bench/full/teacher_sst2). Then on the GPU machine, with `.gpu_carry` carried:
-`bash benchmarks/gpu_check.sh` also measures `quantize --target cuda` accuracy on SST-2 and a distillation epoch
-on the GPU. nanoify loads the FP16 weights back as float32.
+`bash benchmarks/gpu_check.sh` also measures `quantize --target cuda` accuracy on SST-2, a distillation epoch
+on the GPU, and the CNN and detector through the torch engine on CUDA. nanoify loads the FP16 weights back as
+float32.
 """
 
 from __future__ import annotations
@@ -20,12 +25,59 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
+def _vision(out: Path, shared: Path, n_images: int) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    import nanoify
+    from nanoify.models.load import build_module, load_weights
+
+    cifar = shared / "data" / "vision" / "cifar10" / "test.npz"
+    z = np.load(cifar)
+    idx = np.sort(np.random.default_rng(0).choice(len(z["labels"]), size=n_images, replace=False))
+    (out / "cifar10").mkdir(parents=True)
+    np.savez_compressed(out / "cifar10" / "test.npz", images=z["images"][idx], labels=z["labels"][idx],
+                        classes=z["classes"])
+    module = load_weights(build_module("nanoify.models.vision:resnet20"),
+                          shared / "models" / "resnet_cifar10" / "resnet20.safetensors")
+    nanoify.export(module, out / "resnet20", example_input=np.zeros((1, 3, 32, 32), np.float32),
+                   preprocess={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+                   labels=[str(c) for c in z["classes"]], factory="nanoify.models.vision:resnet20")
+    det = out / "fastestdet"
+    det.mkdir()
+    shutil.copyfile(shared / "models" / "fastestdet" / "FastestDet.onnx", det / "model.onnx")
+    coco = shared / "data" / "vision" / "coco128"
+    (det / "preprocess.json").write_text(json.dumps({"size": [352, 352], "resize": "stretch",
+                                                     "interpolation": "area", "channels": "bgr"}))
+    names = [n for n in (coco / "names.txt").read_text().splitlines() if n.strip()]
+    (det / "label_map.json").write_text(json.dumps({"names": names}))
+    (det / "detection.json").write_text(json.dumps({"decoder": "fastestdet"}))
+    dst = out / "coco128"
+    (dst / "images" / "val2017").mkdir(parents=True)
+    shutil.copytree(coco / "labels" / "val2017", dst / "labels" / "val2017")
+    shutil.copy(coco / "names.txt", dst / "names.txt")
+    for f in sorted((coco / "images" / "val2017").glob("*.jpg")):
+        im = Image.open(f).convert("RGB")
+        im.thumbnail((416, 416), Image.Resampling.LANCZOS)
+        im.save(dst / "images" / "val2017" / f.name, quality=92)
+    from nanoify.bench.run import measure_model
+
+    res, _ = measure_model(str(det / "model.onnx"), str(dst), engine="onnxruntime")
+    ref, _ = measure_model(str(det / "model.onnx"), str(coco), engine="onnxruntime")
+    print(f"FastestDet on the carried COCO128 val images: mAP@0.5:0.95 {res['map50_95']:.4f} (the originals: "
+          f"{ref['map50_95']:.4f}), mAP@0.5 {res['map50']:.4f} ({ref['map50']:.4f}) — ONNX Runtime, CPU")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default=str(ROOT / ".cache" / "bench" / "full" / "teacher_sst2"))
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "text" / "sst2"))
     ap.add_argument("--rows", type=int, default=8000)
     ap.add_argument("--out", default=str(ROOT / ".gpu_carry"))
+    ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    ap.add_argument("--images", type=int, default=2000, help="CIFAR-10 test images to carry")
     a = ap.parse_args()
     from nanoify.models.load import load_classifier, save_classifier
 
@@ -41,6 +93,7 @@ def main() -> int:
     random.Random(0).shuffle(rows)
     (out / "sst2" / "train.tsv").write_text("\n".join([lines[0], *rows[: a.rows]]) + "\n")
     shutil.copy(data / "validation.tsv", out / "sst2" / "validation.tsv")
+    _vision(out, Path(a.shared), a.images)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     print(f"packed {out} ({size:.1f} MiB): teacher in FP16, {a.rows} training rows, the validation split")
     return 0 if size < 60 else 1

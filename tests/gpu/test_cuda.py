@@ -42,7 +42,7 @@ def test_bench_on_cuda_reports_gpu_memory_and_energy_when_readable(tiny_teacher,
     cpu, gpu = rep["models"]
     assert gpu["device"] == "cuda" and gpu["gpu_peak_mb"] > 0 and gpu["top1_agreement"] >= 0.95
     if importlib.util.find_spec("pynvml") is not None:  # Volta and newer report total energy through NVML
-        assert gpu["energy_mj_per_row"] is not None and gpu["energy_mj_per_row"] > 0
+        assert gpu["energy_mj_per_row"] is not None and gpu["energy_mj_per_row"] > 0 and gpu["power_w"] > 0
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed")

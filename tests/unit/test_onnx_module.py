@@ -191,3 +191,18 @@ def test_reduced_precision_and_the_exact_shape_runner(tiny_yolo_export):
     with torch.no_grad():
         np.testing.assert_array_equal(run({"input": torch.from_numpy(feed["input"])})[0].numpy(),
                                       m(torch.from_numpy(feed["input"]))[0].numpy())
+
+
+def test_a_second_pass_copies_nothing_from_the_host(tiny_yolo_export, monkeypatch):
+    """What CUDA-graph capture needs: once a shape has run, the next pass of that shape makes no tensor from host
+    data (the detector's grid comes from Shape → Range on the host and is kept by content)."""
+    m = load_onnx_module(tiny_yolo_export / "model.onnx")
+    x = torch.from_numpy(RNG.random((1, 3, 320, 480), dtype=np.float32))
+    with torch.no_grad():
+        first = m(x)[0]
+        made = []
+        real = torch.tensor
+        monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(1) or real(*a, **k))
+        monkeypatch.setattr(torch, "as_tensor", lambda *a, **k: made.append(1) or real(*a, **k))
+        again = m(x)[0]
+    assert not made and torch.equal(first, again)

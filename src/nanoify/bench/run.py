@@ -61,21 +61,25 @@ def energy_meter(engine_device: str = "cpu") -> Any:
 
 
 def _energy_per_row(run: Any, batches: list[dict[str, np.ndarray]], device: str,
-                    min_seconds: float = 2.0) -> float | None:
-    """Millijoules per row over batch passes lasting at least ``min_seconds`` (energy counters tick
-    coarsely: a pass of a few milliseconds reads as zero); None without a readable sensor or a tick."""
+                    min_seconds: float = 2.0) -> dict[str, float | None]:
+    """Millijoules per row and the average power in watts over batch passes lasting at least ``min_seconds``
+    (energy counters tick coarsely — NVML's about every 100 ms: a pass of a few milliseconds reads as zero); None
+    without a readable sensor or a tick. The sensor counts the whole device (GPU) or package (RAPL), idle draw
+    included."""
     from .latency import rows_in
 
     meter = energy_meter(device)
     if meter is None or not batches:
-        return None
+        return {"energy_mj_per_row": None, "power_w": None}
     rows, t0, e0 = 0, time.perf_counter(), meter()
     while time.perf_counter() - t0 < min_seconds:
         for b in batches:
             run(b)
         rows += rows_in(batches)
-    joules = meter() - e0
-    return joules / rows * 1e3 if joules > 0 and rows else None
+    joules, seconds = meter() - e0, time.perf_counter() - t0
+    if joules <= 0 or not rows:
+        return {"energy_mj_per_row": None, "power_w": None}
+    return {"energy_mj_per_row": joules / rows * 1e3, "power_w": joules / seconds}
 
 
 def peak_rss_mb() -> float:
@@ -236,7 +240,7 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
                 b8 = tk.feeds(es, 8, t.throughput_rows)
                 res["throughput_b8"] = float(sum(len(next(iter(f.values()))) for f in b8)
                                              / time_batches(eng.infer, b8, warmup=1).sum())
-            res["energy_mj_per_row"] = _energy_per_row(eng.infer, big, device)
+            res.update(_energy_per_row(eng.infer, big, device))
             dims = tk.synthetic_dims()
             if dims and batch == t.batch:  # fixed-shape throughput (text: batch 32 × length 128), from the spec
                 fixed = [synthetic_feed(eng.input_spec(), {"batch": t.batch, **dims}, tk.input_ranges(), seed=s)
@@ -418,6 +422,7 @@ ROWS: list[tuple[str, str, int]] = [
     ("peak_rss_mb", "peak RSS (MB)", 0),
     ("gpu_peak_mb", "GPU peak (MB)", 0),
     ("energy_mj_per_row", "energy (mJ/row)", 2),
+    ("power_w", "average power under load (W)", 0),
 ]
 
 

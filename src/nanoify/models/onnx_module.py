@@ -63,7 +63,19 @@ class _Ctx:
                 hit = self.m._dev_cache[key] = self._cast(torch.tensor(np.asarray(v), device=dev),
                                                           like)
             return hit
-        return self._cast(torch.tensor(np.asarray(v), device=dev), like)
+        # a value computed on the host from shapes (a detector's grid from Range): the same for the same input
+        # shapes, so it is kept by content — a CUDA graph replays without host→device copies, which capture
+        # forbids (the warm-up passes before a capture fill this)
+        arr = np.ascontiguousarray(v)
+        if arr.nbytes > 1 << 20:
+            return self._cast(torch.tensor(arr, device=dev), like)
+        ckey = (arr.dtype.str, arr.shape, arr.tobytes(), str(dev), None if like is None else like.dtype)
+        hit = self.m._value_cache.get(ckey)
+        if hit is None:
+            if len(self.m._value_cache) > 512:
+                self.m._value_cache.clear()
+            hit = self.m._value_cache[ckey] = self._cast(torch.tensor(arr, device=dev), like)
+        return hit
 
     def _cast(self, t: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
         """Float constants follow the precision of the tensor they meet (an FP16 run stays FP16)."""
@@ -117,8 +129,10 @@ _OPS["Less"] = _binary(np.less, lambda a, b: torch.lt(a, b))
 _OPS["Greater"] = _binary(np.greater, lambda a, b: torch.gt(a, b))
 _OPS["GreaterOrEqual"] = _binary(np.greater_equal, lambda a, b: torch.ge(a, b))
 _OPS["LessOrEqual"] = _binary(np.less_equal, lambda a, b: torch.le(a, b))
-_OPS["And"] = _binary(np.logical_and, lambda a, b: torch.logical_and(a, torch.as_tensor(b, device=a.device)))
-_OPS["Or"] = _binary(np.logical_or, lambda a, b: torch.logical_or(a, torch.as_tensor(b, device=a.device)))
+_OPS["And"] = _binary(np.logical_and, lambda a, b: torch.logical_and(a, b) if isinstance(b, torch.Tensor)
+                      else a.bool() & bool(b))
+_OPS["Or"] = _binary(np.logical_or, lambda a, b: torch.logical_or(a, b) if isinstance(b, torch.Tensor)
+                     else a.bool() | bool(b))
 
 
 @_op("Mod")
@@ -604,6 +618,7 @@ class OnnxModule(torch.nn.Module):
         self._buffer_names: dict[str, str] = {}
         self._const_ids: set[int] = set()
         self._dev_cache: dict[tuple[int, str], torch.Tensor] = {}
+        self._value_cache: dict[tuple[Any, ...], torch.Tensor] = {}
         self.float_dtype = torch.float32
 
         on_host = {n.input[j] for n in g.node for j in HOST_INPUTS.get(n.op_type, ()) if j < len(n.input)}
@@ -662,6 +677,7 @@ class OnnxModule(torch.nn.Module):
         if b is not None:
             self.float_dtype = b.dtype
         self._dev_cache.clear()
+        self._value_cache.clear()
         return out
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
