@@ -7,7 +7,8 @@ Rows, each in the same process, timed with CUDA events after warm-up:
   eager FP32, eager FP16, SDPA FP16, SDPA FP16 + CUDA graphs (engines/static_shapes.py), the same with
   torch.compile (inductor's default mode; max-autotune's search does not fit the check's minutes), and CUDA
   graphs with the quantized linear layers of quant/gpu.py (INT8 dynamic, INT8 weight-only, FP8 where compute
-  capability ≥ 8.9).
+  capability ≥ 8.9), and the same layers through torchao's configs where torchao is importable (gpu_check.sh
+  installs the carried wheel).
 Per row: batch-1 latency p50/p99 over 200 calls, batch-128 throughput over 20 calls, both at sequence 128;
 average power (W) during the batch-128 pass from an NVML sampler, the idle baseline, and energy per row from
 NVML's energy counter over ≥ 2 s of passes. Every quantized row's logits are compared with FP32's on the
@@ -237,6 +238,28 @@ def main() -> int:
         quantize_model(q, fmt, quantizable_linears(q))
         rows.append(run_row(f"SDPA + CUDA graphs, {fmt.upper()} linear layers", graphed(q), feeds, ref, power))
         del q
+    # the same layers through torchao's inference configs (carried as a wheel): which is faster decides
+    from nanoify.quant.gpu import torchao_available, torchao_quantize
+
+    report["torchao"] = None
+    if torchao_available():
+        import torchao
+
+        report["torchao"] = torchao.__version__
+        for fmt in ("int8", "int8-weight-only", *(("fp8",) if fp8_supported("cuda") else ())):
+            q = copy.deepcopy(sdpa)
+
+            def ao(q=q, fmt=fmt):
+                torchao_quantize(q, fmt, quantizable_linears(q))
+                return graphed(q)
+
+            try:
+                fn = ao()
+            except Exception as e:  # noqa: BLE001 - recorded, the matrix goes on
+                rows.append({"name": f"torchao {fmt.upper()}", "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                continue
+            rows.append(run_row(f"SDPA + CUDA graphs, torchao {fmt.upper()}", fn, feeds, ref, power))
+            del q, fn
     report["rows"] = rows
     try:
         report["streams"] = streams_row(sdpa, feeds["b1"])
@@ -258,7 +281,8 @@ def main() -> int:
         report["targets"]["four streams ≥ 3× one stream (b1, graphs)"] = [st["ratio"], st["ratio"] >= 3.0]
     (out / "gpu_matrix.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"GPU matrix: {report['gpu']} (capability {report['capability']}), torch {report['torch']}, CUDA "
-             f"{report['cuda']}; BERT-base shape, random weights, sequence {SEQ}; idle "
+             f"{report['cuda']}, torchao {report['torchao'] or 'not installed'}; BERT-base shape, random weights, "
+             f"sequence {SEQ}; idle "
              f"{report.get('idle_watts', float('nan')):.0f} W.", "",
              "| engine | b1 p50 ms | b1 p99 ms | b128 rows/s | W | mJ/row | cosine vs FP32 |",
              "|---|---|---|---|---|---|---|"]

@@ -25,6 +25,12 @@ DEADLINE=${DEADLINE:-560}
 WORK=${WORK:-/tmp/gpu_check_work}
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# torchao for the matrix's comparison rows, from the carried wheel when the image has none
+if ls .gpu_carry/wheels/*.whl > /dev/null 2>&1 && ! "$PY" -c "import torchao" > /dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/ao_site .gpu_carry/wheels/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/ao_site"
+fi
+export TORCHAO_FORCE_SKIP_LOADING_SO_FILES=1
 pack() {
   tar czf "$OUT/gpu_check.tgz.part" --exclude='*.safetensors' --exclude='*.onnx' --exclude='*.bin' -C "$WORK" . 2>/dev/null && mv "$OUT/gpu_check.tgz.part" "$OUT/gpu_check.tgz"
   for f in env.txt gpu_matrix.md vision.md; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"; done
@@ -69,7 +75,7 @@ if [ -d .gpu_carry/teacher ] && "$PY" -c "import torch, sys; sys.exit(0 if torch
   step detector 70 "$PY" -m nanoify.cli bench .gpu_carry/fastestdet/model.onnx .gpu_carry/fastestdet/model.onnx \
     .gpu_carry/fastestdet/model.onnx --engine torch:cuda,torch:cuda:fp16:graphs,onnxruntime \
     --data .gpu_carry/coco128 --streams 4 --rounds 2 --latency-rows 64 --throughput-rows 64 --out "$WORK/detector"
-  { echo "### ResNet-20, 2,000 carried CIFAR-10 test images"; cat "$WORK/cnn/report.md" 2>/dev/null
+  { echo "### ResNet-20, 1,000 carried CIFAR-10 test images"; cat "$WORK/cnn/report.md" 2>/dev/null
     echo; echo "### FastestDet, 128 carried COCO128 val images (≤ 416 px)"; cat "$WORK/detector/report.md" 2>/dev/null
   } > "$WORK/vision.md"
   pack

@@ -1,10 +1,11 @@
 """Pack what the GPU check needs beyond the repository into ``.gpu_carry/`` (ignored by git), within the 64 MiB a
 device run can bring (working tree included): the SST-2 MiniLM teacher in FP16 safetensors (~45 MB) and SST-2
 text (8,000 seeded training rows and the 872 validation rows); the pretrained ResNet-20 exported by nanoify (torch
-folder + ONNX) with 2,000 seeded CIFAR-10 test images; FastestDet (ONNX, with the preprocessing and decoder of
+folder + ONNX) with 1,000 seeded CIFAR-10 test images; FastestDet (ONNX, with the preprocessing and decoder of
 benchmarks/detect_coco128.py) with COCO128's 128 validation images shrunk to at most 416 pixels a side (JPEG
 quality 92; labels are normalised, so they hold) — FastestDet's input is 352×352, so the shrink changes little,
-but the GPU table's mAP is on these files: the packer prints ONNX Runtime's CPU mAP on them as the reference.
+but the GPU table's mAP is on these files: the packer prints ONNX Runtime's CPU mAP on them as the reference; and
+the torchao wheel (3.4 MB) for the matrix's comparison rows.
 
 Run here, before a GPU session: `.venv/bin/python benchmarks/gpu_pack.py [--teacher DIR]` (default: the teacher of
 `make bench-distill`, .cache/bench/full/teacher_sst2). Then on the GPU machine, with `.gpu_carry` carried:
@@ -77,7 +78,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=8000)
     ap.add_argument("--out", default=str(ROOT / ".gpu_carry"))
     ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
-    ap.add_argument("--images", type=int, default=2000, help="CIFAR-10 test images to carry")
+    ap.add_argument("--images", type=int, default=1000, help="CIFAR-10 test images to carry")
+    ap.add_argument("--torchao", default="0.18.0", help="torchao wheel to carry ('' for none)")
     a = ap.parse_args()
     from nanoify.models.load import load_classifier, save_classifier
 
@@ -94,9 +96,15 @@ def main() -> int:
     (out / "sst2" / "train.tsv").write_text("\n".join([lines[0], *rows[: a.rows]]) + "\n")
     shutil.copy(data / "validation.tsv", out / "sst2" / "validation.tsv")
     _vision(out, Path(a.shared), a.images)
+    if a.torchao:  # abi3 wheel for the GPU image's Python 3.12; gpu_check.sh installs it into /tmp
+        import subprocess
+
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+                        "-d", str(out / "wheels"), f"torchao=={a.torchao}"], check=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     print(f"packed {out} ({size:.1f} MiB): teacher in FP16, {a.rows} training rows, the validation split")
-    return 0 if size < 60 else 1
+    return 0 if size < 62 else 1  # 64 MiB travel in all, the working tree (~1 MiB) included
 
 
 if __name__ == "__main__":

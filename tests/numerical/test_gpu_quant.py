@@ -84,3 +84,27 @@ def test_static_without_scales_and_unknown_format_are_errors():
         QuantLinear.from_linear(lin, "int4")
     with pytest.raises(ValueError, match="calibrated input scales"):
         quantize_model(torch.nn.Sequential(lin), "int8-static", ["0"])
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int8-weight-only"])
+def test_torchao_rows_quantize_the_same_layers_and_keep_the_logits(tiny_teacher, fmt):
+    """The GPU check's torchao comparison rows (FP8 needs CUDA there): the encoder's linear layers become torchao
+    tensors, the head stays float, logits keep cosine ≥ 0.995 (the CPU kernels of the same configs)."""
+    pytest.importorskip("torchao")
+    from nanoify.models.load import load_classifier
+    from nanoify.quant.gpu import torchao_quantize
+    from nanoify.tasks.classify import cosine
+
+    model, _, _ = load_classifier(str(tiny_teacher))
+    batches = _batches()
+    with torch.inference_mode():
+        ref = [model(**b).logits.numpy() for b in batches]
+    names = torchao_quantize(model, fmt)
+    mods = dict(model.named_modules())
+    assert all(type(mods[n].weight.data).__module__.startswith("torchao") for n in names)  # e.g. Int8Tensor
+    assert type(model.classifier.weight.data) is torch.Tensor
+    with torch.inference_mode():
+        got = [model(**b).logits.float().numpy() for b in batches]
+    assert all(cosine(r, g) >= 0.995 for r, g in zip(ref, got, strict=True))
+    with pytest.raises(ValueError, match="torchao format"):
+        torchao_quantize(model, "int4")

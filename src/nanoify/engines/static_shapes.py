@@ -6,7 +6,9 @@ cores; issue 11): a BERT layer is a few dozen kernels of microseconds each. A CU
 once and replays them with one call, but only for fixed shapes and fixed buffers. So inputs are copied into
 static buffers padded to the next bucket (padding tokens are masked, so the real rows' outputs are unchanged up
 to float rounding), each (batch, bucket) key is captured lazily on first use into one shared memory pool, and
-later calls replay it. Without CUDA (or with ``graphs=False``) the same bucketing runs eagerly — that path is
+later calls replay it. Captures are thread-local (``capture_error_mode="thread_local"``): engines serving
+other streams from other threads (``bench --streams``) keep running while one of them captures a new shape.
+Without CUDA (or with ``graphs=False``) the same bucketing runs eagerly — that path is
 what the CPU tests check, and what ``torch.compile`` wants (a handful of shapes instead of one per length).
 """
 
@@ -75,7 +77,7 @@ class StaticShapeRunner:
                     self.fn(**static)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 entry["output"] = self.fn(**static)
             entry["graph"] = graph
         self.entries[key] = entry
@@ -142,7 +144,7 @@ class ExactShapeRunner:
                     self.fn(**static)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 out = self.fn(**static)
             entry = self.entries[key] = {"inputs": static, "graph": graph, "output": out}
         with torch.inference_mode():

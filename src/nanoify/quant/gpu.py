@@ -213,3 +213,40 @@ def load_quantized(folder: str | Path, attention: str = "eager") -> tuple[nn.Mod
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load the quantized GPU model in {folder} ({first})") from None
     return model.eval(), tok, labels, qcfg
+
+
+TORCHAO_FORMATS = ("int8", "int8-weight-only", "fp8")
+
+
+def torchao_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchao") is not None
+
+
+def torchao_quantize(model: nn.Module, fmt: str, names: list[str] | None = None) -> list[str]:
+    """The same layers quantized by torchao's inference configs instead of :class:`QuantLinear` — the
+    comparison issue 11 asks for (torchao's Int8DynamicActivationInt8Weight, Int8WeightOnly,
+    Float8DynamicActivationFloat8Weight with per-row scales), measured side by side in benchmarks/gpu_check.py.
+    torchao's compiled extension is not needed for these paths, so it is not loaded (it is built for one torch
+    version and fails to load beside others). Not an artifact format: torchao's tensor subclasses do not go
+    into nanoify's safetensors folders."""
+    import os
+
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    if fmt not in TORCHAO_FORMATS:
+        raise ValueError(f"torchao format {fmt!r}: choose {', '.join(TORCHAO_FORMATS)}")
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        PerRow,
+        quantize_,
+    )
+
+    names = quantizable_linears(model) if names is None else names
+    chosen = set(names)
+    config = {"int8": Int8DynamicActivationInt8WeightConfig, "int8-weight-only": Int8WeightOnlyConfig}.get(fmt)
+    cfg = config() if config else Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    quantize_(model, cfg, filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in chosen)
+    return names
