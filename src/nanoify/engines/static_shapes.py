@@ -30,6 +30,23 @@ def buckets_for(limit: int | None, buckets: Sequence[int] = DEFAULT_BUCKETS) -> 
     return (*kept, limit)
 
 
+def capture(fn: Callable[..., Any], static: dict[str, Any], pool: Any, warmup: int) -> tuple[Any, Any]:
+    """(graph, its output buffers) for ``fn(**static)``: a few eager passes on a side stream first (cuBLAS and the
+    allocator settle), then one thread-local capture into ``pool``."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.inference_mode():
+        for _ in range(warmup):
+            fn(**static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        out = fn(**static)
+    return graph, out
+
+
 class StaticShapeRunner:
     """Calls ``fn(**tensors)`` (→ one output tensor, batch first) on buffers of fixed shape.
 
@@ -70,16 +87,7 @@ class StaticShapeRunner:
                   for k, dt in dtypes.items()}
         entry: dict[str, Any] = {"inputs": static}
         if self.graphs:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.inference_mode():
-                for _ in range(self.warmup):
-                    self.fn(**static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                entry["output"] = self.fn(**static)
-            entry["graph"] = graph
+            entry["graph"], entry["output"] = capture(self.fn, static, self.pool, self.warmup)
         self.entries[key] = entry
         return entry
 
@@ -137,15 +145,7 @@ class ExactShapeRunner:
                 with torch.inference_mode():
                     return self.fn(**tensors)
             static = {k: v.clone() for k, v in tensors.items()}
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.inference_mode():
-                for _ in range(self.warmup):
-                    self.fn(**static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                out = self.fn(**static)
+            graph, out = capture(self.fn, static, self.pool, self.warmup)
             entry = self.entries[key] = {"inputs": static, "graph": graph, "output": out}
         with torch.inference_mode():
             for k, v in tensors.items():
