@@ -1,0 +1,66 @@
+"""benchmarks/gpu_check.sh runs once, on a lent GPU, with minutes counted: its nanoify command lines must still
+parse whenever the CLI changes (options renamed, engine specs), and it must stay valid bash."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from nanoify.cli import build_parser
+from nanoify.engines import parse_engine_spec
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+
+
+def _commands() -> list[list[str]]:
+    text = SCRIPT.read_text()
+    bench = re.search(r"BENCH=\((.*?)\)", text)
+    assert bench, "the BENCH array"
+    joined = re.sub(r"\\\n\s*", " ", text)  # continuation lines
+    out = []
+    for line in joined.splitlines():
+        if "-m nanoify.cli" not in line:
+            continue
+        args = line.split("-m nanoify.cli", 1)[1].split(">", 1)[0]
+        args = args.replace('"${BENCH[@]}"', bench.group(1)).replace('"$WORK', '"/tmp/w')
+        out.append(shlex.split(args))
+    return out
+
+
+def test_every_nanoify_command_in_the_gpu_check_parses():
+    cmds = _commands()
+    assert [c[0] for c in cmds] == ["quantize", "bench", "bench", "distill"]
+    parser = build_parser()
+    for argv in cmds:
+        a = parser.parse_args(argv)
+        if argv[0] == "bench":
+            specs = a.engine.split(",")
+            assert len(specs) == len(a.models), argv  # one engine per model
+            for spec in specs:
+                parse_engine_spec(spec)
+            assert a.streams == 4
+
+
+def test_the_script_is_valid_bash_and_skips_cleanly_without_a_gpu(tmp_path):
+    import os
+    import sys
+    import tarfile
+
+    import pytest
+    import torch
+
+    assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the check would run for minutes (run it as benchmarks/gpu_check.sh)")
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = (out / "env.txt").read_text()
+    assert "tests_gpu exit 0" in env and "matrix exit 0" in env and "done in" in env, env
+    assert "no CUDA GPU" in (out / "gpu_matrix.md").read_text()
+    with tarfile.open(out / "gpu_check.tgz") as t:  # what a device run brings back
+        assert {"./env.txt", "./gpu_matrix.json", "./tests_gpu.log"} <= set(t.getnames())
+    assert len(list(out.iterdir())) <= 8
