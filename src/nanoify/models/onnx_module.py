@@ -245,13 +245,28 @@ def _pad_for_torch(pads: list[int], n: int) -> list[int]:
     return out
 
 
+def _explicit_pads(c: _Ctx, x: torch.Tensor, kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
+    """The node's pads as ONNX begin/end lists, ``auto_pad`` resolved for this input (SAME_UPPER puts the odd
+    pixel at the end, SAME_LOWER at the start; VALID pads nothing)."""
+    n = len(kernel)
+    mode = c.a.get("auto_pad", "NOTSET")
+    if mode == "NOTSET":
+        return list(c.a.get("pads", [0] * (2 * n)))
+    if mode == "VALID":
+        return [0] * (2 * n)
+    begin, end = [], []
+    for size, k, st, d in zip(x.shape[2:], kernel, strides, dilations, strict=True):
+        total = max((math.ceil(size / st) - 1) * st + (k - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    return begin + end
+
+
 @_op("Conv")
 def _conv(c: _Ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     n = w.dim() - 2
-    if c.a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise ModelError(f"Conv auto_pad={c.a['auto_pad']} is not supported by the torch runner; re-export "
-                         "with explicit pads")
-    pads = list(c.a.get("pads", [0] * (2 * n)))
+    pads = _explicit_pads(c, x, list(w.shape[2:]), c.a.get("strides", [1] * n), c.a.get("dilations", [1] * n))
     begin, sym = _pads(pads, n)
     if not sym:
         x = F.pad(x, _pad_for_torch(pads, n))
@@ -278,22 +293,32 @@ def _convt(c: _Ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = N
 def _pool(c: _Ctx, x: torch.Tensor, kind: str) -> torch.Tensor:
     k = list(c.a["kernel_shape"])
     n = len(k)
-    pads = list(c.a.get("pads", [0] * (2 * n)))
-    begin, sym = _pads(pads, n)
     strides = c.a.get("strides", [1] * n)
+    dil = c.a.get("dilations", [1] * n)
+    pads = _explicit_pads(c, x, k, strides, dil)
+    begin, sym = _pads(pads, n)
     ceil = bool(c.a.get("ceil_mode", 0))
-    if not sym or any(2 * p > kk for p, kk in zip(begin, k, strict=True)):
-        fill = -math.inf if kind == "max" else 0.0
-        if kind == "avg" and not c.a.get("count_include_pad", 0) and any(pads):
-            raise ModelError("AveragePool with asymmetric pads that exclude the padding from the count is not "
-                             "supported by the torch runner")
-        x = F.pad(x, _pad_for_torch(pads, n), value=fill)
-        begin = [0] * n
+    include = bool(c.a.get("count_include_pad", 0))
+    if kind == "avg" and any(d != 1 for d in dil):
+        raise ModelError("AveragePool with dilations is not supported by the torch runner")
+    if not sym or any(2 * p > kk for p, kk in zip(begin, k, strict=True)):  # torch takes symmetric pads ≤ k/2
+        if kind == "max":
+            x = F.pad(x, _pad_for_torch(pads, n), value=-math.inf)
+            return {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n](x, k, strides, 0, dilation=dil,
+                                                                          ceil_mode=ceil)
+        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+        summed = fn(F.pad(x, _pad_for_torch(pads, n)), k, strides, 0, ceil_mode=ceil, count_include_pad=True)
+        if include:
+            return summed
+        # the padding left out of the count: the same pool over a mask of real pixels gives each window's share
+        ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        share = fn(F.pad(ones, _pad_for_torch(pads, n)), k, strides, 0, ceil_mode=ceil, count_include_pad=True)
+        return summed / share
     if kind == "max":
         fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
-        return fn(x, k, strides, begin, dilation=c.a.get("dilations", [1] * n), ceil_mode=ceil)
+        return fn(x, k, strides, begin, dilation=dil, ceil_mode=ceil)
     fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-    return fn(x, k, strides, begin, ceil_mode=ceil, count_include_pad=bool(c.a.get("count_include_pad", 0)))
+    return fn(x, k, strides, begin, ceil_mode=ceil, count_include_pad=include)
 
 
 _OPS["MaxPool"] = lambda c, x: _pool(c, x, "max")
