@@ -392,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "1%% of predictions change); default: no bound")
     q.add_argument("--target", choices=("cpu", "tensorrt", "cuda"), default="cpu",
                    help="cpu: ONNX Runtime INT8 measured here; tensorrt: Q/DQ graph + calibration cache to hand off; "
-                        "cuda: GPU formats (FP8/INT8/FP16) for the torch engine, measured on the GPU")
+                        "cuda: GPU formats for the torch engine, measured on the GPU (transformers: FP8/INT8/FP16; "
+                        "CNNs and detectors: FP16/BF16)")
     q.add_argument("--optimize", choices=("balanced", "latency", "throughput", "size"), default="balanced",
                    help="what the model is for: balanced (default: batch-1 latency, throughput and size together), "
                         "latency, throughput or size")

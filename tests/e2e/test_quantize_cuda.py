@@ -65,3 +65,41 @@ def test_gpu_artifacts_are_benchmarked_by_the_torch_engine(tmp_path, tiny_teache
     rep = benchmark([str(tiny_teacher), str(tmp_path / "int8")], data, progress=False,
                     config=BenchConfig(isolate=False, timing=TimingConfig(5, 32, rounds=1)))
     assert rep["models"][1]["accuracy"] > 0.7 and rep["models"][1]["top1_agreement"] >= 0.9
+
+
+def test_cnn_and_onnx_only_detector_get_a_precision_and_load_with_it(tmp_path, tiny_cnn_export, tiny_images,
+                                                                     tiny_yolo_export, det_data):
+    """CNNs and detectors: FP16 and BF16 against FP32 eager (on the CPU kernels here), the chosen precision
+    written beside the model as it came — the export's torch module, or an ONNX file alone with its
+    preprocessing — and used by default by the torch engine that bench picks for the folder."""
+    import shutil
+
+    from nanoify.bench.run import measure_model
+    from nanoify.models.resolve import resolve
+
+    cfg = QuantizeConfig(target="cuda", budget=5.0, eval_rows=64, timing=TimingConfig(4, 16, rounds=1))
+    man = quantize_cuda(tiny_cnn_export, tmp_path / "cnn", str(tiny_images), str(tiny_images), cfg, device="cpu",
+                        progress=False)
+    assert [r["name"] for r in man["candidates"]] == ["fp16", "bf16"] and man["task"] == "image-classification"
+    assert all(r["top1_agreement"] >= 0.9 for r in man["candidates"]), man["candidates"]
+    out = tmp_path / "cnn"
+    assert (out / "module.json").is_file() and (out / "preprocess.json").is_file()
+    assert json.loads((out / "quantization.json").read_text())["format"] == man["chosen"]
+    ref = resolve(out)
+    assert ref.engine == "torch" and ref.task == "image-classification"
+    with open_engine("torch", str(out)) as eng:
+        assert eng._dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[man["chosen"]]
+    res, _ = measure_model(str(out), str(tiny_images), timing=TimingConfig(4, 16, rounds=1))
+    assert res["engine"] == "torch" and res["accuracy"] > 0.8
+
+    bare = tmp_path / "bare"  # an ONNX-only detector: the torch engine runs the graph
+    bare.mkdir()
+    for f in ("model.onnx", "preprocess.json", "detection.json", "label_map.json"):
+        shutil.copy(tiny_yolo_export / f, bare / f)
+    cfg = QuantizeConfig(target="cuda", budget=100.0, eval_rows=6, timing=TimingConfig(2, 4, rounds=1))
+    man = quantize_cuda(bare / "model.onnx", tmp_path / "det", str(det_data), str(det_data), cfg, device="cpu",
+                        progress=False)
+    assert man["task"] == "detection" and all("box_agreement" in r for r in man["candidates"])
+    out = tmp_path / "det"
+    assert (out / "model.onnx").is_file() and (out / "detection.json").is_file()
+    assert resolve(out).engine == "torch"

@@ -137,3 +137,22 @@ def test_onnx_detector_and_cnn_through_torch_with_cuda_graphs(tiny_yolo_export, 
                         scale = float(np.abs(ref[k]).max()) or 1.0
                         assert float(np.abs(got[k] - ref[k]).max()) <= tol * max(1.0, scale), (path, name, k)
             assert len(graphs._runner.captured) == len(shapes)
+
+
+def test_cnn_precision_on_the_gpu(tmp_path, tiny_cnn_export, tiny_images):
+    """quantize --target cuda for a CNN on the GPU: FP16/BF16 with CUDA graphs against FP32 eager; the chosen
+    folder loads on CUDA in that precision and agrees with FP32."""
+    from nanoify.config import QuantizeConfig, TimingConfig
+    from nanoify.engines import open_engine
+    from nanoify.quant.cuda import quantize_cuda
+
+    cfg = QuantizeConfig(target="cuda", budget=2.0, eval_rows=256, timing=TimingConfig(20, 64, rounds=1))
+    man = quantize_cuda(tiny_cnn_export, tmp_path / "q", str(tiny_images), str(tiny_images), cfg, progress=False)
+    assert man["chosen"] in ("fp16", "bf16") and not man["speed_note"]
+    assert all(r["top1_agreement"] >= 0.97 for r in man["candidates"]), man["candidates"]
+    feed = {"input": np.random.default_rng(0).random((8, 3, 16, 16), dtype=np.float32)}
+    with open_engine("torch", str(tmp_path / "q"), device="cuda", graphs=True) as q, \
+            open_engine("onnxruntime", str(tiny_cnn_export / "model.onnx")) as ref:
+        a, b = q.infer(feed), ref.infer(feed)
+        k = next(iter(b))
+        assert (a[k].argmax(1) == b[k].argmax(1)).mean() >= 7 / 8

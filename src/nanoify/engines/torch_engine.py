@@ -35,7 +35,7 @@ class TorchEngine(Engine):
 
         import torch
 
-        dtype = self.options.get("dtype", "fp32")
+        dtype = self.options.get("dtype") or self._default_dtype()
         device = self.options.get("device", "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineUnavailable("torch engine: CUDA was asked for but torch.cuda.is_available() is False")
@@ -124,6 +124,23 @@ class TorchEngine(Engine):
             pad = {"input_ids": int(getattr(tok, "pad_token_id", 0) or 0)}
             self._runner = StaticShapeRunner(fn, pad, self.options.get("buckets") or buckets_for(limit or None),
                                              device, graphs=graphs and mode != "reduce-overhead")
+
+    def _default_dtype(self) -> str:
+        """FP32, or the precision ``quantize --target cuda`` chose for an image or detection model (its
+        ``quantization.json`` of kind ``precision`` beside the module or the ONNX file)."""
+        import json
+        from pathlib import Path
+
+        p = Path(self.path)
+        qfile = (p if p.is_dir() else p.parent) / "quantization.json"
+        if qfile.is_file():
+            try:
+                q = json.loads(qfile.read_text())
+            except (OSError, ValueError):
+                return "fp32"
+            if isinstance(q, dict) and q.get("kind") == "precision" and q.get("format") in DTYPES:
+                return str(q["format"])
+        return "fp32"
 
     def close(self) -> None:
         self.__dict__.pop("model", None)

@@ -287,6 +287,8 @@ def resolve(model: str | Path, engine: str | None = None, task: str | None = Non
             f = onnx_files[0]
         if not f.is_file():
             raise ModelError(f"{p} has no {f.name}; re-run the command that wrote it")
+        if kind == "quantize" and man.get("config", {}).get("target") == "cuda":
+            engine = engine or "torch"  # quantize --target cuda chose a precision for the torch engine on a GPU
         return resolve(f, engine, task or man.get("task"), preprocess, decoder)
     suffix = p.suffix.lower()
     if suffix in ONNX_SUFFIXES:

@@ -9,8 +9,14 @@ on the evaluation rows, batch-1 latency and batch-32 throughput timed in interle
 
 The folder written is loadable by the torch engine (``nanoify bench OUT --engine torch:cuda:fp16:graphs``):
 config, tokenizer, label map, ``model.safetensors`` with the quantized tensors, ``quantization.json``, and
-the manifest with every candidate's measurements. CNNs and detectors (convolutions) are not covered by these
-formats: for them ``--target tensorrt`` writes the Q/DQ graph.
+the manifest with every candidate's measurements.
+
+CNNs and detectors (torch-module folders, export folders, ONNX files): PyTorch has no INT8 or FP8 convolution
+outside TensorRT, so their GPU candidates are precisions — FP16 and BF16 (where the GPU has it), each with CUDA
+graphs per input shape, against FP32 eager on the same GPU, chosen the same way. The folder written is the model
+as it came (a torch-module folder, or the ONNX file with its preprocess/label/detection files, run by the torch
+engine's ONNX interpreter) plus ``quantization.json`` naming the precision, which the torch engine then uses by
+default. For INT8 convolutions, ``--target tensorrt`` writes the Q/DQ graph.
 
 ``device`` other than CUDA is accepted only from Python (the tests run the whole path on the CPU kernels of the
 same ops); there, speed numbers mean nothing and the manifest says so.
@@ -68,11 +74,14 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--target cuda needs a CUDA GPU and a CUDA build of torch (torch.cuda.is_available() is "
                           "False here); use --target cpu, or --target tensorrt for a hand-off graph")
+    if _image_source(model) is not None:
+        return _quantize_precision(model, out, calib, eval_data, cfg, device, progress)
     folder = _classifier_folder(model)
     ref_obj = resolve(folder)
     task = make_task(ref_obj)
     if task.name != "text-classification":
-        raise ModelError(f"--target cuda covers text classifiers; this is a {task.name} model: use --target tensorrt")
+        raise ModelError(f"--target cuda covers text classifiers, torch-module folders and ONNX files; {model} is a "
+                         f"{task.name} model of another kind: use --target tensorrt")
     calib_set = task.calib_set(calib, cfg.calib_samples)
     ev = task.eval_set(eval_data if eval_data is not None else calib, None, cfg.eval_rows)
     on_gpu = device.startswith("cuda")
@@ -130,6 +139,107 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
                                                       "about GPU speed")
         write_json(tmp / MANIFEST, man)
     return man
+
+
+SIDECARS = ("preprocess.json", "label_map.json", "detection.json")
+PRECISIONS = ("fp16", "bf16")
+
+
+def _image_source(model: str | Path) -> Path | None:
+    """What the torch engine opens for an image or detection model: its torch-module folder (an export folder's
+    ``torch/``, preferred: native PyTorch), else its ONNX file; None for anything else (text classifiers)."""
+    p = Path(model)
+    if p.is_file() and p.suffix.lower() == ".onnx":
+        return p
+    if not p.is_dir() or (p / "config.json").is_file() or (p / "hf").is_dir():
+        return None
+    for cand in (p / "module.json", p / "torch" / "module.json"):
+        if cand.is_file():
+            return cand.parent
+    onnx_files = sorted(p.glob("*.onnx"))
+    return onnx_files[0] if len(onnx_files) == 1 else None
+
+
+def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_data: Any, cfg: QuantizeConfig,
+                        device: str, progress: bool) -> dict[str, Any]:
+    """``--target cuda`` for CNNs and detectors: FP16 / BF16 with CUDA graphs against FP32 eager (module
+    docstring)."""
+    import json
+
+    import torch
+
+    from ..bench.latency import measure_speed
+    from ..engines.torch_engine import TorchEngine
+    from ..models.resolve import resolve
+    from ..tasks import check_budget, evaluate_predictions, make_task
+    from .run import choose
+
+    src = _image_source(model)
+    assert src is not None
+    ref_obj = resolve(model)
+    task = make_task(ref_obj)
+    if task.name not in ("image-classification", "detection"):
+        raise ModelError(f"{model} is a {task.name} model; --target cuda takes its Hugging Face folder")
+    ev = task.eval_set(eval_data if eval_data is not None else calib, None, cfg.eval_rows)
+    on_gpu = device.startswith("cuda")
+    wanted = [f for f in PRECISIONS if f != "bf16" or not on_gpu or torch.cuda.is_bf16_supported()]
+    skipped = [f for f in PRECISIONS if f not in wanted]
+    metric = task.primary_metric(ev)
+    t_start = time.time()
+    records = []
+    with contextlib.ExitStack() as stack:
+        ref_eng = stack.enter_context(TorchEngine(str(src), device=device))  # FP32, eager: the reference
+        engines = {f: stack.enter_context(TorchEngine(str(src), device=device, dtype=f, graphs=on_gpu))
+                   for f in wanted}
+        ref_preds = task.predict(ref_eng.infer, ev)
+        ref = {**task.reference_metrics(ref_preds, ev), "file_mb": _files_mb(src)}
+        for name, eng in engines.items():
+            preds = task.predict(eng.infer, ev)
+            m = {"name": name, **evaluate_predictions(task, preds, ev, ref_preds), "file_mb": _files_mb(src)}
+            chk = check_budget(ref, m, cfg.budget, metric, cfg.agreement_budget, task.agreement_key)
+            m.update(metric=metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
+            records.append(m)
+        t = cfg.timing
+        batch = task.batch_for(t.batch)
+        ref_speed, *speeds = measure_speed([ref_eng.infer, *(e.infer for e in engines.values())],
+                                           task.feeds(ev, 1, t.latency_rows), task.feeds(ev, batch, t.throughput_rows),
+                                           t.rounds, batch)
+    ref.update(ref_speed)
+    for r, sp in zip(records, speeds, strict=True):
+        r.update(sp)
+    best, why = choose(records, ref, cfg.optimize, metric, agree_key=task.agreement_key)
+    chosen = records[best]
+    with atomic_dir(Path(out)) as tmp:
+        if src.is_dir():  # the module folder as it is, and what its parent holds for it (preprocessing, labels)
+            for f in src.iterdir():
+                if f.is_file() and f.name != MANIFEST:
+                    shutil.copy(f, tmp / f.name)
+        else:
+            shutil.copy(src, tmp / "model.onnx")
+        for name in SIDECARS:
+            found = next((d / name for d in (src if src.is_dir() else src.parent, src.parent)
+                          if (d / name).is_file()), None)
+            if found is not None and not (tmp / name).exists():
+                shutil.copy(found, tmp / name)
+        (tmp / QUANT_PRECISION_FILE).write_text(json.dumps(
+            {"kind": "precision", "format": chosen["name"], "target": "cuda", "measured_with_graphs": on_gpu},
+            indent=2) + "\n")
+        man = manifest("quantize", to_dict(cfg) | {"model": str(model), "target": "cuda", "device": device},
+                       chosen=chosen["name"], why=why, reference={"name": "PyTorch FP32 (eager)", **ref},
+                       candidates=records, skipped_formats=skipped, task=task.name,
+                       seconds=round(time.time() - t_start, 1),
+                       speed_note=None if on_gpu else "not a GPU: timings are of the CPU kernels and say nothing "
+                                                      "about GPU speed")
+        write_json(tmp / MANIFEST, man)
+    return man
+
+
+QUANT_PRECISION_FILE = "quantization.json"
+
+
+def _files_mb(src: Path) -> float:
+    files = [src] if src.is_file() else [f for f in src.iterdir() if f.suffix in (".safetensors", ".onnx")]
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def _size(folder: Path) -> float:
