@@ -55,11 +55,9 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
     """Measure the GPU formats and write the chosen one (see module docstring); returns the manifest."""
     import torch
 
-    from ..bench.latency import measure_speed
-    from ..engines.torch_engine import TorchEngine
     from ..models.load import load_classifier
     from ..models.resolve import resolve
-    from ..tasks import check_budget, evaluate_predictions, make_task
+    from ..tasks import make_task
     from .gpu import (
         FORMATS,
         calibrate_input_scales,
@@ -104,41 +102,63 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
             del m
         del model_fp32
         fast = {"device": device, "dtype": "fp16" if on_gpu else "fp32", "graphs": on_gpu}
-        metric = task.primary_metric(ev)
-        records = []
-        with contextlib.ExitStack() as stack:  # every engine opened once (on a GPU: loaded and captured once)
-            ref_eng = stack.enter_context(TorchEngine(str(folder), device=device))  # FP32, eager: the reference
-            engines = {name: stack.enter_context(TorchEngine(str(p), **fast)) for name, p in paths.items()}
-            ref_preds = task.predict(ref_eng.infer, ev)
-            ref = {**task.reference_metrics(ref_preds, ev), "file_mb": _size(folder)}
-            for name, eng in engines.items():
-                preds = task.predict(eng.infer, ev)
-                m = {"name": name, **evaluate_predictions(task, preds, ev, ref_preds), "file_mb": _size(paths[name])}
-                chk = check_budget(ref, m, cfg.budget, metric, cfg.agreement_budget, task.agreement_key)
-                m.update(metric=metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
-                records.append(m)
-            t = cfg.timing  # interleaved rounds, the FP32 reference among them
-            ref_speed, *speeds = measure_speed([ref_eng.infer, *(e.infer for e in engines.values())],
-                                               task.feeds(ev, 1, t.latency_rows),
-                                               task.feeds(ev, t.batch, t.throughput_rows), t.rounds, t.batch)
-        ref.update(ref_speed)
-        for r, sp in zip(records, speeds, strict=True):
-            r.update(sp)
-        best, why = choose(records, ref, cfg.optimize, metric, agree_key=task.agreement_key)
+        ref, records = _measure(task, ev, cfg, (str(folder), {"device": device, "dtype": "fp32"}, _size(folder)),
+                                {name: (str(p), fast, _size(p)) for name, p in paths.items()}, cfg.timing.batch)
+        best, why = choose(records, ref, cfg.optimize, task.primary_metric(ev), agree_key=task.agreement_key)
         chosen = records[best]
         final = paths[chosen["name"]]
         for f in Path(final).iterdir():
             if f.is_file() and f.name != MANIFEST:
                 shutil.copy(f, tmp / f.name)
         shutil.rmtree(tmp / "candidates", ignore_errors=True)
-        man = manifest("quantize", to_dict(cfg) | {"model": str(model), "target": "cuda", "device": device},
-                       chosen=chosen["name"], why=why, reference={"name": "PyTorch FP32 (eager)", **ref},
-                       candidates=records, skipped_formats=skipped, task=task.name,
-                       seconds=round(time.time() - t_start, 1),
-                       speed_note=None if on_gpu else "not a GPU: timings are of the CPU kernels and say nothing "
-                                                      "about GPU speed")
+        man = _manifest(cfg, model, device, task.name, ref, records, chosen["name"], why, skipped, t_start)
         write_json(tmp / MANIFEST, man)
     return man
+
+
+def _measure(task: Any, ev: Any, cfg: QuantizeConfig, reference: tuple[str, dict[str, Any], float],
+             candidates: dict[str, tuple[str, dict[str, Any], float]], batch: int
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score every candidate (path, engine options, file MB) against the FP32 eager reference on the evaluation
+    rows — the task's metric, agreement, the budget check — then time them all in interleaved rounds (the
+    routine ``quantize --target cpu`` and ``bench`` use). Each engine is opened once (on a GPU: loaded and its
+    graphs captured once)."""
+    from ..bench.latency import measure_speed
+    from ..engines.torch_engine import TorchEngine
+    from ..tasks import check_budget, evaluate_predictions
+
+    metric = task.primary_metric(ev)
+    records = []
+    with contextlib.ExitStack() as stack:
+        ref_eng = stack.enter_context(TorchEngine(reference[0], **reference[1]))
+        engines = {name: stack.enter_context(TorchEngine(path, **opts)) for name, (path, opts, _) in
+                   candidates.items()}
+        ref_preds = task.predict(ref_eng.infer, ev)
+        ref = {**task.reference_metrics(ref_preds, ev), "file_mb": reference[2]}
+        for name, eng in engines.items():
+            preds = task.predict(eng.infer, ev)
+            m = {"name": name, **evaluate_predictions(task, preds, ev, ref_preds), "file_mb": candidates[name][2]}
+            chk = check_budget(ref, m, cfg.budget, metric, cfg.agreement_budget, task.agreement_key)
+            m.update(metric=metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
+            records.append(m)
+        t = cfg.timing
+        ref_speed, *speeds = measure_speed([ref_eng.infer, *(e.infer for e in engines.values())],
+                                           task.feeds(ev, 1, t.latency_rows), task.feeds(ev, batch, t.throughput_rows),
+                                           t.rounds, batch)
+    ref.update(ref_speed)
+    for r, sp in zip(records, speeds, strict=True):
+        r.update(sp)
+    return ref, records
+
+
+def _manifest(cfg: QuantizeConfig, model: str | Path, device: str, task: str, ref: dict[str, Any],
+              records: list[dict[str, Any]], chosen: str, why: str, skipped: list[str], t_start: float
+              ) -> dict[str, Any]:
+    return manifest("quantize", to_dict(cfg) | {"model": str(model), "target": "cuda", "device": device},
+                    chosen=chosen, why=why, reference={"name": "PyTorch FP32 (eager)", **ref}, candidates=records,
+                    skipped_formats=skipped, task=task, seconds=round(time.time() - t_start, 1),
+                    speed_note=None if device.startswith("cuda") else "not a GPU: timings are of the CPU kernels "
+                                                                      "and say nothing about GPU speed")
 
 
 SIDECARS = ("preprocess.json", "label_map.json", "detection.json")
@@ -168,10 +188,8 @@ def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_dat
 
     import torch
 
-    from ..bench.latency import measure_speed
-    from ..engines.torch_engine import TorchEngine
     from ..models.resolve import resolve
-    from ..tasks import check_budget, evaluate_predictions, make_task
+    from ..tasks import make_task
     from .run import choose
 
     src = _image_source(model)
@@ -186,27 +204,10 @@ def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_dat
     skipped = [f for f in PRECISIONS if f not in wanted]
     metric = task.primary_metric(ev)
     t_start = time.time()
-    records = []
-    with contextlib.ExitStack() as stack:
-        ref_eng = stack.enter_context(TorchEngine(str(src), device=device))  # FP32, eager: the reference
-        engines = {f: stack.enter_context(TorchEngine(str(src), device=device, dtype=f, graphs=on_gpu))
-                   for f in wanted}
-        ref_preds = task.predict(ref_eng.infer, ev)
-        ref = {**task.reference_metrics(ref_preds, ev), "file_mb": _files_mb(src)}
-        for name, eng in engines.items():
-            preds = task.predict(eng.infer, ev)
-            m = {"name": name, **evaluate_predictions(task, preds, ev, ref_preds), "file_mb": _files_mb(src)}
-            chk = check_budget(ref, m, cfg.budget, metric, cfg.agreement_budget, task.agreement_key)
-            m.update(metric=metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
-            records.append(m)
-        t = cfg.timing
-        batch = task.batch_for(t.batch)
-        ref_speed, *speeds = measure_speed([ref_eng.infer, *(e.infer for e in engines.values())],
-                                           task.feeds(ev, 1, t.latency_rows), task.feeds(ev, batch, t.throughput_rows),
-                                           t.rounds, batch)
-    ref.update(ref_speed)
-    for r, sp in zip(records, speeds, strict=True):
-        r.update(sp)
+    size = _files_mb(src)
+    ref, records = _measure(task, ev, cfg, (str(src), {"device": device, "dtype": "fp32"}, size),
+                            {f: (str(src), {"device": device, "dtype": f, "graphs": on_gpu}, size) for f in wanted},
+                            task.batch_for(cfg.timing.batch))
     best, why = choose(records, ref, cfg.optimize, metric, agree_key=task.agreement_key)
     chosen = records[best]
     with atomic_dir(Path(out)) as tmp:
@@ -224,12 +225,7 @@ def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_dat
         (tmp / QUANT_PRECISION_FILE).write_text(json.dumps(
             {"kind": "precision", "format": chosen["name"], "target": "cuda", "measured_with_graphs": on_gpu},
             indent=2) + "\n")
-        man = manifest("quantize", to_dict(cfg) | {"model": str(model), "target": "cuda", "device": device},
-                       chosen=chosen["name"], why=why, reference={"name": "PyTorch FP32 (eager)", **ref},
-                       candidates=records, skipped_formats=skipped, task=task.name,
-                       seconds=round(time.time() - t_start, 1),
-                       speed_note=None if on_gpu else "not a GPU: timings are of the CPU kernels and say nothing "
-                                                      "about GPU speed")
+        man = _manifest(cfg, model, device, task.name, ref, records, chosen["name"], why, skipped, t_start)
         write_json(tmp / MANIFEST, man)
     return man
 
