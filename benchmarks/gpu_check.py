@@ -223,16 +223,23 @@ def main() -> int:
         r = StaticShapeRunner(call, {"input_ids": 0}, (SEQ,), "cuda", graphs=True)
         return lambda feed: r(feed)
 
-    rows = [run_row("eager FP32", eager(fp32), feeds, ref, power)]
+    class Rows(list):
+        """The rows so far, written to gpu_matrix.json after each one (a step cut short by its time cap still
+        leaves what it measured; the final write adds the targets and the Markdown)."""
+
+        def append(self, row: dict) -> None:
+            super().append(row)
+            (out / "gpu_matrix.json").write_text(json.dumps({**report, "rows": list(self), "partial": True},
+                                                            indent=2) + "\n")
+
+    rows = Rows()  # (the streams result joins the partial file with the compile row, written after it)
+    rows.append(run_row("eager FP32", eager(fp32), feeds, ref, power))
     del fp32
     fp16 = _model(torch.float16, "eager")
     rows.append(run_row("eager FP16", eager(fp16), feeds, ref, power))
     sdpa = _model(torch.float16, "sdpa")
     rows.append(run_row("SDPA FP16", eager(sdpa), feeds, ref, power))
     rows.append(run_row("SDPA FP16 + CUDA graphs", graphed(sdpa), feeds, ref, power))
-    if not a.skip_compile:
-        # inductor's default mode: max-autotune's kernel search takes minutes, more than the check can spend
-        rows.append(run_row("SDPA FP16 + torch.compile + CUDA graphs", graphed(sdpa, "default"), feeds, ref, power))
     for fmt in ("int8", "int8-weight-only", *(("fp8",) if fp8_supported("cuda") else ())):
         q = copy.deepcopy(sdpa)
         quantize_model(q, fmt, quantizable_linears(q))
@@ -260,11 +267,14 @@ def main() -> int:
                 continue
             rows.append(run_row(f"SDPA + CUDA graphs, torchao {fmt.upper()}", fn, feeds, ref, power))
             del q, fn
-    report["rows"] = rows
     try:
         report["streams"] = streams_row(sdpa, feeds["b1"])
     except Exception as e:  # noqa: BLE001
         report["streams"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    if not a.skip_compile:  # last: its compilation is the slowest and least predictable part of the matrix
+        # inductor's default mode: max-autotune's kernel search takes minutes, more than the check can spend
+        rows.append(run_row("SDPA FP16 + torch.compile + CUDA graphs", graphed(sdpa, "default"), feeds, ref, power))
+    report["rows"] = list(rows)
     ok = [r for r in rows if "error" not in r]
     eager_b1 = next((r["b1_p50_ms"] for r in ok if r["name"] == "eager FP16"), float("nan"))
     best_b1 = min((r["b1_p50_ms"] for r in ok if "graphs" in r["name"] and "FP16" in r["name"]), default=float("nan"))
