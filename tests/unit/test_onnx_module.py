@@ -216,3 +216,31 @@ def test_a_second_pass_copies_nothing_from_the_host(tiny_yolo_export, monkeypatc
         monkeypatch.setattr(torch, "as_tensor", lambda *a, **k: made.append(1) or real(*a, **k))
         again = m(x)[0]
     assert not made and torch.equal(first, again)
+
+
+def test_a_yolov8n_shaped_export_through_the_torch_engine(tmp_path):
+    """The Ultralytics YOLOv8n layout (C2f, SPPF, Split, DFL softmax over bins, Resize, one 84×N output), random
+    weights, dynamic H/W: box pixels within 0.05 of ONNX Runtime, scores within 1e-4, at two input sizes."""
+    import importlib.util
+    from pathlib import Path
+
+    from nanoify.export.onnx import export
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "yolo_layout_speed.py"  # the net is built there
+    spec = importlib.util.spec_from_file_location("yolo_layout_speed", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    export(mod.YoloV8nShape().eval(), tmp_path / "y", example_input=np.zeros((1, 3, 320, 320), np.float32),
+           dynamic_hw=True, preprocess={"size": [320, 320], "resize": "letterbox"}, labels=[str(i) for i in range(80)],
+           output_names=("output0",), task="detection", decoder="yolov8")
+    from nanoify.engines import open_engine
+
+    path = tmp_path / "y" / "model.onnx"
+    with open_engine("onnxruntime", str(path)) as a, open_engine("torch", str(path)) as b:
+        for shape in ((1, 3, 320, 320), (2, 3, 256, 320)):
+            feed = {"input": RNG.random(shape, dtype=np.float32)}
+            ra, rb = a.infer(feed)["output0"], b.infer(feed)["output0"]
+            assert ra.shape == rb.shape == (shape[0], 84, (shape[2] * shape[3]) // 64 * 21 // 16)
+            np.testing.assert_allclose(rb[:, :4], ra[:, :4], atol=0.05)
+            np.testing.assert_allclose(rb[:, 4:], ra[:, 4:], atol=1e-4)
