@@ -166,7 +166,9 @@ _UNARY: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "Exp": (np.exp, torch.exp), "Log": (np.log, torch.log), "Sqrt": (np.sqrt, torch.sqrt), "Neg": (np.negative,
     torch.neg), "Abs": (np.abs, torch.abs), "Reciprocal": (np.reciprocal, torch.reciprocal), "Floor": (np.floor,
     torch.floor), "Ceil": (np.ceil, torch.ceil), "Erf": (None, torch.erf), "Identity": (lambda x: x, lambda x: x),
-    "Softplus": (None, F.softplus), "Not": (np.logical_not, torch.logical_not),
+    "Softplus": (None, F.softplus), "Not": (np.logical_not, torch.logical_not), "Sin": (np.sin, torch.sin),
+    "Cos": (np.cos, torch.cos), "Sign": (np.sign, torch.sign), "Round": (np.round, torch.round),
+    "Mish": (None, F.mish), "Softsign": (None, F.softsign),
 }
 
 
@@ -616,6 +618,92 @@ def _constant(c: _Ctx) -> Value:
     raise AssertionError("Constant nodes are folded at load")
 
 
+@_op("Selu")
+def _selu(c: _Ctx, x: torch.Tensor) -> torch.Tensor:
+    alpha, gamma = c.a.get("alpha", 1.67326319217681884765625), c.a.get("gamma", 1.05070102214813232421875)
+    return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
+
+
+@_op("PRelu")
+def _prelu(c: _Ctx, x: torch.Tensor, slope: Value) -> torch.Tensor:
+    s = c.t(slope, x)
+    return torch.where(x >= 0, x, x * s)
+
+
+@_op("InstanceNormalization")
+def _instance_norm(c: _Ctx, x: torch.Tensor, scale: Value, bias: Value) -> torch.Tensor:
+    return F.instance_norm(x, weight=c.t(scale, x), bias=c.t(bias, x), eps=c.a.get("epsilon", 1e-5))
+
+
+@_op("TopK")
+def _topk(c: _Ctx, x: torch.Tensor, k: Value) -> list[torch.Tensor]:
+    if not c.a.get("sorted", 1):
+        raise ModelError("TopK sorted=0 is not supported by the torch runner")
+    values, idx = torch.topk(x, int(_host(k).reshape(-1)[0]), dim=c.a.get("axis", -1),
+                             largest=bool(c.a.get("largest", 1)), sorted=True)
+    return [values, idx]
+
+
+@_op("GatherElements")
+def _gather_elements(c: _Ctx, x: Value, ind: Value) -> torch.Tensor:
+    x = c.t(x)
+    i = c.t(ind, x).long()
+    axis = c.a.get("axis", 0) % x.dim()
+    return torch.gather(x, axis, torch.where(i < 0, i + x.shape[axis], i))
+
+
+@_op("ScatterND")
+def _scatter_nd(c: _Ctx, x: torch.Tensor, ind: Value, upd: Value) -> torch.Tensor:
+    if c.a.get("reduction", "none") != "none":
+        raise ModelError(f"ScatterND reduction={c.a['reduction']} is not supported by the torch runner")
+    i = c.t(ind, x).long()
+    u = c.t(upd, x)
+    out = x.clone()
+    k = i.shape[-1]
+    flat_i = i.reshape(-1, k)
+    out[tuple(flat_i[:, j] for j in range(k))] = u.reshape(flat_i.shape[0], *x.shape[k:])
+    return out
+
+
+@_op("CumSum")
+def _cumsum(c: _Ctx, x: torch.Tensor, axis: Value) -> torch.Tensor:
+    a = int(_host(axis).reshape(-1)[0])
+    if c.a.get("reverse", 0):
+        x = x.flip(a)
+    y = torch.cumsum(x, a)
+    if c.a.get("exclusive", 0):
+        y = y - x
+    return y.flip(a) if c.a.get("reverse", 0) else y
+
+
+@_op("Einsum")
+def _einsum(c: _Ctx, *xs: Value) -> torch.Tensor:
+    like = next(x for x in xs if isinstance(x, torch.Tensor))
+    return torch.einsum(c.a["equation"], *[c.t(x, like) for x in xs])
+
+
+@_op("Trilu")
+def _trilu(c: _Ctx, x: torch.Tensor, k: Value = None) -> torch.Tensor:
+    kk = 0 if k is None else int(_host(k).reshape(-1)[0])
+    return torch.triu(x, kk) if c.a.get("upper", 1) else torch.tril(x, kk)
+
+
+@_op("ReduceL2", "ReduceProd", "ReduceLogSumExp")
+def _reduce_more(c: _Ctx, x: torch.Tensor, axes_in: Value = None) -> torch.Tensor:
+    axes = _axes(c, axes_in)
+    keep = bool(c.a.get("keepdims", 1))
+    dims = tuple(a % x.dim() for a in (axes if axes else range(x.dim())))
+    op = c.a["__op"]
+    if op == "ReduceL2":
+        return torch.sqrt((x * x).sum(dim=dims, keepdim=keep))
+    if op == "ReduceLogSumExp":
+        return torch.logsumexp(x, dim=dims, keepdim=keep)
+    y = x
+    for d in sorted(dims, reverse=True):
+        y = y.prod(dim=d, keepdim=keep)
+    return y
+
+
 @_op("Dropout")
 def _dropout(c: _Ctx, x: Value, *rest: Value) -> Value:
     return x
@@ -626,7 +714,8 @@ HOST_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3),
     "Expand": (1,), "Tile": (1,), "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "ReduceMean": (1,),
     "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "Clip": (1, 2), "ConstantOfShape": (0,),
-    "Range": (0, 1, 2),
+    "Range": (0, 1, 2), "TopK": (1,), "CumSum": (1,), "Trilu": (1,), "ReduceL2": (1,), "ReduceProd": (1,),
+    "ReduceLogSumExp": (1,),
 }
 
 
