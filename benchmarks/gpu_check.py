@@ -5,7 +5,8 @@ DIR`). Without CUDA it writes a report saying so and exits 0, so it can be check
 
 Rows, each in the same process, timed with CUDA events after warm-up:
   eager FP32, eager FP16, SDPA FP16, SDPA FP16 + CUDA graphs (engines/static_shapes.py), the same with
-  torch.compile (inductor's default mode; max-autotune's search does not fit the check's minutes), and CUDA
+  torch.compile (inductor's default mode, and reduce-overhead with its own graphs instead of ours; max-autotune's
+  kernel search does not fit the check's minutes — the compile rows come last, after the streams), and CUDA
   graphs with the quantized linear layers of quant/gpu.py (INT8 dynamic, INT8 weight-only, FP8 where compute
   capability ≥ 8.9), and the same layers through torchao's configs where torchao is importable (gpu_check.sh
   installs the carried wheel).
@@ -220,7 +221,8 @@ def main() -> int:
 
         if compile_mode:
             call = torch.compile(call, mode=compile_mode, dynamic=False)
-        r = StaticShapeRunner(call, {"input_ids": 0}, (SEQ,), "cuda", graphs=True)
+        # reduce-overhead captures CUDA graphs of its own: ours only pad then
+        r = StaticShapeRunner(call, {"input_ids": 0}, (SEQ,), "cuda", graphs=compile_mode != "reduce-overhead")
         return lambda feed: r(feed)
 
     class Rows(list):
@@ -274,6 +276,9 @@ def main() -> int:
     if not a.skip_compile:  # last: its compilation is the slowest and least predictable part of the matrix
         # inductor's default mode: max-autotune's kernel search takes minutes, more than the check can spend
         rows.append(run_row("SDPA FP16 + torch.compile + CUDA graphs", graphed(sdpa, "default"), feeds, ref, power))
+        torch._dynamo.reset()
+        rows.append(run_row("SDPA FP16 + torch.compile reduce-overhead (its own graphs)",
+                            graphed(sdpa, "reduce-overhead"), feeds, ref, power))
     report["rows"] = list(rows)
     ok = [r for r in rows if "error" not in r]
     eager_b1 = next((r["b1_p50_ms"] for r in ok if r["name"] == "eager FP16"), float("nan"))
