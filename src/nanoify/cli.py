@@ -203,7 +203,7 @@ def _quantize_cfg(a: argparse.Namespace) -> Any:
     return QuantizeConfig(target=a.target, budget=a.budget, agreement_budget=a.agreement_budget, methods=methods,
                           calib_samples=a.calib_samples,
                           eval_rows=a.eval_rows, optimize=a.optimize, threads=a.threads,
-                          timing=TimingConfig(rounds=a.rounds))
+                          timing=TimingConfig(rounds=a.rounds), device=a.device)
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
@@ -394,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: ONNX Runtime INT8 measured here; tensorrt: Q/DQ graph + calibration cache to hand off; "
                         "cuda: GPU formats for the torch engine, measured on the GPU (transformers: FP8/INT8/FP16; "
                         "CNNs and detectors: FP16/BF16)")
+    q.add_argument("--device", default="cuda",
+                   help="--target cuda: the GPU (cuda, cuda:N; default cuda); cpu scores the formats on the CPU "
+                        "kernels of the same ops (accuracy only: its timings say nothing about a GPU)")
     q.add_argument("--optimize", choices=("balanced", "latency", "throughput", "size"), default="balanced",
                    help="what the model is for: balanced (default: batch-1 latency, throughput and size together), "
                         "latency, throughput or size")
@@ -424,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", default=None, help="text data (default: the default data)")
     c.add_argument("--out", default=None, help="output folder; rerunning skips stages whose inputs are unchanged")
     c.add_argument("--student", default=None, help="student spec (default half; see distill --help)")
-    c.add_argument("--target", choices=("cpu", "tensorrt"), default=None)
+    c.add_argument("--target", choices=("cpu", "tensorrt", "cuda"), default=None,
+                   help="where the compressed model runs (default cpu; cuda: the GPU formats of quantize --target "
+                        "cuda, measured with the torch engine on the GPU)")
     c.add_argument("--optimize", choices=("balanced", "latency", "throughput", "size"), default=None,
                    help="what the compressed model is for (see quantize --help)")
     c.add_argument("--budget", type=float, default=None,

@@ -204,9 +204,12 @@ class QuantizeConfig:
     optimize: str = "balanced"
     threads: int | None = None
     timing: TimingConfig = field(default_factory=TimingConfig)
+    device: str = "cuda"  # --target cuda only: the GPU ("cuda:N"); "cpu" scores the formats on CPU kernels
 
     def __post_init__(self) -> None:
         _check(self.target in TARGETS, f"--target must be cpu, tensorrt or cuda, got {self.target!r}")
+        _check(self.device == "cpu" or self.device.startswith("cuda"),
+               f"--device must be cuda, cuda:N or cpu, got {self.device!r}")
         _check(self.budget >= 0 and self.min_budget >= 0, "--budget is a drop in points and must be ≥ 0")
         _check(self.agreement_budget is None or self.agreement_budget >= 0, "--agreement-budget must be ≥ 0")
         _check(self.optimize in OPTIMIZE, f"--optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")

@@ -200,8 +200,11 @@ def stage_plan(cfg: CompressConfig) -> dict[str, str]:
         keys["student"] = config_hash({"teacher": teacher_key, "distill": dist, "data": data})
         upstream = keys["student"]
     keys["export"] = config_hash({"source": upstream, "opset": 17})
+    quant = to_dict(cfg.quantize)
+    if cfg.quantize.target != "cuda":
+        quant.pop("device")  # read by --target cuda alone: other targets' stages stay valid
     keys["quantized"] = config_hash({"export": keys["export"], "teacher": teacher_key, "calib": cfg.calib,
-                                     "quantize": to_dict(cfg.quantize), "data": data})
+                                     "quantize": quant, "data": data})
     keys["bench"] = config_hash({"quantized": keys["quantized"], "teacher": teacher_key,
                                  "bench": to_dict(cfg.bench), "data": data})
     return keys
@@ -306,8 +309,18 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
         from .bench.run import benchmark
 
         base, base_name = _baseline(cfg, out, teacher_dir)
-        benchmark([base, str(out / "quantized")], _data_arg(cfg), out=f, config=cfg.bench, progress=progress,
-                  names=[base_name, "compressed (ONNX Runtime INT8)"])
+        bench_cfg, name = cfg.bench, "compressed (ONNX Runtime INT8)"
+        if cfg.quantize.target == "cuda":  # both in the torch engine on the GPU: FP32 eager against the choice
+            dev = cfg.quantize.device
+            chosen = read_manifest(out / "quantized").get("chosen")
+            text_dtype = ":fp16" if dev.startswith("cuda") and cfg.task == "text-classification" else ""
+            graphs = ":graphs" if dev.startswith("cuda") else ""
+            if not bench_cfg.engines:
+                bench_cfg = dataclasses.replace(bench_cfg, engines=(f"torch:{dev}:fp32", f"torch:{dev}{text_dtype}"
+                                                                                          f"{graphs}"))
+            name = f"compressed ({chosen}, torch on {dev})"
+        benchmark([base, str(out / "quantized")], _data_arg(cfg), out=f, config=bench_cfg, progress=progress,
+                  names=[base_name, name])
 
     run("bench", bench_stage)
     summary = _summary(cfg, out)
@@ -371,6 +384,7 @@ def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
     s = {"metric": metric, "baseline_name": base["name"], "baseline_value": base_v, "compressed_value": comp[metric],
          "drop_pts": drop, "budget_pts": cfg.quantize.budget, "budget_met": drop <= cfg.quantize.budget + 1e-9,
          "quantized_format": q.get("chosen"), "quantize_budget_pts": q.get("config", {}).get("budget"),
+         "compressed_engine": comp.get("engine"),
          "predictions_changed": comp.get("predictions_changed"),
          "latency_speedup_b1": base["latency_ms_p50"] / comp["latency_ms_p50"],
          "throughput_speedup_b32": comp["throughput"] / base["throughput"],
@@ -384,13 +398,18 @@ def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
     return s
 
 
+def _engine_words(s: dict[str, Any]) -> str:
+    eng = str(s.get("compressed_engine") or "onnxruntime")
+    return "ONNX Runtime" if eng.startswith("onnxruntime") else eng
+
+
 def _write_report(out: Path, s: dict[str, Any]) -> None:
     table = (out / "bench" / "report.md").read_text().rstrip()
     verdict = "met" if s["budget_met"] else "MISSED"
     what = {"map50_95": "mAP@0.5:0.95", "box_agreement": "boxes kept", "top1_agreement": "top-1 agreement"}.get(
         s["metric"], s["metric"].replace("_", " "))
     head = [f"# nanoify compress — {out.name}", "",
-            f"{s['baseline_name']} → compressed ({s['quantized_format']}, ONNX Runtime): {what} "
+            f"{s['baseline_name']} → compressed ({s['quantized_format']}, {_engine_words(s)}): {what} "
             f"{s['baseline_value']:.4f} → {s['compressed_value']:.4f} ({-s['drop_pts']:+.2f} pt; budget "
             f"{s['budget_pts']} pt: {verdict}); batch-1 latency {s['latency_speedup_b1']:.1f}× faster, batch-"
             f"{s.get('throughput_batch') or 32} throughput {s['throughput_speedup_b32']:.1f}×, file "

@@ -93,3 +93,30 @@ out: {tmp_path / 'out'}
     assert main(["compress", str(bad), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert "unknown QuantizeConfig key(s): budgett" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compress_for_the_gpu_formats_runs_the_chain_in_the_torch_engine(tmp_path, tiny_teacher, tiny_data,
+                                                                          tiny_cnn_export, tiny_images):
+    """--target cuda: quantize's GPU formats (text) or precisions (CNN), then bench with the torch engine on
+    both sides — here on the CPU kernels of the same ops (--device cpu), so accuracy holds and speed means
+    nothing; on a GPU the compressed side runs with CUDA graphs."""
+    cfg = _cfg(tiny_teacher, tiny_data)
+    cfg = dataclasses.replace(cfg, quantize=QuantizeConfig(target="cuda", device="cpu", budget=100.0,
+                                                           calib_samples=32, eval_rows=64,
+                                                           timing=TimingConfig(4, 16, rounds=1)))
+    man = compress(cfg, tmp_path / "text", progress=False)
+    s = man["summary"]
+    assert s["compressed_engine"].startswith("torch") and s["quantized_format"] in ("fp16", "int8", "int8-static",
+                                                                                     "fp8", "int8-weight-only")
+    rep = (tmp_path / "text" / "report.md").read_text()
+    assert f"compressed ({s['quantized_format']}, torch on cpu)" in rep and "ONNX Runtime" not in rep.splitlines()[2]
+    img = CompressConfig(task="image-classification", teacher=str(tiny_cnn_export),
+                         data=DataConfig(data=str(tiny_images)),
+                         quantize=QuantizeConfig(target="cuda", device="cpu", budget=5.0, eval_rows=64,
+                                                 timing=TimingConfig(4, 16, rounds=1)),
+                         bench=BenchConfig(isolate=False, timing=TimingConfig(4, 16, rounds=1)))
+    man = compress(img, tmp_path / "img", progress=False)
+    s = man["summary"]
+    assert s["quantized_format"] in ("fp16", "bf16") and s["metric"] == "accuracy" and s["drop_pts"] <= 5.0
+    models = json.loads((tmp_path / "img" / "report.json").read_text())["models"]
+    assert [m["engine"] for m in models] == ["torch:cpu:fp32", "torch:cpu"]

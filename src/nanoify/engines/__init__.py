@@ -43,8 +43,8 @@ TORCH_FLAGS = {"graphs": ("graphs", True), "sdpa": ("attention", "sdpa"), "compi
 
 def parse_engine_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``NAME[:DEVICE][:DTYPE][:FLAG…]`` → (name, options): ``torch:cuda:bf16``, ``torch:cuda:fp16:graphs``
-    (CUDA graphs per batch and sequence bucket), ``torch:cuda:fp16:sdpa:compile-max``, ``onnxruntime:cuda``
-    (CUDA execution provider), ``tensorrt``."""
+    (CUDA graphs per batch and sequence bucket), ``torch:cuda:1:fp16`` (the second GPU),
+    ``torch:cuda:fp16:sdpa:compile-max``, ``onnxruntime:cuda`` (CUDA execution provider), ``tensorrt``."""
     name, *rest = spec.split(":")
     opts: dict[str, Any] = {}
     for part in rest:
@@ -52,6 +52,8 @@ def parse_engine_spec(spec: str) -> tuple[str, dict[str, Any]]:
             opts["dtype"] = part
         elif part == "cpu" or part.startswith("cuda"):
             opts["device"] = part
+        elif part.isdigit() and opts.get("device") == "cuda":  # torch:cuda:1:fp16 — the GPU's index
+            opts["device"] = f"cuda:{part}"
         elif name == "torch" and part in TORCH_FLAGS:
             key, value = TORCH_FLAGS[part]
             opts[key] = value

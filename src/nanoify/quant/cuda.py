@@ -18,8 +18,9 @@ as it came (a torch-module folder, or the ONNX file with its preprocess/label/de
 engine's ONNX interpreter) plus ``quantization.json`` naming the precision, which the torch engine then uses by
 default. For INT8 convolutions, ``--target tensorrt`` writes the Q/DQ graph.
 
-``device`` other than CUDA is accepted only from Python (the tests run the whole path on the CPU kernels of the
-same ops); there, speed numbers mean nothing and the manifest says so.
+``device``: the GPU (``cuda``, ``cuda:N``); ``cpu`` (``--device cpu``) scores every format on the CPU kernels of
+the same ops — accuracy and agreement hold, speed numbers mean nothing there and the manifest says so (how the
+tests run the whole path, ``compress`` included).
 """
 
 from __future__ import annotations

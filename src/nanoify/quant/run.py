@@ -524,7 +524,7 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
     if cfg.target == "cuda":
         from .cuda import quantize_cuda
 
-        return quantize_cuda(model, out, calib, eval_data, cfg, progress=progress)
+        return quantize_cuda(model, out, calib, eval_data, cfg, device=cfg.device, progress=progress)
     methods = cfg.methods if cfg.methods is not None else DEFAULT_METHODS
     out = Path(out)
     t_start = time.time()
