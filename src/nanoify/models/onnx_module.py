@@ -575,42 +575,73 @@ def _pad(c: _Ctx, x: torch.Tensor, pads_in: Value = None, value: Value = None, a
     return F.pad(x, torch_pads, mode={"reflect": "reflect", "edge": "replicate"}[mode])
 
 
-def _resize_mode(c: _Ctx) -> tuple[str, bool | None]:
+def _resize_attrs(c: _Ctx) -> tuple[str, str, str]:
     mode = c.a.get("mode", "nearest")
-    ctm = c.a.get("coordinate_transformation_mode", "half_pixel")
-    near = c.a.get("nearest_mode", "round_prefer_floor")
-    mode, ctm, near = (v.decode() if isinstance(v, bytes) else v for v in (mode, ctm, near))
-    if mode == "nearest":
-        if ctm == "asymmetric" and near == "floor":
-            return "nearest", None
-        if ctm in ("half_pixel", "pytorch_half_pixel") and near in ("round_prefer_ceil", "round_prefer_floor"):
-            return "nearest-exact", None
-    if mode == "linear":
-        if ctm == "align_corners":
-            return "bilinear", True
-        if ctm in ("half_pixel", "pytorch_half_pixel"):
-            return "bilinear", False
-    if mode == "cubic" and ctm in ("half_pixel", "align_corners") and c.a.get("cubic_coeff_a", -0.75) == -0.75:
-        return "bicubic", ctm == "align_corners"
-    raise ModelError(f"Resize mode={mode}, coordinate_transformation_mode={ctm}, nearest_mode={near} is not "
-                     "supported by the torch runner")
+    ctm = c.a.get("coordinate_transformation_mode", "half_pixel" if c.a["__op"] == "Resize" else "asymmetric")
+    near = c.a.get("nearest_mode", "round_prefer_floor" if c.a["__op"] == "Resize" else "floor")
+    return tuple(v.decode() if isinstance(v, bytes) else v for v in (mode, ctm, near))  # type: ignore[return-value]
+
+
+def _nearest_index(out: int, size: int, scale: float, ctm: str, near: str) -> np.ndarray:
+    """ONNX Resize's source index of every output position along one axis (nearest mode), exactly."""
+    x = np.arange(out, dtype=np.float64)
+    if ctm == "half_pixel" or (ctm == "pytorch_half_pixel" and out > 1):
+        orig = (x + 0.5) / scale - 0.5
+    elif ctm == "pytorch_half_pixel":
+        orig = np.zeros_like(x)
+    elif ctm == "align_corners":
+        orig = x * (size - 1) / (out - 1) if out > 1 else np.zeros_like(x)
+    elif ctm == "asymmetric":
+        orig = x / scale
+    elif ctm == "tf_half_pixel_for_nn":
+        orig = (x + 0.5) / scale
+    else:
+        raise ModelError(f"Resize coordinate_transformation_mode={ctm} is not supported by the torch runner")
+    rounding = {"round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
+                "floor": np.floor, "ceil": np.ceil}
+    if near not in rounding:
+        raise ModelError(f"Resize nearest_mode={near} is not supported by the torch runner")
+    return np.clip(rounding[near](orig), 0, size - 1).astype(np.int64)
 
 
 @_op("Resize", "Upsample")
 def _resize(c: _Ctx, x: torch.Tensor, a: Value = None, b: Value = None, sizes: Value = None) -> torch.Tensor:
-    mode, align = _resize_mode(c)
+    mode, ctm, near = _resize_attrs(c)
     if c.a["__op"] == "Upsample":
         scales: Any = a
     else:  # Resize(X, roi, scales, sizes) from opset 11; (X, scales) in opset 10
         scales = b if c.m.opset >= 11 else a
+    spatial = list(x.shape[2:])
     if sizes is not None and np.size(_host(sizes)):
-        size = _ints(sizes)[2:]
-        return F.interpolate(x, size=size, mode=mode, align_corners=align)
-    sc = [float(s) for s in _host(scales).reshape(-1)]
-    if sc[:2] != [1.0, 1.0]:
-        raise ModelError("Resize over batch or channels is not supported by the torch runner")
-    size = [int(math.floor(d * s)) for d, s in zip(x.shape[2:], sc[2:], strict=True)]
-    return F.interpolate(x, size=size, mode=mode, align_corners=align)
+        want = _ints(sizes)
+        if want[:2] != list(x.shape[:2]):
+            raise ModelError("Resize over batch or channels is not supported by the torch runner")
+        out = want[2:]
+        sc = [o / i for o, i in zip(out, spatial, strict=True)]
+        by_scale = False
+    else:
+        full = [float(v) for v in _host(scales).reshape(-1)]
+        if full[:2] != [1.0, 1.0]:
+            raise ModelError("Resize over batch or channels is not supported by the torch runner")
+        sc = full[2:]
+        out = [int(math.floor(d * s)) for d, s in zip(spatial, sc, strict=True)]
+        by_scale = True
+    if mode == "nearest":  # gathers along each axis, indices computed on the host (kept by content)
+        for axis, (o, i, s_) in enumerate(zip(out, spatial, sc, strict=True), start=2):
+            x = x.index_select(axis, c.t(_nearest_index(o, i, s_, ctm, near), x))
+        return x
+    n = x.dim() - 2
+    if mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        kind, align = {1: "linear", 2: "bilinear", 3: "trilinear"}[n], ctm == "align_corners"
+    elif mode == "cubic" and n == 2 and ctm in ("half_pixel", "align_corners") and \
+            c.a.get("cubic_coeff_a", -0.75) == -0.75:
+        kind, align = "bicubic", ctm == "align_corners"
+    else:
+        raise ModelError(f"Resize mode={mode} with coordinate_transformation_mode={ctm} is not supported by the "
+                         "torch runner")
+    if by_scale and not align:  # ONNX maps coordinates with the given scale, not with out/in
+        return F.interpolate(x, scale_factor=sc, mode=kind, align_corners=align, recompute_scale_factor=False)
+    return F.interpolate(x, size=out, mode=kind, align_corners=align)
 
 
 @_op("Constant")
