@@ -21,13 +21,25 @@
 set -uo pipefail
 OUT=${OUT:-gpu_check_out}
 PY=${PYTHON:-python3}
-DEADLINE=${DEADLINE:-480}
+# DEV=cpu: a dry run of the carried steps on this CPU with small row counts (the same commands with cpu engines,
+# bf16 for fp16, no graphs) — to catch a broken step before GPU minutes are spent on it; numbers mean nothing
+DEV=${DEV:-cuda}
+if [ "$DEV" = cpu ]; then
+  DEADLINE=${DEADLINE:-1200}
+  E_CNN=torch:cpu,torch:cpu:bf16,torch:cpu:bf16,onnxruntime E_DET=torch:cpu,torch:cpu:bf16,onnxruntime
+  SMALL=(--rounds 1 --latency-rows 8 --throughput-rows 32) Q_SMALL=(--eval-rows 64 --calib-samples 32)
+  D_SMALL=(--max-steps 20) PRECISION=fp32
+else
+  DEADLINE=${DEADLINE:-480}
+  E_CNN=torch:cuda,torch:cuda:fp16,torch:cuda:fp16:graphs,onnxruntime E_DET=torch:cuda,torch:cuda:fp16:graphs,onnxruntime
+  SMALL=() Q_SMALL=() D_SMALL=() PRECISION=bf16
+fi
 WORK=${WORK:-/tmp/gpu_check_work}
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # torchao for the matrix's comparison rows, from the carried wheel when the image has none
 if ls .gpu_carry/wheels/*.whl > /dev/null 2>&1 && ! "$PY" -c "import torchao" > /dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/ao_site .gpu_carry/wheels/*.whl \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/ao_site .gpu_carry/wheels/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/ao_site"
 fi
 export TORCHAO_FORCE_SKIP_LOADING_SO_FILES=1
@@ -60,21 +72,22 @@ step tests_gpu 110 "$PY" -m pytest -q -p no:cacheprovider tests/gpu
 echo "tests/gpu: $(tail -n 1 "$WORK/tests_gpu.log" 2>/dev/null)" >> "$WORK/env.txt"
 step matrix 220 "$PY" benchmarks/gpu_check.py --out "$WORK"
 pack
-if [ -d .gpu_carry/teacher ] && "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if [ -d .gpu_carry/teacher ] && { [ "$DEV" = cpu ] || "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; }; then
   # the formats' SST-2 accuracy under the budget, on the GPU
   step quantize_cuda 100 "$PY" -m nanoify.cli quantize .gpu_carry/teacher --target cuda --calib .gpu_carry/sst2 \
-    --eval .gpu_carry/sst2 --max-length 64 --out "$WORK/quantized"
+    --eval .gpu_carry/sst2 --max-length 64 --device "$DEV" "${Q_SMALL[@]}" --out "$WORK/quantized"
   cp "$WORK/quantized/manifest.json" "$WORK/quantize_cuda.json" 2>/dev/null
   # the seed's before/after table on a GPU: eager FP32 → FP16 with CUDA graphs, four streams, watts, top-1 / mAP
   # (ONNX Runtime on the CPU as the reference the CPU benchmarks used)
-  BENCH=(--streams 4 --rounds 2 --latency-rows 64 --throughput-rows 512)
+  BENCH=(--streams 4 --rounds 2 --latency-rows 64 --throughput-rows 512 "${SMALL[@]}")
   step cnn 60 "$PY" -m nanoify.cli bench .gpu_carry/resnet20/torch .gpu_carry/resnet20/torch \
     .gpu_carry/resnet20/torch .gpu_carry/resnet20/model.onnx \
-    --engine torch:cuda,torch:cuda:fp16,torch:cuda:fp16:graphs,onnxruntime --data .gpu_carry/cifar10/test.npz \
+    --engine "$E_CNN" --data .gpu_carry/cifar10/test.npz \
     "${BENCH[@]}" --out "$WORK/cnn"
   step detector 70 "$PY" -m nanoify.cli bench .gpu_carry/fastestdet/model.onnx .gpu_carry/fastestdet/model.onnx \
-    .gpu_carry/fastestdet/model.onnx --engine torch:cuda,torch:cuda:fp16:graphs,onnxruntime \
-    --data .gpu_carry/coco128 --streams 4 --rounds 2 --latency-rows 64 --throughput-rows 64 --out "$WORK/detector"
+    .gpu_carry/fastestdet/model.onnx --engine "$E_DET" \
+    --data .gpu_carry/coco128 --streams 4 --rounds 2 --latency-rows 64 --throughput-rows 64 "${SMALL[@]}" \
+    --out "$WORK/detector"
   { echo "### ResNet-20, 1,000 carried CIFAR-10 test images"; cat "$WORK/cnn/report.md" 2>/dev/null
     echo; echo "### FastestDet, 128 carried COCO128 val images (≤ 416 px)"; cat "$WORK/detector/report.md" 2>/dev/null
   } > "$WORK/vision.md"
@@ -83,9 +96,10 @@ if [ -d .gpu_carry/teacher ] && "$PY" -c "import torch, sys; sys.exit(0 if torch
   # benchmarks/RESULTS.md)
   step distill_cuda 80 "$PY" -m nanoify.cli distill --teacher .gpu_carry/teacher --data .gpu_carry/sst2 \
     --max-length 64 --student layers=4,hidden=192,heads=12,intermediate=768 --attention-weight 0 --hidden-weight 0 \
-    --embedding-weight 0 --min-steps 0 --lr 5e-4 --device cuda --precision bf16 --out "$WORK/distilled"
+    --embedding-weight 0 --min-steps 0 --lr 5e-4 --device "$DEV" --precision "$PRECISION" "${D_SMALL[@]}" \
+    --out "$WORK/distilled"
   "$PY" -c "import json, sys; m = json.load(open(sys.argv[1])); s = sum(x['steps'] for x in m['stages']);
-t = m['train']['loop_seconds']; print('distillation on the GPU:', s, 'steps, loop', t, 's =', round(t / s, 4),
+t = m['train']['loop_seconds']; print('distillation on', m['config']['train']['device'] + ':', s, 'steps, loop', t, 's =', round(t / s, 4),
 's/step (whole command', m['train']['seconds'], 's); val acc', m['metrics']['validation']['accuracy'])" \
     "$WORK/distilled/manifest.json" >> "$WORK/env.txt" 2>&1
 fi

@@ -8,29 +8,47 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from nanoify.cli import build_parser
 from nanoify.engines import parse_engine_spec
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
 
 
-def _commands() -> list[list[str]]:
+def _branch(text: str, dev: str) -> dict[str, str]:
+    """The variables the script sets for DEV=cpu (the dry run) or the GPU: NAME=value and NAME=(array)."""
+    block = re.search(r'if \[ "\$DEV" = cpu \]; then\n(.*?)\nelse\n(.*?)\nfi', text, re.S)
+    assert block, "the DEV branch"
+    body = block.group(1 if dev == "cpu" else 2)
+    out = {"DEV": dev}
+    for name, arr, val in re.findall(r"(\w+)=(?:\(([^)]*)\)|(\S+))", body):
+        out[name] = arr if arr or val == "" else val
+    return out
+
+
+def _commands(dev: str) -> list[list[str]]:
     text = SCRIPT.read_text()
+    var = _branch(text, dev)
     bench = re.search(r"BENCH=\((.*?)\)", text)
     assert bench, "the BENCH array"
+    var["BENCH"] = bench.group(1).replace('"${SMALL[@]}"', var.get("SMALL", ""))
     joined = re.sub(r"\\\n\s*", " ", text)  # continuation lines
     out = []
     for line in joined.splitlines():
         if "-m nanoify.cli" not in line:
             continue
-        args = line.split("-m nanoify.cli", 1)[1].split(">", 1)[0]
-        args = args.replace('"${BENCH[@]}"', bench.group(1)).replace('"$WORK', '"/tmp/w')
+        args = line.split("-m nanoify.cli", 1)[1].split(">", 1)[0].replace('"$WORK', '"/tmp/w')
+        args = re.sub(r'"\$\{(\w+)\[@\]\}"', lambda m: var[m.group(1)], args)
+        args = re.sub(r'"\$(\w+)"', lambda m: var[m.group(1)], args)
         out.append(shlex.split(args))
     return out
 
 
-def test_every_nanoify_command_in_the_gpu_check_parses():
-    cmds = _commands()
+@pytest.mark.parametrize("dev", ["cuda", "cpu"])
+def test_every_nanoify_command_in_the_gpu_check_parses(dev):
+    """On the GPU, and in the dry run (DEV=cpu) that runs the same steps on a CPU."""
+    cmds = _commands(dev)
     assert [c[0] for c in cmds] == ["quantize", "bench", "bench", "distill"]
     parser = build_parser()
     for argv in cmds:
@@ -41,6 +59,9 @@ def test_every_nanoify_command_in_the_gpu_check_parses():
             for spec in specs:
                 parse_engine_spec(spec)
             assert a.streams == 4
+            assert all(parse_engine_spec(x)[1].get("device", "cpu").startswith(dev) for x in specs if "torch" in x)
+        else:
+            assert a.device == dev
 
 
 def test_the_script_is_valid_bash_and_skips_cleanly_without_a_gpu(tmp_path):
@@ -48,7 +69,6 @@ def test_the_script_is_valid_bash_and_skips_cleanly_without_a_gpu(tmp_path):
     import sys
     import tarfile
 
-    import pytest
     import torch
 
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
