@@ -30,21 +30,22 @@ def _first_last(history, key):
     return vals[0], vals[-1]
 
 
-def _kill_at(cfg, out: Path, step: int) -> None:
-    """Run ``distill(cfg, out)`` and kill it (an exception from inside the loop) after optimiser step ``step``."""
-    class Killed(Exception):
-        pass
+class Killed(Exception):
+    pass
 
+
+def _kill_at(cfg, out: Path, step: int, exc: type[BaseException] = Killed) -> None:
+    """Run ``distill(cfg, out)`` and kill it (``exc`` raised from inside the loop) after optimiser step ``step``."""
     def kill(s):
         if s == step:
-            raise Killed
+            raise exc
 
     from nanoify.distill import run as run_mod
 
     orig = run_mod.train
     run_mod.train = lambda *a, **k: orig(*a, **{**k, "on_step": kill})
     try:
-        with pytest.raises(Killed):
+        with pytest.raises(exc):
             distill(cfg, out, progress=False)
     finally:
         run_mod.train = orig
@@ -225,20 +226,8 @@ def test_stale_checkpoint_is_an_error_for_resume_and_ignored_for_auto(tmp_path, 
     fresh = tmp_path / "fresh"
     distill(other, fresh, progress=False)
 
-    from nanoify.distill import run as run_mod
-
-    def kill_at(step):
-        if step == 4:
-            raise KeyboardInterrupt
-
     out = tmp_path / "out"
-    orig = run_mod.train
-    run_mod.train = lambda *a, **k: orig(*a, **{**k, "on_step": kill_at})
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            distill(cfg, out, progress=False)
-    finally:
-        run_mod.train = orig
+    _kill_at(cfg, out, 4, KeyboardInterrupt)
     with pytest.raises(ConfigError, match="other settings"):
         distill(other, out, resume=True, progress=False)
     distill(other, out, resume="auto", progress=False)  # what compress passes: start over

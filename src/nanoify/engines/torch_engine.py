@@ -131,8 +131,10 @@ class TorchEngine(Engine):
         import json
         from pathlib import Path
 
+        from ..quant.gpu import QUANT_FILE
+
         p = Path(self.path)
-        qfile = (p if p.is_dir() else p.parent) / "quantization.json"
+        qfile = (p if p.is_dir() else p.parent) / QUANT_FILE
         if qfile.is_file():
             try:
                 q = json.loads(qfile.read_text())

@@ -41,10 +41,6 @@ def _op(*names: str) -> Callable[[OpFn], OpFn]:
     return reg
 
 
-def supported_ops() -> list[str]:
-    return sorted(_OPS)
-
-
 class _Ctx:
     """What an operator may need besides its inputs: attributes, the opset, and host→device conversion."""
 

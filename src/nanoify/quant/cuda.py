@@ -103,8 +103,8 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
             del m
         del model_fp32
         fast = {"device": device, "dtype": "fp16" if on_gpu else "fp32", "graphs": on_gpu}
-        ref, records = _measure(task, ev, cfg, (str(folder), {"device": device, "dtype": "fp32"}, _size(folder)),
-                                {name: (str(p), fast, _size(p)) for name, p in paths.items()}, cfg.timing.batch)
+        ref, records = _measure(task, ev, cfg, (str(folder), {"device": device, "dtype": "fp32"}, _files_mb(folder)),
+                                {name: (str(p), fast, _files_mb(p)) for name, p in paths.items()}, cfg.timing.batch)
         best, why = choose(records, ref, cfg.optimize, task.primary_metric(ev), agree_key=task.agreement_key)
         chosen = records[best]
         final = paths[chosen["name"]]
@@ -191,6 +191,7 @@ def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_dat
 
     from ..models.resolve import resolve
     from ..tasks import make_task
+    from .gpu import QUANT_FILE
     from .run import choose
 
     src = _image_source(model)
@@ -223,7 +224,7 @@ def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_dat
                           if (d / name).is_file()), None)
             if found is not None and not (tmp / name).exists():
                 shutil.copy(found, tmp / name)
-        (tmp / QUANT_PRECISION_FILE).write_text(json.dumps(
+        (tmp / QUANT_FILE).write_text(json.dumps(
             {"kind": "precision", "format": chosen["name"], "target": "cuda", "measured_with_graphs": on_gpu},
             indent=2) + "\n")
         man = _manifest(cfg, model, device, task.name, ref, records, chosen["name"], why, skipped, t_start)
@@ -231,13 +232,7 @@ def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_dat
     return man
 
 
-QUANT_PRECISION_FILE = "quantization.json"
-
-
 def _files_mb(src: Path) -> float:
+    """Weights in MB: a file, or a folder's safetensors and ONNX files."""
     files = [src] if src.is_file() else [f for f in src.iterdir() if f.suffix in (".safetensors", ".onnx")]
     return sum(f.stat().st_size for f in files) / 1e6
-
-
-def _size(folder: Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 1e6
