@@ -209,7 +209,7 @@ class TinyYolo(torch.nn.Module):
         super().__init__()
         # Every weight comes from `seed` alone, and building one leaves the caller's RNG untouched: the export's
         # factory rebuilds this class inside other tests, and the net's weights used to depend on how much of the
-        # global RNG earlier tests had drawn (box agreement between paddings then varied 0.70-0.96 run to run).
+        # global RNG earlier tests had drawn (the padding test then passed or failed from run to run).
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self._build(nc, width)

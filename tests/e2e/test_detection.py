@@ -88,7 +88,8 @@ def test_batched_frames_share_the_full_letterbox_and_map_back(tmp_path, tiny_yol
 
     # the same boxes up to the padding's effect on a random-weight net, whose scores near a frame's edge move
     # with the extent of the grey around it (0.55-0.97 of the confident boxes kept for TinyYolo seeds 0-4, the
-    # kept ones at mean IoU ≥ 0.998, measured); a geometry error would shift or scale every box and keep none
+    # kept ones at mean IoU ≥ 0.998: benchmarks/padding_boxes.py); a geometry error would shift or scale every box
+    # and keep none
     agree = box_agreement(one, four)
     assert agree["box_agreement"] >= 0.5 and agree["mean_iou"] >= 0.99, agree
     for (h, w), det in zip(sizes, four, strict=True):
