@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nanoify-installed
 DEMO := runs/demo
 
-.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-yolo bench-calib bench-distill-small bench-mpnet gpu-check clean-demo
+.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-yolo bench-calib bench-distill-small bench-mpnet gpu-check gpu-dry-run clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,18 @@ bench-mpnet: $(STAMP)
 # issue 11's GPU check (skips cleanly without CUDA); on the lent GPU machine run `bash benchmarks/gpu_check.sh` there
 gpu-check: $(STAMP)
 	OUT=runs/gpu_check PYTHON=$(PY) bash benchmarks/gpu_check.sh
+
+# the GPU check's every step on this CPU, under the GPU image's package versions (benchmarks/gpu_image_requirements.txt,
+# in .cache/gpu-image-venv; wheels the image lacks fetched for this Python): run it before a GPU session's one run
+GPU_VENV := .cache/gpu-image-venv
+gpu-dry-run: $(STAMP)
+	test -d .gpu_carry/teacher || $(PY) benchmarks/gpu_pack.py
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q -r benchmarks/gpu_image_requirements.txt
+	rm -rf .cache/gpu-dry-wheels runs/gpu_dry_run /tmp/carry_site
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .cache/gpu-dry-wheels torchao==0.18.0 pycocotools==2.0.11
+	DEV=cpu WHEELS=.cache/gpu-dry-wheels OUT=runs/gpu_dry_run WORK=runs/gpu_dry_run/work \
+	  PYTHON=$(GPU_VENV)/bin/python bash benchmarks/gpu_check.sh
 
 bench-calib: $(STAMP)
 	$(PY) benchmarks/calibration_vs_modelopt.py $(if $(MODELOPT_PY),--modelopt-python $(MODELOPT_PY))

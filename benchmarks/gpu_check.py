@@ -1,7 +1,9 @@
 """The GPU engine matrix of issue 11, on a BERT-base-shaped classifier (12×768, random weights, sequence 128).
 
 Run by `benchmarks/gpu_check.sh` on a machine with one CUDA GPU (or alone: `python benchmarks/gpu_check.py --out
-DIR`). Without CUDA it writes a report saying so and exits 0, so it can be checked anywhere.
+DIR`). Without CUDA it writes a report saying so and exits 0, so it can be checked anywhere. `--dry-run` runs every
+row on the CPU with a 2-layer, 128-wide BERT, sequence 16 and a few calls (no CUDA graphs, streams without CUDA
+streams): the script's own code paths checked before GPU minutes are spent on them; its numbers mean nothing.
 
 Rows, each in the same process, timed with CUDA events after warm-up:
   eager FP32, eager FP16, SDPA FP16, SDPA FP16 + CUDA graphs (engines/static_shapes.py), the same with
@@ -31,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-SEQ, B1_CALLS, BIG, BIG_CALLS = 128, 200, 128, 20
+SEQ, B1_CALLS, BIG, BIG_CALLS, MIN_SECONDS = 128, 200, 128, 20, 2.0
+DEV = "cuda"  # "cpu" under --dry-run
 
 
 class Power:
@@ -79,9 +82,18 @@ def _model(dtype, attention: str):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = BertConfig(num_labels=2)
+    small = {} if DEV == "cuda" else {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2,
+                                      "intermediate_size": 256}
+    cfg = BertConfig(num_labels=2, **small)
     cfg._attn_implementation = attention
-    return BertForSequenceClassification(cfg).eval().to("cuda", dtype)
+    return BertForSequenceClassification(cfg).eval().to(DEV, dtype)
+
+
+def _sync() -> None:
+    import torch
+
+    if DEV == "cuda":
+        torch.cuda.synchronize()
 
 
 def _timed(fn, feed, calls: int) -> list[float]:
@@ -89,6 +101,11 @@ def _timed(fn, feed, calls: int) -> list[float]:
 
     times = []
     for _ in range(calls):
+        if DEV != "cuda":
+            t0 = time.perf_counter()
+            fn(feed)
+            times.append((time.perf_counter() - t0) * 1e3)
+            continue
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn(feed)
@@ -116,23 +133,25 @@ def _row(name: str, fn, feeds: dict, ref_logits, power: Power | None) -> dict:
     for f in (feeds["b1"], feeds["big"]):
         for _ in range(3):
             fn(f)
-    torch.cuda.synchronize()
+    _sync()
     lat = _timed(fn, feeds["b1"], B1_CALLS)
     row = {"name": name, "b1_p50_ms": float(np.percentile(lat, 50)), "b1_p99_ms": float(np.percentile(lat, 99))}
     passes, t0 = 0, time.perf_counter()
     ctx = power if power is not None else _Null()
     with ctx:
-        while passes < BIG_CALLS or time.perf_counter() - t0 < 2.0:  # ≥ 2 s for the energy counter
+        while passes < BIG_CALLS or time.perf_counter() - t0 < MIN_SECONDS:  # ≥ 2 s for the energy counter
             fn(feeds["big"])
             passes += 1
-        torch.cuda.synchronize()
+        _sync()
     wall = time.perf_counter() - t0
     row["b128_rows_s"] = passes * BIG / wall
     if power is not None:
         row["watts"] = float(np.mean(power.samples)) if power.samples else None
         row["mj_per_row"] = None if power.joules is None else power.joules * 1e3 / (passes * BIG)
-    out = fn(feeds["b1"]).float()
-    row["cosine_vs_fp32"] = float(torch.nn.functional.cosine_similarity(out.flatten(), ref_logits.flatten(), dim=0))
+    # the worse of batch 1 and batch 128 (a batch-1 classifier's logits are two numbers: too few alone)
+    row["cosine_vs_fp32"] = min(
+        float(torch.nn.functional.cosine_similarity(fn(feeds[k]).float().flatten(), ref_logits[k].flatten(), dim=0))
+        for k in ("b1", "big"))
     return row
 
 
@@ -146,7 +165,9 @@ class _Null:
 
 def streams_row(model, feed: dict, n: int = 4, requests: int = 400) -> dict:
     """Batch-1 requests served by ``n`` threads, each with its own CUDA stream and captured graph (the torch
-    engine's arrangement), against one: aggregate rows/s, per-request p50/p99."""
+    engine's arrangement), against one: aggregate rows/s, per-request p50/p99 (dry run: threads alone)."""
+    import contextlib
+
     import torch
 
     from nanoify.bench.run import serve_concurrently
@@ -155,17 +176,19 @@ def streams_row(model, feed: dict, n: int = 4, requests: int = 400) -> dict:
     def serve(k: int) -> dict:
         runs = []
         for _ in range(k):
-            stream = torch.cuda.Stream()
-            with torch.cuda.stream(stream):
-                r = StaticShapeRunner(lambda **t: model(**t).logits, {"input_ids": 0}, (SEQ,), "cuda", graphs=True)
+            stream = torch.cuda.Stream() if DEV == "cuda" else None
+            with torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+                r = StaticShapeRunner(lambda **t: model(**t).logits, {"input_ids": 0}, (SEQ,), DEV,
+                                      graphs=DEV == "cuda")
                 r(feed)
 
             def run(f, r=r, stream=stream):
-                with torch.cuda.stream(stream):
+                with torch.cuda.stream(stream) if stream else contextlib.nullcontext():
                     r(f)
-                    stream.synchronize()
+                    if stream:
+                        stream.synchronize()
             runs.append(run)
-        torch.cuda.synchronize()
+        _sync()
         return serve_concurrently(runs, [feed] * requests)
 
     one, many = serve(1), serve(n)
@@ -178,13 +201,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile row (minutes)")
+    ap.add_argument("--dry-run", action="store_true", help="every row on the CPU, tiny model: numbers mean nothing")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
+    global DEV, SEQ, B1_CALLS, BIG, BIG_CALLS, MIN_SECONDS
+    if a.dry_run:
+        DEV, SEQ, B1_CALLS, BIG, BIG_CALLS, MIN_SECONDS = "cpu", 16, 5, 8, 2, 0.0
     report: dict = {"torch": torch.__version__, "cuda": torch.version.cuda}
-    if not torch.cuda.is_available():
+    if DEV == "cuda" and not torch.cuda.is_available():
         report["skipped"] = "no CUDA GPU: nothing measured"
         (out / "gpu_matrix.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "gpu_matrix.md").write_text("GPU matrix skipped: no CUDA GPU on this machine.\n")
@@ -193,8 +220,13 @@ def main() -> int:
     from nanoify.engines.static_shapes import StaticShapeRunner
     from nanoify.quant.gpu import fp8_supported, quantizable_linears, quantize_model
 
-    report.update(gpu=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)))
+    if DEV == "cuda":
+        report.update(gpu=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)))
+    else:
+        report.update(gpu="CPU DRY RUN (2-layer, 128-wide, sequence 16: numbers mean nothing)", capability=[])
     try:
+        if DEV != "cuda":
+            raise RuntimeError("dry run")
         power = Power()
         time.sleep(1.0)
         report["idle_watts"] = float(sum(power.watts() for _ in range(10)) / 10)
@@ -203,11 +235,11 @@ def main() -> int:
     g = torch.Generator().manual_seed(0)
     feeds = {}
     for key, b in (("b1", 1), ("big", BIG)):
-        ids = torch.randint(1000, 30000, (b, SEQ), generator=g).cuda()
+        ids = torch.randint(1000, 30000, (b, SEQ), generator=g).to(DEV)
         feeds[key] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     fp32 = _model(torch.float32, "eager")
     with torch.inference_mode():
-        ref = fp32(**feeds["b1"]).logits.float()
+        ref = {k: fp32(**feeds[k]).logits.float() for k in ("b1", "big")}
 
     def eager(m):
         def f(feed):
@@ -222,7 +254,8 @@ def main() -> int:
         if compile_mode:
             call = torch.compile(call, mode=compile_mode, dynamic=False)
         # reduce-overhead captures CUDA graphs of its own: ours only pad then
-        r = StaticShapeRunner(call, {"input_ids": 0}, (SEQ,), "cuda", graphs=compile_mode != "reduce-overhead")
+        graphs = DEV == "cuda" and compile_mode != "reduce-overhead"
+        r = StaticShapeRunner(call, {"input_ids": 0}, (SEQ,), DEV, graphs=graphs)
         return lambda feed: r(feed)
 
     class Rows(list):
@@ -242,7 +275,7 @@ def main() -> int:
     sdpa = _model(torch.float16, "sdpa")
     rows.append(run_row("SDPA FP16", eager(sdpa), feeds, ref, power))
     rows.append(run_row("SDPA FP16 + CUDA graphs", graphed(sdpa), feeds, ref, power))
-    for fmt in ("int8", "int8-weight-only", *(("fp8",) if fp8_supported("cuda") else ())):
+    for fmt in ("int8", "int8-weight-only", *(("fp8",) if fp8_supported(DEV) else ())):
         q = copy.deepcopy(sdpa)
         quantize_model(q, fmt, quantizable_linears(q))
         rows.append(run_row(f"SDPA + CUDA graphs, {fmt.upper()} linear layers", graphed(q), feeds, ref, power))
@@ -255,7 +288,7 @@ def main() -> int:
         import torchao
 
         report["torchao"] = torchao.__version__
-        for fmt in ("int8", "int8-weight-only", *(("fp8",) if fp8_supported("cuda") else ())):
+        for fmt in ("int8", "int8-weight-only", *(("fp8",) if fp8_supported(DEV) else ())):
             q = copy.deepcopy(sdpa)
 
             def ao(q=q, fmt=fmt):

@@ -5,8 +5,9 @@
 # $OUT/gpu_check.tgz (a step that hangs or a run cut short still returns what finished); $OUT also gets env.txt,
 # gpu_matrix.md and vision.md as plain files.
 # Needs torch (CUDA build), transformers, safetensors, tokenizers, onnx, onnxruntime, pytest and nvidia-ml-py, all
-# in the GPU image described in /work/.library/device/KINDS.md; nanoify runs from src/ (no install). On a machine
-# without CUDA everything skips cleanly (the tests report skipped, the matrix says so) and it exits 0.
+# in the GPU image described in /work/.library/device/KINDS.md (pycocotools and torchao, which it lacks, come as
+# carried wheels); nanoify runs from src/ (no install). On a machine without CUDA everything skips cleanly (the
+# tests report skipped, the matrix says so) and it exits 0.
 # Time: a device call may run 600 s. Each step gets its own cap, and no step starts with less than its cap left
 # before DEADLINE (default 480 s: the issue asks for 8 minutes), so the packing always happens; typically 4-6 minutes.
 # The image's transformers (5.17 when last read) may predate transformers' guard for CUDA-graph capture in its
@@ -21,28 +22,41 @@
 set -uo pipefail
 OUT=${OUT:-gpu_check_out}
 PY=${PYTHON:-python3}
-# DEV=cpu: a dry run of the carried steps on this CPU with small row counts (the same commands with cpu engines,
-# bf16 for fp16, no graphs) — to catch a broken step before GPU minutes are spent on it; numbers mean nothing
+# DEV=cpu: a dry run of every step on this CPU with small row counts (the same commands with cpu engines, bf16 for
+# fp16, no graphs; the matrix with a tiny BERT) — to catch a broken step before GPU minutes are spent on it; numbers
+# mean nothing. Best under the GPU image's package versions: `make gpu-dry-run` builds such a venv and runs it.
 DEV=${DEV:-cuda}
 if [ "$DEV" = cpu ]; then
   DEADLINE=${DEADLINE:-1200}
   E_CNN=torch:cpu,torch:cpu:bf16,torch:cpu:bf16,onnxruntime E_DET=torch:cpu,torch:cpu:bf16,onnxruntime
   SMALL=(--rounds 1 --latency-rows 8 --throughput-rows 32) Q_SMALL=(--eval-rows 64 --calib-samples 32)
-  D_SMALL=(--max-steps 20) PRECISION=fp32
+  D_SMALL=(--max-steps 20) PRECISION=fp32 MATRIX=(--dry-run)
 else
   DEADLINE=${DEADLINE:-480}
   E_CNN=torch:cuda,torch:cuda:fp16,torch:cuda:fp16:graphs,onnxruntime E_DET=torch:cuda,torch:cuda:fp16:graphs,onnxruntime
-  SMALL=() Q_SMALL=() D_SMALL=() PRECISION=bf16
+  SMALL=() Q_SMALL=() D_SMALL=() PRECISION=bf16 MATRIX=()
 fi
 WORK=${WORK:-/tmp/gpu_check_work}
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-# torchao for the matrix's comparison rows, from the carried wheel when the image has none
-if ls .gpu_carry/wheels/*.whl > /dev/null 2>&1 && ! "$PY" -c "import torchao" > /dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/ao_site .gpu_carry/wheels/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/ao_site"
-fi
 export TORCHAO_FORCE_SKIP_LOADING_SO_FILES=1
+# the packages the GPU image lacks, from the wheels gpu_pack.py carries (torchao for the matrix's comparison rows,
+# pycocotools for the detector's mAP): each one this interpreter cannot import goes into /tmp/carry_site (WHEELS:
+# another folder of wheels, e.g. ones for the dry run's Python)
+MISSING=()
+for w in "${WHEELS:-.gpu_carry/wheels}"/*.whl; do
+  [ -f "$w" ] || continue
+  mod=$(basename "$w") && mod=${mod%%-*}
+  "$PY" -c "import $mod" > /dev/null 2>&1 || MISSING+=("$w")
+done
+CARRIED="none needed"
+if (( ${#MISSING[@]} )); then
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/carry_site "${MISSING[@]}"; then
+    export PYTHONPATH="$PYTHONPATH:/tmp/carry_site" CARRIED="installed ${MISSING[*]##*/}"
+  else
+    CARRIED="FAILED to install ${MISSING[*]##*/}"
+  fi
+fi
 pack() {
   tar czf "$OUT/gpu_check.tgz.part" --exclude='*.safetensors' --exclude='*.onnx' --exclude='*.bin' -C "$WORK" . 2>/dev/null && mv "$OUT/gpu_check.tgz.part" "$OUT/gpu_check.tgz"
   for f in env.txt gpu_matrix.md vision.md; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"; done
@@ -66,11 +80,12 @@ step() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv 2>&1 || echo "no nvidia-smi"
   "$PY" -c "import sys, torch, transformers; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda',
 torch.version.cuda, 'available', torch.cuda.is_available(), 'transformers', transformers.__version__)"
+  echo "carried wheels: $CARRIED"
 } > "$WORK/env.txt" 2>&1
 pack
 step tests_gpu 110 "$PY" -m pytest -q -p no:cacheprovider tests/gpu
 echo "tests/gpu: $(tail -n 1 "$WORK/tests_gpu.log" 2>/dev/null)" >> "$WORK/env.txt"
-step matrix 220 "$PY" benchmarks/gpu_check.py --out "$WORK"
+step matrix 220 "$PY" benchmarks/gpu_check.py --out "$WORK" "${MATRIX[@]}"
 pack
 if [ -d .gpu_carry/teacher ] && { [ "$DEV" = cpu ] || "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; }; then
   # the formats' SST-2 accuracy under the budget, on the GPU

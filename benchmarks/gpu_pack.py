@@ -5,7 +5,8 @@ folder + ONNX) with 1,000 seeded CIFAR-10 test images; FastestDet (ONNX, with th
 benchmarks/detect_coco128.py) with COCO128's 128 validation images shrunk to at most 416 pixels a side (JPEG
 quality 92; labels are normalised, so they hold) — FastestDet's input is 352×352, so the shrink changes little,
 but the GPU table's mAP is on these files: the packer prints ONNX Runtime's CPU mAP on them as the reference; and
-the torchao wheel (3.4 MB) for the matrix's comparison rows.
+the wheels of the packages the GPU image lacks (KINDS.md's package list): torchao (3.4 MB, the matrix's comparison
+rows) and pycocotools (0.4 MB, the detector's mAP) — both abi3 wheels for the image's Python 3.12.
 
 Run here, before a GPU session: `.venv/bin/python benchmarks/gpu_pack.py [--teacher DIR]` (default: the teacher of
 `make bench-distill`, .cache/bench/full/teacher_sst2). Then on the GPU machine, with `.gpu_carry` carried:
@@ -79,7 +80,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / ".gpu_carry"))
     ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
     ap.add_argument("--images", type=int, default=1000, help="CIFAR-10 test images to carry")
-    ap.add_argument("--torchao", default="0.18.0", help="torchao wheel to carry ('' for none)")
+    ap.add_argument("--wheels", nargs="*", default=["torchao==0.18.0", "pycocotools==2.0.11"],
+                    help="packages the GPU image lacks, as wheels (gpu_check.sh installs each it cannot import)")
+    ap.add_argument("--python-version", default="3.12", help="the GPU image's Python (wheels are fetched for it)")
     a = ap.parse_args()
     from nanoify.models.load import load_classifier, save_classifier
 
@@ -96,12 +99,14 @@ def main() -> int:
     (out / "sst2" / "train.tsv").write_text("\n".join([lines[0], *rows[: a.rows]]) + "\n")
     shutil.copy(data / "validation.tsv", out / "sst2" / "validation.tsv")
     _vision(out, Path(a.shared), a.images)
-    if a.torchao:  # abi3 wheel for the GPU image's Python 3.12; gpu_check.sh installs it into /tmp
+    if a.wheels:  # for the GPU image's Python; gpu_check.sh installs the ones it cannot import into /tmp
         import subprocess
 
+        platforms = [x for p in ("manylinux_2_28_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
+                                 "manylinux2014_x86_64") for x in ("--platform", p)]
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
-                        "-d", str(out / "wheels"), f"torchao=={a.torchao}"], check=True)
+                        "--python-version", a.python_version, "--implementation", "cp", *platforms,
+                        "-d", str(out / "wheels"), *a.wheels], check=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     print(f"packed {out} ({size:.1f} MiB): teacher in FP16, {a.rows} training rows, the validation split")
     return 0 if size < 62 else 1  # 64 MiB travel in all, the working tree (~1 MiB) included

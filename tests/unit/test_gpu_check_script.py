@@ -84,3 +84,25 @@ def test_the_script_is_valid_bash_and_skips_cleanly_without_a_gpu(tmp_path):
     with tarfile.open(out / "gpu_check.tgz") as t:  # what a device run brings back
         assert {"./env.txt", "./gpu_matrix.json", "./tests_gpu.log"} <= set(t.getnames())
     assert len(list(out.iterdir())) <= 8
+
+
+def test_the_matrix_dry_run_measures_every_row_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py --dry-run: every row of the GPU matrix (FP32/FP16/SDPA, the padded-bucket runner,
+    nanoify's INT8/INT8-weight-only/FP8 layers, the streams) on a 2-layer BERT on the CPU — the matrix's own code
+    can no longer break unseen before a GPU run. Its numbers mean nothing; the logits must still agree."""
+    import json
+    import os
+    import sys
+
+    script = SCRIPT.parent / "gpu_check.py"
+    r = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--dry-run", "--skip-compile"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "gpu_matrix.json").read_text())
+    rows = {x["name"]: x for x in rep["rows"]}
+    assert not [x for x in rows.values() if "error" in x], rows
+    assert {"eager FP32", "SDPA FP16 + CUDA graphs", "SDPA + CUDA graphs, INT8 linear layers",
+            "SDPA + CUDA graphs, FP8 linear layers"} <= set(rows)
+    assert all(x["cosine_vs_fp32"] >= 0.99 and x["b128_rows_s"] > 0 for x in rows.values())
+    assert rep["streams"]["streams"] == 4 and rep["streams"]["rows_s"] > 0
+    assert "DRY RUN" in (tmp_path / "gpu_matrix.md").read_text()
