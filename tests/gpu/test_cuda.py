@@ -101,6 +101,8 @@ def test_engines_on_their_own_streams_serve_threads_concurrently(tiny_teacher):
         want = [serial.infer(f)["logits"] for f in feeds]
     with open_engine("torch", str(tiny_teacher), **opts) as a, open_engine("torch", str(tiny_teacher), **opts) as b:
         assert a._stream is not None and a._stream != b._stream
+        # both start cold, so their threads capture graphs at the same time: each on its runner's own stream
+        assert a._runner.capture_stream != b._runner.capture_stream
         got: dict[int, np.ndarray] = {}
 
         def work(e, idx):

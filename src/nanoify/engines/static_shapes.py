@@ -30,9 +30,11 @@ def buckets_for(limit: int | None, buckets: Sequence[int] = DEFAULT_BUCKETS) -> 
     return (*kept, limit)
 
 
-def capture(fn: Callable[..., Any], static: dict[str, Any], pool: Any, warmup: int) -> tuple[Any, Any]:
+def capture(fn: Callable[..., Any], static: dict[str, Any], pool: Any, warmup: int, stream: Any) -> tuple[Any, Any]:
     """(graph, its output buffers) for ``fn(**static)``: a few eager passes on a side stream first (cuBLAS and the
-    allocator settle), then one thread-local capture into ``pool``."""
+    allocator settle), then one thread-local capture into ``pool`` on ``stream`` — the runner's own: without one,
+    ``torch.cuda.graph`` captures every graph of the process on one shared stream, so two engines capturing at the
+    same time from two threads (``bench --streams`` meeting a new sequence bucket) would collide there."""
     import torch
 
     side = torch.cuda.Stream()
@@ -42,7 +44,7 @@ def capture(fn: Callable[..., Any], static: dict[str, Any], pool: Any, warmup: i
             fn(**static)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+    with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
         out = fn(**static)
     return graph, out
 
@@ -69,6 +71,7 @@ class StaticShapeRunner:
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.entries: dict[tuple[int, int], dict[str, Any]] = {}
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
+        self.capture_stream = torch.cuda.Stream(device=device) if graphs else None
 
     def bucket(self, length: int) -> int:
         for b in self.buckets:
@@ -87,7 +90,7 @@ class StaticShapeRunner:
                   for k, dt in dtypes.items()}
         entry: dict[str, Any] = {"inputs": static}
         if self.graphs:
-            entry["graph"], entry["output"] = capture(self.fn, static, self.pool, self.warmup)
+            entry["graph"], entry["output"] = capture(self.fn, static, self.pool, self.warmup, self.capture_stream)
         self.entries[key] = entry
         return entry
 
@@ -131,6 +134,7 @@ class ExactShapeRunner:
         self.fn, self.device, self.graphs, self.warmup, self.max_graphs = fn, device, graphs, warmup, max_graphs
         self.entries: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
+        self.capture_stream = torch.cuda.Stream(device=device) if graphs else None
 
     def __call__(self, tensors: dict[str, Any]) -> Any:
         import torch
@@ -145,7 +149,7 @@ class ExactShapeRunner:
                 with torch.inference_mode():
                     return self.fn(**tensors)
             static = {k: v.clone() for k, v in tensors.items()}
-            graph, out = capture(self.fn, static, self.pool, self.warmup)
+            graph, out = capture(self.fn, static, self.pool, self.warmup, self.capture_stream)
             entry = self.entries[key] = {"inputs": static, "graph": graph, "output": out}
         with torch.inference_mode():
             for k, v in tensors.items():
