@@ -136,6 +136,24 @@ def fuse(path: str | Path, out: str | Path, num_heads: int, hidden: int, model_t
     return stats
 
 
+def _unfused_reason() -> str:
+    """Why ONNX Runtime's optimizer may have left attention unfused, with what to do."""
+    import onnxruntime
+    import transformers
+
+    def major_minor(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+
+    if major_minor(transformers.__version__) >= (5, 0) and major_minor(onnxruntime.__version__) < (1, 32):
+        # measured: ORT 1.30 fuses none of transformers 5's eager attention blocks (its mask is built as
+        # Where/Expand/And), 1.32 fuses all — ORT 1.32 added that pattern to fusion_attention.py
+        return (f"onnxruntime {onnxruntime.__version__} predates the attention-mask pattern of transformers 5; "
+                "upgrade to onnxruntime>=1.32 and export again")
+    return ("the exported attention pattern was not recognised; it depends on the model type and the torch and "
+            "transformers versions — fusion was verified for BERT and MPNet with torch 2.13 + transformers 5.24 "
+            "(and 5.17) + onnxruntime 1.32")
+
+
 def validate(model: Any, onnx_path: str | Path, feeds: list[dict[str, np.ndarray]],
              tolerance: float = TOLERANCE) -> float:
     """Max |logit difference| between PyTorch and ONNX Runtime over ``feeds``; ExportError above tolerance."""
@@ -207,9 +225,7 @@ def export_text(model_dir: str | Path, out: str | Path, opset: int = 17, texts: 
         warns = []
         attn = fused_ops.get("Attention", 0) + fused_ops.get("MultiHeadAttention", 0)
         if fuse_graph and attn < cfg.num_hidden_layers:
-            # seen on torch 2.11 + transformers 5.17: the exported pattern is not recognised, nothing fuses
-            why = ("the exported attention pattern was not recognised; it depends on the model type and the torch and "
-                   "transformers versions — fusion was verified for BERT and MPNet with torch 2.13 + transformers 5.24")
+            why = _unfused_reason()
             warns.append(f"ONNX Runtime fused {attn} of {cfg.num_hidden_layers} attention "
                          f"blocks; the fused graph is correct but slower ({why})")
             log.warning(warns[-1])
