@@ -84,6 +84,11 @@ def main() -> int:
                     help="packages the GPU image lacks, as wheels (gpu_check.sh installs each it cannot import)")
     ap.add_argument("--python-version", default="3.12", help="the GPU image's Python (wheels are fetched for it)")
     a = ap.parse_args()
+    for what, path, fix in (("teacher", a.teacher, "run `make bench-distill` (it fine-tunes one) or pass --teacher"),
+                            ("SST-2", a.data, "pass --data"), ("shared data", a.shared, "pass --shared")):
+        if not Path(path).is_dir():
+            print(f"gpu_pack: no {what} at {path}: {fix}", file=sys.stderr)
+            return 2
     from nanoify.models.load import load_classifier, save_classifier
 
     out = Path(a.out)
