@@ -7,8 +7,9 @@ streams): the script's own code paths checked before GPU minutes are spent on th
 
 Rows, each in the same process, timed with CUDA events after warm-up:
   eager FP32, eager FP16, SDPA FP16, SDPA FP16 + CUDA graphs (engines/static_shapes.py), the same with
-  torch.compile (inductor's default mode, and reduce-overhead with its own graphs instead of ours; max-autotune's
-  kernel search does not fit the check's minutes — the compile rows come last, after the streams), and CUDA
+  torch.compile (inductor's default mode, reduce-overhead with its own graphs instead of ours, and max-autotune
+  without its graphs when half the --budget is left — its kernel search takes minutes; the compile rows come last,
+  after the streams, and every row is written as it comes), and CUDA
   graphs with the quantized linear layers of quant/gpu.py (INT8 dynamic, INT8 weight-only, FP8 where compute
   capability ≥ 8.9), and the same layers through torchao's configs where torchao is importable (gpu_check.sh
   installs the carried wheel).
@@ -197,12 +198,60 @@ def streams_row(model, feed: dict, n: int = 4, requests: int = 400) -> dict:
             "p99_ms": many["latency_ms_p99"]}
 
 
+def write_report(out: Path, report: dict, rows: list[dict], final: bool) -> str:
+    """gpu_matrix.json and gpu_matrix.md from the rows so far, targets included; ``final=False`` marks both partial
+    (a matrix cut short by its step's time cap still leaves a readable table)."""
+    ok = [r for r in rows if "error" not in r]
+    eager_b1 = next((r["b1_p50_ms"] for r in ok if r["name"] == "eager FP16"), float("nan"))
+    best_b1 = min((r["b1_p50_ms"] for r in ok if "graphs" in r["name"] and "FP16" in r["name"]), default=float("nan"))
+    best_q = max((r["b128_rows_s"] for r in ok if "INT8" in r["name"] or "FP8" in r["name"]), default=0.0)
+    worst_cos = min((r["cosine_vs_fp32"] for r in ok), default=float("nan"))
+    targets = {
+        "b1 ≤ 1.0 ms with graphs in FP16": [best_b1, best_b1 <= 1.0],
+        "graphs ≥ 3× faster than eager FP16 at b1": [eager_b1 / best_b1, eager_b1 / best_b1 >= 3.0],
+        "b128 ≥ 16,000 rows/s with FP8 or INT8": [best_q, best_q >= 16000],
+        "every row's logits cosine ≥ 0.99 vs FP32": [worst_cos, worst_cos >= 0.99],
+    }
+    st = report.get("streams")
+    if st and "error" not in st:
+        targets["four streams ≥ 3× one stream (b1, graphs)"] = [st["ratio"], st["ratio"] >= 3.0]
+    full = {**report, "rows": list(rows), "targets": targets, **({} if final else {"partial": True})}
+    (out / "gpu_matrix.json").write_text(json.dumps(full, indent=2) + "\n")
+    lines = [f"GPU matrix{'' if final else ' (PARTIAL: cut short)'}: {report['gpu']} (capability "
+             f"{report['capability']}), torch {report['torch']}, CUDA {report['cuda']}, torchao "
+             f"{report.get('torchao') or 'not installed'}; BERT-base shape, random weights, sequence {SEQ}; idle "
+             f"{report.get('idle_watts', float('nan')):.0f} W.", "",
+             "| engine | b1 p50 ms | b1 p99 ms | b128 rows/s | W | mJ/row | cosine vs FP32 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error'][:150]} | | | | | |")
+            continue
+        w, mj = r.get("watts"), r.get("mj_per_row")
+        lines.append(f"| {r['name']} | {r['b1_p50_ms']:.3f} | {r['b1_p99_ms']:.3f} | {r['b128_rows_s']:.0f} | "
+                     f"{'n/a' if w is None else f'{w:.0f}'} | {'n/a' if mj is None else f'{mj:.3f}'} | "
+                     f"{r['cosine_vs_fp32']:.4f} |")
+    if st:
+        lines += ["", (f"Four streams (b1, FP16 SDPA + graphs, one graph per stream): {st['rows_s']:.0f} rows/s vs "
+                       f"{st['one_stream_rows_s']:.0f} on one ({st['ratio']:.2f}×), p50 {st['p50_ms']:.2f} ms, p99 "
+                       f"{st['p99_ms']:.2f} ms") if "error" not in st else f"Streams failed: {st['error']}"]
+    lines += ["", "Targets: " + "; ".join(f"{k}: {v[0]:.3g} ({'met' if v[1] else 'MISSED'})"
+                                         for k, v in targets.items())]
+    text = "\n".join(lines) + "\n"
+    (out / "gpu_matrix.md").write_text(text)
+    return text
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile row (minutes)")
     ap.add_argument("--dry-run", action="store_true", help="every row on the CPU, tiny model: numbers mean nothing")
+    ap.add_argument("--budget", type=float, default=200.0,
+                    help="seconds the matrix may take (gpu_check.sh caps its step at 220): max-autotune runs only when "
+                         "half of it is left")
     a = ap.parse_args()
+    t_start = time.perf_counter()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     import torch
@@ -259,15 +308,17 @@ def main() -> int:
         return lambda feed: r(feed)
 
     class Rows(list):
-        """The rows so far, written to gpu_matrix.json after each one (a step cut short by its time cap still
-        leaves what it measured; the final write adds the targets and the Markdown)."""
+        """The rows so far, written (JSON and Markdown, marked partial) after each one: a step cut short by its
+        time cap still leaves what it measured."""
 
         def append(self, row: dict) -> None:
             super().append(row)
-            (out / "gpu_matrix.json").write_text(json.dumps({**report, "rows": list(self), "partial": True},
-                                                            indent=2) + "\n")
+            write_report(out, report, self, final=False)
 
-    rows = Rows()  # (the streams result joins the partial file with the compile row, written after it)
+        def finish(self) -> None:
+            print(write_report(out, report, self, final=True))
+
+    rows = Rows()
     rows.append(run_row("eager FP32", eager(fp32), feeds, ref, power))
     del fp32
     fp16 = _model(torch.float16, "eager")
@@ -307,49 +358,18 @@ def main() -> int:
     except Exception as e:  # noqa: BLE001
         report["streams"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     if not a.skip_compile:  # last: its compilation is the slowest and least predictable part of the matrix
-        # inductor's default mode: max-autotune's kernel search takes minutes, more than the check can spend
+        # inductor's default mode first, then reduce-overhead, then (time allowing) max-autotune
         rows.append(run_row("SDPA FP16 + torch.compile + CUDA graphs", graphed(sdpa, "default"), feeds, ref, power))
         torch._dynamo.reset()
         rows.append(run_row("SDPA FP16 + torch.compile reduce-overhead (its own graphs)",
                             graphed(sdpa, "reduce-overhead"), feeds, ref, power))
-    report["rows"] = list(rows)
-    ok = [r for r in rows if "error" not in r]
-    eager_b1 = next((r["b1_p50_ms"] for r in ok if r["name"] == "eager FP16"), float("nan"))
-    best_b1 = min((r["b1_p50_ms"] for r in ok if "graphs" in r["name"] and "FP16" in r["name"]), default=float("nan"))
-    best_q = max((r["b128_rows_s"] for r in ok if "INT8" in r["name"] or "FP8" in r["name"]), default=0.0)
-    worst_cos = min((r["cosine_vs_fp32"] for r in ok), default=float("nan"))
-    report["targets"] = {
-        "b1 ≤ 1.0 ms with graphs in FP16": [best_b1, best_b1 <= 1.0],
-        "graphs ≥ 3× faster than eager FP16 at b1": [eager_b1 / best_b1, eager_b1 / best_b1 >= 3.0],
-        "b128 ≥ 16,000 rows/s with FP8 or INT8": [best_q, best_q >= 16000],
-        "every row's logits cosine ≥ 0.99 vs FP32": [worst_cos, worst_cos >= 0.99],
-    }
-    st = report["streams"]
-    if "error" not in st:
-        report["targets"]["four streams ≥ 3× one stream (b1, graphs)"] = [st["ratio"], st["ratio"] >= 3.0]
-    (out / "gpu_matrix.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"GPU matrix: {report['gpu']} (capability {report['capability']}), torch {report['torch']}, CUDA "
-             f"{report['cuda']}, torchao {report['torchao'] or 'not installed'}; BERT-base shape, random weights, "
-             f"sequence {SEQ}; idle "
-             f"{report.get('idle_watts', float('nan')):.0f} W.", "",
-             "| engine | b1 p50 ms | b1 p99 ms | b128 rows/s | W | mJ/row | cosine vs FP32 |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error'][:150]} | | | | | |")
-            continue
-        w, mj = r.get("watts"), r.get("mj_per_row")
-        lines.append(f"| {r['name']} | {r['b1_p50_ms']:.3f} | {r['b1_p99_ms']:.3f} | {r['b128_rows_s']:.0f} | "
-                     f"{'n/a' if w is None else f'{w:.0f}'} | {'n/a' if mj is None else f'{mj:.3f}'} | "
-                     f"{r['cosine_vs_fp32']:.4f} |")
-    st = report["streams"]
-    lines += ["", (f"Four streams (b1, FP16 SDPA + graphs, one graph per stream): {st['rows_s']:.0f} rows/s vs "
-                   f"{st['one_stream_rows_s']:.0f} on one ({st['ratio']:.2f}×), p50 {st['p50_ms']:.2f} ms, p99 "
-                   f"{st['p99_ms']:.2f} ms") if "error" not in st else f"Streams failed: {st['error']}"]
-    lines += ["", "Targets: " + "; ".join(f"{k}: {v[0]:.3g} ({'met' if v[1] else 'MISSED'})"
-                                         for k, v in report["targets"].items())]
-    (out / "gpu_matrix.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        # max-autotune's kernel search (without its own graphs: ours capture) only with half the budget left: the
+        # step's time cap may kill it, and every row above is written already
+        if DEV == "cuda" and time.perf_counter() - t_start < a.budget / 2:
+            torch._dynamo.reset()
+            rows.append(run_row("SDPA FP16 + torch.compile max-autotune + CUDA graphs",
+                                graphed(sdpa, "max-autotune-no-cudagraphs"), feeds, ref, power))
+    rows.finish()
     return 0
 
 

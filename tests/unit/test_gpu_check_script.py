@@ -105,4 +105,6 @@ def test_the_matrix_dry_run_measures_every_row_on_the_cpu(tmp_path):
             "SDPA + CUDA graphs, FP8 linear layers"} <= set(rows)
     assert all(x["cosine_vs_fp32"] >= 0.99 and x["b128_rows_s"] > 0 for x in rows.values())
     assert rep["streams"]["streams"] == 4 and rep["streams"]["rows_s"] > 0
-    assert "DRY RUN" in (tmp_path / "gpu_matrix.md").read_text()
+    md = (tmp_path / "gpu_matrix.md").read_text()
+    assert "DRY RUN" in md and "PARTIAL" not in md and "partial" not in rep  # the final write replaced the partial
+    assert "Targets: " in md and "| SDPA + CUDA graphs, FP8 linear layers |" in md
