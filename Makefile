@@ -62,8 +62,8 @@ gpu-dry-run: $(STAMP)
 	test -d .gpu_carry/teacher || $(PY) benchmarks/gpu_pack.py
 	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/python -m pip install -q -r benchmarks/gpu_image_requirements.txt
-	rm -rf .cache/gpu-dry-wheels runs/gpu_dry_run /tmp/carry_site
-	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .cache/gpu-dry-wheels torchao==0.18.0 pycocotools==2.0.11
+	rm -rf .cache/gpu-dry-wheels runs/gpu_dry_run
+	$(PY) benchmarks/gpu_pack.py --wheels-only .cache/gpu-dry-wheels
 	DEV=cpu WHEELS=.cache/gpu-dry-wheels OUT=runs/gpu_dry_run WORK=runs/gpu_dry_run/work \
 	  PYTHON=$(GPU_VENV)/bin/python bash benchmarks/gpu_check.sh
 

@@ -273,14 +273,14 @@ def main() -> int:
         report.update(gpu=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)))
     else:
         report.update(gpu="CPU DRY RUN (2-layer, 128-wide, sequence 16: numbers mean nothing)", capability=[])
-    try:
-        if DEV != "cuda":
-            raise RuntimeError("dry run")
-        power = Power()
-        time.sleep(1.0)
-        report["idle_watts"] = float(sum(power.watts() for _ in range(10)) / 10)
-    except Exception as e:  # noqa: BLE001 - no NVML
-        power, report["power"] = None, f"NVML not readable: {e}"
+    power = None
+    if DEV == "cuda":
+        try:
+            power = Power()
+            time.sleep(1.0)
+            report["idle_watts"] = float(sum(power.watts() for _ in range(10)) / 10)
+        except Exception as e:  # noqa: BLE001 - no NVML
+            power, report["power"] = None, f"NVML not readable: {e}"
     g = torch.Generator().manual_seed(0)
     feeds = {}
     for key, b in (("b1", 1), ("big", BIG)):

@@ -72,6 +72,21 @@ def _vision(out: Path, shared: Path, n_images: int) -> None:
           f"{ref['map50_95']:.4f}), mAP@0.5 {res['map50']:.4f} ({ref['map50']:.4f}) — ONNX Runtime, CPU")
 
 
+def _download_wheels(dest: Path, specs: list[str], python_version: str | None) -> None:
+    """Binary wheels of ``specs`` into ``dest``: for ``python_version`` on x86-64 Linux (the GPU image), or for
+    this interpreter when None."""
+    import subprocess
+
+    if not specs:
+        return
+    target = [] if python_version is None else [
+        "--python-version", python_version, "--implementation", "cp",
+        *[x for p in ("manylinux_2_28_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
+                      "manylinux2014_x86_64") for x in ("--platform", p)]]
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", *target,
+                    "-d", str(dest), *specs], check=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default=str(ROOT / ".cache" / "bench" / "full" / "teacher_sst2"))
@@ -83,7 +98,12 @@ def main() -> int:
     ap.add_argument("--wheels", nargs="*", default=["torchao==0.18.0", "pycocotools==2.0.11"],
                     help="packages the GPU image lacks, as wheels (gpu_check.sh installs each it cannot import)")
     ap.add_argument("--python-version", default="3.12", help="the GPU image's Python (wheels are fetched for it)")
+    ap.add_argument("--wheels-only", metavar="DIR",
+                    help="only fetch the --wheels, for this interpreter, into DIR (make gpu-dry-run's)")
     a = ap.parse_args()
+    if a.wheels_only:
+        _download_wheels(Path(a.wheels_only), a.wheels, None)
+        return 0
     for what, path, fix in (("teacher", a.teacher, "run `make bench-distill` (it fine-tunes one) or pass --teacher"),
                             ("SST-2", a.data, "pass --data"), ("shared data", a.shared, "pass --shared")):
         if not Path(path).is_dir():
@@ -104,14 +124,7 @@ def main() -> int:
     (out / "sst2" / "train.tsv").write_text("\n".join([lines[0], *rows[: a.rows]]) + "\n")
     shutil.copy(data / "validation.tsv", out / "sst2" / "validation.tsv")
     _vision(out, Path(a.shared), a.images)
-    if a.wheels:  # for the GPU image's Python; gpu_check.sh installs the ones it cannot import into /tmp
-        import subprocess
-
-        platforms = [x for p in ("manylinux_2_28_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-                                 "manylinux2014_x86_64") for x in ("--platform", p)]
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "--python-version", a.python_version, "--implementation", "cp", *platforms,
-                        "-d", str(out / "wheels"), *a.wheels], check=True)
+    _download_wheels(out / "wheels", a.wheels, a.python_version)  # gpu_check.sh installs what the image lacks
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     print(f"packed {out} ({size:.1f} MiB): teacher in FP16, {a.rows} training rows, the validation split")
     return 0 if size < 62 else 1  # 64 MiB travel in all, the working tree (~1 MiB) included

@@ -31,18 +31,17 @@ def buckets_for(limit: int | None, buckets: Sequence[int] = DEFAULT_BUCKETS) -> 
 
 
 def capture(fn: Callable[..., Any], static: dict[str, Any], pool: Any, warmup: int, stream: Any) -> tuple[Any, Any]:
-    """(graph, its output buffers) for ``fn(**static)``: a few eager passes on a side stream first (cuBLAS and the
-    allocator settle), then one thread-local capture into ``pool`` on ``stream`` — the runner's own: without one,
+    """(graph, its output buffers) for ``fn(**static)``: a few eager passes first (cuBLAS and the allocator settle),
+    then one thread-local capture into ``pool``, both on ``stream`` — the runner's own side stream: without one,
     ``torch.cuda.graph`` captures every graph of the process on one shared stream, so two engines capturing at the
     same time from two threads (``bench --streams`` meeting a new sequence bucket) would collide there."""
     import torch
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.inference_mode():
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
         for _ in range(warmup):
             fn(**static)
-    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
         out = fn(**static)

@@ -140,11 +140,9 @@ def _unfused_reason() -> str:
     """Why ONNX Runtime's optimizer may have left attention unfused, with what to do."""
     import onnxruntime
     import transformers
+    from packaging.version import Version  # a dependency of transformers and onnxruntime alike
 
-    def major_minor(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
-
-    if major_minor(transformers.__version__) >= (5, 0) and major_minor(onnxruntime.__version__) < (1, 32):
+    if Version(transformers.__version__).major >= 5 and Version(onnxruntime.__version__).release < (1, 32):
         # measured: ORT 1.30 fuses none of transformers 5's eager attention blocks (its mask is built as
         # Where/Expand/And), 1.32 fuses all — ORT 1.32 added that pattern to fusion_attention.py
         return (f"onnxruntime {onnxruntime.__version__} predates the attention-mask pattern of transformers 5; "
