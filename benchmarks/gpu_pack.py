@@ -109,25 +109,28 @@ def main() -> int:
         if not Path(path).is_dir():
             print(f"gpu_pack: no {what} at {path}: {fix}", file=sys.stderr)
             return 2
+    from nanoify.artifacts import atomic_dir
     from nanoify.models.load import load_classifier, save_classifier
 
-    out = Path(a.out)
-    if out.exists():
-        shutil.rmtree(out)
-    model, tok, lm = load_classifier(a.teacher)
-    save_classifier(model.half(), tok, lm, out / "teacher")
-    data = Path(a.data)
-    (out / "sst2").mkdir(parents=True)
-    lines = (data / "train.tsv").read_text().splitlines()
-    rows = lines[1:]
-    random.Random(0).shuffle(rows)
-    (out / "sst2" / "train.tsv").write_text("\n".join([lines[0], *rows[: a.rows]]) + "\n")
-    shutil.copy(data / "validation.tsv", out / "sst2" / "validation.tsv")
-    _vision(out, Path(a.shared), a.images)
-    _download_wheels(out / "wheels", a.wheels, a.python_version)  # gpu_check.sh installs what the image lacks
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
-    print(f"packed {out} ({size:.1f} MiB): teacher in FP16, {a.rows} training rows, the validation split")
-    return 0 if size < 62 else 1  # 64 MiB travel in all, the working tree (~1 MiB) included
+    with atomic_dir(a.out) as out:  # an earlier pack stays until this one is complete (and small enough)
+        model, tok, lm = load_classifier(a.teacher)
+        save_classifier(model.half(), tok, lm, out / "teacher")
+        data = Path(a.data)
+        (out / "sst2").mkdir(parents=True)
+        lines = (data / "train.tsv").read_text().splitlines()
+        rows = lines[1:]
+        random.Random(0).shuffle(rows)
+        (out / "sst2" / "train.tsv").write_text("\n".join([lines[0], *rows[: a.rows]]) + "\n")
+        shutil.copy(data / "validation.tsv", out / "sst2" / "validation.tsv")
+        _vision(out, Path(a.shared), a.images)
+        _download_wheels(out / "wheels", a.wheels, a.python_version)  # gpu_check.sh installs what the image lacks
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+        if size >= 62:  # 64 MiB travel in all, the working tree (~1 MiB) included
+            print(f"gpu_pack: {size:.1f} MiB is too much to carry (62 at most): pass fewer --rows or --images",
+                  file=sys.stderr)
+            raise SystemExit(1)
+    print(f"packed {a.out} ({size:.1f} MiB): teacher in FP16, {a.rows} training rows, the validation split")
+    return 0
 
 
 if __name__ == "__main__":
