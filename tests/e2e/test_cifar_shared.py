@@ -39,7 +39,7 @@ def test_resnet20_export_and_int8_on_cifar_slice(tmp_path, cifar_slice):
                          preprocess=pre, labels=classes, factory="nanoify.models.vision:resnet20")
     assert man["batchnorm"] == {"modules": 19, "onnx_nodes_after_export": 0, "onnx_nodes_saved": 0}
     q = nanoify.quantize(tmp_path / "r20", tmp_path / "q", calib=str(cifar_slice), progress=False,
-                         config=QuantizeConfig(budget=1.0, methods=("mse",),
+                         config=QuantizeConfig(budget=1.0, agreement_budget=3.0, methods=("mse",),
                                                timing=TimingConfig(32, 128, rounds=1)))
     import torch
 
@@ -51,5 +51,8 @@ def test_resnet20_export_and_int8_on_cifar_slice(tmp_path, cifar_slice):
                                == z["labels"]).mean())
     ref = q["reference"]
     assert ref["accuracy"] == pytest.approx(torch_acc, abs=1e-3)  # ONNX Runtime FP32 = PyTorch on the same images
+    # both budgets bind the choice on any CPU: static INT8 alone stayed within 3% changed predictions on the VNNI
+    # machines (8-bit weights) but changed 3.6% on an AVX2 one without VNNI (7-bit weights, which its saturating
+    # kernels need); past the agreement budget, nodes are kept float until the choice is back within it
     best = next(c for c in q["candidates"] if c["name"] == q["chosen"])
     assert best["meets_budget"] and best["top1_agreement"] >= 0.97
