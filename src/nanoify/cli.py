@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -467,26 +469,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    with _process_settings(args):
+        try:
+            return args.func(args)
+        except NanoifyError as e:
+            print(f"nanoify: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("nanoify: interrupted; previous outputs are intact (rerun with --resume to continue training)",
+                  file=sys.stderr)
+            return 130
+        finally:
+            _leave_process_group()
+
+
+@contextlib.contextmanager
+def _process_settings(args: argparse.Namespace) -> Iterator[None]:
+    """What a command sets for its process — log level and handler, tokenizer threads, torch threads — set for
+    the call and put back after it, so ``main`` called in-process (a notebook, a test) leaves its caller as it was.
+    Not ``logging.basicConfig``: it does nothing once the root logger has a handler, and then ``-v`` is lost."""
+    root, hub = logging.getLogger(), logging.getLogger("huggingface_hub")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    before = (root.level, hub.level, os.environ.get("TOKENIZERS_PARALLELISM"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    hub.setLevel(logging.ERROR)  # hub retries log a warning per attempt; a failure still ends as our one-line error
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # hub retries log a warning per attempt; a failure still ends as our one-line error
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    threads = None
+    if getattr(args, "threads", None):
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
     try:
-        if getattr(args, "threads", None):
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before[0])
+        hub.setLevel(before[1])
+        if before[2] is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        if threads is not None:
             import torch
 
-            torch.set_num_threads(args.threads)
-        return args.func(args)
-    except NanoifyError as e:
-        print(f"nanoify: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("nanoify: interrupted; previous outputs are intact (rerun with --resume to continue training)",
-              file=sys.stderr)
-        return 130
-    finally:
-        _leave_process_group()
+            torch.set_num_threads(threads)
 
 
 def _leave_process_group() -> None:

@@ -6,7 +6,7 @@
       export/      ONNX (+ fused ONNX for transformers), validated against PyTorch
       quantized/   INT8 / mixed-precision model chosen under the budget, with every candidate's numbers
       bench/       baseline (PyTorch FP32) against the compressed model (engine, INT8)
-      report.md  report.json  report.png  manifest.json
+      report.md  report.json  report.png  manifest.json   (report.json: the bench report + "summary")
 
 The stages follow the recipe: a text recipe distils (``distill``); an image recipe (``task:
 image-classification``) has no distillation stage and exports its ``model`` (a PyTorch module built from an
@@ -415,5 +415,6 @@ def _write_report(out: Path, s: dict[str, Any]) -> None:
             f"{s.get('throughput_batch') or 32} throughput {s['throughput_speedup_b32']:.1f}×, file "
             f"{s['size_ratio']:.1f}× smaller, peak memory {s['memory_ratio']:.1f}× lower.", ""]
     (out / "report.md").write_text("\n".join(head) + "\n" + table + "\n")
-    shutil.copyfile(out / "bench" / "report.json", out / "report.json")
+    rep = json.loads((out / "bench" / "report.json").read_text())
+    write_json(out / "report.json", {"summary": s, **rep})  # the headline beside the table's numbers
     shutil.copyfile(out / "bench" / "report.png", out / "report.png")
