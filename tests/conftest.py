@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 from pathlib import Path
 
@@ -79,10 +81,34 @@ def make_mpnet_encoder(folder: Path, hidden: int = 32, layers: int = 4, heads: i
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Keep the tests' teacher-logit cache away from the user's."""
-    import os
+    """Keep the tests' teacher-logit cache away from the user's, for this session only."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANOIFY_CACHE", str(tmp_path_factory.mktemp("nanoify_cache")))
+        yield
 
-    os.environ["NANOIFY_CACHE"] = str(tmp_path_factory.mktemp("nanoify_cache"))
+
+def _process_state() -> dict[str, object]:
+    """What one test could leave changed for the next: the root logger (level, handlers other than pytest's own),
+    the environment, torch's threads."""
+    root = logging.getLogger()
+    return {"root logger level": logging.getLevelName(root.level),
+            "root logger handlers": [h for h in root.handlers if not type(h).__module__.startswith("_pytest")],
+            "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},  # pytest's own
+            "torch threads": torch.get_num_threads()}
+
+
+@pytest.fixture(autouse=True)
+def _leaves_no_state_behind(request):
+    """Fails a test that changes process-wide state without restoring it (use monkeypatch, caplog, a fixture)."""
+    before = _process_state()
+    yield
+    after = _process_state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    if "environment" in changed:
+        b, a = changed["environment"]
+        changed["environment"] = {k: (b.get(k), a.get(k)) for k in set(b) | set(a) if b.get(k) != a.get(k)}
+    if changed:
+        pytest.fail(f"{request.node.nodeid} left process state changed (before, after): {changed}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -295,3 +321,57 @@ def tiny_yolo_export(tmp_path_factory) -> Path:
            preprocess={"size": [640, 640], "resize": "letterbox"}, labels=DET_CLASSES,
            factory="tests.conftest:TinyYolo", output_names=("output0",), task="detection", decoder="yolov8")
     return out
+
+
+RECT_RGB, BACKGROUND_RGB = (250, 20, 140), (20, 230, 60)
+
+
+def rectangle_frames(folder: Path, frames: list[tuple[int, int]]) -> list[list[int]]:
+    """One PNG per (h, w) in ``folder`` (f0.png, f1.png, …): a flat background with one RECT_RGB rectangle; returns
+    each rectangle as [x1, y1, x2, y2] in the frame's pixels (x2, y2 exclusive)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rects = []
+    for i, (h, w) in enumerate(frames):
+        img = np.empty((h, w, 3), np.uint8)
+        img[:] = BACKGROUND_RGB
+        x1, y1, x2, y2 = round(w * 0.2), round(h * 0.3), round(w * 0.6), round(h * 0.9)
+        img[y1:y2, x1:x2] = RECT_RGB
+        Image.fromarray(img).save(folder / f"f{i}.png")
+        rects.append([x1, y1, x2, y2])
+    return rects
+
+
+def rectangle_oracle(pre, output: str = "output0"):
+    """A stand-in detector that sees: it finds the RECT_RGB rectangle in each image of an NCHW feed — pixels within
+    0.1 (normalised units) of the colour as ``pre`` should have normalised it, per channel — and answers with one
+    YOLOv8 box (1 class, score 0.9) around them. A feed built with other geometry or normalisation than ``pre``
+    states moves the box or finds nothing."""
+    scale, mean, std = np.float32(pre.scale), np.asarray(pre.mean, np.float32), np.asarray(pre.std, np.float32)
+    rgb = np.asarray(RECT_RGB, np.float32)[::-1] if pre.channels == "bgr" else np.asarray(RECT_RGB, np.float32)
+    want = ((rgb * scale - mean) / std)[:, None, None]
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (x,) = feed.values()
+        out = np.zeros((len(x), 5, 1), np.float32)
+        for j, im in enumerate(x):
+            ys, xs = np.nonzero((np.abs(im - want) < 0.1).all(0))
+            if len(xs):
+                x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+                out[j, :, 0] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, 0.9]
+        return {output: out}
+
+    return run
+
+
+def raise_peak_rss(mb: int) -> float:
+    """Make this process's peak resident set at least ``mb`` MB (a block touched, then freed); returns the peak."""
+    from nanoify.bench.run import peak_rss_mb
+
+    extra = int(mb - peak_rss_mb()) + 50
+    if extra > 50:
+        block = np.ones(extra * 2**20, dtype=np.uint8)
+        assert block.sum() == extra * 2**20
+        del block
+    return peak_rss_mb()

@@ -68,6 +68,37 @@ def test_compress_runs_resumes_by_hash_and_reruns_changed_stages(tmp_path, tiny_
     assert (out / "quantized" / "manifest.json").is_file()  # the previous quantize output is intact
 
 
+def test_headline_ratios_say_how_many_times_better(tmp_path):
+    """The summary line and report.json's summary: baseline 10 ms → compressed 2 ms is 5× faster, 100 → 400 rows/s
+    4× the throughput, 90 → 9 MB 10× smaller, 800 → 200 MB 4× less memory; 0.90 → 0.89 is −1 point."""
+    from nanoify.pipeline import _summary, _write_report
+
+    out = tmp_path / "run"
+    (out / "bench").mkdir(parents=True)
+    (out / "quantized").mkdir()
+    common = {"throughput_batch": 32}
+    models = [dict(common, name="teacher (PyTorch FP32)", engine="torch", accuracy=0.90, latency_ms_p50=10.0,
+                   throughput=100.0, file_mb=90.0, peak_rss_mb=800.0),
+              dict(common, name="compressed", engine="onnxruntime", accuracy=0.89, latency_ms_p50=2.0,
+                   throughput=400.0, file_mb=9.0, peak_rss_mb=200.0, predictions_changed=3)]
+    (out / "bench" / "report.json").write_text(json.dumps({"models": models}))
+    (out / "bench" / "report.md").write_text("| metric | teacher | compressed |\n")
+    (out / "bench" / "report.png").write_bytes(b"\x89PNG")
+    (out / "quantized" / "manifest.json").write_text(json.dumps({"chosen": "static-mse", "config": {"budget": 2.0}}))
+    cfg = dataclasses.replace(_cfg(tmp_path / "teacher", tmp_path / "data", budget=2.0), distill=None)
+    s = _summary(cfg, out)
+    assert (s["latency_speedup_b1"], s["throughput_speedup_b32"], s["size_ratio"], s["memory_ratio"]) == \
+        pytest.approx((5.0, 4.0, 10.0, 4.0))
+    assert s["drop_pts"] == pytest.approx(1.0) and s["budget_met"] and s["metric"] == "accuracy"
+    _write_report(out, s)
+    head = (out / "report.md").read_text().splitlines()[2]
+    assert "0.9000 → 0.8900 (-1.00 pt; budget 2.0 pt: met)" in head
+    assert "latency 5.0× faster" in head and "throughput 4.0×" in head and "10.0× smaller" in head
+    assert "memory 4.0× lower" in head
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["summary"]["latency_speedup_b1"] == pytest.approx(5.0) and rep["models"] == models
+
+
 def test_compress_cli_with_recipe_fine_tunes_the_teacher(tmp_path, tiny_encoder, tiny_data, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""

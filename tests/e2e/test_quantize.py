@@ -84,6 +84,11 @@ def test_choice_follows_the_optimize_goal():
     assert choose(far, ref, "throughput", "accuracy")[0] == 1
     near = [dict(recs[0], **n, top1_agreement=0.986), dict(recs[0], **n, top1_agreement=0.990, throughput_b32=196.0)]
     assert choose(near, ref, "throughput", "accuracy")[0] == 0
+    # the tie band hangs from the fastest: a candidate half as fast is outside it, however few predictions it changes
+    slow = [dict(recs[0], **n, top1_agreement=0.970), dict(recs[0], **n, top1_agreement=0.990, throughput_b32=100.0,
+                                                            latency_ms_p50=8.0)]
+    for goal in ("throughput", "latency", "balanced"):
+        assert choose(slow, ref, goal, "accuracy")[0] == 0, goal
     idx, why = choose([recs[2]], ref, "balanced", "accuracy")
     assert idx == 0 and "NO candidate met the budget" in why
 

@@ -113,6 +113,24 @@ def test_quantize_cnn_for_tensorrt_has_nchw_profiles(tmp_path, tiny_cnn_export, 
     assert "--minShapes=input:1x3x16x16" in sh and "--maxShapes=input:32x3x16x16" in sh
     zps = [i for i in onnx.load(out / "model.qdq.onnx").graph.initializer if i.data_type == onnx.TensorProto.UINT8]
     assert not zps
+    # TensorRT's INT8 is signed and symmetric: every range is chosen for ±127 levels, never for the 255 of an
+    # unsigned (post-ReLU) range, which would come out about twice too wide when written as ±amax
+    from nanoify.quant.calibrate import calibrate_onnx, choose_ranges
+    from nanoify.quant.qdq import calibration_tensors
+    from nanoify.quant.run import prepare
+    from nanoify.quant.tensorrt import read_calibration_cache
+
+    src = prepare(tiny_cnn_export, tmp_path / "prep")
+    calib = src.task.calib_set(str(tiny_images), man["calibration"]["samples"])
+    hists = calibrate_onnx(src.plain, (f for _, f in src.task.batches(calib, 16)),
+                           tensors=calibration_tensors(src.graphs["plain"], "all"))
+    signed = choose_ranges(hists, "entropy")
+    unsigned = choose_ranges(hists, "entropy", allow_unsigned=True, asymmetric=True)
+    _, cache = read_calibration_cache(out / "calibration.cache")
+    assert set(cache) == set(signed)
+    assert any(abs(unsigned[k].amax - signed[k].amax) > 0.05 * signed[k].amax for k in cache)  # a test with teeth
+    for k, amax in cache.items():
+        assert amax == pytest.approx(signed[k].amax, rel=1e-5), k
 
 
 def test_unlabelled_evaluation_counts_agreement_points(tmp_path, tiny_cnn_export, tiny_images):
@@ -130,11 +148,16 @@ def test_unlabelled_evaluation_counts_agreement_points(tmp_path, tiny_cnn_export
 
 
 def test_bench_and_json_contract_for_images(tmp_path, tiny_cnn, tiny_images, cnn_quantized, capsys):
+    from tests.conftest import raise_peak_rss
+
     qout, _ = cnn_quantized
+    parent = raise_peak_rss(2500)  # far above what measuring a tiny model needs
     assert main(["bench", str(tiny_cnn), str(qout), "--data", str(tiny_images), "--json", "--latency-rows", "16",
                  "--throughput-rows", "64", "--rounds", "1", "--streams", "2"]) == 0
     rep = json.loads(capsys.readouterr().out)
     base, q = rep["models"]
+    # each model is measured in a fresh process of its own: its peak is not this (bigger) process's
+    assert 0 < base["peak_rss_mb"] < parent and 0 < q["peak_rss_mb"] < parent, (base["peak_rss_mb"], parent)
     assert rep["task"] == "image-classification" and rep["split"] == "test"
     for key in ("accuracy", "latency_ms_p50", "throughput_b32", "peak_rss_mb"):
         assert isinstance(base[key], float) and isinstance(q[key], float), key

@@ -105,6 +105,18 @@ def test_percentile_within_one_bin_of_numpy():
         assert percentile_amax(h, p) == pytest.approx(want, abs=1.01 * w)
 
 
+def test_percentile_default_is_99_99():
+    """The percentile method without an explicit value keeps 99.99% of |x| (TensorRT's and ModelOpt's default):
+    0.05% of outliers at 100 lie inside a 99.99% range and outside a 99.9% one."""
+    from nanoify.quant.calibrate import choose_ranges
+
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.uniform(-1, 1, size=99_950), np.full(50, 100.0)])
+    h = _feed(x)
+    assert percentile_amax(h, 99.9) <= 1.1 and percentile_amax(h) == pytest.approx(100.0, rel=0.02)
+    assert choose_ranges({"t": h}, "percentile")["t"].amax == pytest.approx(100.0, rel=0.02)
+
+
 def test_mse_choice_is_close_to_brute_force_optimum_signed_and_unsigned():
     rng = np.random.default_rng(5)
     x = np.concatenate([rng.normal(size=30000), rng.normal(size=30) * 40])

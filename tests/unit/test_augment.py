@@ -45,6 +45,20 @@ def test_variants_replace_only_whole_words_seeded(tmp_path):
     assert len(extra) == 6 and info["variant_rows"] == 6 and info["variants_changed"] == 6
 
 
+def test_each_variant_of_a_sentence_draws_its_own_replacements(tmp_path):
+    """n variants of one sentence are n different sentences (each variant its own seeded draws), and so are the
+    variants of identical rows; the draws are still a pure function of the seed."""
+    tok, v = _tok(tmp_path)
+    words = ["good", "bad", "play", "the", "fine", "poor", "good", "bad", "the", "play"]
+    rows = [[v["[CLS]"]] + [v[w] for w in words] + [v["[SEP]"]]] * 2
+    nb = {v[w]: np.array([v["great"], v["awful"], v["fine"], v["poor"]]) for w in ("good", "bad", "play", "the",
+                                                                                 "fine", "poor")}
+    out = augment_ids(rows, nb, set(), n=4, p=0.5, seed=3)
+    assert len(out) == 8 and out == augment_ids(rows, nb, set(), n=4, p=0.5, seed=3)
+    assert len({tuple(x) for x in out}) == 8  # variant j of row r is row-major: j·len(rows) + r
+    assert out != augment_ids(rows, nb, set(), n=4, p=0.5, seed=4)
+
+
 def test_hard_ce_skips_rows_without_a_gold_label():
     logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
     y = torch.tensor([0, IGNORE, 1])

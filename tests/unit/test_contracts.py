@@ -1,5 +1,5 @@
 """Contracts that fail when the product breaks: the budget check, the compress allowance, stage hashes, atomic
-folders, per-process peak memory."""
+folders, per-process peak memory, a CLI call that leaves its caller's process as it was."""
 
 from __future__ import annotations
 
@@ -45,6 +45,12 @@ def test_stage_hashes_follow_every_input():
     q = stage_plan(dataclasses.replace(base, quantize=QuantizeConfig(budget=2.0)))
     assert q["student"] == keys["student"] and q["export"] == keys["export"] and q["quantized"] != keys["quantized"]
     assert stage_plan(dataclasses.replace(base, data=DataConfig(data="other")))["student"] != keys["student"]
+    # other calibration data: a new quantized model (reusing the old one would silently keep the old ranges)
+    calib = stage_plan(dataclasses.replace(base, calib="other_calib"))
+    assert calib["export"] == keys["export"] and calib["quantized"] != keys["quantized"]
+    assert calib["bench"] != keys["bench"]
+    bench = stage_plan(dataclasses.replace(base, bench=dataclasses.replace(base.bench, streams=2)))
+    assert bench["quantized"] == keys["quantized"] and bench["bench"] != keys["bench"]
 
 
 def test_atomic_dir_keeps_the_old_folder_and_leaves_no_temp_behind(tmp_path):
@@ -72,13 +78,18 @@ def _child_peak(mb: int) -> float:
 
 
 def test_peak_rss_is_the_measuring_process_own():
+    """A child's peak is its own, below and above its parent's: Linux carries ``ru_maxrss`` over fork+exec, so a
+    small child would report the parent's peak (and a large child would hide that)."""
     from nanoify.bench.run import peak_rss_mb
+    from tests.conftest import raise_peak_rss
 
-    parent = peak_rss_mb()
-    grow = int(parent) + 300  # more than the parent ever held: only the child's own peak can reach it
+    parent = raise_peak_rss(1200)
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        child = pool.submit(_child_peak, grow).result()
-    assert child >= grow and peak_rss_mb() < grow
+        small = pool.submit(_child_peak, 40).result()
+        assert 40 <= small < parent / 2, (small, parent)
+        grow = int(parent) + 300  # more than the parent ever held: only the child's own peak can reach it
+        big = pool.submit(_child_peak, grow).result()  # the same child, later
+    assert big >= grow and peak_rss_mb() < grow
 
 
 def test_slower_than_fp32_is_said_once_per_batch_size():
@@ -102,3 +113,33 @@ def test_small_data_trains_at_least_min_steps_within_max_epochs():
     assert steps_for(640, cfg) == 200  # 20 steps per epoch: 10 epochs at most
     assert steps_for(2_000, dataclasses.replace(cfg, min_steps=0)) == 63
     assert steps_for(2_000, dataclasses.replace(cfg, max_steps=100)) == 100  # the cap wins
+
+
+def test_cli_call_sets_logging_and_threads_for_itself_and_restores_them(monkeypatch, capsys):
+    """``-v`` takes effect in-process even when the root logger already has handlers (logging.basicConfig would
+    do nothing), and the call leaves the root logger, the environment and torch's threads as it found them."""
+    import logging
+    import os
+
+    import torch
+
+    from nanoify import cli
+
+    seen = {}
+
+    def fake_finetune(args):
+        logging.getLogger("nanoify.test").info("progress detail")
+        seen.update(threads=torch.get_num_threads(), env=os.environ.get("TOKENIZERS_PARALLELISM"))
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_finetune", fake_finetune)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers), torch.get_num_threads())
+    assert cli.main(["-v", "finetune", "--out", "x", "--threads", "3"]) == 0
+    assert seen == {"threads": 3, "env": "false"}
+    assert "INFO nanoify.test: progress detail" in capsys.readouterr().err
+    assert (root.level, list(root.handlers), torch.get_num_threads()) == before
+    assert "TOKENIZERS_PARALLELISM" not in os.environ
+    assert cli.main(["finetune", "--out", "x"]) == 0  # without -v: no INFO line
+    assert "progress detail" not in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -31,15 +33,18 @@ def test_yolov8_and_yolov5_layouts_decode_to_xyxy_pixels():
 
 
 def test_fastestdet_decoding_follows_its_documentation():
-    nc, gh, gw = 2, 4, 4
+    """One confident cell of a 4×6 grid over a 64×96 (h×w) input: centre = (cell + tanh(offset)) / grid, size =
+    sigmoid(raw) × input; a non-zero offset and a non-square input, so a missing tanh or swapped axes show."""
+    nc, gh, gw, (h, w) = 2, 4, 6, (64, 96)
     y = np.zeros((1, 5 + nc, gh, gw), dtype=np.float32)
     y[0, 0, 1, 2] = 0.81  # objectness in cell (row 1, col 2)
-    y[0, 3:5, 1, 2] = 0.0  # sigmoid(0) = half the input size
+    y[0, 1:5, 1, 2] = [0.5, -0.3, 1.0, -0.5]  # x, y offsets (tanh); width, height (sigmoid)
     y[0, 5 + 1, 1, 2] = 1.0
-    b, s, c = fastestdet({"out": y}, (64, 64), 0.5)
+    b, s, c = fastestdet({"out": y}, (h, w), 0.5)
     assert len(s) == 1 and c[0] == 1 and s[0] == pytest.approx(0.81 ** 0.6)
-    cx, cy = (2 + 0) / gw * 64, (1 + 0) / gh * 64  # tanh(0) offset
-    np.testing.assert_allclose(b[0], [cx - 16, cy - 16, cx + 16, cy + 16], atol=1e-5)
+    cx, cy = (2 + math.tanh(0.5)) / gw * w, (1 + math.tanh(-0.3)) / gh * h
+    bw, bh = w / (1 + math.exp(-1.0)), h / (1 + math.exp(0.5))
+    np.testing.assert_allclose(b[0], [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], rtol=1e-5)
 
 
 def test_decoder_choice_by_shape_name_or_hook():
@@ -84,20 +89,77 @@ def test_map_by_pycocotools_and_box_agreement():
                     [(120, 120)])["map50_95"] == 0.0
 
 
-@pytest.mark.parametrize("shape", [(320, 320), (641, 641), (480, 1280), (2160, 3840), (1280, 480)])
-def test_boxes_map_back_to_the_original_image(shape):
-    """A box drawn in the original image, letterboxed into 640×640, found in input pixels, maps back."""
-    h, w = shape
-    pre = Preprocess.from_dict({"size": [640, 640], "resize": "letterbox"})
-    g = pre.geometry(h, w)
-    box = np.array([w * 0.2, h * 0.3, w * 0.6, h * 0.9])
-    in_input = box * [g["scale_x"], g["scale_y"], g["scale_x"], g["scale_y"]] + [g["pad_x"], g["pad_y"]] * 2
-    assert (in_input >= 0).all() and (in_input <= 640).all()
-    back = (in_input - [g["pad_x"], g["pad_y"]] * 2) / [g["scale_x"], g["scale_y"], g["scale_x"], g["scale_y"]]
-    np.testing.assert_allclose(back, box, rtol=1e-9)
-    img = np.zeros((h, w, 3), np.uint8)
-    out, info = pre.resize_one(img)
-    assert out.shape == (640, 640, 3) and info == g
+def _yolov8_out(boxes_xyxy, scores):
+    """A one-class YOLOv8 output (1, 5, N) holding the given input-pixel boxes and scores."""
+    b = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+    cxcywh = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]])
+    return np.concatenate([cxcywh, np.asarray(scores, np.float32)[None]])[None]
+
+
+class _Sizes:
+    def __init__(self, *sizes):
+        self.sizes = sizes
+
+    def size(self, i):
+        return self.sizes[i]
+
+
+LETTERBOX_640 = {"size": [640, 640], "resize": "letterbox"}
+
+
+@pytest.mark.parametrize("frame, dynamic, in_input, original", [
+    # portrait 1280×640 (h×w) into 640×640: scale 0.5, content in columns 160..480 (the horizontal pad)
+    ((1280, 640), False, [200, 100, 260, 300], [80, 200, 200, 600]),
+    # landscape 320×1280: scale 0.5, content in rows 240..400 (the vertical pad)
+    ((320, 1280), False, [100, 250, 300, 390], [200, 20, 600, 300]),
+    # dynamic H/W, one frame: 1280×640 becomes a 640×320 input, no pad at all
+    ((1280, 640), True, [40, 100, 100, 300], [80, 200, 200, 600]),
+    # dynamic H/W: 900×300 scales by 640/900 to 640×213, padded to the stride (224): 5 columns of pad on the left
+    ((900, 300), True, [76, 64, 147, 640], [100, 90, 200, 900]),
+])
+def test_boxes_map_back_to_the_original_image(frame, dynamic, in_input, original):
+    """Boxes found in input pixels come back, through the task's own output path, at hand-computed original
+    coordinates: portrait and landscape frames (so both pads count), scales other than 1."""
+    from nanoify.tasks.detect import Detection
+
+    task = Detection(Preprocess.from_dict(LETTERBOX_640), ["a"], "input", "yolov8", dynamic_hw=dynamic)
+    state = task.start(type("ES", (), {"rows": _Sizes(frame)})(), 1)
+    task.add(state, np.array([0]), {"output0": _yolov8_out([in_input], [0.9])})
+    (det,) = task.finish(state)
+    np.testing.assert_allclose(det.boxes, [original], atol=1e-3)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_a_rectangle_in_the_frame_comes_back_where_it_was(tmp_path, dynamic):
+    """Frames → the task's preprocessing (letterbox, per-channel mean/std) → a stand-in detector that finds the
+    drawn rectangle in the feed → the task's output path: each rectangle comes back where it was drawn, within
+    1.5 input pixels of resampling blur, for portrait, landscape and odd frames, one per batch and batched."""
+    from nanoify.tasks.detect import Detection
+    from tests.conftest import rectangle_frames, rectangle_oracle
+
+    frames = [(1280, 640), (480, 1280), (900, 300), (333, 517)]
+    rects = rectangle_frames(tmp_path / "frames", frames)
+    pre = Preprocess.from_dict({**LETTERBOX_640, "mean": [0.1, 0.4, 0.7], "std": [0.2, 0.25, 0.3]})
+    task = Detection(pre, ["a"], "input", "yolov8", dynamic_hw=dynamic)
+    es = task.eval_set(str(tmp_path / "frames"))
+    for batch in (1, 4):
+        dets = task.predict(rectangle_oracle(pre), es, batch_size=batch)
+        for (h, w), rect, det in zip(frames, rects, dets, strict=True):
+            assert len(det.scores) == 1, ((h, w), batch)
+            tol = 1.5 / min(640 / h, 640 / w) + 0.5
+            np.testing.assert_allclose(det.boxes[0], rect, atol=tol, err_msg=f"frame {h}x{w}, batch {batch}")
+
+
+def test_default_score_threshold_keeps_the_low_tail_map_needs():
+    """COCO mAP is computed over the whole ranked list: the task's default threshold (0.001) keeps a 0.01 box."""
+    from nanoify.tasks.detect import Detection
+
+    task = Detection(Preprocess.from_dict(LETTERBOX_640), ["a"], "input", "yolov8")
+    state = task.start(type("ES", (), {"rows": _Sizes((640, 640))})(), 1)
+    boxes = [[10, 10, 50, 50], [200, 200, 260, 260], [400, 400, 420, 440], [500, 100, 520, 140]]
+    task.add(state, np.array([0]), {"output0": _yolov8_out(boxes, [0.9, 0.2, 0.01, 0.0005])})
+    (det,) = task.finish(state)
+    assert det.scores.tolist() == pytest.approx([0.9, 0.2, 0.01])  # only the 0.0005 box is below it
 
 
 def test_detection_layouts_yolo_coco_and_plain_folders(tmp_path):
@@ -120,7 +182,8 @@ def test_detection_layouts_yolo_coco_and_plain_folders(tmp_path):
     layout, splits = detection_splits(str(tmp_path / "yolo"))
     sp = load_detection(str(tmp_path / "yolo"), "validation")
     assert layout == "yolo" and set(splits) == {"validation"} and sp.names == ["a", "b"]
-    np.testing.assert_allclose(sp.boxes[0], [[12, 5, 18, 15]]) and sp.classes[0].tolist() == [1]
+    np.testing.assert_allclose(sp.boxes[0], [[12, 5, 18, 15]])
+    assert sp.classes[0].tolist() == [1]
     img(tmp_path / "coco" / "images" / "val2017" / "c.png", 40, 50)
     (tmp_path / "coco" / "annotations").mkdir()
     (tmp_path / "coco" / "annotations" / "instances_val2017.json").write_text(json.dumps({

@@ -31,14 +31,22 @@ def test_preprocess_defaults_and_the_exact_key_contract(tmp_path):
 
 def test_normalisation_channels_and_layout():
     img = np.zeros((2, 3, 3), dtype=np.uint8)
-    img[..., 0], img[..., 2] = 255, 51  # red 255, blue 51
-    p = Preprocess.from_dict({"size": [2, 3], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    img[..., 0], img[..., 1], img[..., 2] = 255, 102, 51  # red 255, green 102, blue 51
+    # unequal per-channel mean and std: each channel must get its own (a reversed order would show)
+    mean, std = [0.1, 0.4, 0.7], [0.2, 0.25, 0.5]
+    p = Preprocess.from_dict({"size": [2, 3], "mean": mean, "std": std})
     x = p([img])
     assert x.shape == (1, 3, 2, 3) and x.dtype == np.float32
-    assert x[0, 0].max() == pytest.approx(1.0) and x[0, 2].max() == pytest.approx((0.2 - 0.5) / 0.5)
-    bgr = Preprocess.from_dict({"size": [2, 3], "channels": "bgr", "layout": "nhwc", "scale": 1.0})
+    for c, v in enumerate((255, 102, 51)):
+        np.testing.assert_allclose(x[0, c], (v / 255 - mean[c]) / std[c], atol=1e-5)
+    # bgr: channels reordered first; mean and std are in the model's (BGR) order
+    bgr = Preprocess.from_dict({"size": [2, 3], "channels": "bgr", "layout": "nhwc", "mean": mean, "std": std})
     y = bgr([img])
-    assert y.shape == (1, 2, 3, 3) and y[0, 0, 0, 0] == 51 and y[0, 0, 0, 2] == 255
+    assert y.shape == (1, 2, 3, 3)
+    for c, v in enumerate((51, 102, 255)):
+        np.testing.assert_allclose(y[0, ..., c], (v / 255 - mean[c]) / std[c], atol=1e-5)
+    raw = Preprocess.from_dict({"size": [2, 3], "channels": "bgr", "layout": "nhwc", "scale": 1.0})([img])
+    assert raw[0, 0, 0, 0] == 51 and raw[0, 0, 0, 2] == 255
 
 
 @pytest.mark.parametrize("shape", [(641, 641), (1280, 720), (2160, 3840), (31, 17)])

@@ -38,6 +38,9 @@ def test_padding_never_counts_and_gradients_reach_the_student():
     for x in noisy_t:
         x[:, 4:] = 100.0  # whatever sits at padded positions
     assert relation_kl(s, noisy_t, mask, 2).item() == pytest.approx(base.item(), rel=1e-5)
+    # the same four tokens without any padding: the loss is a mean over real queries, so padding cannot dilute it
+    unpadded = relation_kl(tuple(x[:, :4] for x in s), tuple(x[:, :4] for x in t), torch.ones(1, 4), 2)
+    assert unpadded.item() == pytest.approx(base.item(), rel=1e-5)
     base.backward()
     assert all(x.grad is not None and x.grad[:, :4].abs().sum() > 0 for x in s)
 
