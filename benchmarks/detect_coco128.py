@@ -103,8 +103,8 @@ def stock(dst: Path, n: int, method: str, calib: Path | None = None) -> None:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from nanoify.models.resolve import resolve
     from nanoify.tasks import make_task
+    from nanoify.tasks.resolve import resolve
 
     task = make_task(resolve(MODEL))
     cs = task.calib_set(str(calib or COCO), n)
@@ -128,10 +128,10 @@ def _mem_child(kind: str, n: int, calib: str, q: mp.Queue) -> None:
     if kind == "nanoify":
         import onnx
 
-        from nanoify.models.resolve import resolve
         from nanoify.quant.calibrate import calibrate_onnx, choose_ranges
         from nanoify.quant.qdq import calibration_tensors
         from nanoify.tasks import make_task
+        from nanoify.tasks.resolve import resolve
 
         task = make_task(resolve(MODEL))
         cs = task.calib_set(calib, n)

@@ -92,8 +92,8 @@ def main() -> int:
     student_secs = {name: read_manifest(out)["train"]["seconds"] for name, out in folders.items()}
 
     from nanoify.engines import open_engine
-    from nanoify.models.resolve import resolve
     from nanoify.tasks import make_task
+    from nanoify.tasks.resolve import resolve
 
     rows = []
     for name, folder in [("teacher (MiniLM-L6, FP32)", teacher), *folders.items()]:

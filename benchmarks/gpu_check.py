@@ -10,7 +10,7 @@ Rows, each in the same process, timed with CUDA events after warm-up:
   torch.compile (inductor's default mode, reduce-overhead with its own graphs instead of ours, and max-autotune
   without its graphs when half the --budget is left — its kernel search takes minutes; the compile rows come last,
   after the streams, and every row is written as it comes), and CUDA
-  graphs with the quantized linear layers of quant/gpu.py (INT8 dynamic, INT8 weight-only, FP8 where compute
+  graphs with the quantized linear layers of models/quantized.py (INT8 dynamic, INT8 weight-only, FP8 where compute
   capability ≥ 8.9), and the same layers through torchao's configs where torchao is importable (gpu_check.sh
   installs the carried wheel).
 Per row: batch-1 latency p50/p99 over 200 calls, batch-128 throughput over 20 calls, both at sequence 128;
@@ -267,7 +267,7 @@ def main() -> int:
         print(report["skipped"])
         return 0
     from nanoify.engines.static_shapes import StaticShapeRunner
-    from nanoify.quant.gpu import fp8_supported, quantizable_linears, quantize_model
+    from nanoify.models.quantized import fp8_supported, quantizable_linears, quantize_model
 
     if DEV == "cuda":
         report.update(gpu=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)))
@@ -332,7 +332,7 @@ def main() -> int:
         rows.append(run_row(f"SDPA + CUDA graphs, {fmt.upper()} linear layers", graphed(q), feeds, ref, power))
         del q
     # the same layers through torchao's inference configs (carried as a wheel): which is faster decides
-    from nanoify.quant.gpu import torchao_available, torchao_quantize
+    from nanoify.models.quantized import torchao_available, torchao_quantize
 
     report["torchao"] = None
     if torchao_available():

@@ -46,9 +46,9 @@ def _old_add(task, state, idx, outputs):
 def main() -> int:
     from nanoify.engines import open_engine
     from nanoify.export.onnx import export
-    from nanoify.models.resolve import resolve
     from nanoify.tasks import make_task
     from nanoify.tasks.detect import Detection, box_agreement
+    from nanoify.tasks.resolve import resolve
     from tests.conftest import DET_CLASSES, TinyYolo, make_detection_set
 
     rows = []

@@ -50,8 +50,8 @@ def _ok(cond: bool) -> str:
 
 def _calib_images(n: int, seed: int = 0) -> np.ndarray:
     """The preprocessed calibration images nanoify's image task samples (same seed, same rows)."""
-    from nanoify.models.resolve import resolve
     from nanoify.tasks import make_task
+    from nanoify.tasks.resolve import resolve
 
     task = make_task(resolve(EXPORT))
     cs = task.calib_set(str(CIFAR), n, seed)
@@ -90,10 +90,10 @@ def _mem_child(kind: str, n: int, q: mp.Queue) -> None:
     if kind == "nanoify":
         import onnx
 
-        from nanoify.models.resolve import resolve
         from nanoify.quant.calibrate import calibrate_onnx, choose_ranges
         from nanoify.quant.qdq import calibration_tensors
         from nanoify.tasks import make_task
+        from nanoify.tasks.resolve import resolve
 
         task = make_task(resolve(EXPORT))
         cs = task.calib_set(str(CIFAR), n)

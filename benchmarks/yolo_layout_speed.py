@@ -178,8 +178,8 @@ def stock(model: Path, dst: Path) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from nanoify.models.resolve import resolve
     from nanoify.tasks import make_task
+    from nanoify.tasks.resolve import resolve
 
     dst.mkdir(parents=True, exist_ok=True)
     for f in model.iterdir():

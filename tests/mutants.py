@@ -64,7 +64,7 @@ MUTANTS = (
            "        std = np.asarray(self.std[::-1], dtype=np.float32)",
            ("tests/unit/test_images.py", "tests/unit/test_detection.py")),
     Mutant("chooser-band-from-slowest", "the speed tie band hangs from the fastest candidate",
-           "src/nanoify/quant/run.py", "top = max(scores.values())", "top = min(scores.values())",
+           "src/nanoify/quant/choose.py", "top = max(scores.values())", "top = min(scores.values())",
            ("tests/e2e/test_quantize.py::test_choice_follows_the_optimize_goal",)),
     Mutant("peak-rss-ru-maxrss", "peak memory is the measuring process's own (VmHWM, not ru_maxrss)",
            "src/nanoify/bench/run.py", 'if line.startswith("VmHWM:"):', 'if line.startswith("VmHWM-gone:"):',

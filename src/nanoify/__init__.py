@@ -30,7 +30,7 @@ _LAZY = {
     "BenchConfig": ("nanoify.config", "BenchConfig"),
     "TimingConfig": ("nanoify.config", "TimingConfig"),
     "ModelSource": ("nanoify.pipeline", "ModelSource"),
-    "resolve": ("nanoify.models.resolve", "resolve"),
+    "resolve": ("nanoify.tasks.resolve", "resolve"),
     "make_task": ("nanoify.tasks", "make_task"),
     "open_engine": ("nanoify.engines", "open_engine"),
     "load_compress_recipe": ("nanoify.pipeline", "load_compress_recipe"),

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .runtime.cpu import cpu_flags
+
 MANIFEST = "manifest.json"
 
 
@@ -43,7 +45,6 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    from .quant.cpu import cpu_flags
 
     return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "arch": platform.machine(),
             "cpu_flags": list(cpu_flags())}

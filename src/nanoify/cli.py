@@ -1,4 +1,7 @@
-"""Command line: thin subcommands over the public functions. Errors become one line and exit 2."""
+"""Command line: thin subcommands over the public functions. Errors become one line and exit 2.
+
+Each command imports its implementation when it runs (the one place imports sit inside functions on purpose):
+``nanoify --help`` and a mistyped flag answer in 0.15 s instead of after importing torch and transformers."""
 
 from __future__ import annotations
 

@@ -35,11 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import MANIFEST, file_sha256, manifest, read_manifest, write_json
+from .artifacts import MANIFEST, atomic_dir, file_sha256, manifest, read_manifest, write_json
+from .bench.run import benchmark
 from .config import (
     BenchConfig,
     DataConfig,
     DistillConfig,
+    FinetuneConfig,
     QuantizeConfig,
     TrainConfig,
     _check,
@@ -48,7 +50,12 @@ from .config import (
     load_recipe,
     to_dict,
 )
+from .distill.run import distill, finetune
 from .errors import ConfigError, NanoifyError
+from .export.onnx import export
+from .models.load import build_module, load_weights
+from .quant.run import quantize, write_assets
+from .tasks.resolve import resolve
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +237,6 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
 
     ``on_stage(stage, status)`` is called with status "start", "done" or "reused".
     """
-    from .distill.run import distill, finetune
-    from .export.onnx import export
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,8 +281,6 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
         return fn(c, f, resume="auto", progress=progress)
 
     if cfg.finetune_teacher:
-        from .config import FinetuneConfig
-
         run("teacher", lambda f: resumable(finetune, FinetuneConfig(model=cfg.teacher, data=cfg.data,
                                                                     train=cfg.finetune), f))
     if cfg.distill is not None:
@@ -288,8 +291,6 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
         run("export", lambda f: _export_model(cfg, f))
 
     def quantize_stage(f: Path) -> None:
-        from .quant.run import quantize
-
         allowance = cfg.quantize.budget
         if cfg.distill is not None:
             val = read_manifest(out / "student").get("metrics", {})
@@ -306,8 +307,6 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
     run("quantized", quantize_stage)
 
     def bench_stage(f: Path) -> None:
-        from .bench.run import benchmark
-
         base, base_name = _baseline(cfg, out, teacher_dir)
         bench_cfg, name = cfg.bench, "compressed (ONNX Runtime INT8)"
         if cfg.quantize.target == "cuda":  # both in the torch engine on the GPU: FP32 eager against the choice
@@ -334,11 +333,8 @@ def _export_model(cfg: CompressConfig, f: Path) -> None:
     """The export stage of an image recipe: build and export the module, or export/copy the given model."""
     import numpy as np
 
-    from .export.onnx import export
 
     if cfg.model is not None:
-        from .models.load import build_module, load_weights
-
         m = cfg.model
         module = load_weights(build_module(m.module, dict(m.kwargs)), m.weights)
         labels = list(m.labels) if isinstance(m.labels, list | tuple) else m.labels
@@ -350,14 +346,11 @@ def _export_model(cfg: CompressConfig, f: Path) -> None:
     if src.is_dir() and (src / "module.json").is_file():
         export(src, f)
         return
-    from .artifacts import atomic_dir
-    from .models.resolve import resolve
 
     # an ONNX model (or export folder): copied with its preprocessing (and a detector's decoder)
     ref = resolve(src, task=cfg.task, preprocess=cfg.preprocess, decoder=cfg.decoder)
     with atomic_dir(f) as tmp:
         shutil.copyfile(ref.path, tmp / "model.onnx")
-        from .quant.run import write_assets
 
         write_assets(ref, tmp)
         write_json(tmp / MANIFEST, manifest("export", {"model": str(src)}, task=ref.task, copied_from=str(ref.path)))

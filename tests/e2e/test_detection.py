@@ -16,9 +16,9 @@ from PIL import Image
 from nanoify.cli import main
 from nanoify.config import QuantizeConfig, TimingConfig
 from nanoify.engines import open_engine
-from nanoify.models.resolve import resolve
 from nanoify.quant.run import quantize
 from nanoify.tasks import make_task
+from nanoify.tasks.resolve import resolve
 from tests.conftest import DET_CLASSES, SHARED
 
 FAST = TimingConfig(latency_rows=8, throughput_rows=16, rounds=1)

@@ -11,8 +11,6 @@ import torch
 
 from nanoify.cli import main
 from nanoify.config import BenchConfig, DataConfig, QuantizeConfig, TimingConfig
-from nanoify.models.resolve import resolve
-from nanoify.quant.cpu import int8_report
 from nanoify.quant.run import (
     Candidate,
     evaluate_candidate,
@@ -23,6 +21,8 @@ from nanoify.quant.run import (
 )
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
 from nanoify.quant.tensorrt import read_calibration_cache
+from nanoify.runtime.cpu import int8_report
+from nanoify.tasks.resolve import resolve
 
 FAST = TimingConfig(latency_rows=16, throughput_rows=64, rounds=1)
 
@@ -65,7 +65,7 @@ def test_quantize_tries_every_candidate_and_writes_a_runnable_folder(quantized):
 
 
 def test_choice_follows_the_optimize_goal():
-    from nanoify.quant.run import choose
+    from nanoify.quant.choose import choose
 
     ref = {"accuracy": 0.90, "latency_ms_p50": 10.0, "throughput_b32": 100.0, "file_mb": 100.0}
     recs = [  # a: small and quick at batch 1; b: fastest at batch 32 but big; c: out of budget

@@ -12,8 +12,8 @@ import torch
 from nanoify.cli import main
 from nanoify.config import DataConfig, QuantizeConfig, TimingConfig
 from nanoify.engines import open_engine
+from nanoify.models.quantized import FORMATS
 from nanoify.quant.cuda import quantize_cuda
-from nanoify.quant.gpu import FORMATS
 
 
 def test_every_gpu_format_is_measured_and_the_choice_loads(tmp_path, tiny_teacher, tiny_data):
@@ -49,8 +49,8 @@ def test_gpu_artifacts_are_benchmarked_by_the_torch_engine(tmp_path, tiny_teache
     from nanoify.bench.run import benchmark
     from nanoify.config import BenchConfig
     from nanoify.models.load import load_classifier
-    from nanoify.models.resolve import resolve
-    from nanoify.quant.gpu import quantizable_linears, quantize_model, save_quantized
+    from nanoify.models.quantized import quantizable_linears, quantize_model, save_quantized
+    from nanoify.tasks.resolve import resolve
 
     data = DataConfig(data=str(tiny_data), max_length=32)
     cfg = QuantizeConfig(target="cuda", budget=5.0, calib_samples=32, eval_rows=64,
@@ -75,7 +75,7 @@ def test_cnn_and_onnx_only_detector_get_a_precision_and_load_with_it(tmp_path, t
     import shutil
 
     from nanoify.bench.run import measure_model
-    from nanoify.models.resolve import resolve
+    from nanoify.tasks.resolve import resolve
 
     cfg = QuantizeConfig(target="cuda", budget=5.0, eval_rows=64, timing=TimingConfig(4, 16, rounds=1))
     man = quantize_cuda(tiny_cnn_export, tmp_path / "cnn", str(tiny_images), str(tiny_images), cfg, device="cpu",

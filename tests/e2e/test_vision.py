@@ -16,8 +16,8 @@ from PIL import Image
 from nanoify.cli import main
 from nanoify.config import BenchConfig, QuantizeConfig, TimingConfig
 from nanoify.engines import open_engine
-from nanoify.models.resolve import resolve
 from nanoify.quant.run import quantize
+from nanoify.tasks.resolve import resolve
 from tests.conftest import CLASSES, TINY_CNN, TINY_CNN_KWARGS, TINY_PRE, make_images
 
 FAST = TimingConfig(latency_rows=16, throughput_rows=64, rounds=1)

@@ -1,4 +1,4 @@
-"""GPU quantization formats (quant/gpu.py), checked numerically on the CPU kernels of the same torch ops
+"""GPU quantization formats (models/quantized.py), checked numerically on the CPU kernels of the same torch ops
 (``_int_mm``, ``_scaled_mm``) against float references. Tolerances: relative error of a layer's output ≤ 2%
 for INT8 (1% for INT8 weight-only), ≤ 6% for FP8 e4m3 (3 mantissa bits); model logits cosine ≥ 0.995."""
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanoify.quant.gpu import (
+from nanoify.models.quantized import (
     FORMATS,
     QuantLinear,
     calibrate_input_scales,
@@ -106,7 +106,7 @@ def test_torchao_rows_quantize_the_same_layers_and_keep_the_logits(tiny_teacher)
     script = f"""
 import json, torch
 from nanoify.models.load import load_classifier
-from nanoify.quant.gpu import torchao_quantize
+from nanoify.models.quantized import torchao_quantize
 from nanoify.tasks.classify import cosine
 from tests.numerical.test_gpu_quant import _batches
 out = {{}}

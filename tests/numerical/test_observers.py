@@ -209,3 +209,9 @@ def test_observer_registry():
     for name, fn in OBSERVERS.items():
         v = fn(h)
         assert 0 < v <= h.amax, name
+
+
+def test_the_config_knows_every_observer():
+    from nanoify.config import CALIBRATION_METHODS
+
+    assert tuple(OBSERVERS) == CALIBRATION_METHODS

@@ -11,8 +11,8 @@ from nanoify.data.text import collate
 from nanoify.engines import open_engine
 from nanoify.errors import ConfigError
 from nanoify.quant.calibrate import calibrate_onnx, choose_ranges
-from nanoify.quant.cpu import int8_report
 from nanoify.quant.qdq import op_counts, quantizable_nodes, quantize_static_qdq, weight_node_inputs
+from nanoify.runtime.cpu import int8_report
 from nanoify.tasks.classify import sqnr_db
 
 
@@ -97,8 +97,8 @@ def test_pre_optimize_removes_layout_noise_and_keeps_the_math(tmp_path):
     quantization); the outputs stay equal."""
     from onnx import TensorProto, helper
 
-    from nanoify.export.onnx import ort_session
     from nanoify.quant.run import pre_optimize
+    from nanoify.runtime.ort import ort_session
 
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 4, 1, 1)).astype(np.float32), "w")
     one = numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one")

@@ -93,7 +93,7 @@ def test_peak_rss_is_the_measuring_process_own():
 
 
 def test_slower_than_fp32_is_said_once_per_batch_size():
-    from nanoify.quant.run import slower_than_reference
+    from nanoify.quant.choose import slower_than_reference
 
     ref = {"latency_ms_p50": 1.0, "throughput": 1000.0, "throughput_batch": 32}
     slow = {"latency_ms_p50": 1.2, "throughput": 800.0}

@@ -30,9 +30,15 @@ from typing import Any
 
 import numpy as np
 
+from .. import errors
 from ..artifacts import MANIFEST, atomic_dir, machine, manifest, versions, write_json
 from ..config import BenchConfig, DataConfig, TimingConfig, to_dict
-from ..errors import ConfigError
+from ..data.text import default_data_spec
+from ..engines import open_engine, parse_engine_spec
+from ..errors import ConfigError, NanoifyError
+from ..tasks import make_task, synthetic_feed
+from ..tasks.resolve import resolve
+from .latency import measure_speed, rows_in, time_batches
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,6 @@ def _energy_per_row(run: Any, batches: list[dict[str, np.ndarray]], device: str,
     (energy counters tick coarsely — NVML's about every 100 ms: a pass of a few milliseconds reads as zero); None
     without a readable sensor or a tick. The sensor counts the whole device (GPU) or package (RAPL), idle draw
     included."""
-    from .latency import rows_in
 
     meter = energy_meter(device)
     if meter is None or not batches:
@@ -142,7 +147,6 @@ def serve_concurrently(runs: list[Any], requests: list[Any]) -> dict[str, Any]:
 
 def _streams(ref: Any, feeds: list[dict[str, np.ndarray]], n: int, engine_opts: dict[str, Any]) -> dict[str, Any]:
     """``n`` workers, each with its own engine, serving batch-1 requests from one queue concurrently."""
-    from ..engines import open_engine
 
     threads = max(1, (os.cpu_count() or 1) // n)
     guard = torch_threads(threads) if ref.engine == "torch" else contextlib.nullcontext()
@@ -194,10 +198,6 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
                   decoder: str | None = None) -> tuple[dict[str, Any], Any]:
     """Every measurement of one model, in the calling process (see ``benchmark`` for isolation). Returns the
     results and the predictions (for agreement with the baseline)."""
-    from ..engines import open_engine, parse_engine_spec
-    from ..models.resolve import resolve
-    from ..tasks import make_task, synthetic_feed
-    from .latency import measure_speed, time_batches
 
     t = timing or TimingConfig()
     name, spec_opts = parse_engine_spec(engine) if engine else (None, {})
@@ -281,8 +281,6 @@ def _shape(ref: Any, eng: Any) -> dict[str, Any]:
 
 
 def _child(args: tuple) -> tuple[dict[str, Any], Any]:
-    from ..errors import NanoifyError
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
@@ -295,7 +293,6 @@ def _run_isolated(args: tuple) -> tuple[dict[str, Any], Any]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from .. import errors
 
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         res, preds = pool.submit(_child, args).result()
@@ -310,12 +307,10 @@ def _data(data: Any, first_model: str, task: str | None, preprocess: str | None,
         return data
     if data is not None and not isinstance(data, DataConfig):
         return data
-    from ..models.resolve import resolve
 
     ref = resolve(first_model, task=task, preprocess=preprocess, decoder=decoder)
     if ref.task != "text-classification":
         raise ConfigError("bench needs --data for image models (an .npz file, a folder of images, a detection set)")
-    from ..data.text import default_data_spec
 
     base = data if isinstance(data, DataConfig) else DataConfig()
     return dataclasses.replace(base, data=default_data_spec())
@@ -333,8 +328,6 @@ def benchmark(models: Sequence[str], data: Any = None, out: str | Path | None = 
     """
     from tqdm.auto import tqdm
 
-    from ..models.resolve import resolve
-    from ..tasks import make_task
 
     cfg = dataclasses.replace(config or BenchConfig(), **overrides)
     if not models:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.text import collate
+
 IGNORE = -100  # the gold label of a variant: cross-entropy skips it
 
 
@@ -95,7 +97,6 @@ def mlm_candidates(rows: Sequence[Sequence[int]], positions: Iterable[tuple[int,
                    candidates: np.ndarray, k: int, batch: int = 64) -> dict[tuple[int, int], np.ndarray]:
     """For each (row, position): the ``k`` words the masked LM finds most likely there with that word masked,
     among ``candidates`` (whole alphabetic words), the original word excluded."""
-    from ..data.text import collate
 
     allowed = torch.full((mlm.config.vocab_size,), float("-inf"))
     allowed[torch.from_numpy(candidates)] = 0.0

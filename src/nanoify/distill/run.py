@@ -21,16 +21,19 @@ import torch
 
 from ..artifacts import MANIFEST, atomic_dir, file_sha256, manifest, write_json
 from ..config import DataConfig, DistillConfig, FinetuneConfig, config_hash, to_dict
-from ..data.text import LabelMap, TextData, encode_texts, load_text_data
+from ..data.splits import pick_split
+from ..data.text import LabelMap, TextData, available_splits, encode_texts, load_text_data
 from ..errors import ConfigError, DataError, ModelError
-from ..models.load import count_parameters, encoder_flops_per_token, load_classifier, save_classifier
+from ..models.load import count_parameters, encoder_flops_per_token, load_classifier, load_masked_lm, save_classifier
 from ..models.student import INITS, StudentSpec, build_student, parse_student_spec, resolve_init, teacher_layer_choice
 from ..tasks.classify import agreement_table as agreement
 from ..tasks.classify import classification_metrics
 from ..tasks.text import predict_logits
 from . import losses as L
 from . import parallel
+from .augment import IGNORE, augment
 from .mapping import LayerMatch, build_matches, features
+from .relations import QKVCapture, relation_heads, relation_kl
 from .trainer import Stage, holdout_split, require_device, steps_for, train
 
 log = logging.getLogger(__name__)
@@ -265,8 +268,6 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
 
     rel_key, rel_heads, caps = None, 0, None
     if cfg.relation_weight > 0:
-        from .relations import QKVCapture, relation_heads
-
         t_layer = cfg.relation_layer or n_t
         rel_key = f"relation_kl_s{n_s}_t{t_layer}"
         rel_heads = relation_heads(sc.hidden_size, tc.hidden_size, sc.num_attention_heads, cfg.relation_heads)
@@ -282,13 +283,10 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     if cfg.augment:
         if not same_tok:
             raise ConfigError("--augment rewrites token ids, so teacher and student must share a tokenizer")
-        from .augment import IGNORE, augment
 
         t_aug = time.time()
         mlm = None
         if cfg.augment_mlm:
-            from ..models.load import load_masked_lm
-
             mlm = load_masked_lm(cfg.augment_mlm, s_tok)
         extra, aug_info = augment(s_ids, s_tok, teacher.get_input_embeddings().weight, cfg.augment,
                                   cfg.augment_prob, cfg.augment_neighbours, cfg.train.seed, mlm=mlm,
@@ -344,8 +342,6 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         if caps is not None:
             s_qkv, t_qkv = caps[0].take(), (caps[1].take() if t_out is not None else None)
             if rel and t_qkv is not None:
-                from .relations import relation_kl
-
                 terms[rel_key] = relation_kl(s_qkv, t_qkv, mask, rel_heads)  # type: ignore[index]
         return terms
 
@@ -450,8 +446,6 @@ def evaluate(model: str | Path, data: DataConfig | str | None = None, split: str
     Raises:
         DataError: no such split, unknown labels. ModelError: teacher and model label maps differ.
     """
-    from ..data.splits import pick_split
-    from ..data.text import available_splits
 
     dcfg = data if isinstance(data, DataConfig) else DataConfig(data=data)
     m, tok, lm = load_classifier(str(model))

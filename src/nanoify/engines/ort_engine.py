@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelError
+from ..runtime.ort import ort_session
 from .base import Engine, EngineUnavailable
 
 
@@ -16,8 +18,6 @@ class OrtEngine(Engine):
 
     def _load(self) -> None:
         import onnxruntime as ort
-
-        from ..export.onnx import ort_session
 
         providers = self.options.get("providers") or ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in ort.get_available_providers()]
@@ -41,7 +41,6 @@ class OrtEngine(Engine):
         try:
             outs = self.session.run(self._outputs, feed)
         except Exception as e:  # noqa: BLE001 - a runtime failure inside the graph becomes one line
-            from ..errors import ModelError
 
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise ModelError(f"ONNX Runtime failed running {self.path}: {first}") from None

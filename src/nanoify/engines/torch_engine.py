@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ..models.files import onnx_io, read_module_json
+from ..models.load import load_classifier, load_module, max_tokens
+from ..models.onnx_module import load_onnx_module
+from ..models.quantized import QUANT_FILE, cast_except_quantized, load_quantized
 from .base import Engine, EngineUnavailable
+from .static_shapes import ExactShapeRunner, StaticShapeRunner, buckets_for
 
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -45,27 +50,18 @@ class TorchEngine(Engine):
         limit, tok = 0, None
         self.quantization: dict[str, Any] | None = None
         if folder.suffix.lower() == ".onnx" and folder.is_file():
-            from ..models.onnx_module import load_onnx_module
-            from ..models.resolve import onnx_io
-
             self.model = load_onnx_module(folder)
             ins, _outs, _ = onnx_io(folder)
             self._spec = {k: (str(v[0]), list(v[1])) for k, v in ins.items() if k in self.model.input_names}
             self._outputs = list(self.model.output_names)
             self._hf = False
         elif (folder / "module.json").is_file():
-            from ..models.load import load_module
-            from ..models.resolve import read_module_json
-
             d = read_module_json(folder)
             self.model = load_module(folder)
             self._spec = {k: (str(v[0]), list(v[1])) for k, v in d["inputs"].items()}
             self._outputs = list(d["outputs"])
             self._hf = False
         else:
-            from ..models.load import load_classifier, max_tokens
-            from ..quant.gpu import QUANT_FILE, load_quantized
-
             attention = self.options.get("attention", "eager")
             if (folder / QUANT_FILE).is_file():  # nanoify quantize --target cuda
                 self.model, tok, _, self.quantization = load_quantized(folder, attention)
@@ -81,8 +77,6 @@ class TorchEngine(Engine):
                 self.options.setdefault("max_dims", {}).setdefault("sequence", limit)
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
         if self.quantization:
-            from ..quant.gpu import cast_except_quantized
-
             cast_except_quantized(self.model.to(device), dtypes[dtype]).eval()
         else:
             self.model.to(device=device, dtype=dtypes[dtype]).eval()
@@ -97,8 +91,6 @@ class TorchEngine(Engine):
         if graphs and not device.startswith("cuda"):
             raise EngineUnavailable("torch engine: CUDA graphs need device='cuda'")
         if (graphs or mode) and not self._hf:
-            from .static_shapes import ExactShapeRunner
-
             module, names = self.model, list(self._spec)
             fn = module if not mode else torch.compile(
                 module, mode=None if mode == "default" else ("max-autotune-no-cudagraphs" if graphs and
@@ -109,8 +101,6 @@ class TorchEngine(Engine):
 
             self._runner = ExactShapeRunner(call_module, device, graphs=graphs and mode != "reduce-overhead")
         if (graphs or mode) and self._hf:
-            from .static_shapes import StaticShapeRunner, buckets_for
-
             model = self.model
 
             def call(**t: Any) -> Any:
@@ -130,8 +120,6 @@ class TorchEngine(Engine):
         ``quantization.json`` of kind ``precision`` beside the module or the ONNX file)."""
         import json
         from pathlib import Path
-
-        from ..quant.gpu import QUANT_FILE
 
         p = Path(self.path)
         qfile = (p if p.is_dir() else p.parent) / QUANT_FILE

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models.files import onnx_io
 from .base import Engine, EngineUnavailable, profile_shapes
 
 # ranges of the named dynamic axes when the caller gives none (min, opt, max)
@@ -24,8 +25,6 @@ def build_engine(onnx_path: Path, plan_path: Path, axes: dict[str, tuple[int, in
     """Parse ``onnx_path``, build a serialized engine with one optimisation profile (per input: its fixed axes,
     and (min, opt, max) of its named axes from ``axes``), save it."""
     import tensorrt as trt
-
-    from ..models.resolve import onnx_io
 
     spec = {k: (d, s) for k, (d, s) in onnx_io(Path(onnx_path))[0].items()}
     shapes = profile_shapes(spec, {**DEFAULT_AXES, **(axes or {})})

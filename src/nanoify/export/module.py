@@ -28,8 +28,12 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
+from ..data.images import Preprocess
 from ..errors import ConfigError, DataError
-from .onnx import ExportError, _unsupported, ort_session
+from ..models.files import read_module_json
+from ..models.load import load_module, read_labels, save_module
+from ..runtime.ort import ort_session
+from .errors import ExportError, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,6 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
     """
     import torch
 
-    from ..data.images import Preprocess
 
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"export needs a torch.nn.Module or a model folder, got {type(module).__name__}")
@@ -162,7 +165,7 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
                                   output_names=list(output_names), dynamic_axes=axes, opset_version=opset,
                                   dynamo=False, do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
         except Exception as e:  # noqa: BLE001
-            raise _unsupported(e, opset) from None
+            raise unsupported(e, opset) from None
         simplify(raw, tmp / MODEL_FILE)
         import onnx
 
@@ -179,8 +182,6 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
         shape = ["batch", *(["height", "width"] if dynamic_hw else list(hw)), 3] if nhwc else \
             ["batch", 3, *(["height", "width"] if dynamic_hw else list(hw))]
         if factory:
-            from ..models.load import save_module
-
             save_module(module, tmp / "torch", factory, kwargs or {}, {input_name: ["float32", shape]},
                         list(output_names), task)
             pre.save(tmp / "torch" / "preprocess.json")
@@ -211,8 +212,6 @@ def _ops(model: Any) -> dict[str, int]:
 def export_module_folder(folder: str | Path, out: str | Path, opset: int = 17, dynamic_hw: bool = False,
                          images: np.ndarray | None = None) -> dict[str, Any]:
     """Export a torch-module folder (``module.json`` + weights), keeping its preprocessing and labels."""
-    from ..models.load import load_module
-    from ..models.resolve import read_labels, read_module_json
 
     folder = Path(folder)
     d = read_module_json(folder)
@@ -220,7 +219,6 @@ def export_module_folder(folder: str | Path, out: str | Path, opset: int = 17, d
     (input_name, (_, shape)), = d["inputs"].items()
     pre = folder / "preprocess.json"
     if not all(isinstance(s, int) for s in shape[1:]):  # dynamic H/W: the example takes the preprocessing's size
-        from ..data.images import Preprocess
 
         size = Preprocess.load(pre).size if pre.is_file() else None
         if size is None:

@@ -9,7 +9,6 @@ keywords (positional inputs collide with ``use_cache`` on transformers 5).
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,17 +16,20 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
-from ..errors import ModelError, NanoifyError
+from ..data.text import collate, encode_texts
+from ..errors import ConfigError
+from ..models.load import load_classifier, max_tokens, save_classifier
+from ..runtime.ort import ort_session
+from ..tasks.base import synthetic_feed
+from .attention import fuse_biased_attention
+from .errors import ExportError, unsupported
+from .module import export_module, export_module_folder
 
 log = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TOLERANCE = 1e-4  # max |logit difference| against PyTorch FP32
 MODEL_FILE, FUSED_FILE = "model.onnx", "model.fused.onnx"
-
-
-class ExportError(NanoifyError):
-    """The model cannot be exported or the exported graph disagrees with PyTorch."""
 
 
 def _text_spec(model: Any) -> dict[str, tuple[str, list[Any]]]:
@@ -41,7 +43,6 @@ def _text_spec(model: Any) -> dict[str, tuple[str, list[Any]]]:
 def _dummy(model: Any, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random token batches built from the model's own input spec (Polygraphy-style), one row padded so the
     mask path is exercised."""
-    from ..tasks.base import synthetic_feed
 
     vocab = int(model.config.vocab_size)
     ranges = {"input_ids": (min(1000, vocab - 1) if vocab > 2000 else 1, vocab), "attention_mask": (1, 2),
@@ -57,43 +58,6 @@ def _torch_logits(model: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
 
     with torch.inference_mode():
         return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
-
-
-def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                level: str = "all", profile_prefix: str | None = None, save_to: str | Path | None = None) -> Any:
-    """An ONNX Runtime session with full graph optimisation on the CPU provider (by default); ``level``
-    "extended" stops before layout transforms (NCHWc), "basic" at hardware-neutral rewrites; ``profile_prefix``
-    turns ORT's per-node profiler on; ``save_to`` writes the optimised graph."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
-    if save_to:
-        so.optimized_model_filepath = str(save_to)
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    try:
-        return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - corrupt or unsupported graphs become one line
-        first = str(e).strip().splitlines()[0][:200]
-        raise ModelError(f"ONNX Runtime cannot load {path}: {first}") from None
-
-
-def _unsupported(e: Exception, opset: int) -> ExportError:
-    msg = str(e)
-    m = re.search(r"operator '?([\w:.]+)'? to ONNX opset version (\d+)", msg) or re.search(
-        r"Unsupported: ONNX export of operator ([\w:.]+)", msg)
-    if m:
-        return ExportError(f"operator {m.group(1)} cannot be exported at opset {opset}; try --opset 18 "
-                           "(or a newer torch)")
-    first = msg.strip().splitlines()[0][:200] if msg.strip() else type(e).__name__
-    return ExportError(f"ONNX export failed at opset {opset}: {first}")
 
 
 def export_model(model: Any, path: str | Path, opset: int = 17, max_length: int = 128) -> None:
@@ -112,7 +76,7 @@ def export_model(model: Any, path: str | Path, opset: int = 17, max_length: int 
                               output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
                               do_constant_folding=True)
     except Exception as e:  # noqa: BLE001
-        raise _unsupported(e, opset) from None
+        raise unsupported(e, opset) from None
 
 
 def fuse(path: str | Path, out: str | Path, num_heads: int, hidden: int, model_type: str = "bert") -> dict[str, int]:
@@ -127,7 +91,6 @@ def fuse(path: str | Path, out: str | Path, num_heads: int, hidden: int, model_t
     stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
     if not stats.get("Attention"):
         # attention with a second additive score term (MPNet's relative position bias): see export/attention.py
-        from .attention import fuse_biased_attention
 
         n = fuse_biased_attention(opt, num_heads)
         if n:
@@ -170,8 +133,6 @@ def validate(model: Any, onnx_path: str | Path, feeds: list[dict[str, np.ndarray
 def validation_feeds(model: Any, tok: Any = None, texts: list[str] | None = None,
                      lengths: tuple[int, ...] = (8, 32, 128)) -> list[dict[str, np.ndarray]]:
     """Random token batches at several sequence lengths, plus real sentences when given."""
-    from ..data.text import collate, encode_texts
-    from ..models.load import max_tokens
 
     limit = max_tokens(model.config)
     feeds = [_dummy(model, b, min(n, limit), seed=n) for n in lengths for b in (1, 3)]
@@ -189,16 +150,10 @@ def export(model: Any, out: str | Path, opset: int = 17, texts: list[str] | None
     validated against PyTorch and written atomically with what it needs to run (tokenizer, or preprocessing and
     labels)."""
     if not isinstance(model, str | Path):
-        from .module import export_module
-
         return export_module(model, out, opset=opset, **kwargs)
     if (Path(model) / "module.json").is_file():
-        from .module import export_module_folder
-
         return export_module_folder(model, out, opset=opset, **kwargs)
     if kwargs:
-        from ..errors import ConfigError
-
         raise ConfigError(f"option(s) {', '.join(kwargs)} apply to PyTorch image models, not to {model}")
     return export_text(model, out, opset, texts, fuse_graph)
 
@@ -206,7 +161,6 @@ def export(model: Any, out: str | Path, opset: int = 17, texts: list[str] | None
 def export_text(model_dir: str | Path, out: str | Path, opset: int = 17, texts: list[str] | None = None,
                 fuse_graph: bool = True) -> dict[str, Any]:
     """``nanoify export``: ONNX + fused ONNX + tokenizer + label map + manifest, validated, written atomically."""
-    from ..models.load import load_classifier, max_tokens, save_classifier
 
     model, tok, label_map = load_classifier(str(model_dir))
     model.float().eval()

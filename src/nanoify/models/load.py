@@ -9,6 +9,7 @@ from typing import Any
 
 from ..data.text import LabelMap
 from ..errors import ModelError
+from .files import read_module_json
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,14 @@ def saved_label_map(folder: Path, id2label: dict[Any, Any] | None = None) -> Lab
     return None
 
 
+def read_labels(folder: Path) -> list[str] | None:
+    """``label_map.json`` in ``folder``, else ``id2label`` of its ``config.json``, else None."""
+    cfg = folder / "config.json"
+    id2label = json.loads(cfg.read_text()).get("id2label") if cfg.is_file() else None
+    lm = saved_label_map(folder, id2label)
+    return None if lm is None else list(lm.names)
+
+
 def save_classifier(model: Any, tokenizer: Any, label_map: LabelMap, out: str | Path) -> None:
     """Hugging Face format (config, safetensors, tokenizer) plus ``label_map.json``."""
     out = Path(out)
@@ -246,8 +255,6 @@ def save_module(module: Any, folder: Path, factory: str, kwargs: dict[str, Any],
 
 def load_module(folder: str | Path) -> Any:
     """The module of a torch-module folder, weights loaded, in eval mode."""
-    from .resolve import read_module_json
-
     folder = Path(folder)
     d = read_module_json(folder)
     return load_weights(build_module(d["factory"], d.get("kwargs") or {}), folder / "model.safetensors")

@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..runtime.ort import ort_session
 from .histogram import DEFAULT_BINS, AbsHistogram
 from .observers import OBSERVERS, histogram_sqnr_db, qmax
+from .ops import activation_tensors, weight_nodes
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,6 @@ def calibrate_onnx(onnx_path: str | Path, feeds: Iterable[dict[str, np.ndarray]]
     """Histograms of ``tensors`` (default: inputs of the weight GEMMs/convolutions) over every batch in ``feeds``."""
     import onnx
 
-    from ..export.onnx import ort_session
-    from .ops import activation_tensors, weight_nodes
 
     model = onnx.load(str(onnx_path))
     tensors = tensors if tensors is not None else activation_tensors(model, weight_nodes(model))

@@ -1,11 +1,11 @@
 """``nanoify quantize --target cuda``: GPU formats for transformer classifiers, chosen by measurement on the GPU.
 
-Candidates (quant/gpu.py): FP16 without quantization, INT8 dynamic (``_int_mm``), INT8 static (activation scales
+Candidates (models/quantized.py): FP16 without quantization, INT8 dynamic (``_int_mm``), INT8 static (activation scales
 calibrated on the calibration rows), FP8 e4m3 (``_scaled_mm``; compute capability ≥ 8.9 only) and INT8
 weight-only. Every candidate runs in the torch engine on the GPU — FP16 for what stays float, CUDA graphs per
 batch and sequence bucket — against the FP32 model on the same GPU: the task's primary metric and agreement
 on the evaluation rows, batch-1 latency and batch-32 throughput timed in interleaved rounds (the routine
-``quantize --target cpu`` and ``bench`` use), and :func:`nanoify.quant.run.choose` picks within the budget.
+``quantize --target cpu`` and ``bench`` use), and :func:`nanoify.quant.choose.choose` picks within the budget.
 
 The folder written is loadable by the torch engine (``nanoify bench OUT --engine torch:cuda:fp16:graphs``):
 config, tokenizer, label map, ``model.safetensors`` with the quantized tensors, ``quantization.json``, and
@@ -34,8 +34,23 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
+from ..bench.latency import measure_speed
 from ..config import QuantizeConfig, to_dict
+from ..engines.torch_engine import TorchEngine
 from ..errors import ConfigError, ModelError
+from ..models.load import load_classifier
+from ..models.quantized import (
+    FORMATS,
+    QUANT_FILE,
+    calibrate_input_scales,
+    fp8_supported,
+    quantizable_linears,
+    quantize_model,
+    save_quantized,
+)
+from ..tasks import check_budget, evaluate_predictions, make_task
+from ..tasks.resolve import resolve
+from .choose import choose
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +71,6 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
     """Measure the GPU formats and write the chosen one (see module docstring); returns the manifest."""
     import torch
 
-    from ..models.load import load_classifier
-    from ..models.resolve import resolve
-    from ..tasks import make_task
-    from .gpu import (
-        FORMATS,
-        calibrate_input_scales,
-        fp8_supported,
-        quantizable_linears,
-        quantize_model,
-        save_quantized,
-    )
-    from .run import choose
 
     cfg = config or QuantizeConfig(target="cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -124,9 +127,6 @@ def _measure(task: Any, ev: Any, cfg: QuantizeConfig, reference: tuple[str, dict
     rows — the task's metric, agreement, the budget check — then time them all in interleaved rounds (the
     routine ``quantize --target cpu`` and ``bench`` use). Each engine is opened once (on a GPU: loaded and its
     graphs captured once)."""
-    from ..bench.latency import measure_speed
-    from ..engines.torch_engine import TorchEngine
-    from ..tasks import check_budget, evaluate_predictions
 
     metric = task.primary_metric(ev)
     records = []
@@ -189,10 +189,6 @@ def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_dat
 
     import torch
 
-    from ..models.resolve import resolve
-    from ..tasks import make_task
-    from .gpu import QUANT_FILE
-    from .run import choose
 
     src = _image_source(model)
     assert src is not None

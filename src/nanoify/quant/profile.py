@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.ort import ort_session
+
 _SUFFIX = re.compile(r"(_token_\d+|_nchwc)+$")
 # a node is a candidate for float when its INT8 kernel costs this share of the quantized graph's time more than
 # its float kernel: smaller differences are within the profiler's noise and the Q/DQ a float node needs
@@ -36,8 +38,6 @@ def node_name(profiled: str) -> str:
 def node_times(path: Path, feeds: Sequence[dict[str, np.ndarray]], threads: int | None, level: str,
                work: Path, warmup: int = 3) -> dict[str, float]:
     """Median milliseconds per run of each node of ``path`` (kernel time) over ``feeds`` (after ``warmup``)."""
-    from ..export.onnx import ort_session
-
     work.mkdir(parents=True, exist_ok=True)
     sess = ort_session(path, threads, level=level, profile_prefix=str(work / f"{path.stem}.{level}"))
     for f in feeds[:warmup]:

@@ -13,7 +13,7 @@ Two presets say *why* they differ:
 
 - ``cpu``: unsigned 8-bit activations (zero point 128 for a signed range, 0 for an unsigned one), signed
   per-channel weights of ``weight_bits`` (8, or 7 = reduce_range where the CPU's u8×s8 kernel saturates —
-  measured by :func:`nanoify.quant.cpu.u8s8_saturates`, not assumed): the pairing ONNX Runtime's x86 kernels
+  measured by :func:`nanoify.runtime.cpu.u8s8_saturates`, not assumed): the pairing ONNX Runtime's x86 kernels
   fuse into integer kernels at load time.
 - ``tensorrt``: signed symmetric 8-bit activations and per-channel weights (zero points 0), the only INT8 form
   TensorRT accepts in explicit-quantization graphs; one Q/DQ pair per consumer; no bias quantization

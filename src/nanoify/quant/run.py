@@ -11,7 +11,7 @@ everything in interleaved rounds, choose, and write the folder.
 ``target="cpu"`` measures every candidate on this machine — dynamic INT8 for transformer graphs (per-channel
 weights with and without reduce_range, ONNX Runtime's stock settings), static Q/DQ INT8 with each calibration
 method (weight GEMMs only, and for CNNs every op ONNX Runtime runs in INT8), with the weight width this CPU's
-kernels need (:mod:`nanoify.quant.cpu`). Among those whose drop in the task's primary metric is within the
+kernels need (:mod:`nanoify.runtime.cpu`). Among those whose drop in the task's primary metric is within the
 budget, ``optimize`` decides: ``balanced`` (default: the geometric mean of the batch-1 latency, batch-32
 throughput and file-size ratios to FP32), ``latency``, ``throughput`` or ``size``; scores within 5% are ties,
 broken by the metric, then the file size.
@@ -39,18 +39,32 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
+from ..bench.latency import measure_speed
 from ..config import QuantizeConfig, to_dict
+from ..data.images import Preprocess
+from ..engines import open_engine
+from ..engines.base import profile_shapes
 from ..errors import ConfigError, ModelError
+from ..export.onnx import export
+from ..models.files import is_quantized, onnx_io
+from ..runtime.cpu import int8_report
+from ..runtime.ort import ort_session
+from ..tasks import check_budget, evaluate_predictions, make_task
+from ..tasks.resolve import resolve
+from .calibrate import calibrate_onnx, choose_ranges, range_report
+from .choose import SPEED_TIE, choose, slower_than_reference, speed_score
+from .cuda import quantize_cuda
+from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
+from .profile import slow_int8_nodes
+from .qdq import calibration_tensors
 from .schemes import DynamicInt8, QuantPlan, StaticQDQ, apply_plan, describe
+from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
 
 log = logging.getLogger(__name__)
 
 OUT_MODEL = "model.int8.onnx"  # --target cpu
 QDQ_MODEL = "model.qdq.onnx"  # --target tensorrt
 DEFAULT_METHODS = ("entropy", "percentile", "mse", "minmax")
-# Scores closer than this are a tie: repeated interleaved runs here moved single measurements by ±15% and
-# medians of 3 rounds by a few percent (benchmarks/RESULTS.md). Ties go to the better metric, then the smaller file.
-SPEED_TIE = 0.05
 SENSITIVITY_ROWS = 256
 
 
@@ -96,8 +110,6 @@ class Reference:
 
 
 def _engine(path: Path, threads: int | None) -> Any:
-    from ..engines import open_engine
-
     return open_engine("onnxruntime", str(path), threads=threads)
 
 
@@ -107,13 +119,9 @@ def prepare(model: str | Path, tmp: Path, task: str | None = None, preprocess: s
     """Resolve the model (exporting a PyTorch one into ``tmp/export`` first) and load its graphs."""
     import onnx
 
-    from ..models.resolve import is_quantized, onnx_io, resolve
-    from ..tasks import make_task
 
     ref = resolve(model, task=task, preprocess=preprocess, decoder=decoder)
     if ref.engine == "torch":
-        from ..export.onnx import export
-
         export(ref.path, tmp / "export")
         ref = resolve(tmp / "export", preprocess=preprocess, decoder=decoder)
     if ref.engine != "onnxruntime":
@@ -178,8 +186,6 @@ def pre_optimize(path: Path, folder: Path) -> Path:
     ``path`` itself when its weights live in external files (over 2 GB) or ORT cannot load it."""
     import onnx
 
-    from ..export.onnx import ort_session
-
     if _external_weights(onnx.load(str(path), load_external_data=False)):
         return path
     folder.mkdir(parents=True, exist_ok=True)
@@ -214,8 +220,6 @@ def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Seque
     """Ranges per method for every tensor the static schemes of ``scopes`` need, from one streaming pass."""
     from tqdm.auto import tqdm
 
-    from .calibrate import calibrate_onnx, choose_ranges, range_report
-    from .qdq import calibration_tensors
 
     if not methods:
         return {}, {}
@@ -279,7 +283,6 @@ def unrelated_concats(model: Any, hists: dict[str, Any], ratio: float = UNRELATE
 
 def units_of(src: Source, scheme: Any) -> list[str]:
     """The nodes a scheme quantizes in its source graph (the units of mixed precision)."""
-    from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
 
     if isinstance(scheme, DynamicInt8):
         return weight_nodes(src.graphs[scheme.graph], DYNAMIC_OPS)
@@ -289,7 +292,6 @@ def units_of(src: Source, scheme: Any) -> list[str]:
 def evaluate_candidate(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path, budget: float,
                        threads: int | None, agreement_budget: float | None = None) -> None:
     """Write the candidate's graph, run it on the evaluation rows, record metrics and the budget check."""
-    from ..tasks import check_budget, evaluate_predictions
 
     c.path = work / f"{c.name}.onnx"
     apply_plan(c.plan, src.sources, c.path, ranges)
@@ -407,7 +409,6 @@ def speed_fallback(base: Candidate, src: Source, ev: Any, ref: Reference, ranges
     """``base`` with the nodes whose INT8 kernel profiles slower than their float kernel kept float (see
     ``quant/profile.py``), evaluated; None when no node qualifies or ``base`` is not a static Q/DQ plan (the
     dynamic graphs' node names do not survive ORT's rewrites). The final timing decides whether it is chosen."""
-    from .profile import slow_int8_nodes
 
     info: dict[str, Any] = {"base": base.name, "nodes": []}
     if not isinstance(base.plan.scheme, StaticQDQ) or base.path is None:
@@ -430,7 +431,6 @@ def speed_fallback(base: Candidate, src: Source, ev: Any, ref: Reference, ranges
 # ---- step 7: timing and the choice ------------------------------------------------------------------------
 def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig) -> list[dict[str, Any]]:
     """Speed of each model with the timing bench uses (same rows, batches and rounds)."""
-    from ..bench.latency import measure_speed
 
     t = cfg.timing
     batch = src.task.batch_for(t.batch)
@@ -439,58 +439,6 @@ def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig) -
     with contextlib.ExitStack() as stack:
         engines = [stack.enter_context(_engine(p, cfg.threads)) for p in paths]
         return measure_speed([e.infer for e in engines], b1, big, t.rounds, batch)
-
-
-def speed_score(m: dict[str, Any], ref: dict[str, Any], optimize: str) -> float:
-    """Higher is better: what ``optimize`` asks for, as a ratio to the FP32 reference."""
-    tput = "throughput" if "throughput" in m and "throughput" in ref else "throughput_b32"
-    lat = ref["latency_ms_p50"] / m["latency_ms_p50"]
-    thr = m[tput] / ref[tput]
-    size = ref["file_mb"] / m["file_mb"]
-    if optimize == "latency":
-        return lat
-    if optimize == "throughput":
-        return thr
-    if optimize == "size":
-        return size
-    return (lat * thr * size) ** (1 / 3)
-
-
-def _changed(r: dict[str, Any], agree_key: str) -> float:
-    """How many evaluation rows' predictions differ from FP32 (1 − agreement, times the rows)."""
-    return (1.0 - float(r.get(agree_key, 1.0))) * float(r.get("n", 1))
-
-
-def choose(records: Sequence[dict[str, Any]], ref: dict[str, Any], optimize: str, metric: str,
-           timed: bool = True, agree_key: str = "top1_agreement") -> tuple[int, str]:
-    """Index of the chosen candidate and why. Within the budget: the best ``optimize`` score; scores within
-    ``SPEED_TIE`` of it tie, and of those the ones whose changed predictions are within noise of the fewest
-    (two standard deviations, counts taken as Poisson) stay; then the best score, the better ``metric``, the
-    smaller file. With no timing (TensorRT), the best metric. With none within the budget: the best metric,
-    flagged."""
-    ok = [i for i, r in enumerate(records) if r["meets_budget"]]
-    if not ok:
-        best = max(range(len(records)), key=lambda i: (records[i][metric], -records[i]["file_mb"]))
-        return best, f"best {metric}; NO candidate met the budget"
-    if not timed:
-        best = max(ok, key=lambda i: (records[i][metric], -records[i]["file_mb"]))
-        return best, f"within the budget, the best {metric} (speed is not measured for this target)"
-    scores = {i: speed_score(records[i], ref, optimize) for i in ok}
-    top = max(scores.values())
-    band = [i for i in ok if scores[i] >= top * (1 - SPEED_TIE)]
-    # among equals: those that follow FP32 as closely as the closest one (changed predictions are a less noisy
-    # judge than a few rows of accuracy; counts within two standard deviations of each other are a tie), then
-    # the best score, the metric, the smaller file
-    changed = {i: _changed(records[i], agree_key) for i in band}
-    fewest = min(changed.values())
-    close = [i for i in band if changed[i] - fewest <= 2 * math.sqrt(changed[i] + fewest)]
-    best = max(close, key=lambda i: (scores[i], records[i][metric], -records[i]["file_mb"]))
-    what = {"balanced": "balanced score (geometric mean of batch-1 latency, batch-32 throughput and file-size "
-                        "ratios to FP32)", "latency": "batch-1 latency", "throughput": "batch-32 throughput",
-            "size": "file size"}[optimize]
-    return best, (f"within the budget and within {SPEED_TIE:.0%} of the best {what} ({len(band)} such), those as "
-                  f"close to FP32 as the closest ({len(close)}: changed predictions within noise), then the best "
-                  "score")
 
 
 # ---- the command ------------------------------------------------------------------------------------------
@@ -518,12 +466,8 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
     """
     from tqdm.auto import tqdm
 
-    from .cpu import int8_report
-
     cfg = _config(config, overrides)
     if cfg.target == "cuda":
-        from .cuda import quantize_cuda
-
         return quantize_cuda(model, out, calib, eval_data, cfg, device=cfg.device, progress=progress)
     methods = cfg.methods if cfg.methods is not None else DEFAULT_METHODS
     out = Path(out)
@@ -603,7 +547,6 @@ def write_assets(ref: Any, folder: Path) -> None:
     if ref.task == "text-classification":
         shutil.copytree(ref.preprocess["tokenizer"], folder / "hf")
         return
-    from ..data.images import Preprocess
 
     keys = set(Preprocess.__dataclass_fields__)
     Preprocess.from_dict({k: v for k, v in ref.preprocess.items() if k in keys}).save(folder / "preprocess.json")
@@ -615,10 +558,6 @@ def write_assets(ref: Any, folder: Path) -> None:
 
 
 def _tensorrt_files(tmp: Path, chosen: Candidate, ranges: dict[str, Any], src: Source, ev: Any) -> dict[str, Any]:
-    from ..engines.base import profile_shapes
-    from ..models.resolve import onnx_io
-    from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
-
     scheme = chosen.plan.scheme
     method = getattr(scheme, "method", next(iter(ranges)))
     write_calibration_cache(tmp / "calibration.cache", {k: r.amax for k, r in ranges[method].items()})
@@ -691,22 +630,3 @@ def format_report(man: dict[str, Any]) -> str:
         lines += ["", "TensorRT speed is not measured here (no TensorRT/GPU); accuracy is ONNX Runtime CPU running "
                       "the same Q/DQ graph.", "", "```", man["tensorrt"]["trtexec"], "```"]
     return "\n".join(lines)
-
-
-def slower_than_reference(chosen: dict[str, Any], ref: dict[str, Any], tie: float = SPEED_TIE) -> list[str]:
-    """Loud words when the chosen model runs slower than FP32 here (beyond the noise band)."""
-    out = []
-    if chosen.get("latency_ms_p50") and ref.get("latency_ms_p50"):
-        ratio = ref["latency_ms_p50"] / chosen["latency_ms_p50"]
-        if ratio < 1 - tie:
-            out.append(f"the chosen model is SLOWER than FP32 at batch 1 on this machine ({ratio:.2f}× its speed)")
-    batch1 = ref.get("throughput_batch", 32) == 1  # a fixed-batch model: its throughput is batch 1 again
-    if chosen.get("throughput") and ref.get("throughput") and not (batch1 and out):
-        ratio = chosen["throughput"] / ref["throughput"]
-        if ratio < 1 - tie:
-            out.append(f"the chosen model is SLOWER than FP32 at batch {ref.get('throughput_batch', 32)} on this "
-                       f"machine ({ratio:.2f}× its throughput)")
-    if out:
-        out.append("INT8 does not pay here (layout changes around integer kernels can cost more than they save); "
-                   "keep the FP32 model or try --optimize size if the smaller file is the point")
-    return out

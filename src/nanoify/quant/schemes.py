@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .dynamic import quantize_dynamic_int8
+from .qdq import quantize_static_qdq
 
 
 @dataclass(frozen=True)
@@ -98,15 +100,11 @@ class QuantPlan:
 
 
 def _apply_dynamic(scheme: DynamicInt8, src: Path, dst: Path, ranges: Any, float_nodes: list[str]) -> None:
-    from .dynamic import quantize_dynamic_int8
-
     quantize_dynamic_int8(src, dst, per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
                           exclude_nodes=float_nodes)
 
 
 def _apply_static(scheme: StaticQDQ, src: Path, dst: Path, ranges: Any, float_nodes: list[str]) -> None:
-    from .qdq import quantize_static_qdq
-
     if ranges is None or scheme.method not in ranges:
         raise ConfigError(f"{scheme.name} needs ranges calibrated with {scheme.method}")
     quantize_static_qdq(src, dst, ranges[scheme.method], preset=scheme.preset, exclude_nodes=float_nodes,

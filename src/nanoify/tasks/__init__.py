@@ -6,11 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..data.images import Preprocess
+from ..errors import ModelError
 from .base import BudgetCheck, EvalSet, Feed, Outputs, Task, check_budget, evaluate_predictions, synthetic_feed
+from .detect import Detection
+from .image import ImageClassification
+from .text import TextClassification
 
 
 def make_task(ref: Any) -> Task:
-    """The task object for a :class:`nanoify.models.resolve.ModelRef`."""
+    """The task object for a :class:`nanoify.tasks.resolve.ModelRef`."""
     task = _make(ref)
     task.max_batch = ref.info.get("max_batch")
     return task
@@ -19,25 +24,17 @@ def make_task(ref: Any) -> Task:
 def _make(ref: Any) -> Task:
     p = ref.preprocess
     if ref.task == "text-classification":
-        from .text import TextClassification
-
         return TextClassification(Path(p["tokenizer"]), ref.labels or [], p.get("max_sequence") or 512,
                                   p.get("inputs") or ("input_ids", "attention_mask", "token_type_ids"))
     if ref.task in ("image-classification", "detection"):
-        from ..data.images import Preprocess
-
         keys = set(Preprocess.__dataclass_fields__)
         pre = Preprocess.from_dict({k: v for k, v in p.items() if k in keys}, f"preprocessing of {ref.name}")
         if ref.task == "detection":
-            from .detect import Detection
-
             extra = {k: p[k] for k in ("conf", "iou", "max_det", "stride") if k in p}
             return Detection(pre, ref.labels, p.get("input", "input"), p["decoder"],
                              dynamic_hw=bool(p.get("dynamic_hw")), **extra)
-        from .image import ImageClassification
 
         return ImageClassification(pre, ref.labels, p.get("input", "input"))
-    from ..errors import ModelError
 
     raise ModelError(f"unknown task {ref.task!r}")
 

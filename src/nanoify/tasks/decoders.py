@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..runtime.ort import ort_session
 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]
 Decoder = Callable[[dict[str, np.ndarray], tuple[int, int], float], Candidates]
@@ -123,8 +124,6 @@ def _nms_session() -> Any:
     """A one-node ONNX graph running ONNX Runtime's NonMaxSuppression (class-aware over the score matrix)."""
     import onnx
     from onnx import TensorProto, helper
-
-    from ..export.onnx import ort_session
 
     g = helper.make_graph(
         [helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score_thr"], ["sel"],

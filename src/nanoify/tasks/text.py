@@ -20,6 +20,7 @@ from ..config import DataConfig
 from ..data.splits import pick_split
 from ..data.text import LabelMap, available_splits, collate, encode_texts, inference_batches, load_text_data
 from ..errors import ConfigError, DataError
+from ..models.load import load_tokenizer
 from .base import EvalSet, Feed
 from .classify import ClassificationTask
 
@@ -61,8 +62,6 @@ class _HFTokenizer:
     """transformers' tokenizer behind the LightTokenizer interface."""
 
     def __init__(self, folder: Path) -> None:
-        from ..models.load import load_tokenizer
-
         self.tok = load_tokenizer(str(folder))
         self.pad_token_id = int(self.tok.pad_token_id if self.tok.pad_token_id is not None else 0)
         self.vocab_size = int(self.tok.vocab_size)

@@ -1,7 +1,6 @@
 """Quantized linear layers for the GPU path (``nanoify quantize --target cuda``), in plain PyTorch.
 
 Formats (weights per output channel, symmetric; activations per row of the flattened input):
-
 * ``int8``: INT8 weights and dynamically quantized INT8 activations, multiplied by ``torch._int_mm``
   (INT32 accumulation, cuBLAS on CUDA). cuBLAS needs M > 16 and K, N multiples of 8: the weight is padded once
   (K, N), the activation rows are padded to 17 when fewer — small-M results of ``_int_mm`` were wrong in some
@@ -27,6 +26,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import ModelError
+from ..models.load import LABEL_MAP_FILE
 
 FORMATS = ("int8", "int8-static", "fp8", "int8-weight-only")
 QUANT_FILE = "quantization.json"
@@ -175,7 +177,6 @@ def save_quantized(model: nn.Module, tokenizer: Any, label_names: list[str], out
     """config + tokenizer + label map + quantized ``model.safetensors`` + ``quantization.json``."""
     from safetensors.torch import save_file
 
-    from ..models.load import LABEL_MAP_FILE
 
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
@@ -191,8 +192,6 @@ def load_quantized(folder: str | Path, attention: str = "eager") -> tuple[nn.Mod
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..errors import ModelError
-    from ..models.load import LABEL_MAP_FILE
 
     folder = Path(folder)
     try:

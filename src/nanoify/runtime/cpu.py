@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .ort import ort_session
+
 log = logging.getLogger(__name__)
 
 FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
@@ -61,7 +63,6 @@ def u8s8_saturates() -> bool:
          helper.make_tensor("za", TensorProto.UINT8, [], [0]), helper.make_tensor("zb", TensorProto.INT8, [], [0])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    from ..export.onnx import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "probe.onnx"

@@ -12,28 +12,33 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import read_manifest
+from ..data.images import Preprocess
 from ..errors import DataError, ModelError
+from ..models.files import (
+    LABEL_MAP_FILE,
+    MODULE_FILE,
+    ONNX_SUFFIXES,
+    PREPROCESS_FILE,
+    TRT_SUFFIXES,
+    onnx_io,
+    read_module_json,
+)
+from ..models.load import max_tokens, read_labels
+from .decoders import guess_decoder
+from .text import TEXT_INPUTS
 
 log = logging.getLogger(__name__)
 
-ONNX_SUFFIXES = (".onnx",)
-TRT_SUFFIXES = (".plan", ".engine", ".trt")
 TEXT = "text-classification"
 IMAGE = "image-classification"
 DETECT = "detection"
 TASK_NAMES = (TEXT, IMAGE, DETECT)
 DETECTION_FILE = "detection.json"  # decoder and thresholds of a detector, beside it
-MODULE_FILE = "module.json"
-LABEL_MAP_FILE = "label_map.json"
-PREPROCESS_FILE = "preprocess.json"
-QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization",
-                 "QGemm", "QLinearAdd")
 
 
 @dataclass
@@ -65,21 +70,9 @@ class ModelRef:
         return self.preprocess.get("max_sequence")
 
 
-def read_labels(folder: Path) -> list[str] | None:
-    """``label_map.json`` in ``folder``, else ``id2label`` of its ``config.json``, else None."""
-    from .load import saved_label_map
-
-    cfg = folder / "config.json"
-    id2label = json.loads(cfg.read_text()).get("id2label") if cfg.is_file() else None
-    lm = saved_label_map(folder, id2label)
-    return None if lm is None else list(lm.names)
-
-
 def _max_seq(folder: Path, default: int = 512) -> int:
     cfg = folder / "config.json"
     if cfg.is_file():
-        from .load import max_tokens
-
         return max_tokens(json.loads(cfg.read_text()), default)
     return default
 
@@ -91,30 +84,7 @@ def _tokenizer_near(f: Path) -> Path | None:
     return None
 
 
-def onnx_io(path: Path) -> tuple[dict[str, tuple[str, list[Any]]], dict[str, tuple[str, list[Any]]], list[str]]:
-    """(inputs, outputs, op types) of an ONNX graph, read without its external weights."""
-    import onnx
-
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf errors are not user-readable
-        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it") from None
-    inits = {i.name for i in m.graph.initializer}
-
-    def spec(vi: Any) -> tuple[str, list[Any]]:
-        t = vi.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "float32"
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-        return dtype, dims
-
-    ins = {i.name: spec(i) for i in m.graph.input if i.name not in inits}
-    outs = {o.name: spec(o) for o in m.graph.output}
-    return ins, outs, [n.op_type for n in m.graph.node]
-
-
 def _text_ref(name: str, p: Path, engine: str, tok: Path, inputs: list[str] | None = None) -> ModelRef:
-    from ..tasks.text import TEXT_INPUTS
-
     labels = read_labels(tok)
     if labels is None:
         raise ModelError(f"{tok} has no label_map.json or id2label in config.json; save the classifier with nanoify")
@@ -129,8 +99,6 @@ def _text_ref(name: str, p: Path, engine: str, tok: Path, inputs: list[str] | No
 
 def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any], folder: Path,
                preprocess: str | Path | None, task: str = IMAGE, detection: dict[str, Any] | None = None) -> ModelRef:
-    from ..data.images import Preprocess
-
     assets = []
     found = None
     if isinstance(preprocess, dict):
@@ -164,7 +132,6 @@ def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any
     if fixed and tuple(size) != fixed and task != DETECT:
         raise DataError(f"preprocess size {list(size)} does not match the model's fixed input {list(fixed)}; fix "
                         "\"size\" in preprocess.json")
-    from dataclasses import replace
 
     pre = replace(pre, size=tuple(size), layout=layout)
     labels = None
@@ -195,8 +162,6 @@ def _image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any
 def detection_settings(folder: Path, decoder: str | None, output_shapes: list[list[Any]]) -> dict[str, Any]:
     """Decoder and thresholds of a detector: ``--decoder``, else ``detection.json`` beside it, else the decoder its
     output shape implies; none of these is a one-line error."""
-    from ..tasks.decoders import guess_decoder
-
     d: dict[str, Any] = {}
     for c in (folder, folder.parent):
         f = c / DETECTION_FILE
@@ -254,11 +219,6 @@ def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | P
     raise ModelError(f"unknown task {task!r}; choose {' or '.join(TASK_NAMES)}")
 
 
-def is_quantized(ops: list[str]) -> int:
-    """How many nodes of a graph are quantization ops (0 for an FP32 graph)."""
-    return sum(op in QUANTIZED_OPS for op in ops)
-
-
 def resolve(model: str | Path, engine: str | None = None, task: str | None = None,
             preprocess: str | Path | None = None, decoder: str | None = None) -> ModelRef:
     """Resolve a model argument (see module docstring). ``engine``/``task``/``preprocess`` override what is found."""
@@ -306,25 +266,11 @@ def resolve(model: str | Path, engine: str | None = None, task: str | None = Non
 
 def _hf_inputs(folder: Path) -> list[str]:
     """The text inputs a Hugging Face classifier takes (MPNet and DistilBERT have no token_type_ids)."""
-    from ..tasks.text import TEXT_INPUTS
-
     cfg = folder / "config.json"
     model_type = json.loads(cfg.read_text()).get("model_type", "bert") if cfg.is_file() else "bert"
     if model_type in ("mpnet", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "deberta"):
         return [k for k in TEXT_INPUTS if k != "token_type_ids"]
     return list(TEXT_INPUTS)
-
-
-def read_module_json(folder: Path) -> dict[str, Any]:
-    """``module.json`` of a torch-module folder: factory, kwargs, inputs, outputs, task."""
-    try:
-        d = json.loads((folder / MODULE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{folder / MODULE_FILE} is not readable JSON ({e})") from None
-    for key in ("factory", "inputs", "outputs"):
-        if key not in d:
-            raise ModelError(f"{folder / MODULE_FILE} has no {key!r}; write it with `nanoify export --module …`")
-    return d
 
 
 def _module_ref(folder: Path, engine: str | None, preprocess: str | Path | None,
