@@ -17,6 +17,7 @@ from typing import Any
 
 from .artifacts import json_safe
 from .errors import NanoifyError
+from .tasks import task_names
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -189,7 +190,9 @@ def cmd_export(a: argparse.Namespace) -> int:
         man = export(a.model, a.out, opset=a.opset, texts=texts, fuse_graph=not a.no_fuse)
     v = man["validation"]
     diffs = ", ".join(f"{k} {val:.1e}" for k, val in (v.get("max_abs_logit_diff") or v["max_rel_output_diff"]).items())
-    axes = "dynamic batch and sequence" if man.get("task") == "text-classification" else "dynamic batch"
+    dynamic = list(dict.fromkeys(d for dims in man.get("inputs", {}).values() for d in dims if isinstance(d, str)))
+    named = ", ".join(dynamic[:-1]) + " and " + dynamic[-1] if len(dynamic) > 1 else "".join(dynamic)
+    axes = f"dynamic {named}" if dynamic else "fixed shape"
     print(f"ONNX written to {a.out} ({axes}); max |output - PyTorch|: {diffs}")
     if man.get("fused_ops"):
         print("fused: " + ", ".join(f"{k} {val}" for k, val in man["fused_ops"].items()))
@@ -411,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration rows (default: 256 sentences, 100 images)")
     q.add_argument("--eval-rows", type=int, default=None, help="use the first N evaluation rows (default all)")
     q.add_argument("--rounds", type=int, default=3, help="timing rounds per candidate (default 3)")
-    q.add_argument("--task", default=None, choices=("text-classification", "image-classification", "detection"),
+    q.add_argument("--task", default=None, choices=task_names(),
                    help="the model's task when its inputs do not say")
     q.add_argument("--decoder", default=None,
                    help="detectors: yolov8 | yolov5 | fastestdet | package.module:function (default: detection.json "
@@ -459,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=3, help="timing rounds inside each run (default 3)")
     b.add_argument("--latency-rows", type=int, default=200)
     b.add_argument("--throughput-rows", type=int, default=512)
-    b.add_argument("--task", default=None, choices=("text-classification", "image-classification", "detection"))
+    b.add_argument("--task", default=None, choices=task_names())
     b.add_argument("--decoder", default=None, help="detectors: yolov8 | yolov5 | fastestdet | package.module:function")
     b.add_argument("--preprocess", default=None, help="preprocess.json for image models without one beside them")
     b.add_argument("--text-column", default=None)

@@ -54,14 +54,14 @@ from .distill.run import distill, finetune
 from .errors import ConfigError, NanoifyError
 from .export.onnx import export
 from .models.load import build_module, load_weights
-from .quant.run import quantize, write_assets
+from .quant.run import quantize
+from .tasks import task_kind, task_names
 from .tasks.resolve import resolve
+from .tasks.text import TextKind
 
 log = logging.getLogger(__name__)
 
 STAGES = ("teacher", "student", "export", "quantized", "bench")
-TASKS = ("text-classification", "image-classification", "detection")
-IMAGE_TASKS = ("image-classification", "detection")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class CompressConfig:
     """
 
     teacher: str = ""
-    task: str = "text-classification"
+    task: str = TextKind.name
     finetune_teacher: bool = False
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
     distill: DistillConfig | None = None  # text: None means the defaults (DistillConfig())
@@ -108,8 +108,8 @@ class CompressConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self) -> None:
-        _check(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.task in IMAGE_TASKS:
+        _check(self.task in task_names(), f"task must be one of {', '.join(task_names())}, got {self.task!r}")
+        if not task_kind(self.task).distils:
             _check(self.distill is None,
                    "distillation of image models is not built; remove distill/student from the recipe")
             _check(not self.finetune_teacher, "finetune_teacher applies to text encoders only")
@@ -145,7 +145,7 @@ def apply_overrides(cfg: CompressConfig, teacher: str | None = None, data: str |
     """Replace the given fields (None leaves the config's value)."""
     rep = dataclasses.replace
     if teacher is not None:
-        cfg = rep(cfg, teacher=teacher, model=None if cfg.task in IMAGE_TASKS else cfg.model)
+        cfg = rep(cfg, teacher=teacher, model=cfg.model if task_kind(cfg.task).distils else None)
     if finetune_teacher is not None:
         cfg = rep(cfg, finetune_teacher=finetune_teacher)
     if data is not None:
@@ -228,7 +228,7 @@ def quantize_allowance(total_budget: float, min_budget: float, teacher_metric: f
 
 def _data_arg(cfg: CompressConfig) -> Any:
     """Data as the task reads it: a DataConfig for text, the spec for images."""
-    return cfg.data if cfg.task == "text-classification" else cfg.data.data
+    return task_kind(cfg.task).data_arg(cfg.data)
 
 
 def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
@@ -299,8 +299,8 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
                                            val.get("accuracy"))
         state["allowance"] = allowance
         data = _data_arg(cfg)
-        calib = cfg.calib or (data if cfg.task == "text-classification" else cfg.data.data)
-        ev = dataclasses.replace(cfg.data, max_train=None) if cfg.task == "text-classification" else data
+        calib = cfg.calib or data
+        ev = task_kind(cfg.task).data_arg(dataclasses.replace(cfg.data, max_train=None))
         quantize(out / "export", f, calib=calib, eval_data=ev,
                  config=dataclasses.replace(cfg.quantize, budget=allowance), progress=progress)
 
@@ -312,7 +312,8 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
         if cfg.quantize.target == "cuda":  # both in the torch engine on the GPU: FP32 eager against the choice
             dev = cfg.quantize.device
             chosen = read_manifest(out / "quantized").get("chosen")
-            text_dtype = ":fp16" if dev.startswith("cuda") and cfg.task == "text-classification" else ""
+            dtype = task_kind(cfg.task).cuda_bench_dtype
+            text_dtype = f":{dtype}" if dev.startswith("cuda") and dtype else ""
             graphs = ":graphs" if dev.startswith("cuda") else ""
             if not bench_cfg.engines:
                 bench_cfg = dataclasses.replace(bench_cfg, engines=(f"torch:{dev}:fp32", f"torch:{dev}{text_dtype}"
@@ -333,7 +334,6 @@ def _export_model(cfg: CompressConfig, f: Path) -> None:
     """The export stage of an image recipe: build and export the module, or export/copy the given model."""
     import numpy as np
 
-
     if cfg.model is not None:
         m = cfg.model
         module = load_weights(build_module(m.module, dict(m.kwargs)), m.weights)
@@ -352,14 +352,14 @@ def _export_model(cfg: CompressConfig, f: Path) -> None:
     with atomic_dir(f) as tmp:
         shutil.copyfile(ref.path, tmp / "model.onnx")
 
-        write_assets(ref, tmp)
+        task_kind(ref.task).write_assets(ref, tmp)
         write_json(tmp / MANIFEST, manifest("export", {"model": str(src)}, task=ref.task, copied_from=str(ref.path)))
 
 
 def _baseline(cfg: CompressConfig, out: Path, teacher_dir: str) -> tuple[str, str]:
     """What the compressed model is measured against: the teacher in PyTorch (text), the exported module in
     PyTorch when its source is known, else the FP32 ONNX model."""
-    if cfg.task == "text-classification":
+    if task_kind(cfg.task).distils:
         return teacher_dir, "teacher (PyTorch FP32)"
     if (out / "export" / "torch" / "module.json").is_file():
         return str(out / "export" / "torch"), "model (PyTorch FP32)"
@@ -374,7 +374,8 @@ def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
     q = read_manifest(out / "quantized")
     base_v = base.get(metric, 1.0)
     drop = (base_v - comp[metric]) * 100
-    s = {"metric": metric, "baseline_name": base["name"], "baseline_value": base_v, "compressed_value": comp[metric],
+    s = {"task": cfg.task, "metric": metric, "baseline_name": base["name"], "baseline_value": base_v,
+         "compressed_value": comp[metric],
          "drop_pts": drop, "budget_pts": cfg.quantize.budget, "budget_met": drop <= cfg.quantize.budget + 1e-9,
          "quantized_format": q.get("chosen"), "quantize_budget_pts": q.get("config", {}).get("budget"),
          "compressed_engine": comp.get("engine"),
@@ -399,8 +400,7 @@ def _engine_words(s: dict[str, Any]) -> str:
 def _write_report(out: Path, s: dict[str, Any]) -> None:
     table = (out / "bench" / "report.md").read_text().rstrip()
     verdict = "met" if s["budget_met"] else "MISSED"
-    what = {"map50_95": "mAP@0.5:0.95", "box_agreement": "boxes kept", "top1_agreement": "top-1 agreement"}.get(
-        s["metric"], s["metric"].replace("_", " "))
+    what = task_kind(s["task"]).metric_name(s["metric"])
     head = [f"# nanoify compress — {out.name}", "",
             f"{s['baseline_name']} → compressed ({s['quantized_format']}, {_engine_words(s)}): {what} "
             f"{s['baseline_value']:.4f} → {s['compressed_value']:.4f} ({-s['drop_pts']:+.2f} pt; budget "

@@ -33,10 +33,9 @@ import numpy as np
 from .. import errors
 from ..artifacts import MANIFEST, atomic_dir, machine, manifest, versions, write_json
 from ..config import BenchConfig, DataConfig, TimingConfig, to_dict
-from ..data.text import default_data_spec
 from ..engines import open_engine, parse_engine_spec
 from ..errors import ConfigError, NanoifyError
-from ..tasks import make_task, synthetic_feed
+from ..tasks import TASK_KINDS, TaskKind, make_task, register_task, registered_kinds, synthetic_feed, task_kind
 from ..tasks.resolve import resolve
 from .latency import measure_speed, rows_in, time_batches
 
@@ -280,9 +279,11 @@ def _shape(ref: Any, eng: Any) -> dict[str, Any]:
     return out
 
 
-def _child(args: tuple) -> tuple[dict[str, Any], Any]:
+def _child(args: tuple, kinds: Sequence[TaskKind] = ()) -> tuple[dict[str, Any], Any]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    for kind in kinds:  # kinds registered in the parent at run time (a fresh process knows the built-in ones)
+        register_task(kind)
     try:
         return measure_model(*args)
     except NanoifyError as e:
@@ -293,9 +294,8 @@ def _run_isolated(args: tuple) -> tuple[dict[str, Any], Any]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        res, preds = pool.submit(_child, args).result()
+        res, preds = pool.submit(_child, args, registered_kinds()).result()
     if "_error" in res:
         raise getattr(errors, res["_type"], errors.NanoifyError)(res["_error"])
     return res, preds
@@ -309,11 +309,9 @@ def _data(data: Any, first_model: str, task: str | None, preprocess: str | None,
         return data
 
     ref = resolve(first_model, task=task, preprocess=preprocess, decoder=decoder)
-    if ref.task != "text-classification":
-        raise ConfigError("bench needs --data for image models (an .npz file, a folder of images, a detection set)")
-
+    spec = task_kind(ref.task).default_data()  # a one-line error for kinds with no default data
     base = data if isinstance(data, DataConfig) else DataConfig()
-    return dataclasses.replace(base, data=default_data_spec())
+    return dataclasses.replace(base, data=spec)
 
 
 def benchmark(models: Sequence[str], data: Any = None, out: str | Path | None = None,
@@ -327,7 +325,6 @@ def benchmark(models: Sequence[str], data: Any = None, out: str | Path | None = 
     ``overrides`` replace fields of ``config`` (``streams=2``, ``repeats=3``, ``isolate=False``).
     """
     from tqdm.auto import tqdm
-
 
     cfg = dataclasses.replace(config or BenchConfig(), **overrides)
     if not models:
@@ -392,17 +389,7 @@ ROWS: list[tuple[str, str, int]] = [
     ("layers", "layers", 0),
     ("parameters_m", "parameters (M)", 2),
     ("file_mb", "file (MB)", 2),
-    ("accuracy", "accuracy", 4),
-    ("macro_f1", "macro-F1", 4),
-    ("map50_95", "mAP@0.5:0.95", 4),
-    ("map50", "mAP@0.5", 4),
-    ("box_agreement", "boxes kept vs baseline (IoU ≥ 0.5, same class)", 4),
-    ("mean_iou", "mean IoU of kept boxes", 4),
-    ("map50_95_vs_reference", "mAP@0.5:0.95 with baseline boxes as truth", 4),
-    ("top1_agreement", "top-1 agreement with baseline", 4),
-    ("predictions_changed", "predictions changed vs baseline", 0),
-    ("logit_cosine", "logit cosine to baseline", 4),
-    ("sqnr_db", "logit SQNR vs baseline (dB)", 1),
+    ("<task>", "", 0),  # the task kind's own score rows (TaskKind.table_rows) go here
     ("latency_ms_p50", "latency b1 p50 (ms)", 3),
     ("latency_ms_p90", "latency b1 p90 (ms)", 3),
     ("latency_ms_p99", "latency b1 p99 (ms)", 3),
@@ -441,18 +428,27 @@ def _change(a: Any, b: Any, key: str) -> str:
     return f"{ratio:.2f}×"
 
 
+def _rows(kind: TaskKind | None) -> list[tuple[str, str, int]]:
+    """The table's rows: the shared ones, with the task kind's score rows in their place."""
+    out: list[tuple[str, str, int]] = []
+    for row in ROWS:
+        out.extend((kind.table_rows if kind is not None else ()) if row[0] == "<task>" else (row,))
+    return out
+
+
 def format_table(report: dict[str, Any]) -> str:
     """Markdown: metric | baseline | others… | change (last against baseline); then machine, noise notes."""
     ms = report["models"]
-    image = report.get("task") in ("image-classification", "detection")
+    kind = TASK_KINDS.get(report.get("task", ""))
+    unit = kind.row_word if kind is not None else "row"
     head = ["metric"] + [m["name"] for m in ms] + (["change"] if len(ms) > 1 else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, label, nd in ROWS:
+    for key, label, nd in _rows(kind):
         vals = [_value(m, key) for m in ms]
         if all(v is None for v in vals) and key not in ("energy_mj_per_row",):
             continue
-        if image:
-            label = label.replace("rows/s", "images/s").replace("(mJ/row)", "(mJ/image)")
+        if unit != "row":
+            label = label.replace("rows/s", f"{unit}s/s").replace("(mJ/row)", f"(mJ/{unit})")
         cells = []
         for v in vals:
             if v is None:
@@ -467,7 +463,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     mach = report["machine"]
     t = report.get("timing", {})
-    ml = f", max length {report['max_length']}" if report.get("max_length") and not image else ""
+    text = kind is not None and kind.reads_data_config  # its rows are truncated to a max length
+    ml = f", max length {report['max_length']}" if report.get("max_length") and text else ""
     note = (f"{report['data']} ({report['split']}{ml}); {mach['cpu']}, {mach['cores']} cores"
             f"{', ' + ' '.join(mach['cpu_flags']) if mach.get('cpu_flags') else ''}; {report['created']}. "
             f"Latency over the first {t.get('latency_rows')} rows at batch 1, throughput over the first "

@@ -41,7 +41,6 @@ class OrtEngine(Engine):
         try:
             outs = self.session.run(self._outputs, feed)
         except Exception as e:  # noqa: BLE001 - a runtime failure inside the graph becomes one line
-
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise ModelError(f"ONNX Runtime failed running {self.path}: {first}") from None
         return dict(zip(self._outputs, outs, strict=True))

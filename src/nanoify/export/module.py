@@ -33,13 +33,15 @@ from ..errors import ConfigError, DataError
 from ..models.files import read_module_json
 from ..models.load import load_module, read_labels, save_module
 from ..runtime.ort import ort_session
+from ..tasks import task_kind
+from ..tasks.image import ImageKind
 from .errors import ExportError, unsupported
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # max |output difference| against PyTorch FP32, relative to max(1, max |output|)
 MODEL_FILE = "model.onnx"
-IMAGE = "image-classification"
+IMAGE = ImageKind.name  # the task of a module export unless told
 
 
 def _torch_outputs(module: Any, x: np.ndarray) -> list[np.ndarray]:
@@ -112,7 +114,6 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
     """
     import torch
 
-
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"export needs a torch.nn.Module or a model folder, got {type(module).__name__}")
     x = example_input.detach().cpu().float().numpy() if isinstance(example_input, torch.Tensor) else \
@@ -139,7 +140,8 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
     module = module.eval().float()
     n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
     outs = _torch_outputs(module, x[:1])
-    if task == IMAGE and names is not None and outs[0].ndim == 2 and outs[0].shape[1] != len(names):
+    kind = task_kind(task)
+    if kind.classifies and names is not None and outs[0].ndim == 2 and outs[0].shape[1] != len(names):
         raise DataError(f"{len(names)} labels for a model with {outs[0].shape[1]} outputs")
     axes: dict[str, dict[int, str]] = {input_name: {0: "batch"}}
     if dynamic_hw:
@@ -176,9 +178,9 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
         pre.save(tmp / "preprocess.json")
         if names:
             (tmp / "label_map.json").write_text(json.dumps({"names": names}, indent=2) + "\n")
-        det = {"decoder": decoder} if task == "detection" and decoder else None
+        det = kind.export_settings(decoder)
         if det:
-            (tmp / "detection.json").write_text(json.dumps(det, indent=2) + "\n")
+            (tmp / kind.settings_file).write_text(json.dumps(det, indent=2) + "\n")
         shape = ["batch", *(["height", "width"] if dynamic_hw else list(hw)), 3] if nhwc else \
             ["batch", 3, *(["height", "width"] if dynamic_hw else list(hw))]
         if factory:
@@ -188,7 +190,7 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
             if names:
                 (tmp / "torch" / "label_map.json").write_text(json.dumps({"names": names}, indent=2) + "\n")
             if det:
-                (tmp / "torch" / "detection.json").write_text(json.dumps(det, indent=2) + "\n")
+                (tmp / "torch" / kind.settings_file).write_text(json.dumps(det, indent=2) + "\n")
         man = manifest("export", {"module": factory or type(module).__qualname__, "kwargs": kwargs or {},
                                   "opset": opset, "dynamic_hw": dynamic_hw}, task=task,
                        labels=names, inputs={input_name: shape}, outputs={o: ["batch", "…"] for o in output_names},
@@ -219,7 +221,6 @@ def export_module_folder(folder: str | Path, out: str | Path, opset: int = 17, d
     (input_name, (_, shape)), = d["inputs"].items()
     pre = folder / "preprocess.json"
     if not all(isinstance(s, int) for s in shape[1:]):  # dynamic H/W: the example takes the preprocessing's size
-
         size = Preprocess.load(pre).size if pre.is_file() else None
         if size is None:
             raise DataError(f"{folder}: the module takes any image size; give preprocess.json a \"size\"")
@@ -227,9 +228,10 @@ def export_module_folder(folder: str | Path, out: str | Path, opset: int = 17, d
         shape = [1] + [s if isinstance(s, int) else next(hw) for s in shape[1:]]
         dynamic_hw = True
     example = np.zeros([1 if not isinstance(s, int) else s for s in shape], dtype=np.float32)
-    det = folder / "detection.json"
-    decoder = json.loads(det.read_text()).get("decoder") if det.is_file() else None
+    task = d.get("task", IMAGE)
+    settings = folder / task_kind(task).settings_file if task_kind(task).settings_file else None
+    decoder = json.loads(settings.read_text()).get("decoder") if settings and settings.is_file() else None
     return export_module(module, out, example, preprocess=pre if pre.is_file() else None,
                          labels=read_labels(folder), factory=d["factory"], kwargs=d.get("kwargs") or {},
                          input_name=input_name, output_names=d["outputs"], dynamic_hw=dynamic_hw, opset=opset,
-                         images=images, task=d.get("task", IMAGE), decoder=decoder)
+                         images=images, task=task, decoder=decoder)

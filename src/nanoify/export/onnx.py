@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..models.load import load_classifier, max_tokens, save_classifier
 from ..runtime.ort import ort_session
 from ..tasks.base import synthetic_feed
+from ..tasks.text import TextKind
 from .attention import fuse_biased_attention
 from .errors import ExportError, unsupported
 from .module import export_module, export_module_folder
@@ -183,7 +184,7 @@ def export_text(model_dir: str | Path, out: str | Path, opset: int = 17, texts: 
             log.warning(warns[-1])
         save_classifier(model, tok, label_map, tmp / "hf")  # the source, for torch engines and re-export
         man = manifest("export", {"model": str(model_dir), "opset": opset, "fused": fuse_graph},
-                       task="text-classification", labels=label_map.names,
+                       task=TextKind.name, labels=label_map.names,
                        inputs={k: ["batch", "sequence"] for k in _text_spec(model)},
                        outputs={"logits": ["batch", len(label_map)]},
                        max_sequence=max_tokens(cfg),

@@ -177,7 +177,6 @@ def save_quantized(model: nn.Module, tokenizer: Any, label_names: list[str], out
     """config + tokenizer + label map + quantized ``model.safetensors`` + ``quantization.json``."""
     from safetensors.torch import save_file
 
-
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -191,7 +190,6 @@ def load_quantized(folder: str | Path, attention: str = "eager") -> tuple[nn.Mod
     """(model with QuantLinear layers, tokenizer, label names, quantization.json) from ``save_quantized``."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
 
     folder = Path(folder)
     try:

@@ -79,7 +79,6 @@ def calibrate_onnx(onnx_path: str | Path, feeds: Iterable[dict[str, np.ndarray]]
     """Histograms of ``tensors`` (default: inputs of the weight GEMMs/convolutions) over every batch in ``feeds``."""
     import onnx
 
-
     model = onnx.load(str(onnx_path))
     tensors = tensors if tensors is not None else activation_tensors(model, weight_nodes(model))
     existing = {o.name for o in model.graph.output}

@@ -48,7 +48,7 @@ from ..models.quantized import (
     quantize_model,
     save_quantized,
 )
-from ..tasks import check_budget, evaluate_predictions, make_task
+from ..tasks import check_budget, evaluate_predictions, make_task, task_kind
 from ..tasks.resolve import resolve
 from .choose import choose
 
@@ -71,7 +71,6 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
     """Measure the GPU formats and write the chosen one (see module docstring); returns the manifest."""
     import torch
 
-
     cfg = config or QuantizeConfig(target="cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--target cuda needs a CUDA GPU and a CUDA build of torch (torch.cuda.is_available() is "
@@ -81,7 +80,7 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
     folder = _classifier_folder(model)
     ref_obj = resolve(folder)
     task = make_task(ref_obj)
-    if task.name != "text-classification":
+    if task_kind(ref_obj.task).gpu_formats != "linear":
         raise ModelError(f"--target cuda covers text classifiers, torch-module folders and ONNX files; {model} is a "
                          f"{task.name} model of another kind: use --target tensorrt")
     calib_set = task.calib_set(calib, cfg.calib_samples)
@@ -189,12 +188,11 @@ def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_dat
 
     import torch
 
-
     src = _image_source(model)
     assert src is not None
     ref_obj = resolve(model)
     task = make_task(ref_obj)
-    if task.name not in ("image-classification", "detection"):
+    if task_kind(ref_obj.task).gpu_formats != "precision":
         raise ModelError(f"{model} is a {task.name} model; --target cuda takes its Hugging Face folder")
     ev = task.eval_set(eval_data if eval_data is not None else calib, None, cfg.eval_rows)
     on_gpu = device.startswith("cuda")

@@ -41,7 +41,6 @@ import numpy as np
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
 from ..bench.latency import measure_speed
 from ..config import QuantizeConfig, to_dict
-from ..data.images import Preprocess
 from ..engines import open_engine
 from ..engines.base import profile_shapes
 from ..errors import ConfigError, ModelError
@@ -49,7 +48,7 @@ from ..export.onnx import export
 from ..models.files import is_quantized, onnx_io
 from ..runtime.cpu import int8_report
 from ..runtime.ort import ort_session
-from ..tasks import check_budget, evaluate_predictions, make_task
+from ..tasks import check_budget, evaluate_predictions, make_task, task_kind
 from ..tasks.resolve import resolve
 from .calibrate import calibrate_onnx, choose_ranges, range_report
 from .choose import SPEED_TIE, choose, slower_than_reference, speed_score
@@ -118,7 +117,6 @@ def prepare(model: str | Path, tmp: Path, task: str | None = None, preprocess: s
             decoder: str | None = None) -> Source:
     """Resolve the model (exporting a PyTorch one into ``tmp/export`` first) and load its graphs."""
     import onnx
-
 
     ref = resolve(model, task=task, preprocess=preprocess, decoder=decoder)
     if ref.engine == "torch":
@@ -219,7 +217,6 @@ def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Seque
               threads: int | None, progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Ranges per method for every tensor the static schemes of ``scopes`` need, from one streaming pass."""
     from tqdm.auto import tqdm
-
 
     if not methods:
         return {}, {}
@@ -515,7 +512,7 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
         assert chosen.path is not None
         model_file = OUT_MODEL if cfg.target == "cpu" else QDQ_MODEL
         shutil.copyfile(chosen.path, tmp / model_file)
-        write_assets(src.ref, tmp)
+        task_kind(src.ref.task).write_assets(src.ref, tmp)
         extra: dict[str, Any] = {}
         if cfg.target == "tensorrt":
             extra = _tensorrt_files(tmp, chosen, ranges, src, ev)
@@ -539,33 +536,12 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
     return man
 
 
-def write_assets(ref: Any, folder: Path) -> None:
-    """What a model needs beside it to run anywhere: the tokenizer folder (``hf/``), or ``preprocess.json`` and
-    ``label_map.json`` — written from the reference's data, so a ``--preprocess`` file travels too."""
-    import json
-
-    if ref.task == "text-classification":
-        shutil.copytree(ref.preprocess["tokenizer"], folder / "hf")
-        return
-
-    keys = set(Preprocess.__dataclass_fields__)
-    Preprocess.from_dict({k: v for k, v in ref.preprocess.items() if k in keys}).save(folder / "preprocess.json")
-    if ref.labels:
-        (folder / "label_map.json").write_text(json.dumps({"names": ref.labels}, indent=2) + "\n")
-    if ref.task == "detection":
-        det = {k: ref.preprocess[k] for k in ("decoder", "conf", "iou", "max_det", "stride") if k in ref.preprocess}
-        (folder / "detection.json").write_text(json.dumps(det, indent=2) + "\n")
-
-
 def _tensorrt_files(tmp: Path, chosen: Candidate, ranges: dict[str, Any], src: Source, ev: Any) -> dict[str, Any]:
     scheme = chosen.plan.scheme
     method = getattr(scheme, "method", next(iter(ranges)))
     write_calibration_cache(tmp / "calibration.cache", {k: r.amax for k, r in ranges[method].items()})
     spec = onnx_io(tmp / QDQ_MODEL)[0]
-    axes: dict[str, tuple[int, int, int]] = {"batch": (1, 16, 32)}
-    if src.ref.task == "text-classification":
-        lengths = sorted(len(x) for x in ev.rows)
-        axes = {"batch": (1, 32, 32), "sequence": (1, int(lengths[len(lengths) // 2]), int(src.ref.max_sequence))}
+    axes = task_kind(src.ref.task).profile_axes(src.ref, ev)
     cmd = trtexec_command(QDQ_MODEL, "model.plan", profile_shapes(spec, axes), fp16_layers=chosen.plan.float_nodes)
     (tmp / "trtexec.sh").write_text("#!/bin/sh\n# Build the TensorRT engine (INT8 from the Q/DQ graph, FP16 "
                                     "elsewhere). Unverified here: no TensorRT on this machine.\n"

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,10 +29,14 @@ import numpy as np
 from ..data.detection import DetSplit, detection_splits, load_detection
 from ..data.images import Preprocess
 from ..data.splits import pick_split
-from ..errors import DataError
+from ..errors import DataError, ModelError
 from .base import EvalSet, Feed, Outputs, Task
-from .decoders import get_decoder, nms
+from .decoders import get_decoder, guess_decoder, nms
+from .image import ImageKind, image_ref, one_image_input, preprocess_of
+from .kinds import Spec
+from .ref import ModelRef
 
+SETTINGS_FILE = "detection.json"  # decoder and thresholds of a detector, beside it
 REF_CONF = 0.25  # a reference box counts as a detection the user would see
 MATCH_CONF = 0.1  # a candidate box may have drifted a little below the display threshold and still count
 MATCH_IOU = 0.5
@@ -283,3 +289,85 @@ class Detection(Task):
 
     def primary_metric(self, es: EvalSet) -> str:
         return "map50_95" if es.labelled else "box_agreement"
+
+
+class DetectionKind(ImageKind):
+    """Detectors: one float rank-4 input, raw box outputs (not 2-D), a decoder and thresholds (``detection.json``
+    beside the model, ``--decoder``, or told by the output's shape)."""
+
+    name = "detection"
+    classifies = False
+    metric_words = {"map50_95": "mAP@0.5:0.95", "box_agreement": "boxes kept"}
+    table_rows = (
+        ("map50_95", "mAP@0.5:0.95", 4),
+        ("map50", "mAP@0.5", 4),
+        ("box_agreement", "boxes kept vs baseline (IoU ≥ 0.5, same class)", 4),
+        ("mean_iou", "mean IoU of kept boxes", 4),
+        ("map50_95_vs_reference", "mAP@0.5:0.95 with baseline boxes as truth", 4),
+    )
+    settings = ("decoder", "conf", "iou", "max_det", "stride")
+    settings_file = SETTINGS_FILE
+
+    def recognise(self, inputs: Spec, outputs: Spec, tokenizer: Path | None) -> bool:
+        return (len(inputs) == 1 and len(next(iter(inputs.values()))[1]) == 4
+                and {len(s) for _, s in outputs.values()} != {2})
+
+    def from_onnx(self, name: str, path: Path, engine: str, inputs: Spec, outputs: Spec, tokenizer: Path | None,
+                  preprocess: Any, decoder: str | None) -> ModelRef:
+        x = one_image_input(path, inputs, "a detector")
+        det = detection_settings(path.parent, decoder, [s for _, s in outputs.values()])
+        return self._with_settings_file(image_ref(name, path, engine, x, inputs[x][1], path.parent, preprocess,
+                                                  self.name, det), path.parent)
+
+    def from_module(self, folder: Path, engine: str, input_name: str, shape: list[Any], preprocess: Any,
+                    decoder: str | None) -> ModelRef:
+        det = detection_settings(folder, decoder, [["batch", "?", "?"]])
+        return self._with_settings_file(image_ref(folder.name, folder, engine, input_name, shape, folder,
+                                                  preprocess, self.name, det), folder)
+
+    @staticmethod
+    def _with_settings_file(ref: ModelRef, folder: Path) -> ModelRef:
+        found = next((c / SETTINGS_FILE for c in (folder, folder.parent) if (c / SETTINGS_FILE).is_file()), None)
+        if found is not None:
+            ref.assets.append(found)
+        return ref
+
+    def make(self, ref: ModelRef) -> Detection:
+        p = ref.preprocess
+        extra = {k: p[k] for k in ("conf", "iou", "max_det", "stride") if k in p}
+        return Detection(preprocess_of(ref), ref.labels, p.get("input", "input"), p["decoder"],
+                         dynamic_hw=bool(p.get("dynamic_hw")), **extra)
+
+    def write_assets(self, ref: ModelRef, folder: Path) -> None:
+        super().write_assets(ref, folder)
+        det = {k: ref.preprocess[k] for k in self.settings if k in ref.preprocess}
+        (folder / SETTINGS_FILE).write_text(json.dumps(det, indent=2) + "\n")
+
+    def export_settings(self, decoder: str | None) -> dict[str, Any] | None:
+        return {"decoder": decoder} if decoder else None
+
+
+def detection_settings(folder: Path, decoder: str | None, output_shapes: list[list[Any]]) -> dict[str, Any]:
+    """Decoder and thresholds of a detector: ``--decoder``, else ``detection.json`` beside it, else the decoder its
+    output shape implies; none of these is a one-line error."""
+    d: dict[str, Any] = {}
+    for c in (folder, folder.parent):
+        f = c / SETTINGS_FILE
+        if f.is_file():
+            try:
+                d = json.loads(f.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{f} is not valid JSON ({e.msg})") from None
+            unknown = set(d) - set(DetectionKind.settings)
+            if unknown:
+                raise DataError(f"{f}: unknown key(s) {', '.join(sorted(unknown))}; allowed: decoder, conf, iou, "
+                                "max_det, stride")
+            break
+    if decoder:
+        d["decoder"] = decoder
+    if not d.get("decoder"):
+        d["decoder"] = guess_decoder(output_shapes)
+    if not d.get("decoder"):
+        raise ModelError(f"cannot tell how to decode outputs of shape {output_shapes}; pass --decoder yolov8|yolov5|"
+                         "fastestdet or package.module:function")
+    return d

@@ -3,18 +3,26 @@ predictions are logits. Evaluation data without labels is scored by agreement wi
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..data.images import ImageSource, Preprocess, image_splits, load_images
 from ..data.splits import pick_split
-from ..errors import DataError
+from ..errors import ConfigError, DataError, ModelError
+from ..models.files import LABEL_MAP_FILE, PREPROCESS_FILE
+from ..models.load import read_labels
 from .base import EvalSet, Feed
 from .classify import ClassificationTask
+from .kinds import CLASSIFICATION_ROWS, Spec, TaskKind
+from .ref import ModelRef
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class ImageRows:
@@ -116,3 +124,111 @@ class ImageClassification(ClassificationTask):
         for start in range(0, len(rows), batch_size):
             b = np.arange(start, min(start + batch_size, len(rows)), dtype=np.int64)
             yield b, {self.input_name: self.preprocess(rows.load(b))}
+
+
+def preprocess_of(ref: ModelRef) -> Preprocess:
+    """The reference's preprocessing (its ``preprocess`` data holds more keys: input name, settings)."""
+    keys = set(Preprocess.__dataclass_fields__)
+    return Preprocess.from_dict({k: v for k, v in ref.preprocess.items() if k in keys}, f"preprocessing of {ref.name}")
+
+
+def one_image_input(path: Path, inputs: Spec, what: str) -> str:
+    """The name of the one float input an image model takes, or a one-line error."""
+    floats = [k for k, (d, _) in inputs.items() if d.startswith("float")]
+    if len(inputs) != 1 or not floats:
+        desc = ", ".join(f"{k} {d}{s}" for k, (d, s) in inputs.items())
+        raise ModelError(f"{path} takes {desc}; {what} takes one float image input")
+    return floats[0]
+
+
+class ImageKind(TaskKind):
+    """Image classifiers: one float rank-4 input, one class score per label out (2-D outputs)."""
+
+    name = "image-classification"
+    table_rows = CLASSIFICATION_ROWS
+    row_word = "image"
+    classifies = True
+
+    def recognise(self, inputs: Spec, outputs: Spec, tokenizer: Path | None) -> bool:
+        return (len(inputs) == 1 and len(next(iter(inputs.values()))[1]) == 4
+                and {len(s) for _, s in outputs.values()} == {2})
+
+    def from_onnx(self, name: str, path: Path, engine: str, inputs: Spec, outputs: Spec, tokenizer: Path | None,
+                  preprocess: Any, decoder: str | None) -> ModelRef:
+        x = one_image_input(path, inputs, "an image classifier")
+        return image_ref(name, path, engine, x, inputs[x][1], path.parent, preprocess, self.name)
+
+    def from_module(self, folder: Path, engine: str, input_name: str, shape: list[Any], preprocess: Any,
+                    decoder: str | None) -> ModelRef:
+        return image_ref(folder.name, folder, engine, input_name, shape, folder, preprocess, self.name)
+
+    def make(self, ref: ModelRef) -> ImageClassification:
+        return ImageClassification(preprocess_of(ref), ref.labels, ref.preprocess.get("input", "input"))
+
+    def default_data(self) -> Any:
+        raise ConfigError("bench needs --data for image models (an .npz file, a folder of images, a detection set)")
+
+    def write_assets(self, ref: ModelRef, folder: Path) -> None:
+        preprocess_of(ref).save(folder / PREPROCESS_FILE)
+        if ref.labels:
+            (folder / LABEL_MAP_FILE).write_text(json.dumps({"names": ref.labels}, indent=2) + "\n")
+
+
+def image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any], folder: Path,
+              preprocess: str | Path | dict[str, Any] | None, task: str,
+              settings: dict[str, Any] | None = None) -> ModelRef:
+    """The reference of a model taking one image batch: its preprocessing (given, ``preprocess.json`` beside it,
+    or the defaults, said loudly), layout and size told from the input's shape, labels beside it; ``settings``
+    (a detector's decoder and thresholds) join the preprocessing, and a model whose height and width are
+    dynamic is marked ``dynamic_hw``."""
+    assets = []
+    found = None
+    if isinstance(preprocess, dict):
+        pre = Preprocess.from_dict(preprocess, "preprocess")
+    elif preprocess is not None:
+        pre = Preprocess.load(preprocess)
+    else:
+        found = next((c / PREPROCESS_FILE for c in (folder, folder.parent) if (c / PREPROCESS_FILE).is_file()), None)
+        pre = Preprocess.load(found) if found else Preprocess()
+        if found:
+            assets.append(found)
+        else:  # defaults are a guess about how the model was trained: say so wherever the model is used
+            log.warning("%s has no preprocess.json beside it: using the defaults (stretch to the model's size, RGB, "
+                        "pixels/255, no mean/std); write one or pass --preprocess if the model was trained otherwise",
+                        p)
+    if len(shape) != 4:
+        raise ModelError(f"{p} takes {input_name!r} of rank {len(shape)} ({shape}); an image model takes one "
+                         "rank-4 image batch (N×C×H×W or N×H×W×C)")
+    layout = pre.layout
+    if isinstance(shape[1], int) and shape[1] == 3 and not (isinstance(shape[3], int) and shape[3] == 3):
+        layout = "nchw"
+    elif isinstance(shape[3], int) and shape[3] == 3 and not (isinstance(shape[1], int) and shape[1] == 3):
+        layout = "nhwc"
+    hw = shape[2:4] if layout == "nchw" else shape[1:3]
+    fixed = tuple(hw) if all(isinstance(d, int) and d > 0 for d in hw) else None
+    size = pre.size or fixed
+    if size is None:
+        raise DataError(f"{p} takes images of any size and no preprocess.json says which; write one with "
+                        "\"size\": [H, W] beside the model or pass --preprocess FILE (for a detector: the largest "
+                        "input it should get)")
+    if fixed and tuple(size) != fixed:
+        raise DataError(f"preprocess size {list(size)} does not match the model's fixed input {list(fixed)}; fix "
+                        "\"size\" in preprocess.json")
+
+    pre = replace(pre, size=tuple(size), layout=layout)
+    labels = None
+    for c in (folder, folder.parent):
+        if (c / LABEL_MAP_FILE).is_file():
+            labels = read_labels(c)
+            assets.append(c / LABEL_MAP_FILE)
+            break
+    d = {**pre.to_dict(), "input": input_name}
+    if settings is not None:
+        d.update(settings)
+        d["dynamic_hw"] = fixed is None
+    source = ("given" if isinstance(preprocess, dict) else str(preprocess)) if preprocess is not None else (
+        str(found) if found else "defaults")
+    info: dict[str, Any] = {"preprocess_source": source}
+    if isinstance(shape[0], int) and shape[0] > 0:
+        info["max_batch"] = shape[0]  # exported with a fixed batch: feeds never exceed it
+    return ModelRef(name, p, engine, task, labels, d, assets, info)

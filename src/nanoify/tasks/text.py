@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,21 @@ import numpy as np
 
 from ..config import DataConfig
 from ..data.splits import pick_split
-from ..data.text import LabelMap, available_splits, collate, encode_texts, inference_batches, load_text_data
-from ..errors import ConfigError, DataError
-from ..models.load import load_tokenizer
+from ..data.text import (
+    LabelMap,
+    available_splits,
+    collate,
+    default_data_spec,
+    encode_texts,
+    inference_batches,
+    load_text_data,
+)
+from ..errors import ConfigError, DataError, ModelError
+from ..models.load import load_tokenizer, max_tokens, read_labels
 from .base import EvalSet, Feed
 from .classify import ClassificationTask
+from .kinds import CLASSIFICATION_ROWS, Spec, TaskKind
+from .ref import ModelRef
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -175,3 +186,78 @@ def predict_logits(model: Any, ids: Sequence[Sequence[int]], pad_id: int, batch_
         out[rows] = logits
     assert out is not None
     return out
+
+
+class TextKind(TaskKind):
+    """Text classifiers: Hugging Face classifier folders, and ONNX graphs taking ``input_ids`` with a tokenizer
+    near them (``hf/``)."""
+
+    name = "text-classification"
+    table_rows = CLASSIFICATION_ROWS
+    distils = True
+    reads_data_config = True
+    gpu_formats = "linear"
+    cuda_bench_dtype = "fp16"
+
+    def recognise(self, inputs: Spec, outputs: Spec, tokenizer: Path | None) -> bool:
+        return "input_ids" in inputs or (tokenizer is not None and not any(len(s) == 4 for _, s in inputs.values()))
+
+    def from_folder(self, folder: Path, engine: str | None) -> ModelRef | None:
+        if not (folder / "config.json").is_file():
+            return None
+        ref = text_ref(folder.name, folder, engine or "torch", folder)
+        ref.preprocess["inputs"] = _hf_inputs(folder)
+        return ref
+
+    def from_onnx(self, name: str, path: Path, engine: str, inputs: Spec, outputs: Spec, tokenizer: Path | None,
+                  preprocess: Any, decoder: str | None) -> ModelRef:
+        if tokenizer is None:
+            raise ModelError(f"no tokenizer next to {path} (looked for hf/tokenizer.json); export with `nanoify "
+                             "export` or put the tokenizer files in an hf/ folder beside the model")
+        if "input_ids" not in inputs:
+            raise ModelError(f"{path} takes {', '.join(inputs)}, not input_ids: it is not a text classifier")
+        return text_ref(name, path, engine, tokenizer, list(inputs))
+
+    def make(self, ref: ModelRef) -> TextClassification:
+        p = ref.preprocess
+        return TextClassification(Path(p["tokenizer"]), ref.labels or [], p.get("max_sequence") or 512,
+                                  p.get("inputs") or TEXT_INPUTS)
+
+    def write_assets(self, ref: ModelRef, folder: Path) -> None:
+        shutil.copytree(ref.preprocess["tokenizer"], folder / "hf")
+
+    def default_data(self) -> Any:
+        return default_data_spec()
+
+    def profile_axes(self, ref: ModelRef, ev: EvalSet) -> dict[str, tuple[int, int, int]]:
+        lengths = sorted(len(x) for x in ev.rows)
+        return {"batch": (1, 32, 32), "sequence": (1, int(lengths[len(lengths) // 2]), int(ref.max_sequence or 512))}
+
+
+def _max_seq(folder: Path, default: int = 512) -> int:
+    cfg = folder / "config.json"
+    if cfg.is_file():
+        return max_tokens(json.loads(cfg.read_text()), default)
+    return default
+
+
+def text_ref(name: str, p: Path, engine: str, tok: Path, inputs: list[str] | None = None) -> ModelRef:
+    labels = read_labels(tok)
+    if labels is None:
+        raise ModelError(f"{tok} has no label_map.json or id2label in config.json; save the classifier with nanoify")
+    pre = {"tokenizer": str(tok), "max_sequence": _max_seq(tok), "inputs": list(inputs or TEXT_INPUTS)}
+    info = {}
+    cfg = tok / "config.json"
+    if cfg.is_file():
+        info["layers"] = json.loads(cfg.read_text()).get("num_hidden_layers")
+    assets = [tok] if tok != p else []
+    return ModelRef(name, p, engine, TextKind.name, labels, pre, assets, info)
+
+
+def _hf_inputs(folder: Path) -> list[str]:
+    """The text inputs a Hugging Face classifier takes (MPNet and DistilBERT have no token_type_ids)."""
+    cfg = folder / "config.json"
+    model_type = json.loads(cfg.read_text()).get("model_type", "bert") if cfg.is_file() else "bert"
+    if model_type in ("mpnet", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "deberta"):
+        return [k for k in TEXT_INPUTS if k != "token_type_ids"]
+    return list(TEXT_INPUTS)
