@@ -17,6 +17,7 @@ from typing import Any
 
 from .artifacts import json_safe
 from .errors import NanoifyError
+from .quant.targets import TARGETS
 from .tasks import task_names
 
 
@@ -224,7 +225,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(json_safe(man)))
         return 0
-    if a.target == "cuda":
+    if not (Path(a.out) / "report.md").is_file():  # a target measuring torch modules (cuda) writes no report.md
         for r in man["candidates"]:
             print(f"{r['name']:>17}: {r['metric']} {r[r['metric']]:.4f} (drop {r['drop_pts']:+.2f} pt), "
                   f"b1 p50 {r['latency_ms_p50']:.2f} ms, b{r['throughput_batch']} {r['throughput']:.0f} rows/s"
@@ -398,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--agreement-budget", type=float, default=None,
                    help="also bound how far predictions may drift from FP32, in points of agreement (1.0: at most "
                         "1%% of predictions change); default: no bound")
-    q.add_argument("--target", choices=("cpu", "tensorrt", "cuda"), default="cpu",
+    q.add_argument("--target", choices=tuple(TARGETS), default="cpu",
                    help="cpu: ONNX Runtime INT8 measured here; tensorrt: Q/DQ graph + calibration cache to hand off; "
                         "cuda: GPU formats for the torch engine, measured on the GPU (transformers: FP8/INT8/FP16; "
                         "CNNs and detectors: FP16/BF16)")
@@ -435,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", default=None, help="text data (default: the default data)")
     c.add_argument("--out", default=None, help="output folder; rerunning skips stages whose inputs are unchanged")
     c.add_argument("--student", default=None, help="student spec (default half; see distill --help)")
-    c.add_argument("--target", choices=("cpu", "tensorrt", "cuda"), default=None,
+    c.add_argument("--target", choices=tuple(TARGETS), default=None,
                    help="where the compressed model runs (default cpu; cuda: the GPU formats of quantize --target "
                         "cuda, measured with the torch engine on the GPU)")
     c.add_argument("--optimize", choices=("balanced", "latency", "throughput", "size"), default=None,

@@ -55,6 +55,7 @@ from .errors import ConfigError, NanoifyError
 from .export.onnx import export
 from .models.load import build_module, load_weights
 from .quant.run import quantize
+from .quant.targets import get_target
 from .tasks import task_kind, task_names
 from .tasks.resolve import resolve
 from .tasks.text import TextKind
@@ -208,8 +209,8 @@ def stage_plan(cfg: CompressConfig) -> dict[str, str]:
         upstream = keys["student"]
     keys["export"] = config_hash({"source": upstream, "opset": 17})
     quant = to_dict(cfg.quantize)
-    if cfg.quantize.target != "cuda":
-        quant.pop("device")  # read by --target cuda alone: other targets' stages stay valid
+    if not get_target(cfg.quantize.target).uses_device:
+        quant.pop("device")  # read by targets that use it alone (cuda): other targets' stages stay valid
     keys["quantized"] = config_hash({"export": keys["export"], "teacher": teacher_key, "calib": cfg.calib,
                                      "quantize": quant, "data": data})
     keys["bench"] = config_hash({"quantized": keys["quantized"], "teacher": teacher_key,
@@ -309,16 +310,13 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
     def bench_stage(f: Path) -> None:
         base, base_name = _baseline(cfg, out, teacher_dir)
         bench_cfg, name = cfg.bench, "compressed (ONNX Runtime INT8)"
-        if cfg.quantize.target == "cuda":  # both in the torch engine on the GPU: FP32 eager against the choice
-            dev = cfg.quantize.device
+        engines = get_target(cfg.quantize.target).bench_engines(cfg.quantize.device, cfg.task)
+        if engines is not None:  # e.g. cuda: both in the torch engine on the GPU, FP32 eager against the choice
+            (pair, where) = engines
             chosen = read_manifest(out / "quantized").get("chosen")
-            dtype = task_kind(cfg.task).cuda_bench_dtype
-            text_dtype = f":{dtype}" if dev.startswith("cuda") and dtype else ""
-            graphs = ":graphs" if dev.startswith("cuda") else ""
             if not bench_cfg.engines:
-                bench_cfg = dataclasses.replace(bench_cfg, engines=(f"torch:{dev}:fp32", f"torch:{dev}{text_dtype}"
-                                                                                          f"{graphs}"))
-            name = f"compressed ({chosen}, torch on {dev})"
+                bench_cfg = dataclasses.replace(bench_cfg, engines=pair)
+            name = f"compressed ({chosen}, {where})"
         benchmark([base, str(out / "quantized")], _data_arg(cfg), out=f, config=bench_cfg, progress=progress,
                   names=[base_name, name])
 

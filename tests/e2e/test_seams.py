@@ -1,7 +1,8 @@
-"""The task-kind seam, proved from outside: a kind nanoify does not ship — regression of a float target from a
-feature vector, scored by R² — is defined and registered in this file alone, and ``quantize`` and ``bench`` run
-on it with no change under ``src/``: resolving its ONNX graph, calibrating, choosing under its budget, writing
-its folder, measuring it in bench's fresh processes and scoring agreement."""
+"""The seams, proved from outside: a task kind nanoify does not ship — regression of a float target from a
+feature vector, scored by R² — and a quantization target it does not ship — ONNX Runtime on one thread with
+weight-only INT8 — are defined and registered in this file alone, and ``quantize`` and ``bench`` run on them with
+no change under ``src/``: resolving the ONNX graph, calibrating, the target's candidates evaluated and timed on
+the target's engine, choosing under the kind's budget, the target's files, bench's fresh processes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import torch
 
 from nanoify.bench.run import benchmark, format_table
 from nanoify.config import BenchConfig, QuantizeConfig, TimingConfig
+from nanoify.engines import open_engine
 from nanoify.quant.run import quantize
+from nanoify.quant.schemes import StaticQDQ
+from nanoify.quant.targets import Target, register_target, unregister_target
 from nanoify.tasks import EvalSet, ModelRef, Task, TaskKind, make_task, register_task, unregister_task
 from nanoify.tasks.resolve import resolve
 
@@ -90,6 +94,33 @@ class RegressionKind(TaskKind):
         (folder / "regression.json").write_text(json.dumps(ref.preprocess))
 
 
+class OneThreadTarget(Target):
+    """ONNX Runtime on one thread (a serving box that pins one core per model), weight-only static INT8."""
+
+    name = "ort-one-thread"
+    model_file = "model.one-thread.onnx"
+    opened: list[str] = []
+
+    def candidates(self, methods, cnn, weight_bits, fused):
+        return [StaticQDQ(m, "cpu", "weights", weight_bits) for m in methods]
+
+    def engine(self, path, threads):
+        self.opened.append(Path(path).name)
+        return open_engine("onnxruntime", str(path), threads=1)
+
+    def write(self, folder, chosen, ranges, src, ev):
+        (folder / "deploy.json").write_text(json.dumps({"threads": 1, "scheme": chosen.name}))
+        return {"deploy": {"threads": 1}}
+
+
+@pytest.fixture
+def one_thread_target():
+    register_target(OneThreadTarget())
+    OneThreadTarget.opened.clear()
+    yield
+    unregister_target(OneThreadTarget.name)
+
+
 @pytest.fixture
 def regression_kind():
     register_task(RegressionKind())
@@ -145,3 +176,19 @@ def test_a_kind_registered_from_outside_runs_through_quantize_and_bench(tmp_path
 def test_an_unregistered_kind_is_one_clear_line(regressor):
     with pytest.raises(Exception, match="cannot tell the task of .* pass --task"):
         resolve(regressor / "model.onnx")
+
+
+def test_a_target_registered_from_outside_quantizes_on_its_own_engine(tmp_path, regressor, regression_kind,
+                                                                      one_thread_target):
+    man = quantize(regressor / "model.onnx", tmp_path / "q", calib=str(regressor / "data.npz"), progress=False,
+                   config=QuantizeConfig(budget=2.0, timing=FAST, methods=("minmax", "mse"),
+                                         target="ort-one-thread"))
+    names = [c["name"] for c in man["candidates"]]
+    assert names[:2] == ["static-minmax", "static-mse"] and not any(n.startswith("dynamic") for n in names)
+    assert man["model_file"] == "model.one-thread.onnx" and (tmp_path / "q" / "model.one-thread.onnx").is_file()
+    assert man["deploy"] == {"threads": 1} and json.loads((tmp_path / "q" / "deploy.json").read_text())["scheme"] \
+        == man["chosen"]
+    # the reference and every candidate were evaluated (and timed: the target is timed) on the target's engine
+    assert "model.onnx" in OneThreadTarget.opened and all(f"{n}.onnx" in OneThreadTarget.opened for n in names)
+    assert all("latency_ms_p50" in c for c in man["candidates"])
+    assert resolve(tmp_path / "q").path.name == "model.one-thread.onnx"

@@ -155,6 +155,7 @@ def _manifest(cfg: QuantizeConfig, model: str | Path, device: str, task: str, re
               records: list[dict[str, Any]], chosen: str, why: str, skipped: list[str], t_start: float
               ) -> dict[str, Any]:
     return manifest("quantize", to_dict(cfg) | {"model": str(model), "target": "cuda", "device": device},
+                    engine="torch",  # the folder runs in the torch engine (resolve reads this)
                     chosen=chosen, why=why, reference={"name": "PyTorch FP32 (eager)", **ref}, candidates=records,
                     skipped_formats=skipped, task=task, seconds=round(time.time() - t_start, 1),
                     speed_note=None if device.startswith("cuda") else "not a GPU: timings are of the CPU kernels "

@@ -2,7 +2,8 @@
 
     quantize(model, out, calib="data/", eval_data="data/", config=QuantizeConfig(budget=0.5, target="cpu"))
 
-The steps, one function each: prepare the source graphs (exporting a PyTorch model first), read the
+One path for every target (:mod:`nanoify.quant.targets` says what varies with it). The steps, one function each:
+prepare the source graphs (exporting a PyTorch model first), read the
 calibration and evaluation rows through the model's task, measure the FP32 reference, calibrate (streaming
 histograms → ranges per method), build the candidates (schemes from :mod:`nanoify.quant.schemes`), measure
 each one's metrics against the reference, fall back to mixed precision when none meets the budget, time
@@ -41,8 +42,6 @@ import numpy as np
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
 from ..bench.latency import measure_speed
 from ..config import QuantizeConfig, to_dict
-from ..engines import open_engine
-from ..engines.base import profile_shapes
 from ..errors import ConfigError, ModelError
 from ..export.onnx import export
 from ..models.files import is_quantized, onnx_io
@@ -52,17 +51,14 @@ from ..tasks import check_budget, evaluate_predictions, make_task, task_kind
 from ..tasks.resolve import resolve
 from .calibrate import calibrate_onnx, choose_ranges, range_report
 from .choose import SPEED_TIE, choose, slower_than_reference, speed_score
-from .cuda import quantize_cuda
 from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
 from .profile import slow_int8_nodes
 from .qdq import calibration_tensors
 from .schemes import DynamicInt8, QuantPlan, StaticQDQ, apply_plan, describe
-from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
+from .targets import CpuTarget, Target, get_target
 
 log = logging.getLogger(__name__)
 
-OUT_MODEL = "model.int8.onnx"  # --target cpu
-QDQ_MODEL = "model.qdq.onnx"  # --target tensorrt
 DEFAULT_METHODS = ("entropy", "percentile", "mse", "minmax")
 SENSITIVITY_ROWS = 256
 
@@ -77,6 +73,7 @@ class Source:
     fused: Path  # for dynamic INT8 (transformer fusions; the plain graph for CNNs)
     graphs: dict[str, Any]
     cnn: bool
+    target: Target = field(default_factory=CpuTarget)  # evaluates (and times) every graph of this run
 
     @property
     def sources(self) -> dict[str, Path]:
@@ -108,8 +105,8 @@ class Reference:
     metric: str  # the primary metric the budget is counted in
 
 
-def _engine(path: Path, threads: int | None) -> Any:
-    return open_engine("onnxruntime", str(path), threads=threads)
+def _engine(src: Source, path: Path, threads: int | None) -> Any:
+    return src.target.engine(path, threads)
 
 
 # ---- step 1: the source graphs ----------------------------------------------------------------------------
@@ -206,7 +203,7 @@ def load_data(src: Source, calib: Any, eval_data: Any, cfg: QuantizeConfig) -> t
 
 # ---- step 3: the FP32 reference ---------------------------------------------------------------------------
 def measure_reference(src: Source, ev: Any, threads: int | None) -> Reference:
-    with _engine(src.fused, threads) as eng:
+    with _engine(src, src.fused, threads) as eng:
         preds = src.task.predict(eng.infer, ev)
     metrics = {**src.task.reference_metrics(preds, ev), "file_mb": src.fused.stat().st_size / 1e6}
     return Reference(src.fused, preds, metrics, src.task.primary_metric(ev))
@@ -244,21 +241,10 @@ def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Seque
 
 
 # ---- step 5: candidates -----------------------------------------------------------------------------------
-def candidate_schemes(target: str, methods: Sequence[str], cnn: bool, weight_bits: int,
+def candidate_schemes(target: str | Target, methods: Sequence[str], cnn: bool, weight_bits: int,
                       fused: bool = True) -> list[Any]:
-    """The schemes worth measuring for a target and graph kind (see module docstring); ``fused``: a
-    transformer-fused graph exists beside the plain one (dynamic INT8 is then tried on both)."""
-    out: list[Any] = []
-    scopes = ("weights", "all") if cnn else ("weights",)
-    if target == "cpu":
-        if not cnn:  # dynamic INT8 of convolutions runs at 0.1-0.6x FP32 (ANCHORS.md); of GEMMs it is the best
-            for graph in ("fused", "plain") if fused else ("fused",):
-                out += [DynamicInt8(True, False, graph), DynamicInt8(True, True, graph),
-                        DynamicInt8(False, False, graph)]
-        out += [StaticQDQ(m, "cpu", s, weight_bits) for s in scopes for m in methods]
-    else:
-        out += [StaticQDQ(m, "tensorrt", s, 8) for s in scopes for m in methods]
-    return out
+    """The schemes worth measuring for a target and graph kind (the target's :meth:`Target.candidates`)."""
+    return (get_target(target) if isinstance(target, str) else target).candidates(methods, cnn, weight_bits, fused)
 
 
 UNRELATED_RANGES = 16.0  # inputs of one Concat whose ranges differ more than this never share a scale
@@ -292,7 +278,7 @@ def evaluate_candidate(c: Candidate, src: Source, ev: Any, ref: Reference, range
 
     c.path = work / f"{c.name}.onnx"
     apply_plan(c.plan, src.sources, c.path, ranges)
-    with _engine(c.path, threads) as eng:
+    with _engine(src, c.path, threads) as eng:
         c.preds = src.task.predict(eng.infer, ev)
     c.metrics = {**evaluate_predictions(src.task, c.preds, ev, ref.preds), "file_mb": c.path.stat().st_size / 1e6}
     chk = check_budget(ref.metrics, c.metrics, budget, ref.metric, agreement_budget, src.task.agreement_key)
@@ -301,7 +287,7 @@ def evaluate_candidate(c: Candidate, src: Source, ev: Any, ref: Reference, range
 
 # ---- step 6: mixed precision ------------------------------------------------------------------------------
 def _raw_outputs(path: Path, src: Source, sub: Any, threads: int | None) -> list[dict[str, np.ndarray]]:
-    with _engine(path, threads) as eng:
+    with _engine(src, path, threads) as eng:
         return [eng.infer(f) for _, f in src.task.batches(sub, 32)]
 
 
@@ -388,7 +374,7 @@ def mixed_precision_base(cands: Sequence[Candidate], src: Source, ev: Any, ref: 
     close = [c for c in cands if c.metrics["drop_pts"] <= cfg.budget + 1e-9]
     if not close:
         return max(cands, key=lambda c: c.metrics[ref.metric])
-    if cfg.target != "cpu" or len(close) == 1:
+    if not src.target.timed or len(close) == 1:
         return max(close, key=lambda c: c.metrics.get(src.task.agreement_key, 0.0))
     quick = dataclasses.replace(cfg, timing=dataclasses.replace(cfg.timing, rounds=1, latency_rows=min(
         50, cfg.timing.latency_rows), throughput_rows=min(128, cfg.timing.throughput_rows)))
@@ -434,7 +420,7 @@ def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig) -
     b1 = src.task.feeds(ev, 1, t.latency_rows)
     big = src.task.feeds(ev, batch, t.throughput_rows)
     with contextlib.ExitStack() as stack:
-        engines = [stack.enter_context(_engine(p, cfg.threads)) for p in paths]
+        engines = [stack.enter_context(_engine(src, p, cfg.threads)) for p in paths]
         return measure_speed([e.infer for e in engines], b1, big, t.rounds, batch)
 
 
@@ -464,22 +450,24 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
     from tqdm.auto import tqdm
 
     cfg = _config(config, overrides)
-    if cfg.target == "cuda":
-        return quantize_cuda(model, out, calib, eval_data, cfg, device=cfg.device, progress=progress)
+    target = get_target(cfg.target)
+    own = target.run(model, out, calib, eval_data, cfg, progress)  # a target whose candidates are not ONNX graphs
+    if own is not None:
+        return own
     methods = cfg.methods if cfg.methods is not None else DEFAULT_METHODS
     out = Path(out)
     t_start = time.time()
     with atomic_dir(out) as tmp:
-        src = prepare(model, tmp, task, preprocess, decoder)
+        src = dataclasses.replace(prepare(model, tmp, task, preprocess, decoder), target=target)
         calib_set, ev = load_data(src, calib, eval_data, cfg)
         work = tmp / "candidates"
         work.mkdir()
         ref = measure_reference(src, ev, cfg.threads)
         cpu = int8_report()
-        weight_bits = cpu["static_weight_bits"] if cfg.target == "cpu" else 8
-        schemes = candidate_schemes(cfg.target, methods, src.cnn, int(weight_bits), src.fused != src.plain)
+        weight_bits = target.weight_bits(cpu)
+        schemes = target.candidates(methods, src.cnn, weight_bits, src.fused != src.plain)
         scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
-        ranges, calib_info = calibrate(src, calib_set, methods, scopes, cfg.target == "cpu", cfg.threads, progress)
+        ranges, calib_info = calibrate(src, calib_set, methods, scopes, target.free_zero_point, cfg.threads, progress)
         keep = list(calib_info.get("report", {}).get("unrelated_concats", {}))
         cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
             keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
@@ -495,13 +483,13 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
             evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, ab)
             cands.append(mixed)
         speed_plan: dict[str, Any] | None = None
-        if cfg.target == "cpu":
+        if target.speed_fallback:
             base = cands[-1] if plan is not None else mixed_precision_base(cands, src, ev, ref, cfg)
             fast, speed_plan = speed_fallback(base, src, ev, ref, ranges, work, cfg)
             if fast is not None:
                 cands.append(fast)
 
-        timed = cfg.target == "cpu"
+        timed = target.timed
         if timed:  # the reference and every candidate, timed together
             for m, t in zip([ref.metrics] + [c.metrics for c in cands],
                             time_all([ref.path] + [c.path for c in cands], src, ev, cfg), strict=True):
@@ -510,12 +498,10 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
         idx, why = choose(records, ref.metrics, cfg.optimize, ref.metric, timed, src.task.agreement_key)
         chosen = cands[idx]
         assert chosen.path is not None
-        model_file = OUT_MODEL if cfg.target == "cpu" else QDQ_MODEL
+        model_file = target.model_file
         shutil.copyfile(chosen.path, tmp / model_file)
         task_kind(src.ref.task).write_assets(src.ref, tmp)
-        extra: dict[str, Any] = {}
-        if cfg.target == "tensorrt":
-            extra = _tensorrt_files(tmp, chosen, ranges, src, ev)
+        extra = target.write(tmp, chosen, ranges, src, ev)
         shutil.rmtree(work)
         if ranges:
             write_json(tmp / "ranges.json", {m: {k: r.to_dict() for k, r in rs.items()} for m, rs in ranges.items()})
@@ -534,22 +520,6 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
         write_json(tmp / MANIFEST, man)
         (tmp / "report.md").write_text(format_report(man) + "\n")
     return man
-
-
-def _tensorrt_files(tmp: Path, chosen: Candidate, ranges: dict[str, Any], src: Source, ev: Any) -> dict[str, Any]:
-    scheme = chosen.plan.scheme
-    method = getattr(scheme, "method", next(iter(ranges)))
-    write_calibration_cache(tmp / "calibration.cache", {k: r.amax for k, r in ranges[method].items()})
-    spec = onnx_io(tmp / QDQ_MODEL)[0]
-    axes = task_kind(src.ref.task).profile_axes(src.ref, ev)
-    cmd = trtexec_command(QDQ_MODEL, "model.plan", profile_shapes(spec, axes), fp16_layers=chosen.plan.float_nodes)
-    (tmp / "trtexec.sh").write_text("#!/bin/sh\n# Build the TensorRT engine (INT8 from the Q/DQ graph, FP16 "
-                                    "elsewhere). Unverified here: no TensorRT on this machine.\n"
-                                    "cd \"$(dirname \"$0\")\"\n" + cmd + "\n")
-    os.chmod(tmp / "trtexec.sh", 0o755)
-    return {"tensorrt": {"cache": "calibration.cache", "cache_header": f"TRT-{version_tag(trt_version())}-"
-                         "EntropyCalibration2", "qdq_model": QDQ_MODEL, "trtexec": cmd,
-                         "fp16_layers": chosen.plan.float_nodes, "verified": False}}
 
 
 def _fmt(v: Any, nd: int = 4) -> str:
@@ -602,7 +572,7 @@ def format_report(man: dict[str, Any]) -> str:
     cpu = man.get("int8_cpu", {})
     lines += ["", f"CPU: {', '.join(cpu.get('cpu_flags', [])) or 'flags unknown'}; u8×s8 INT8 GEMM probe: "
                   f"{'saturates → 7-bit weights' if cpu.get('u8s8_saturates') else 'exact → 8-bit weights'}."]
-    if cfg["target"] == "tensorrt":
+    if man.get("tensorrt"):
         lines += ["", "TensorRT speed is not measured here (no TensorRT/GPU); accuracy is ONNX Runtime CPU running "
                       "the same Q/DQ graph.", "", "```", man["tensorrt"]["trtexec"], "```"]
     return "\n".join(lines)

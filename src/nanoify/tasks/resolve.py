@@ -73,8 +73,8 @@ def _folder_ref(p: Path, engine: str | None, task: str | None, preprocess: str |
     classifier), a torch-module folder, or a folder holding one ONNX file."""
     man = read_manifest(p)
     made_by = man.get("kind")
-    if made_by == "quantize" and man.get("config", {}).get("target") != "cuda":
-        f = p / man.get("model_file", "model.int8.onnx")
+    if made_by == "quantize" and man.get("model_file"):  # the ONNX targets' outputs name their model file
+        f = p / man["model_file"]
     elif made_by == "export" or ((p / "hf").is_dir() and not (p / "config.json").is_file()):
         f = p / "model.fused.onnx" if (p / "model.fused.onnx").is_file() else p / "model.onnx"
     elif (own := _own_format(p, engine)) is not None:
@@ -89,8 +89,8 @@ def _folder_ref(p: Path, engine: str | None, task: str | None, preprocess: str |
         f = onnx_files[0]
     if not f.is_file():
         raise ModelError(f"{p} has no {f.name}; re-run the command that wrote it")
-    if made_by == "quantize" and man.get("config", {}).get("target") == "cuda":
-        engine = engine or "torch"  # quantize --target cuda chose a precision for the torch engine on a GPU
+    if made_by == "quantize":  # a quantize output says which engine runs it (--target cuda: torch); older ones
+        engine = engine or man.get("engine") or ("torch" if man.get("config", {}).get("target") == "cuda" else None)
     return resolve(f, engine, task or man.get("task"), preprocess, decoder)
 
 

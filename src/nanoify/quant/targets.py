@@ -1,0 +1,162 @@
+"""Quantization targets: one object per place a quantized model will run, knowing everything that varies with
+it — the candidate schemes worth measuring, the engine that evaluates (and, where it can, times) them, whether
+timing decides the choice, the INT8 form its kernels take (a free zero point or signed symmetric), and the files
+written beside the chosen model. ``quantize`` is one path over them (prepare → calibrate → candidates → evaluate
+→ choose → write, :mod:`nanoify.quant.run`); a new target is one subclass and ``register_target`` (see
+``tests/e2e/test_seams.py``).
+
+- ``cpu``: ONNX Runtime on this machine; dynamic and static INT8 measured and timed here.
+- ``tensorrt``: the explicit Q/DQ graph TensorRT wants, its calibration cache and a ``trtexec`` line; accuracy
+  estimated by running the Q/DQ graph in ONNX Runtime, speed not measured (no TensorRT here).
+- ``cuda``: PyTorch formats on a GPU (quantized linear layers, FP16/BF16); its candidates are torch modules, not
+  ONNX graphs, so it keeps its own measuring loop (:mod:`nanoify.quant.cuda`) behind the same registry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import QuantizeConfig
+from ..engines import open_engine
+from ..engines.base import Engine, profile_shapes
+from ..errors import ConfigError
+from ..models.files import onnx_io
+from ..tasks import task_kind
+from .schemes import DynamicInt8, StaticQDQ
+from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
+
+OUT_MODEL = "model.int8.onnx"  # --target cpu
+QDQ_MODEL = "model.qdq.onnx"  # --target tensorrt
+
+
+class Target:
+    """Defaults for a target; subclasses override what differs (see module docstring)."""
+
+    name = ""
+    model_file = OUT_MODEL
+    timed = True  # candidates are timed on this machine and speed decides within the budget
+    free_zero_point = True  # u8 activations with a zero point: unsigned and asymmetric ranges are valid
+    speed_fallback = True  # profile the chosen static plan per node and keep slow INT8 kernels float
+    uses_device = False  # the quantize device setting changes what it does (it is hashed into compress stages)
+
+    def weight_bits(self, cpu: dict[str, Any]) -> int:
+        """Static INT8 weight width (7 where the CPU's u8×s8 kernel saturates)."""
+        return 8
+
+    def candidates(self, methods: Sequence[str], cnn: bool, weight_bits: int, fused: bool) -> list[Any]:
+        """The schemes worth measuring for a graph (``cnn``: it has convolutions; ``fused``: a transformer-fused
+        graph exists beside the plain one)."""
+        raise NotImplementedError
+
+    def engine(self, path: Path, threads: int | None) -> Engine:
+        """The engine a candidate (and the FP32 reference) is evaluated — and, when ``timed``, timed — in."""
+        return open_engine("onnxruntime", str(path), threads=threads)
+
+    def write(self, folder: Path, chosen: Any, ranges: dict[str, Any], src: Any, ev: Any) -> dict[str, Any]:
+        """Files beside the chosen model in ``folder``; returns what the manifest adds about them."""
+        return {}
+
+    def run(self, model: str | Path, out: str | Path, calib: Any, eval_data: Any, cfg: QuantizeConfig,
+            progress: bool) -> dict[str, Any] | None:
+        """A target whose candidates are not ONNX graphs measures them itself and returns the manifest; None: the
+        shared path runs."""
+        return None
+
+    def bench_engines(self, device: str, task: str) -> tuple[tuple[str, str], str] | None:
+        """``compress``'s bench engines for (baseline, compressed) and the compressed side's name, when this
+        target's output is not run by bench's defaults."""
+        return None
+
+
+class CpuTarget(Target):
+    """ONNX Runtime's CPU provider on this machine (see :mod:`nanoify.quant.run`)."""
+
+    name = "cpu"
+
+    def weight_bits(self, cpu: dict[str, Any]) -> int:
+        return int(cpu["static_weight_bits"])
+
+    def candidates(self, methods: Sequence[str], cnn: bool, weight_bits: int, fused: bool) -> list[Any]:
+        out: list[Any] = []
+        if not cnn:  # dynamic INT8 of convolutions runs at 0.1-0.6x FP32 (ANCHORS.md); of GEMMs it is the best
+            for graph in ("fused", "plain") if fused else ("fused",):
+                out += [DynamicInt8(True, False, graph), DynamicInt8(True, True, graph),
+                        DynamicInt8(False, False, graph)]
+        scopes = ("weights", "all") if cnn else ("weights",)
+        return out + [StaticQDQ(m, "cpu", s, weight_bits) for s in scopes for m in methods]
+
+
+class TensorRTTarget(Target):
+    """The explicit Q/DQ hand-off to TensorRT (signed symmetric INT8, per-channel weights). Unverified here:
+    TensorRT is not installed on the project's machines."""
+
+    name = "tensorrt"
+    model_file = QDQ_MODEL
+    timed = False
+    free_zero_point = False
+    speed_fallback = False
+
+    def candidates(self, methods: Sequence[str], cnn: bool, weight_bits: int, fused: bool) -> list[Any]:
+        scopes = ("weights", "all") if cnn else ("weights",)
+        return [StaticQDQ(m, "tensorrt", s, 8) for s in scopes for m in methods]
+
+    def write(self, folder: Path, chosen: Any, ranges: dict[str, Any], src: Any, ev: Any) -> dict[str, Any]:
+        method = getattr(chosen.plan.scheme, "method", next(iter(ranges)))
+        write_calibration_cache(folder / "calibration.cache", {k: r.amax for k, r in ranges[method].items()})
+        spec = onnx_io(folder / QDQ_MODEL)[0]
+        axes = task_kind(src.ref.task).profile_axes(src.ref, ev)
+        cmd = trtexec_command(QDQ_MODEL, "model.plan", profile_shapes(spec, axes),
+                              fp16_layers=chosen.plan.float_nodes)
+        (folder / "trtexec.sh").write_text("#!/bin/sh\n# Build the TensorRT engine (INT8 from the Q/DQ graph, FP16 "
+                                           "elsewhere). Unverified here: no TensorRT on this machine.\n"
+                                           "cd \"$(dirname \"$0\")\"\n" + cmd + "\n")
+        os.chmod(folder / "trtexec.sh", 0o755)
+        return {"tensorrt": {"cache": "calibration.cache", "cache_header": f"TRT-{version_tag(trt_version())}-"
+                             "EntropyCalibration2", "qdq_model": QDQ_MODEL, "trtexec": cmd,
+                             "fp16_layers": chosen.plan.float_nodes, "verified": False}}
+
+
+class CudaTarget(Target):
+    """PyTorch formats on a GPU, measured by the torch engine (:mod:`nanoify.quant.cuda`)."""
+
+    name = "cuda"
+    uses_device = True
+
+    def run(self, model: str | Path, out: str | Path, calib: Any, eval_data: Any, cfg: QuantizeConfig,
+            progress: bool) -> dict[str, Any] | None:
+        from .cuda import quantize_cuda  # torch and its CUDA path: imported when this target is chosen
+
+        return quantize_cuda(model, out, calib, eval_data, cfg, device=cfg.device, progress=progress)
+
+    def bench_engines(self, device: str, task: str) -> tuple[tuple[str, str], str] | None:
+        dtype = task_kind(task).cuda_bench_dtype
+        on_gpu = device.startswith("cuda")
+        compressed = f"torch:{device}{f':{dtype}' if on_gpu and dtype else ''}{':graphs' if on_gpu else ''}"
+        return (f"torch:{device}:fp32", compressed), f"torch on {device}"
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (CpuTarget(), TensorRTTarget(), CudaTarget())}
+
+
+def register_target(target: type[Target] | Target) -> type[Target] | Target:
+    """Register a target (an instance, or a subclass — usable as a class decorator); one of the same name is
+    replaced."""
+    obj = target() if isinstance(target, type) else target
+    if not obj.name:
+        raise ConfigError(f"{type(obj).__name__} has no name: set the class attribute name")
+    TARGETS[obj.name] = obj
+    return target
+
+
+def unregister_target(name: str) -> None:
+    TARGETS.pop(name, None)
+
+
+def get_target(name: str) -> Target:
+    """The target registered as ``name``, or a one-line error naming the known ones."""
+    if name not in TARGETS:
+        raise ConfigError(f"--target must be one of {', '.join(TARGETS)}, got {name!r}")
+    return TARGETS[name]
