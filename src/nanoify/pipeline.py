@@ -56,7 +56,7 @@ from .export.onnx import export
 from .models.load import build_module, load_weights
 from .quant.run import quantize
 from .quant.targets import get_target
-from .tasks import task_kind, task_names
+from .tasks import BudgetCheck, check_budget, task_kind, task_names
 from .tasks.resolve import resolve
 from .tasks.text import TextKind
 
@@ -222,9 +222,10 @@ def quantize_allowance(total_budget: float, min_budget: float, teacher_metric: f
                        student_metric: float | None) -> float:
     """Points left for quantization: the total budget minus what distillation spent (teacher − student, in
     points), but at least ``min_budget``."""
-    gap = (teacher_metric - student_metric) * 100 if teacher_metric is not None and student_metric is not None \
-        else 0.0
-    return max(total_budget - gap, min_budget)
+    if teacher_metric is None or student_metric is None:
+        return max(total_budget, min_budget)
+    spent = BudgetCheck("distillation", teacher_metric, student_metric, total_budget).drop_pts
+    return max(total_budget - spent, min_budget)
 
 
 def _data_arg(cfg: CompressConfig) -> Any:
@@ -365,17 +366,17 @@ def _baseline(cfg: CompressConfig, out: Path, teacher_dir: str) -> tuple[str, st
 
 
 def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
+    """The headline: the bench report's own primary metric and the budget verdict of :func:`check_budget` (the
+    one place a budget is checked), with the speed, size and memory ratios."""
     rep = json.loads((out / "bench" / "report.json").read_text())
     base, comp = rep["models"][0], rep["models"][-1]
-    metric = next((k for k in ("accuracy", "map50_95") if k in base and k in comp),
-                  "box_agreement" if "box_agreement" in comp else "top1_agreement")
+    metric = rep["metric"]
+    chk = check_budget(base, comp, cfg.quantize.budget, metric)
     q = read_manifest(out / "quantized")
-    base_v = base.get(metric, 1.0)
-    drop = (base_v - comp[metric]) * 100
-    s = {"task": cfg.task, "metric": metric, "baseline_name": base["name"], "baseline_value": base_v,
-         "compressed_value": comp[metric],
-         "drop_pts": drop, "budget_pts": cfg.quantize.budget, "budget_met": drop <= cfg.quantize.budget + 1e-9,
-         "quantized_format": q.get("chosen"), "quantize_budget_pts": q.get("config", {}).get("budget"),
+    s = {"task": cfg.task, "metric": metric, "baseline_name": base["name"], "baseline_value": chk.reference,
+         "compressed_value": chk.value, "drop_pts": chk.drop_pts, "budget_pts": cfg.quantize.budget,
+         "budget_met": chk.met, "quantized_format": q.get("chosen"),
+         "quantize_budget_pts": q.get("config", {}).get("budget"),
          "compressed_engine": comp.get("engine"),
          "predictions_changed": comp.get("predictions_changed"),
          "latency_speedup_b1": base["latency_ms_p50"] / comp["latency_ms_p50"],
@@ -383,7 +384,7 @@ def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
          "throughput_batch": comp.get("throughput_batch"),
          "size_ratio": base["file_mb"] / comp["file_mb"], "memory_ratio": base["peak_rss_mb"] / comp["peak_rss_mb"]}
     if metric == "accuracy":  # the names earlier reports used
-        s["teacher_accuracy"], s["compressed_accuracy"] = base_v, comp[metric]
+        s["teacher_accuracy"], s["compressed_accuracy"] = chk.reference, chk.value
     if cfg.distill is not None:
         st = read_manifest(out / "student").get("metrics", {})
         s["student_fp32_accuracy"] = (st.get("validation") or st.get("test") or {}).get("accuracy")

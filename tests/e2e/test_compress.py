@@ -81,7 +81,7 @@ def test_headline_ratios_say_how_many_times_better(tmp_path):
                    throughput=100.0, file_mb=90.0, peak_rss_mb=800.0),
               dict(common, name="compressed", engine="onnxruntime", accuracy=0.89, latency_ms_p50=2.0,
                    throughput=400.0, file_mb=9.0, peak_rss_mb=200.0, predictions_changed=3)]
-    (out / "bench" / "report.json").write_text(json.dumps({"models": models}))
+    (out / "bench" / "report.json").write_text(json.dumps({"models": models, "metric": "accuracy"}))
     (out / "bench" / "report.md").write_text("| metric | teacher | compressed |\n")
     (out / "bench" / "report.png").write_bytes(b"\x89PNG")
     (out / "quantized" / "manifest.json").write_text(json.dumps({"chosen": "static-mse", "config": {"budget": 2.0}}))
@@ -97,6 +97,13 @@ def test_headline_ratios_say_how_many_times_better(tmp_path):
     assert "memory 4.0× lower" in head
     rep = json.loads((out / "report.json").read_text())
     assert rep["summary"]["latency_speedup_b1"] == pytest.approx(5.0) and rep["models"] == models
+    # the verdict is check_budget's on the metric the bench report names (unlabelled data: agreement), never a
+    # metric guessed from the keys present
+    models[0].update(top1_agreement=1.0)
+    models[1].update(top1_agreement=0.97)
+    (out / "bench" / "report.json").write_text(json.dumps({"models": models, "metric": "top1_agreement"}))
+    s = _summary(cfg, out)
+    assert s["metric"] == "top1_agreement" and s["drop_pts"] == pytest.approx(3.0) and not s["budget_met"]
 
 
 def test_compress_cli_with_recipe_fine_tunes_the_teacher(tmp_path, tiny_encoder, tiny_data, capsys):

@@ -215,6 +215,7 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
     guard = torch_threads(os.cpu_count()) if ref.engine == "torch" else contextlib.nullcontext()
     res: dict[str, Any] = {"model": str(model), "name": f"{ref.name} ({engine})" if engine else ref.name,
                            "engine": engine or ref.engine, "device": device, "task": ref.task, "split": es.split,
+                           "metric": tk.primary_metric(es), "agreement_key": tk.agreement_key,
                            "file_mb": ref.size_bytes() / 1e6, **ref.info}
     with guard:
         t_load = time.perf_counter()
@@ -343,10 +344,11 @@ def benchmark(models: Sequence[str], data: Any = None, out: str | Path | None = 
     for r, n in zip(results, names or [], strict=False):
         r["name"] = n
     base_task = make_task(resolve(models[0], task=task, preprocess=preprocess, decoder=decoder))
-    for r, p in zip(results[1:], preds[1:], strict=True):
+    for r, p in zip(results, preds, strict=True):  # the baseline agrees with itself: its column reads 1.0
         r.update(base_task.agreement(preds[0], p))
     report = {"kind": "bench", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
               "versions": versions(), "data": str(getattr(data, "data", data)), "task": results[0].get("task"),
+              "metric": results[0].get("metric"), "agreement_key": results[0].get("agreement_key"),
               "split": results[0].get("split", cfg.split), "max_length": getattr(data, "max_length", None),
               "repeats": cfg.repeats, "timing": to_dict(cfg.timing), "models": results,
               "noisy": any(r.get("noise") for r in results)}
