@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,11 +21,37 @@ def machine_line() -> str:
             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
 
 
-def append(path: str | Path, text: str) -> None:
-    """Print a results section and append it to ``path``."""
+def append(path: str | Path, text: str, headline: str | None = None) -> None:
+    """Print a results section, append it to ``path``'s history, and point the current table's row of the calling
+    script at it (date and machine; ``headline``, the one-line result, where the script gives one — else the row
+    says to read the new section)."""
     print(text)
     with open(path, "a") as f:
         f.write(text.rstrip("\n") + "\n")
+    script = Path(inspect.stack()[1].filename).name
+    update_current(Path(path), script, headline)
+
+
+def update_current(path: Path, script: str, headline: str | None = None) -> None:
+    """Rewrite the current-table row whose command names ``script`` (a new row when there is none)."""
+    from nanoify.artifacts import machine
+
+    text = path.read_text()
+    begin, end = text.find("<!-- current:begin"), text.find("<!-- current:end -->")
+    if begin < 0 or end < 0:
+        return
+    lines = text[begin:end].split("\n")
+    m = machine()
+    flags = " ".join(f for f in m.get("cpu_flags", []) if "vnni" in f or "amx" in f or f in ("avx2", "avx512f"))
+    row = [f"`benchmarks/{script}`", headline or "new run: see its section below", time.strftime("%Y-%m-%d %H:%M"),
+           f"{m['cpu']}, {m['cores']} cores, {flags or 'no AVX2'}"]
+    hit = next((i for i, line in enumerate(lines) if f"`benchmarks/{script}`" in line), None)
+    if hit is None:
+        lines.insert(len(lines) - 1 if lines[-1] == "" else len(lines), "| " + " | ".join(row) + " |")
+    else:
+        cells = [c.strip() for c in lines[hit].strip("|").split("|")]
+        lines[hit] = "| " + " | ".join([cells[0], *row[1:]]) + " |"
+    path.write_text(text[:begin] + "\n".join(lines) + text[end:])
 
 
 # Config fields added after runs were cached, with the value that reproduces the behaviour from before they
