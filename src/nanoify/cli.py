@@ -314,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _finetune_parser(sub)
+    _distill_parser(sub)
+    _evaluate_parser(sub)
+    _export_parser(sub)
+    _quantize_parser(sub)
+    _compress_parser(sub)
+    _bench_parser(sub)
+    return p
+
+
+def _finetune_parser(sub: Any) -> None:
     f = sub.add_parser("finetune", help="pretrained encoder -> text classifier (Hugging Face format)")
     f.add_argument("--model", default="minilm", help="path, hub name, or minilm (all-MiniLM-L6-v2, packaged)")
     f.add_argument("--out", required=True, help="output folder (written atomically)")
@@ -321,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(f, lr=5e-5)
     f.set_defaults(func=cmd_finetune)
 
+
+def _distill_parser(sub: Any) -> None:
     d = sub.add_parser("distill", help="teacher classifier -> smaller student (TinyBERT/DistilBERT losses)")
     d.add_argument("--teacher", required=True, help="teacher classifier folder")
     d.add_argument("--out", required=True, help="output folder (written atomically)")
@@ -358,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(d, lr=1e-4)
     d.set_defaults(func=cmd_distill)
 
+
+def _evaluate_parser(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="accuracy of a classifier; with --teacher, the agreement table")
     e.add_argument("model", help="classifier folder")
     e.add_argument("--split", default=None, help="split to evaluate (default: validation, else test)")
@@ -366,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(e)
     e.set_defaults(func=cmd_evaluate, threads=None)
 
+
+def _export_parser(sub: Any) -> None:
     x = sub.add_parser("export", help="model -> ONNX (dynamic axes), validated against PyTorch",
                        description="A Hugging Face text classifier folder (plus ONNX Runtime's transformer fusions), "
                                    "a torch-module folder (module.json), or a PyTorch image model built from an "
@@ -386,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dynamic-hw", action="store_true", help="also make the image height and width dynamic")
     x.set_defaults(func=cmd_export, threads=None)
 
+
+def _quantize_parser(sub: Any) -> None:
     q = sub.add_parser("quantize", help="ONNX -> INT8 / mixed precision, the best for the job within a budget")
     q.add_argument("model", help="export folder, .onnx file, classifier folder or torch-module folder")
     q.add_argument("--out", required=True, help="output folder (written atomically)")
@@ -428,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print the manifest as JSON")
     q.set_defaults(func=cmd_quantize)
 
+
+def _compress_parser(sub: Any) -> None:
     c = sub.add_parser("compress", help="the whole chain: distil -> export -> quantize -> bench -> report")
     c.add_argument("recipe", nargs="?", default=None, help="YAML/JSON recipe (see examples/); flags override it")
     c.add_argument("--teacher", default=None, help="fine-tuned classifier folder (or encoder with --finetune-teacher)")
@@ -445,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="points of the task's metric the compressed model may lose against the teacher (default 1.0)")
     c.set_defaults(func=cmd_compress)
 
+
+def _bench_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="latency, throughput, memory, size, accuracy and agreement of models")
     b.add_argument("models", nargs="+", help="classifier folders, torch-module folders, export/quantize folders or "
                                              ".onnx files; the first is the baseline")
@@ -471,8 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-length", type=int, default=128)
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.set_defaults(func=cmd_bench, threads=None)
-    return p
-
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

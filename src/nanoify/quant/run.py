@@ -447,79 +447,99 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
         calib / eval_data: data specs (``DataConfig`` or a path) read through the model's task.
         config: everything else; keyword ``overrides`` replace its fields (``budget=0.5``, ``target="cpu"``).
     """
-    from tqdm.auto import tqdm
-
     cfg = _config(config, overrides)
     target = get_target(cfg.target)
     own = target.run(model, out, calib, eval_data, cfg, progress)  # a target whose candidates are not ONNX graphs
     if own is not None:
         return own
     methods = cfg.methods if cfg.methods is not None else DEFAULT_METHODS
-    out = Path(out)
     t_start = time.time()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(Path(out)) as tmp:
         src = dataclasses.replace(prepare(model, tmp, task, preprocess, decoder), target=target)
         calib_set, ev = load_data(src, calib, eval_data, cfg)
         work = tmp / "candidates"
         work.mkdir()
-        ref = measure_reference(src, ev, cfg.threads)
-        cpu = int8_report()
-        weight_bits = target.weight_bits(cpu)
-        schemes = target.candidates(methods, src.cnn, weight_bits, src.fused != src.plain)
-        scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
-        ranges, calib_info = calibrate(src, calib_set, methods, scopes, target.free_zero_point, cfg.threads, progress)
-        keep = list(calib_info.get("report", {}).get("unrelated_concats", {}))
-        cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
-            keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
-        ab = cfg.agreement_budget
-        for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
-            evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, ab)
-
-        plan: dict[str, Any] | None = None
-        if not any(c.metrics["meets_budget"] for c in cands):
-            base = mixed_precision_base(cands, src, ev, ref, cfg)
-            mixed, plan = mixed_precision(base, src, ev, ref, ranges, work, cfg.budget, cfg.threads, progress,
-                                          agreement_budget=ab)
-            evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, ab)
-            cands.append(mixed)
-        speed_plan: dict[str, Any] | None = None
-        if target.speed_fallback:
-            base = cands[-1] if plan is not None else mixed_precision_base(cands, src, ev, ref, cfg)
-            fast, speed_plan = speed_fallback(base, src, ev, ref, ranges, work, cfg)
-            if fast is not None:
-                cands.append(fast)
-
-        timed = target.timed
-        if timed:  # the reference and every candidate, timed together
-            for m, t in zip([ref.metrics] + [c.metrics for c in cands],
-                            time_all([ref.path] + [c.path for c in cands], src, ev, cfg), strict=True):
-                m.update(t)
-        records = [c.record() for c in cands]
-        idx, why = choose(records, ref.metrics, cfg.optimize, ref.metric, timed, src.task.agreement_key)
-        chosen = cands[idx]
-        assert chosen.path is not None
-        model_file = target.model_file
-        shutil.copyfile(chosen.path, tmp / model_file)
-        task_kind(src.ref.task).write_assets(src.ref, tmp)
-        extra = target.write(tmp, chosen, ranges, src, ev)
+        found = _search(src, calib_set, ev, cfg, methods, work, progress)
+        records = [c.record() for c in found.cands]
+        idx, why = choose(records, found.ref.metrics, cfg.optimize, found.ref.metric, target.timed,
+                          src.task.agreement_key)
+        extra = _write_chosen(tmp, found.cands[idx], found, src, ev)
         shutil.rmtree(work)
-        if ranges:
-            write_json(tmp / "ranges.json", {m: {k: r.to_dict() for k, r in rs.items()} for m, rs in ranges.items()})
-            write_json(tmp / "calibration.json", calib_info["report"])
         man = manifest("quantize", {**to_dict(cfg), "model": str(model), "methods": list(methods),
                                     "threads": cfg.threads or os.cpu_count()},
-                       task=src.ref.task, model_file=model_file, chosen=chosen.name, why=why,
-                       warnings=slower_than_reference(records[idx], ref.metrics) if timed else [],
+                       task=src.ref.task, model_file=target.model_file, chosen=found.cands[idx].name, why=why,
+                       warnings=slower_than_reference(records[idx], found.ref.metrics) if target.timed else [],
                        agreement_key=src.task.agreement_key,
-                       budget_met=bool(records[idx]["meets_budget"]), metric=ref.metric, int8_cpu=cpu,
+                       budget_met=bool(records[idx]["meets_budget"]), metric=found.ref.metric, int8_cpu=found.cpu,
                        data={"eval": ev.where, "eval_rows": len(ev), "calibration": calib_set.where},
-                       reference={"name": f"ONNX Runtime FP32 ({src.fused.name})", **ref.metrics},
-                       candidates=records, mixed_precision=plan, speed_fallback=speed_plan,
-                       calibration=calib_info.get("info", {}),
+                       reference={"name": f"ONNX Runtime FP32 ({src.fused.name})", **found.ref.metrics},
+                       candidates=records, mixed_precision=found.mixed, speed_fallback=found.speed,
+                       calibration=found.calib_info.get("info", {}),
                        seconds=round(time.time() - t_start, 1), **extra)
         write_json(tmp / MANIFEST, man)
         (tmp / "report.md").write_text(format_report(man) + "\n")
     return man
+
+
+@dataclass
+class Search:
+    """What the search measured: the FP32 reference, every candidate (timed when the target is), the ranges."""
+
+    ref: Reference
+    cands: list[Candidate]
+    ranges: dict[str, Any]
+    calib_info: dict[str, Any]
+    cpu: dict[str, Any]
+    mixed: dict[str, Any] | None = None
+    speed: dict[str, Any] | None = None
+
+
+def _search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: Sequence[str], work: Path,
+            progress: bool) -> Search:
+    """Measure the reference, calibrate, evaluate the target's candidates, add mixed precision (none met the
+    budget) and the speed fallback (where the target profiles), and time them all together."""
+    from tqdm.auto import tqdm
+
+    target = src.target
+    ref = measure_reference(src, ev, cfg.threads)
+    cpu = int8_report()
+    schemes = target.candidates(methods, src.cnn, target.weight_bits(cpu), src.fused != src.plain)
+    scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
+    ranges, calib_info = calibrate(src, calib_set, methods, scopes, target.free_zero_point, cfg.threads, progress)
+    keep = list(calib_info.get("report", {}).get("unrelated_concats", {}))
+    cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
+        keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
+    for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
+        evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
+    found = Search(ref, cands, ranges, calib_info, cpu)
+    if not any(c.metrics["meets_budget"] for c in cands):
+        base = mixed_precision_base(cands, src, ev, ref, cfg)
+        mixed, found.mixed = mixed_precision(base, src, ev, ref, ranges, work, cfg.budget, cfg.threads, progress,
+                                             agreement_budget=cfg.agreement_budget)
+        evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
+        cands.append(mixed)
+    if target.speed_fallback:
+        base = cands[-1] if found.mixed is not None else mixed_precision_base(cands, src, ev, ref, cfg)
+        fast, found.speed = speed_fallback(base, src, ev, ref, ranges, work, cfg)
+        if fast is not None:
+            cands.append(fast)
+    if target.timed:  # the reference and every candidate, timed together
+        for m, t in zip([ref.metrics] + [c.metrics for c in cands],
+                        time_all([ref.path] + [c.path for c in cands], src, ev, cfg), strict=True):
+            m.update(t)
+    return found
+
+
+def _write_chosen(tmp: Path, chosen: Candidate, found: Search, src: Source, ev: Any) -> dict[str, Any]:
+    """The chosen model, the files its task and target need beside it, the ranges; the manifest's extras."""
+    assert chosen.path is not None
+    shutil.copyfile(chosen.path, tmp / src.target.model_file)
+    task_kind(src.ref.task).write_assets(src.ref, tmp)
+    extra = src.target.write(tmp, chosen, found.ranges, src, ev)
+    if found.ranges:
+        write_json(tmp / "ranges.json", {m: {k: r.to_dict() for k, r in rs.items()} for m, rs in found.ranges.items()})
+        write_json(tmp / "calibration.json", found.calib_info["report"])
+    return extra
 
 
 def _fmt(v: Any, nd: int = 4) -> str:
