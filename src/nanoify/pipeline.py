@@ -239,94 +239,93 @@ def compress(cfg: CompressConfig, out: str | Path, progress: bool = True,
 
     ``on_stage(stage, status)`` is called with status "start", "done" or "reused".
     """
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = stage_plan(cfg)
     old = read_manifest(out)
     if old and old.get("kind") != "compress":
         raise ConfigError(f"{out} holds a {old.get('kind')} output, not a compress run; pick another --out")
-    done_before = {s: v.get("hash") for s, v in old.get("stages", {}).items() if v.get("status") in ("done", "reused")}
-    man = manifest("compress", to_dict(cfg), task=cfg.task, stages={}, plan=keys)
-    stale = False  # once a stage reruns, every later stage reruns too
-    notify = on_stage or (lambda s, st: None)
+    stages = _Stages(out, keys, old, manifest("compress", to_dict(cfg), task=cfg.task, stages={}, plan=keys),
+                     on_stage or (lambda s, st: None))
     teacher_dir = str(out / "teacher") if cfg.finetune_teacher else cfg.teacher
-    state: dict[str, Any] = {}
+    if cfg.finetune_teacher:  # training stages resume a killed run; a checkpoint of other settings is ignored
+        teacher = FinetuneConfig(model=cfg.teacher, data=cfg.data, train=cfg.finetune)
+        stages.run("teacher", lambda f: finetune(teacher, f, resume="auto", progress=progress))
+    if cfg.distill is not None:
+        dcfg = dataclasses.replace(cfg.distill, teacher=teacher_dir, data=cfg.data)
+        stages.run("student", lambda f: distill(dcfg, f, resume="auto", progress=progress))
+        stages.run("export", lambda f: export(f.parent / "student", f))
+    else:
+        stages.run("export", lambda f: _export_model(cfg, f))
+    stages.run("quantized", lambda f: _quantize_stage(cfg, out, f, progress))
+    stages.run("bench", lambda f: _bench_stage(cfg, out, f, teacher_dir, progress))
+    summary = _summary(cfg, out)
+    stages.man["summary"] = summary
+    _write_report(out, summary)
+    write_json(out / MANIFEST, stages.man)
+    return stages.man
 
-    def run(stage: str, fn: Callable[[Path], Any]) -> None:
-        nonlocal stale
-        folder = out / stage
-        reuse = not stale and done_before.get(stage) == keys[stage] and (folder / MANIFEST).is_file()
-        if reuse:
-            man["stages"][stage] = {"hash": keys[stage], "status": "reused", "seconds": 0.0}
-            notify(stage, "reused")
-            write_json(out / MANIFEST, man)
+
+class _Stages:
+    """Runs a stage into ``out/<stage>`` unless an earlier run finished it with the same hash (and no stage before
+    it reran); records each stage's status in the manifest as it goes; a failing stage is one line naming it."""
+
+    def __init__(self, out: Path, keys: dict[str, str], old: dict[str, Any], man: dict[str, Any],
+                 notify: Callable[[str, str], None]) -> None:
+        self.out, self.keys, self.man, self.notify = out, keys, man, notify
+        self.done_before = {s: v.get("hash") for s, v in old.get("stages", {}).items()
+                            if v.get("status") in ("done", "reused")}
+        self.stale = False  # once a stage reruns, every later stage reruns too
+
+    def run(self, stage: str, fn: Callable[[Path], Any]) -> None:
+        folder, key = self.out / stage, self.keys[stage]
+        if not self.stale and self.done_before.get(stage) == key and (folder / MANIFEST).is_file():
+            self._record(stage, {"hash": key, "status": "reused", "seconds": 0.0})
+            self.notify(stage, "reused")
             return
-        stale = True
-        notify(stage, "start")
+        self.stale = True
+        self.notify(stage, "start")
         t0 = time.time()
         try:
             fn(folder)
         except NanoifyError as e:
-            man["stages"][stage] = {"hash": keys[stage], "status": "failed", "error": str(e),
-                                    "seconds": time.time() - t0}
-            write_json(out / MANIFEST, man)
-            done = [s for s, v in man["stages"].items() if v["status"] in ("done", "reused")]
+            self._record(stage, {"hash": key, "status": "failed", "error": str(e), "seconds": time.time() - t0})
+            done = [s for s, v in self.man["stages"].items() if v["status"] in ("done", "reused")]
             raise StageError(f"stage {stage} failed: {e} (completed stages kept: {', '.join(done) or 'none'}; "
                              "fix it and rerun the same command to resume)") from None
-        man["stages"][stage] = {"hash": keys[stage], "status": "done", "seconds": time.time() - t0}
-        write_json(out / MANIFEST, man)
-        notify(stage, "done")
+        self._record(stage, {"hash": key, "status": "done", "seconds": time.time() - t0})
+        self.notify(stage, "done")
 
-    def resumable(fn: Callable[..., Any], c: Any, f: Path) -> Any:
-        """Continue a killed training stage from its checkpoint; one made with other settings is ignored."""
-        return fn(c, f, resume="auto", progress=progress)
+    def _record(self, stage: str, entry: dict[str, Any]) -> None:
+        self.man["stages"][stage] = entry
+        write_json(self.out / MANIFEST, self.man)
 
-    if cfg.finetune_teacher:
-        run("teacher", lambda f: resumable(finetune, FinetuneConfig(model=cfg.teacher, data=cfg.data,
-                                                                    train=cfg.finetune), f))
-    if cfg.distill is not None:
-        dcfg = dataclasses.replace(cfg.distill, teacher=teacher_dir, data=cfg.data)
-        run("student", lambda f: resumable(distill, dcfg, f))
-        run("export", lambda f: export(f.parent / "student", f))
-    else:
-        run("export", lambda f: _export_model(cfg, f))
 
-    def quantize_stage(f: Path) -> None:
-        allowance = cfg.quantize.budget
-        if cfg.distill is not None:
-            val = read_manifest(out / "student").get("metrics", {})
-            val = val.get("validation") or val.get("test") or {}
-            allowance = quantize_allowance(cfg.quantize.budget, cfg.quantize.min_budget, val.get("teacher_accuracy"),
-                                           val.get("accuracy"))
-        state["allowance"] = allowance
-        data = _data_arg(cfg)
-        calib = cfg.calib or data
-        ev = task_kind(cfg.task).data_arg(dataclasses.replace(cfg.data, max_train=None))
-        quantize(out / "export", f, calib=calib, eval_data=ev,
-                 config=dataclasses.replace(cfg.quantize, budget=allowance), progress=progress)
+def _quantize_stage(cfg: CompressConfig, out: Path, f: Path, progress: bool) -> None:
+    """quantize the export with what distillation left of the budget."""
+    allowance = cfg.quantize.budget
+    if cfg.distill is not None:  # distillation is text classification's: its manifest reports accuracy
+        val = read_manifest(out / "student").get("metrics", {})
+        val = val.get("validation") or val.get("test") or {}
+        allowance = quantize_allowance(cfg.quantize.budget, cfg.quantize.min_budget, val.get("teacher_accuracy"),
+                                       val.get("accuracy"))
+    ev = task_kind(cfg.task).data_arg(dataclasses.replace(cfg.data, max_train=None))
+    quantize(out / "export", f, calib=cfg.calib or _data_arg(cfg), eval_data=ev,
+             config=dataclasses.replace(cfg.quantize, budget=allowance), progress=progress)
 
-    run("quantized", quantize_stage)
 
-    def bench_stage(f: Path) -> None:
-        base, base_name = _baseline(cfg, out, teacher_dir)
-        bench_cfg, name = cfg.bench, "compressed (ONNX Runtime INT8)"
-        engines = get_target(cfg.quantize.target).bench_engines(cfg.quantize.device, cfg.task)
-        if engines is not None:  # e.g. cuda: both in the torch engine on the GPU, FP32 eager against the choice
-            (pair, where) = engines
-            chosen = read_manifest(out / "quantized").get("chosen")
-            if not bench_cfg.engines:
-                bench_cfg = dataclasses.replace(bench_cfg, engines=pair)
-            name = f"compressed ({chosen}, {where})"
-        benchmark([base, str(out / "quantized")], _data_arg(cfg), out=f, config=bench_cfg, progress=progress,
-                  names=[base_name, name])
-
-    run("bench", bench_stage)
-    summary = _summary(cfg, out)
-    man["summary"] = summary
-    _write_report(out, summary)
-    write_json(out / MANIFEST, man)
-    return man
+def _bench_stage(cfg: CompressConfig, out: Path, f: Path, teacher_dir: str, progress: bool) -> None:
+    """bench the baseline against the compressed model, on the engines the target's output runs on."""
+    base, base_name = _baseline(cfg, out, teacher_dir)
+    bench_cfg, name = cfg.bench, "compressed (ONNX Runtime INT8)"
+    engines = get_target(cfg.quantize.target).bench_engines(cfg.quantize.device, cfg.task)
+    if engines is not None:  # e.g. cuda: both in the torch engine on the GPU, FP32 eager against the choice
+        pair, where = engines
+        if not bench_cfg.engines:
+            bench_cfg = dataclasses.replace(bench_cfg, engines=pair)
+        name = f"compressed ({read_manifest(out / 'quantized').get('chosen')}, {where})"
+    benchmark([base, str(out / "quantized")], _data_arg(cfg), out=f, config=bench_cfg, progress=progress,
+              names=[base_name, name])
 
 
 def _export_model(cfg: CompressConfig, f: Path) -> None:

@@ -260,20 +260,8 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     if any(m.feature == "attention" for m in matches) and sc.num_attention_heads != tc.num_attention_heads:
         log.info("head counts differ (student %d, teacher %d): attention maps are averaged over heads before "
                  "the MSE", sc.num_attention_heads, tc.num_attention_heads)
-    proj = torch.nn.ModuleDict()
-    torch.manual_seed(cfg.train.seed)
-    for m in matches:
-        if m.feature in ("hidden", "embedding") and sc.hidden_size != tc.hidden_size:
-            proj[_term(m)] = torch.nn.Linear(sc.hidden_size, tc.hidden_size)
-
-    rel_key, rel_heads, caps = None, 0, None
-    if cfg.relation_weight > 0:
-        t_layer = cfg.relation_layer or n_t
-        rel_key = f"relation_kl_s{n_s}_t{t_layer}"
-        rel_heads = relation_heads(sc.hidden_size, tc.hidden_size, sc.num_attention_heads, cfg.relation_heads)
-        caps = (QKVCapture(student, n_s - 1), QKVCapture(teacher, t_layer - 1))
-        log.info("relation distillation: student layer %d ← teacher layer %d, %d relation heads", n_s, t_layer,
-                 rel_heads)
+    proj = _projections(matches, sc.hidden_size, tc.hidden_size, cfg.train.seed)
+    rel_key, rel_heads, caps = _relation_setup(cfg, student, teacher)
     all_s = encode_texts(s_tok, tr.texts, cfg.data.max_length)
     all_t = all_s if same_tok else encode_texts(t_tok, tr.texts, cfg.data.max_length)
     keep, held = holdout_split(len(all_s), cfg.train)  # small data: a held-out slice stops the logit stages
@@ -283,18 +271,8 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     if cfg.augment:
         if not same_tok:
             raise ConfigError("--augment rewrites token ids, so teacher and student must share a tokenizer")
-
-        t_aug = time.time()
-        mlm = None
-        if cfg.augment_mlm:
-            mlm = load_masked_lm(cfg.augment_mlm, s_tok)
-        extra, aug_info = augment(s_ids, s_tok, teacher.get_input_embeddings().weight, cfg.augment,
-                                  cfg.augment_prob, cfg.augment_neighbours, cfg.train.seed, mlm=mlm,
-                                  mlm_name=cfg.augment_mlm)
-        del mlm
-        s_ids = t_ids = s_ids + extra
-        y = torch.cat([y, torch.full((len(extra),), IGNORE, dtype=y.dtype)])
-        aug_info["seconds"] = round(time.time() - t_aug, 1)
+        s_ids, y, aug_info = _augmented(cfg, s_ids, s_tok, teacher, y)
+        t_ids = s_ids
     stages = [dataclasses.replace(st, early_stop=bool(held) and bool(set(LOGIT_TERMS) & set(st.weights)))
               for st in _stages(cfg, matches, steps_for(len(s_ids) + len(held), cfg.train), rel_key)]
     run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
@@ -310,41 +288,7 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     for p in teacher.parameters():
         p.requires_grad_(False)
 
-    def loss_fn(stage: Stage, batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
-        w = stage.weights
-        inter = [m for m in matches if _term(m) in w]
-        need_att = any(m.feature == "attention" for m in inter)
-        need_hid = any(m.feature != "attention" for m in inter)
-        s_out = student(**batch, output_attentions=need_att, output_hidden_states=need_hid)
-        t_out = None
-        rel = rel_key is not None and rel_key in w
-        if inter or rel or ("kd_kl" in w and cached is None):
-            with torch.no_grad():
-                t_out = teacher(**batch, output_attentions=need_att, output_hidden_states=need_hid)
-        terms: dict[str, torch.Tensor] = {}
-        mask = batch["attention_mask"]
-        dev = s_out.logits.device
-        if "kd_kl" in w:
-            t_logits = cached[rows].to(dev) if cached is not None and not inter else t_out.logits
-            terms["kd_kl"] = L.kd_kl(s_out.logits, t_logits, cfg.temperature)
-        if "hard_ce" in w:
-            terms["hard_ce"] = L.hard_ce(s_out.logits, y[rows].to(dev))
-        for m in inter:
-            key = _term(m)
-            p = proj[key] if key in proj else None
-            s_feat, t_feat = features(m, s_out, t_out)
-            if m.feature == "attention":
-                terms[key] = L.attention_mse(s_feat, t_feat, mask)
-            elif m.feature == "embedding":
-                terms[key] = L.embedding_loss(s_feat, t_feat, mask, p)
-            else:
-                terms[key] = L.hidden_mse(s_feat, t_feat, mask, p)
-        if caps is not None:
-            s_qkv, t_qkv = caps[0].take(), (caps[1].take() if t_out is not None else None)
-            if rel and t_qkv is not None:
-                terms[rel_key] = relation_kl(s_qkv, t_qkv, mask, rel_heads)  # type: ignore[index]
-        return terms
-
+    loss_fn = _DistillLoss(student, teacher, matches, proj, cached, y, cfg.temperature, rel_key, rel_heads, caps)
     bs, soft = cfg.train.eval_batch_size, None
     if held:  # the teacher's held-out logits, once: the teacher is fixed
         t_held = torch.from_numpy(predict_logits(teacher, [all_t[i] for i in held], _pad_id(t_tok), bs))
@@ -364,7 +308,107 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     # the cache covers the rows that trained; with a held-out slice the diagnostics' sample needs every row
     metrics, diagnostics = _diagnose(cfg, student, s_tok, teacher, t_tok, label_map, data,
                                      cached if not held else None, y)
-    man = manifest(
+    man = _distill_manifest(cfg, data, label_map, teacher, student, spec, init, matches, aug_info, rel_key,
+                            rel_heads, proj, stages, cached, history, len(held), t0, loop_s, group.world, run_key)
+    man.update(metrics=metrics, diagnostics=diagnostics)
+    _finish(out, student, s_tok, label_map, man, history)
+    return man
+
+
+def _projections(matches: list[Any], s_hidden: int, t_hidden: int, seed: int) -> torch.nn.ModuleDict:
+    """A learned projection per hidden/embedding match when the widths differ (seeded: resume draws the same)."""
+    proj = torch.nn.ModuleDict()
+    torch.manual_seed(seed)
+    for m in matches:
+        if m.feature in ("hidden", "embedding") and s_hidden != t_hidden:
+            proj[_term(m)] = torch.nn.Linear(s_hidden, t_hidden)
+    return proj
+
+
+def _relation_setup(cfg: DistillConfig, student: Any, teacher: Any) -> tuple[str | None, int, Any]:
+    """MiniLM-v2 relations: (the loss term's name, relation heads, the Q/K/V captures), or (None, 0, None)."""
+    if cfg.relation_weight <= 0:
+        return None, 0, None
+    sc, tc = student.config, teacher.config
+    n_s, t_layer = sc.num_hidden_layers, cfg.relation_layer or tc.num_hidden_layers
+    heads = relation_heads(sc.hidden_size, tc.hidden_size, sc.num_attention_heads, cfg.relation_heads)
+    caps = (QKVCapture(student, n_s - 1), QKVCapture(teacher, t_layer - 1))
+    log.info("relation distillation: student layer %d ← teacher layer %d, %d relation heads", n_s, t_layer, heads)
+    return f"relation_kl_s{n_s}_t{t_layer}", heads, caps
+
+
+def _augmented(cfg: DistillConfig, s_ids: list[Any], s_tok: Any, teacher: Any,
+               y: torch.Tensor) -> tuple[list[Any], torch.Tensor, dict[str, Any]]:
+    """The training rows plus ``cfg.augment`` variants of each (no gold label: IGNORE), and what was done."""
+    t_aug = time.time()
+    mlm = load_masked_lm(cfg.augment_mlm, s_tok) if cfg.augment_mlm else None
+    extra, info = augment(s_ids, s_tok, teacher.get_input_embeddings().weight, cfg.augment, cfg.augment_prob,
+                          cfg.augment_neighbours, cfg.train.seed, mlm=mlm, mlm_name=cfg.augment_mlm)
+    del mlm
+    info["seconds"] = round(time.time() - t_aug, 1)
+    return s_ids + extra, torch.cat([y, torch.full((len(extra),), IGNORE, dtype=y.dtype)]), info
+
+
+class _DistillLoss:
+    """The trainer's loss function: every term a stage weights, unweighted — soft and hard logit losses, the
+    intermediate matches (attention, hidden, embedding; through projections where widths differ) and the
+    relation term. Teacher passes run only when a term needs them (cached logits otherwise)."""
+
+    def __init__(self, student: Any, teacher: Any, matches: list[Any], proj: torch.nn.ModuleDict,
+                 cached: torch.Tensor | None, y: torch.Tensor, temperature: float, rel_key: str | None,
+                 rel_heads: int, caps: Any) -> None:
+        self.student, self.teacher, self.matches, self.proj = student, teacher, matches, proj
+        self.cached, self.y, self.temperature = cached, y, temperature
+        self.rel_key, self.rel_heads, self.caps = rel_key, rel_heads, caps
+
+    def __call__(self, stage: Stage, batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+        w = stage.weights
+        inter = [m for m in self.matches if _term(m) in w]
+        need_att = any(m.feature == "attention" for m in inter)
+        need_hid = any(m.feature != "attention" for m in inter)
+        s_out = self.student(**batch, output_attentions=need_att, output_hidden_states=need_hid)
+        t_out = None
+        rel = self.rel_key is not None and self.rel_key in w
+        if inter or rel or ("kd_kl" in w and self.cached is None):
+            with torch.no_grad():
+                t_out = self.teacher(**batch, output_attentions=need_att, output_hidden_states=need_hid)
+        terms: dict[str, torch.Tensor] = {}
+        mask = batch["attention_mask"]
+        dev = s_out.logits.device
+        if "kd_kl" in w:
+            t_logits = self.cached[rows].to(dev) if self.cached is not None and not inter else t_out.logits
+            terms["kd_kl"] = L.kd_kl(s_out.logits, t_logits, self.temperature)
+        if "hard_ce" in w:
+            terms["hard_ce"] = L.hard_ce(s_out.logits, self.y[rows].to(dev))
+        for m in inter:
+            terms[_term(m)] = self._match(m, s_out, t_out, mask)
+        if self.caps is not None:
+            s_qkv, t_qkv = self.caps[0].take(), (self.caps[1].take() if t_out is not None else None)
+            if rel and t_qkv is not None:
+                terms[self.rel_key] = relation_kl(s_qkv, t_qkv, mask, self.rel_heads)  # type: ignore[index]
+        return terms
+
+    def _match(self, m: Any, s_out: Any, t_out: Any, mask: torch.Tensor) -> torch.Tensor:
+        key = _term(m)
+        p = self.proj[key] if key in self.proj else None
+        s_feat, t_feat = features(m, s_out, t_out)
+        if m.feature == "attention":
+            return L.attention_mse(s_feat, t_feat, mask)
+        if m.feature == "embedding":
+            return L.embedding_loss(s_feat, t_feat, mask, p)
+        return L.hidden_mse(s_feat, t_feat, mask, p)
+
+
+def _distill_manifest(cfg: DistillConfig, data: Any, label_map: LabelMap, teacher: Any, student: Any,
+                      spec: StudentSpec | None, init: str, matches: list[Any], aug_info: dict[str, Any] | None,
+                      rel_key: str | None, rel_heads: int, proj: torch.nn.ModuleDict, stages: list[Stage],
+                      cached: torch.Tensor | None, history: list[dict[str, Any]], held: int, t0: float,
+                      loop_s: float, world: int, run_key: str) -> dict[str, Any]:
+    """The distill manifest: teacher, student, matches, augmentation, relations, stages, training (the caller adds
+    metrics and diagnostics)."""
+    sc, tc = student.config, teacher.config
+    n_s, n_t = sc.num_hidden_layers, tc.num_hidden_layers
+    return manifest(
         "distill", to_dict(cfg), data=data.provenance, labels=label_map.names,
         teacher={"path": str(Path(cfg.teacher).resolve()) if Path(cfg.teacher).exists() else cfg.teacher,
                  "layers": n_t, "hidden": tc.hidden_size, "parameters": count_parameters(teacher),
@@ -383,13 +427,11 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         stages=[{"name": s.name, "weights": s.weights, "steps": s.steps} for s in stages],
         teacher_logits_cached=cached is not None,
         # seconds: the whole command (teacher passes, evaluation included); loop_seconds: the optimiser loop alone
-        train={"seconds": round(time.time() - t0, 1), "loop_seconds": loop_s, "processes": group.world,
-               **_early_summary(history, len(held)),
+        train={"seconds": round(time.time() - t0, 1), "loop_seconds": loop_s, "processes": world,
+               **_early_summary(history, held),
                "first": history[0] if history else None,
                "last": history[-1] if history else None},
-        metrics=metrics, diagnostics=diagnostics, run_key=run_key)
-    _finish(out, student, s_tok, label_map, man, history)
-    return man
+        run_key=run_key)
 
 
 def _diagnose(cfg: DistillConfig, student: Any, s_tok: Any, teacher: Any, t_tok: Any, label_map: LabelMap,
