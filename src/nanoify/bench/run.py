@@ -222,32 +222,7 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
         with open_engine(ref.engine, str(ref.path), **opts) as eng:
             res["load_s"] = time.perf_counter() - t_load
             res.update(_shape(ref, eng))
-            batch = tk.batch_for(t.batch)  # a model exported with a fixed batch of 1 is timed at batch 1
-            b1 = tk.feeds(es, 1, t.latency_rows)
-            big = tk.feeds(es, batch, t.throughput_rows)
-            speed = measure_speed([eng.infer], b1, big, t.rounds, batch)[0]
-            if speed["round_spread"] > NOISY_SPREAD:  # rounds disagree: twice the rounds, medians of all
-                more = measure_speed([eng.infer], b1, big, t.rounds, batch)[0]
-                rounds = speed[f"throughput_b{batch}_rounds"] + more[f"throughput_b{batch}_rounds"]
-                speed = {k: float(np.median([speed[k], more[k]])) if isinstance(speed[k], float) else speed[k]
-                         for k in speed}
-                speed[f"throughput_b{batch}"] = speed["throughput"] = float(np.median(rounds))
-                speed[f"throughput_b{batch}_rounds"] = rounds
-                res["extra_rounds"] = t.rounds
-            res.update(speed)
-            res["timing"] = to_dict(t)
-            if tk.batch_for(8) == 8:
-                b8 = tk.feeds(es, 8, t.throughput_rows)
-                res["throughput_b8"] = float(sum(len(next(iter(f.values()))) for f in b8)
-                                             / time_batches(eng.infer, b8, warmup=1).sum())
-            res.update(_energy_per_row(eng.infer, big, device))
-            dims = tk.synthetic_dims()
-            if dims and batch == t.batch:  # fixed-shape throughput (text: batch 32 × length 128), from the spec
-                fixed = [synthetic_feed(eng.input_spec(), {"batch": t.batch, **dims}, tk.input_ranges(), seed=s)
-                         for s in range(4)]
-                res["fixed_shape"] = dims
-                res[f"throughput_b{t.batch}_fixed"] = float(t.batch * len(fixed)
-                                                            / time_batches(eng.infer, fixed, warmup=1).sum())
+            b1, big = _time(res, eng, tk, es, t, device)
             # serving memory: the runtime, the model and the timing batches, before any scoring machinery
             # (COCOeval alone holds ~90 MB for 128 images) joins the process
             res["peak_rss_mb"] = peak_rss_mb()
@@ -264,6 +239,38 @@ def measure_model(model: str, data: Any, engine: str | None = None, streams: int
     res["busy_cores_before"] = busy_before
     res["noise"] = noise_reasons(res, busy_before, os.cpu_count() or 1)
     return res, preds
+
+
+def _time(res: dict[str, Any], eng: Any, tk: Any, es: Any, t: TimingConfig, device: str) -> tuple[list, list]:
+    """Batch-1 latency and batch throughput (twice the rounds when they disagree), batch 8, energy and the
+    fixed-shape throughput, into ``res``; returns the batch-1 and big-batch feeds (streams reuse them)."""
+    batch = tk.batch_for(t.batch)  # a model exported with a fixed batch of 1 is timed at batch 1
+    b1 = tk.feeds(es, 1, t.latency_rows)
+    big = tk.feeds(es, batch, t.throughput_rows)
+    speed = measure_speed([eng.infer], b1, big, t.rounds, batch)[0]
+    if speed["round_spread"] > NOISY_SPREAD:  # rounds disagree: twice the rounds, medians of all
+        more = measure_speed([eng.infer], b1, big, t.rounds, batch)[0]
+        rounds = speed[f"throughput_b{batch}_rounds"] + more[f"throughput_b{batch}_rounds"]
+        speed = {k: float(np.median([speed[k], more[k]])) if isinstance(speed[k], float) else speed[k]
+                 for k in speed}
+        speed[f"throughput_b{batch}"] = speed["throughput"] = float(np.median(rounds))
+        speed[f"throughput_b{batch}_rounds"] = rounds
+        res["extra_rounds"] = t.rounds
+    res.update(speed)
+    res["timing"] = to_dict(t)
+    if tk.batch_for(8) == 8:
+        b8 = tk.feeds(es, 8, t.throughput_rows)
+        res["throughput_b8"] = float(sum(len(next(iter(f.values()))) for f in b8)
+                                     / time_batches(eng.infer, b8, warmup=1).sum())
+    res.update(_energy_per_row(eng.infer, big, device))
+    dims = tk.synthetic_dims()
+    if dims and batch == t.batch:  # fixed-shape throughput (text: batch 32 × length 128), from the spec
+        fixed = [synthetic_feed(eng.input_spec(), {"batch": t.batch, **dims}, tk.input_ranges(), seed=s)
+                 for s in range(4)]
+        res["fixed_shape"] = dims
+        res[f"throughput_b{t.batch}_fixed"] = float(t.batch * len(fixed)
+                                                    / time_batches(eng.infer, fixed, warmup=1).sum())
+    return b1, big
 
 
 def _shape(ref: Any, eng: Any) -> dict[str, Any]:

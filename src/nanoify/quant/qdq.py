@@ -105,19 +105,7 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, ranges: dict[str, Rang
         raise ConfigError(f"no calibrated range for {missing[0]} (and {len(missing) - 1} more); calibrate the "
                           "same graph that is being quantized")
     op_types = list(all_static_ops()) if scope == "all" else ["MatMul", "Gemm", "Conv", "ConvTranspose"]
-    extra = {
-        # cpu: explicit bounds per tensor (symmetric for signed tensors, [0, amax] for unsigned) — ORT then folds
-        # Relu/Clip into the preceding range; tensorrt: symmetric, zero point 0
-        "ActivationSymmetric": trt,
-        "WeightSymmetric": True,
-        "DefaultTensorType": onnx.TensorProto.FLOAT,
-        "QuantizeBias": not trt,
-        "DedicatedQDQPair": trt,  # one Q/DQ pair per consumer: TensorRT fuses each into its own layer
-    }
-    if not trt:  # signed symmetric tensors: u8 with zero point 128 (no rounding drift); else their bounds
-        extra["TensorQuantOverrides"] = {k: [{"symmetric": r.symmetric}] for k, r in rs.items()}
-    if scope == "weights":
-        extra["OpTypesToExcludeOutputQuantization"] = op_types  # inputs only: outputs stay FP32
+    extra = _quantizer_options(trt, rs, scope, op_types)
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT warns about every tensor it will not touch
     try:
@@ -132,6 +120,26 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, ranges: dict[str, Rang
     _float_graph_outputs(q.model.model)
     q.model.save_model_to_file(str(dst), use_external_data_format=q.model.model.ByteSize() > 1.8e9)
     return op_counts(q.model.model)
+
+
+def _quantizer_options(trt: bool, rs: dict[str, Range], scope: str, op_types: list[str]) -> dict[str, Any]:
+    """ONNX Runtime's QDQQuantizer options for a preset: cpu — explicit bounds per tensor (symmetric for signed
+    tensors, [0, amax] for unsigned), so ORT folds Relu/Clip into the preceding range; tensorrt — symmetric, zero
+    point 0, one Q/DQ pair per consumer."""
+    import onnx
+
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": trt,
+        "WeightSymmetric": True,
+        "DefaultTensorType": onnx.TensorProto.FLOAT,
+        "QuantizeBias": not trt,
+        "DedicatedQDQPair": trt,  # one Q/DQ pair per consumer: TensorRT fuses each into its own layer
+    }
+    if not trt:  # signed symmetric tensors: u8 with zero point 128 (no rounding drift); else their bounds
+        extra["TensorQuantOverrides"] = {k: [{"symmetric": r.symmetric}] for k, r in rs.items()}
+    if scope == "weights":
+        extra["OpTypesToExcludeOutputQuantization"] = op_types  # inputs only: outputs stay FP32
+    return extra
 
 
 def _restore_fp32_inputs(model: Any, excluded: set[str]) -> None:
