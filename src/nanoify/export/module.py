@@ -22,6 +22,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -122,20 +123,7 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
         x = x[None]
     if x.ndim != 4:
         raise DataError(f"example input has shape {list(x.shape)}; an image model takes N×C×H×W (or N×H×W×C)")
-    if isinstance(preprocess, str | Path):
-        pre = Preprocess.load(preprocess)
-    elif isinstance(preprocess, dict):
-        pre = Preprocess.from_dict(preprocess)
-    else:
-        pre = preprocess or Preprocess()
-    nhwc = pre.layout == "nhwc"
-    hw = tuple(int(v) for v in (x.shape[1:3] if nhwc else x.shape[2:4]))
-    if pre.size is None:
-        from dataclasses import replace
-
-        pre = replace(pre, size=hw)
-    elif tuple(pre.size) != hw and not dynamic_hw:
-        raise DataError(f"preprocess size {list(pre.size)} differs from the example input's {list(hw)}")
+    pre, nhwc, hw = _preprocess_arg(preprocess, x, dynamic_hw)
     names = _labels_arg(labels)
     module = module.eval().float()
     n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
@@ -143,31 +131,11 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
     kind = task_kind(task)
     if kind.classifies and names is not None and outs[0].ndim == 2 and outs[0].shape[1] != len(names):
         raise DataError(f"{len(names)} labels for a model with {outs[0].shape[1]} outputs")
-    axes: dict[str, dict[int, str]] = {input_name: {0: "batch"}}
-    if dynamic_hw:
-        axes[input_name].update({1: "height", 2: "width"} if nhwc else {2: "height", 3: "width"})
-    for o, y in zip(output_names, outs, strict=False):
-        axes[o] = {0: "batch"}
-        if dynamic_hw and y.ndim >= 3:  # a detector's number of boxes (or grid) follows the input size
-            axes[o].update({k: f"{o}_dim{k}" for k in range(2, y.ndim)} if y.ndim == 4 else {2: f"{o}_boxes"})
-    rng = np.random.default_rng(0)
-    feeds = [rng.normal(size=(b, *x.shape[1:])).astype(np.float32) for b in (1, 3)]
-    if dynamic_hw:  # the dynamic axes must really be dynamic: another size, checked like the rest
-        other = (x.shape[1], x.shape[2] + 32, x.shape[3] + 64) if not nhwc else (x.shape[1] + 32, x.shape[2] + 64,
-                                                                                   x.shape[3])
-        feeds.append(rng.normal(size=(1, *other)).astype(np.float32))
-    if images is not None and len(images):
-        feeds.append(np.asarray(images[:16], dtype=np.float32))
+    axes = _dynamic_axes(input_name, output_names, outs, dynamic_hw, nhwc)
+    feeds = _validation_feeds(x, dynamic_hw, nhwc, images)
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "raw.onnx"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, (torch.from_numpy(x[:1]),), str(raw), input_names=[input_name],
-                                  output_names=list(output_names), dynamic_axes=axes, opset_version=opset,
-                                  dynamo=False, do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
-        except Exception as e:  # noqa: BLE001
-            raise unsupported(e, opset) from None
+        _torch_export(module, x[:1], raw, input_name, output_names, axes, opset)
         simplify(raw, tmp / MODEL_FILE)
         import onnx
 
@@ -175,22 +143,14 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
         ops = _ops(onnx.load(str(tmp / MODEL_FILE)))
         checks = {"raw": validate_outputs(module, raw, feeds, input_name),
                   MODEL_FILE: validate_outputs(module, tmp / MODEL_FILE, feeds, input_name)}
-        pre.save(tmp / "preprocess.json")
-        if names:
-            (tmp / "label_map.json").write_text(json.dumps({"names": names}, indent=2) + "\n")
         det = kind.export_settings(decoder)
-        if det:
-            (tmp / kind.settings_file).write_text(json.dumps(det, indent=2) + "\n")
+        _write_sidecars(tmp, pre, names, kind.settings_file, det)
         shape = ["batch", *(["height", "width"] if dynamic_hw else list(hw)), 3] if nhwc else \
             ["batch", 3, *(["height", "width"] if dynamic_hw else list(hw))]
         if factory:
             save_module(module, tmp / "torch", factory, kwargs or {}, {input_name: ["float32", shape]},
                         list(output_names), task)
-            pre.save(tmp / "torch" / "preprocess.json")
-            if names:
-                (tmp / "torch" / "label_map.json").write_text(json.dumps({"names": names}, indent=2) + "\n")
-            if det:
-                (tmp / "torch" / kind.settings_file).write_text(json.dumps(det, indent=2) + "\n")
+            _write_sidecars(tmp / "torch", pre, names, kind.settings_file, det)
         man = manifest("export", {"module": factory or type(module).__qualname__, "kwargs": kwargs or {},
                                   "opset": opset, "dynamic_hw": dynamic_hw}, task=task,
                        labels=names, inputs={input_name: shape}, outputs={o: ["batch", "…"] for o in output_names},
@@ -202,6 +162,76 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
                        ops={"exported": ops_raw, "saved": ops}, torch_source="torch" if factory else None)
         write_json(tmp / MANIFEST, man)
     return man
+
+
+def _torch_export(module: Any, x: np.ndarray, path: Path, input_name: str, output_names: Sequence[str],
+                  axes: dict[str, dict[int, str]], opset: int) -> None:
+    """torch.onnx.export (TorchScript exporter, eval mode); an unsupported operator is one line."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (torch.from_numpy(x),), str(path), input_names=[input_name],
+                              output_names=list(output_names), dynamic_axes=axes, opset_version=opset,
+                              dynamo=False, do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
+    except Exception as e:  # noqa: BLE001
+        raise unsupported(e, opset) from None
+
+
+def _preprocess_arg(preprocess: Any, x: np.ndarray, dynamic_hw: bool) -> tuple[Preprocess, bool, tuple[int, ...]]:
+    """(preprocessing, NHWC?, the example's H×W): given as a Preprocess, a dict or a file; its size defaults to the
+    example input's and must match it unless H and W are dynamic."""
+    if isinstance(preprocess, str | Path):
+        pre = Preprocess.load(preprocess)
+    elif isinstance(preprocess, dict):
+        pre = Preprocess.from_dict(preprocess)
+    else:
+        pre = preprocess or Preprocess()
+    nhwc = pre.layout == "nhwc"
+    hw = tuple(int(v) for v in (x.shape[1:3] if nhwc else x.shape[2:4]))
+    if pre.size is None:
+        pre = replace(pre, size=hw)
+    elif tuple(pre.size) != hw and not dynamic_hw:
+        raise DataError(f"preprocess size {list(pre.size)} differs from the example input's {list(hw)}")
+    return pre, nhwc, hw
+
+
+def _dynamic_axes(input_name: str, output_names: Sequence[str], outs: list[np.ndarray], dynamic_hw: bool,
+                  nhwc: bool) -> dict[str, dict[int, str]]:
+    """The export's dynamic axes: batch everywhere; with dynamic H/W also the input's and the outputs' that follow
+    it (a detector's number of boxes, or its grid)."""
+    axes: dict[str, dict[int, str]] = {input_name: {0: "batch"}}
+    if dynamic_hw:
+        axes[input_name].update({1: "height", 2: "width"} if nhwc else {2: "height", 3: "width"})
+    for o, y in zip(output_names, outs, strict=False):
+        axes[o] = {0: "batch"}
+        if dynamic_hw and y.ndim >= 3:
+            axes[o].update({k: f"{o}_dim{k}" for k in range(2, y.ndim)} if y.ndim == 4 else {2: f"{o}_boxes"})
+    return axes
+
+
+def _validation_feeds(x: np.ndarray, dynamic_hw: bool, nhwc: bool, images: np.ndarray | None) -> list[np.ndarray]:
+    """Random inputs at batch 1 and 3, another size when H/W are dynamic (they must really be), real images."""
+    rng = np.random.default_rng(0)
+    feeds = [rng.normal(size=(b, *x.shape[1:])).astype(np.float32) for b in (1, 3)]
+    if dynamic_hw:
+        other = (x.shape[1], x.shape[2] + 32, x.shape[3] + 64) if not nhwc else (x.shape[1] + 32, x.shape[2] + 64,
+                                                                                   x.shape[3])
+        feeds.append(rng.normal(size=(1, *other)).astype(np.float32))
+    if images is not None and len(images):
+        feeds.append(np.asarray(images[:16], dtype=np.float32))
+    return feeds
+
+
+def _write_sidecars(folder: Path, pre: Preprocess, names: list[str] | None, settings_file: str,
+                    settings: dict[str, Any] | None) -> None:
+    """preprocess.json, label_map.json and the kind's settings file beside a model."""
+    pre.save(folder / "preprocess.json")
+    if names:
+        (folder / "label_map.json").write_text(json.dumps({"names": names}, indent=2) + "\n")
+    if settings:
+        (folder / settings_file).write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _ops(model: Any) -> dict[str, int]:
