@@ -241,26 +241,14 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     data = load_text_data(cfg.data, seed=cfg.train.seed)
     tr = _train_split(data)
     y = torch.tensor(label_map.encode(tr.labels, f"train split of {data.spec}"))
-    spec: StudentSpec | None = None
-    init = cfg.init
-    if init in INITS:
-        spec = parse_student_spec(cfg.student, teacher.config)
-        init = resolve_init(teacher.config, spec) if init == "auto" else init
-    student, s_tok = build_student(teacher, spec, init, label_map, seed=cfg.train.seed)
-    s_tok = s_tok or t_tok
+    student, s_tok, spec, init = _student_for(cfg, teacher, t_tok, label_map)
     same_tok = s_tok is t_tok or _same_tokenizer(s_tok, t_tok)
     if not same_tok and cfg.uses_intermediate:
         raise ConfigError("teacher and student tokenizers differ, so their layers cannot be matched token by "
                           "token; use logits-only distillation (--attention-weight 0 --hidden-weight 0 "
                           "--embedding-weight 0, no intermediate stage)")
-    sc, tc = student.config, teacher.config
-    n_s, n_t = sc.num_hidden_layers, tc.num_hidden_layers
-    matches = build_matches(cfg.layer_map, n_s, n_t, cfg.attention_weight, cfg.hidden_weight,
-                            cfg.embedding_weight) if cfg.uses_intermediate else []
-    if any(m.feature == "attention" for m in matches) and sc.num_attention_heads != tc.num_attention_heads:
-        log.info("head counts differ (student %d, teacher %d): attention maps are averaged over heads before "
-                 "the MSE", sc.num_attention_heads, tc.num_attention_heads)
-    proj = _projections(matches, sc.hidden_size, tc.hidden_size, cfg.train.seed)
+    matches = _layer_matches(cfg, student.config, teacher.config)
+    proj = _projections(matches, student.config.hidden_size, teacher.config.hidden_size, cfg.train.seed)
     rel_key, rel_heads, caps = _relation_setup(cfg, student, teacher)
     all_s = encode_texts(s_tok, tr.texts, cfg.data.max_length)
     all_t = all_s if same_tok else encode_texts(t_tok, tr.texts, cfg.data.max_length)
@@ -277,16 +265,9 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
               for st in _stages(cfg, matches, steps_for(len(s_ids) + len(held), cfg.train), rel_key)]
     run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
     ckpt = _ckpt_dir(out)
-    needs_cache = any("kd_kl" in s.weights and not any(k not in LOGIT_TERMS for k in s.weights) for s in stages)
-    cached = None
-    teacher.to(device)  # its passes (logit cache, held-out logits, layer targets) run where training does
-    if needs_cache:
-        cached = _teacher_logits(teacher, cfg.teacher, t_ids, _pad_id(t_tok), cfg.train.eval_batch_size, progress)
+    cached = _fixed_teacher(cfg, teacher, t_tok, t_ids, stages, device, progress)
     if aug_info is not None:  # the cost of the variants: teacher passes over them (once, cached) or every step
         aug_info["teacher_rows_labelled"] = len(t_ids) if cached is not None else None
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
 
     loss_fn = _DistillLoss(student, teacher, matches, proj, cached, y, cfg.temperature, rel_key, rel_heads, caps)
     bs, soft = cfg.train.eval_batch_size, None
@@ -313,6 +294,44 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     man.update(metrics=metrics, diagnostics=diagnostics)
     _finish(out, student, s_tok, label_map, man, history)
     return man
+
+
+def _student_for(cfg: DistillConfig, teacher: Any, t_tok: Any, label_map: LabelMap) -> tuple[Any, Any, Any, str]:
+    """(student, its tokenizer, its spec or None, the init used) built from the teacher as ``cfg`` asks."""
+    spec: StudentSpec | None = None
+    init = cfg.init
+    if init in INITS:
+        spec = parse_student_spec(cfg.student, teacher.config)
+        init = resolve_init(teacher.config, spec) if init == "auto" else init
+    student, s_tok = build_student(teacher, spec, init, label_map, seed=cfg.train.seed)
+    return student, s_tok or t_tok, spec, init
+
+
+def _layer_matches(cfg: DistillConfig, sc: Any, tc: Any) -> list[LayerMatch]:
+    """The teacher → student layer matches of the intermediate losses (none when no such loss is asked)."""
+    if not cfg.uses_intermediate:
+        return []
+    matches = build_matches(cfg.layer_map, sc.num_hidden_layers, tc.num_hidden_layers, cfg.attention_weight,
+                            cfg.hidden_weight, cfg.embedding_weight)
+    if any(m.feature == "attention" for m in matches) and sc.num_attention_heads != tc.num_attention_heads:
+        log.info("head counts differ (student %d, teacher %d): attention maps are averaged over heads before "
+                 "the MSE", sc.num_attention_heads, tc.num_attention_heads)
+    return matches
+
+
+def _fixed_teacher(cfg: DistillConfig, teacher: Any, t_tok: Any, t_ids: list[Any], stages: list[Stage],
+                   device: str, progress: bool) -> torch.Tensor | None:
+    """Move the teacher where training runs (its passes run there), freeze it, and return its cached logits when
+    some stage needs no other teacher output (else None)."""
+    needs_cache = any("kd_kl" in s.weights and not any(k not in LOGIT_TERMS for k in s.weights) for s in stages)
+    cached = None
+    teacher.to(device)
+    if needs_cache:
+        cached = _teacher_logits(teacher, cfg.teacher, t_ids, _pad_id(t_tok), cfg.train.eval_batch_size, progress)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return cached
 
 
 def _projections(matches: list[Any], s_hidden: int, t_hidden: int, seed: int) -> torch.nn.ModuleDict:
