@@ -241,12 +241,6 @@ def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Seque
 
 
 # ---- step 5: candidates -----------------------------------------------------------------------------------
-def candidate_schemes(target: str | Target, methods: Sequence[str], cnn: bool, weight_bits: int,
-                      fused: bool = True) -> list[Any]:
-    """The schemes worth measuring for a target and graph kind (the target's :meth:`Target.candidates`)."""
-    return (get_target(target) if isinstance(target, str) else target).candidates(methods, cnn, weight_bits, fused)
-
-
 UNRELATED_RANGES = 16.0  # inputs of one Concat whose ranges differ more than this never share a scale
 
 
