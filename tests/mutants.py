@@ -42,7 +42,8 @@ class Mutant:
 
 MUTANTS = (
     Mutant("early-stop-patience", "early stopping stops after `patience` evaluations without a new best",
-           "src/nanoify/distill/trainer.py", 'stop = es["bad"] >= cfg.patience', 'stop = es["bad"] > cfg.patience',
+           "src/nanoify/distill/trainer.py", 'stop = es["bad"] >= loop.cfg.patience',
+           'stop = es["bad"] > loop.cfg.patience',
            ("tests/e2e/test_distill.py::test_small_data_holds_out_a_slice_and_stops_early_resumably",)),
     Mutant("early-stop-keeps-last", "an early-stopped stage ends with its best held-out weights, not its last",
            "src/nanoify/distill/trainer.py", "if best is not None and best_step != step:", "if False:",
