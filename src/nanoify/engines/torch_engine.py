@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..models.files import onnx_io, read_module_json
 from ..models.load import load_classifier, load_module, max_tokens
@@ -28,6 +31,7 @@ from .base import Engine, EngineUnavailable
 from .static_shapes import ExactShapeRunner, StaticShapeRunner, buckets_for
 
 DTYPES = ("fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TorchEngine(Engine):
@@ -36,91 +40,89 @@ class TorchEngine(Engine):
     name = "torch"
 
     def _load(self) -> None:
-        from pathlib import Path
-
-        import torch
-
         dtype = self.options.get("dtype") or self._default_dtype()
         device = self.options.get("device", "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineUnavailable("torch engine: CUDA was asked for but torch.cuda.is_available() is False")
         if dtype not in DTYPES:
             raise EngineUnavailable(f"torch engine: unknown dtype {dtype!r}; use fp32, bf16 or fp16")
-        folder = Path(self.path)
-        limit, tok = 0, None
+        graphs, mode = bool(self.options.get("graphs")), self.options.get("compile")
+        if graphs and not device.startswith("cuda"):
+            raise EngineUnavailable("torch engine: CUDA graphs need device='cuda'")
         self.quantization: dict[str, Any] | None = None
-        if folder.suffix.lower() == ".onnx" and folder.is_file():
-            self.model = load_onnx_module(folder)
-            ins, _outs, _ = onnx_io(folder)
-            self._spec = {k: (str(v[0]), list(v[1])) for k, v in ins.items() if k in self.model.input_names}
-            self._outputs = list(self.model.output_names)
-            self._hf = False
-        elif (folder / "module.json").is_file():
-            d = read_module_json(folder)
-            self.model = load_module(folder)
-            self._spec = {k: (str(v[0]), list(v[1])) for k, v in d["inputs"].items()}
-            self._outputs = list(d["outputs"])
-            self._hf = False
-        else:
-            attention = self.options.get("attention", "eager")
-            if (folder / QUANT_FILE).is_file():  # nanoify quantize --target cuda
-                self.model, tok, _, self.quantization = load_quantized(folder, attention)
-            else:
-                self.model, tok, _ = load_classifier(self.path, attention=attention)
-            params = inspect.signature(self.model.forward).parameters
-            names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params]
-            self._spec = {k: ("int64", ["batch", "sequence"]) for k in names}
-            self._outputs = ["logits"]
-            self._hf = True
-            limit = max_tokens(self.model.config, 0)
-            if limit:
-                self.options.setdefault("max_dims", {}).setdefault("sequence", limit)
-        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        tok, limit = self._open(Path(self.path))
         if self.quantization:
-            cast_except_quantized(self.model.to(device), dtypes[dtype]).eval()
+            cast_except_quantized(self.model.to(device), _DTYPES[dtype]).eval()
         else:
-            self.model.to(device=device, dtype=dtypes[dtype]).eval()
+            self.model.to(device=device, dtype=_DTYPES[dtype]).eval()
         self.device = device
-        self._dtype = dtypes[dtype]
-        self._runner = None
+        self._dtype = _DTYPES[dtype]
         # every engine works on its own CUDA stream, so engines serving requests from several threads (bench
         # --streams N) overlap on the GPU instead of queueing on the default stream
         self._stream = torch.cuda.Stream(device=device) if device.startswith("cuda") else None
         self._pinned: dict[tuple[str, tuple[int, ...], str], Any] = {}
-        graphs, mode = bool(self.options.get("graphs")), self.options.get("compile")
-        if graphs and not device.startswith("cuda"):
-            raise EngineUnavailable("torch engine: CUDA graphs need device='cuda'")
-        if (graphs or mode) and not self._hf:
+        self._runner = self._shape_runner(graphs, mode, tok, limit) if graphs or mode else None
+
+    def _open(self, path: Path) -> tuple[Any, int]:
+        """Load the model (an ONNX file, a module folder or a Hugging Face classifier folder) and its input and
+        output names; returns the tokenizer and the sequence limit (classifiers; else None and 0)."""
+        self._hf = False
+        if path.suffix.lower() == ".onnx" and path.is_file():
+            self.model = load_onnx_module(path)
+            ins, _outs, _ = onnx_io(path)
+            self._spec = {k: (str(v[0]), list(v[1])) for k, v in ins.items() if k in self.model.input_names}
+            self._outputs = list(self.model.output_names)
+            return None, 0
+        if (path / "module.json").is_file():
+            d = read_module_json(path)
+            self.model = load_module(path)
+            self._spec = {k: (str(v[0]), list(v[1])) for k, v in d["inputs"].items()}
+            self._outputs = list(d["outputs"])
+            return None, 0
+        attention = self.options.get("attention", "eager")
+        if (path / QUANT_FILE).is_file():  # nanoify quantize --target cuda
+            self.model, tok, _, self.quantization = load_quantized(path, attention)
+        else:
+            self.model, tok, _ = load_classifier(self.path, attention=attention)
+        params = inspect.signature(self.model.forward).parameters
+        names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params]
+        self._spec = {k: ("int64", ["batch", "sequence"]) for k in names}
+        self._outputs = ["logits"]
+        self._hf = True
+        limit = max_tokens(self.model.config, 0)
+        if limit:
+            self.options.setdefault("max_dims", {}).setdefault("sequence", limit)
+        return tok, limit
+
+    def _shape_runner(self, graphs: bool, mode: str | None, tok: Any, limit: int) -> Any:
+        """CUDA graphs and/or ``torch.compile``: per exact input shape for modules and ONNX files, per
+        sequence bucket for classifiers (engines/static_shapes.py)."""
+        # reduce-overhead captures its own CUDA graphs; with ours, max-autotune compiles without them
+        inner = "max-autotune-no-cudagraphs" if graphs and mode == "max-autotune" else mode
+        own_graphs = graphs and mode != "reduce-overhead"
+        if not self._hf:
             module, names = self.model, list(self._spec)
-            fn = module if not mode else torch.compile(
-                module, mode=None if mode == "default" else ("max-autotune-no-cudagraphs" if graphs and
-                                                             mode == "max-autotune" else mode), dynamic=False)
+            fn = module if not mode else torch.compile(module, mode=None if inner == "default" else inner,
+                                                       dynamic=False)
 
             def call_module(**t: Any) -> Any:
                 return fn(*[t[k] for k in names])
 
-            self._runner = ExactShapeRunner(call_module, device, graphs=graphs and mode != "reduce-overhead")
-        if (graphs or mode) and self._hf:
-            model = self.model
+            return ExactShapeRunner(call_module, self.device, graphs=own_graphs)
+        model = self.model
 
-            def call(**t: Any) -> Any:
-                return model(**t).logits
+        def call(**t: Any) -> Any:
+            return model(**t).logits
 
-            fn: Any = call
-            if mode:
-                # reduce-overhead captures its own CUDA graphs; with ours, compile without them
-                inner = "max-autotune-no-cudagraphs" if graphs and mode == "max-autotune" else mode
-                fn = torch.compile(call, mode=None if inner == "default" else inner, dynamic=False)
-            pad = {"input_ids": int(getattr(tok, "pad_token_id", 0) or 0)}
-            self._runner = StaticShapeRunner(fn, pad, self.options.get("buckets") or buckets_for(limit or None),
-                                             device, graphs=graphs and mode != "reduce-overhead")
+        hf_fn: Any = call if not mode else torch.compile(call, mode=None if inner == "default" else inner,
+                                                         dynamic=False)
+        pad = {"input_ids": int(getattr(tok, "pad_token_id", 0) or 0)}
+        return StaticShapeRunner(hf_fn, pad, self.options.get("buckets") or buckets_for(limit or None),
+                                 self.device, graphs=own_graphs)
 
     def _default_dtype(self) -> str:
         """FP32, or the precision ``quantize --target cuda`` chose for an image or detection model (its
         ``quantization.json`` of kind ``precision`` beside the module or the ONNX file)."""
-        import json
-        from pathlib import Path
-
         p = Path(self.path)
         qfile = (p if p.is_dir() else p.parent) / QUANT_FILE
         if qfile.is_file():
@@ -141,8 +143,6 @@ class TorchEngine(Engine):
         return self._spec
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         feed = self._check_feed(feed)
         on_stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         with on_stream, torch.inference_mode():
@@ -177,8 +177,6 @@ class TorchEngine(Engine):
         """A feed array on the engine's device: on CUDA through a pinned host buffer kept per (input, shape,
         dtype), so the copy is a DMA that does not stall the host (the buffer is reused only after this stream's
         work on it ended: ``_to_host`` synchronises the stream before ``infer`` returns)."""
-        import torch
-
         src = torch.from_numpy(arr)
         if not str(self.device).startswith("cuda"):
             return src
@@ -192,8 +190,6 @@ class TorchEngine(Engine):
         return buf.to(self.device, non_blocking=True)
 
     def _to_host(self, t: Any) -> np.ndarray:
-        import torch
-
         t = t.float()
         if not str(self.device).startswith("cuda"):
             return t.cpu().numpy()
