@@ -1,7 +1,6 @@
 """nanoify: make trained networks small and fast, and prove it with measurements.
 
 The public API is imported lazily so ``import nanoify`` does no work:
-
     nanoify.finetune(FinetuneConfig(...), out)
     nanoify.distill(DistillConfig(teacher=..., student="half"), out)
     nanoify.evaluate(model_dir, data, split="validation", teacher=None)
@@ -13,6 +12,7 @@ The public API is imported lazily so ``import nanoify`` does no work:
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -46,8 +46,6 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         mod, attr = _LAZY[name]
         return getattr(importlib.import_module(mod), attr)
     raise AttributeError(f"module 'nanoify' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -70,7 +71,6 @@ def file_sha256(path: str | Path, limit: int | None = None) -> str:
 def json_safe(obj: Any) -> Any:
     """``obj`` with non-finite floats (an SQNR of inf: no noise at all) as the strings "inf"/"-inf"/"nan",
     which strict JSON readers accept; Python's ``Infinity`` is not JSON."""
-    import math
 
     if isinstance(obj, float) and not math.isfinite(obj):
         return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")

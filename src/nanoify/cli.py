@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -11,6 +12,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
 
 from .artifacts import json_safe
 from .bench.run import benchmark, format_table
@@ -157,9 +162,6 @@ def _eval_data(spec: str | None, a: argparse.Namespace) -> Any:
 
 def cmd_export(a: argparse.Namespace) -> int:
     if a.module:
-        import numpy as np
-
-
         if not a.weights or not a.input_shape:
             raise ConfigError("--module needs --weights FILE.safetensors and --input-shape C,H,W")
         kwargs = json.loads(a.module_kwargs) if a.module_kwargs else {}
@@ -278,8 +280,6 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 
 def _has_tensorrt() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("tensorrt") is not None
 
 
@@ -500,8 +500,6 @@ def _process_settings(args: argparse.Namespace) -> Iterator[None]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads = None
     if getattr(args, "threads", None):
-        import torch
-
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
     try:
@@ -513,19 +511,11 @@ def _process_settings(args: argparse.Namespace) -> Iterator[None]:
         if before[2] is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         if threads is not None:
-            import torch
-
             torch.set_num_threads(threads)
 
 
 def _leave_process_group() -> None:
     """End a torchrun / accelerate launch group cleanly (every process reaches here)."""
-    import importlib.util
-
-    if "torch" not in sys.modules or importlib.util.find_spec("torch.distributed") is None:
-        return
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .errors import ConfigError
 
@@ -253,7 +256,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def _dataclass_of(t: Any) -> type | None:
     """The dataclass a field holds (``X`` or ``X | None``), else None."""
-    import types
 
     if dataclasses.is_dataclass(t):
         return t
@@ -290,8 +292,6 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     _check(p.is_file(), f"recipe {p} does not exist")
     text = p.read_text()
     if p.suffix in (".yaml", ".yml"):
-        import yaml
-
         d = yaml.safe_load(text)
     else:
         d = json.loads(text)

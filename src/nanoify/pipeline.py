@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .artifacts import MANIFEST, atomic_dir, file_sha256, manifest, read_manifest, write_json
 from .bench.run import benchmark
 from .config import (
@@ -330,7 +332,6 @@ def _bench_stage(cfg: CompressConfig, out: Path, f: Path, teacher_dir: str, prog
 
 def _export_model(cfg: CompressConfig, f: Path) -> None:
     """The export stage of an image recipe: build and export the module, or export/copy the given model."""
-    import numpy as np
 
     if cfg.model is not None:
         m = cfg.model

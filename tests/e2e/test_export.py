@@ -108,19 +108,11 @@ def test_validation_catches_a_disagreeing_graph(exported, tiny_teacher, tmp_path
     assert not (tmp_path / "x").exists()
 
 
-def test_unfused_attention_names_an_old_onnxruntime_as_the_cause(monkeypatch):
+def test_unfused_attention_names_an_old_onnxruntime_as_the_cause():
     """transformers 5 + onnxruntime < 1.32 fuse no attention (measured with 1.30): the warning says to upgrade;
     with a current onnxruntime it names the pattern instead."""
-    import onnxruntime
-    import transformers
-
     from nanoify.export.onnx import _unfused_reason
 
-    monkeypatch.setattr(transformers, "__version__", "5.17.0")
-    monkeypatch.setattr(onnxruntime, "__version__", "1.30.0")
-    assert "upgrade to onnxruntime>=1.32" in _unfused_reason()
-    monkeypatch.setattr(onnxruntime, "__version__", "1.32.0")
-    assert "not recognised" in _unfused_reason()
-    monkeypatch.setattr(transformers, "__version__", "4.46.3")
-    monkeypatch.setattr(onnxruntime, "__version__", "1.20.1")
-    assert "not recognised" in _unfused_reason()
+    assert "upgrade to onnxruntime>=1.32" in _unfused_reason("5.17.0", "1.30.0")
+    assert "not recognised" in _unfused_reason("5.17.0", "1.32.0")
+    assert "not recognised" in _unfused_reason("4.46.3", "1.20.1")

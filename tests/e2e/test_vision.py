@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -279,3 +281,20 @@ def test_profiler_maps_int8_kernels_back_to_their_graph_nodes(tmp_path, cnn_quan
                            share=-1e9)  # every quantized node found in both profiles
     assert {r["node"] for r in rows} == set(convs)
     assert all(r["int8_ms"] > 0 and r["float_ms"] > 0 for r in rows)
+
+
+def test_an_onnx_runtime_measurement_does_not_load_torch(tiny_cnn_export, tiny_images):
+    """bench measures each model in a fresh process so that its peak RSS is that model's own: a process that
+    measures an ONNX model in ONNX Runtime must not import torch or transformers (about 190 MB of RSS on their
+    own). The modules bench's child imports keep those frameworks inside the functions that need them
+    (docs/design.md, "Imports")."""
+    code = ("import json, sys\n"
+            "from nanoify.bench.run import measure_model\n"
+            "from nanoify.config import TimingConfig\n"
+            f"res, _ = measure_model({str(tiny_cnn_export / 'model.onnx')!r}, {str(tiny_images)!r},"
+            " timing=TimingConfig(4, 8, rounds=1, batch=4))\n"
+            "print(json.dumps({'engine': res['engine'], 'loaded': sorted(m for m in ('torch', 'transformers')"
+            " if m in sys.modules)}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"engine": "onnxruntime", "loaded": []}, got

@@ -21,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import multiprocessing as mp
 import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .. import errors
 from ..artifacts import MANIFEST, atomic_dir, machine, manifest, versions, write_json
@@ -299,9 +302,6 @@ def _child(args: tuple, kinds: Sequence[TaskKind] = ()) -> tuple[dict[str, Any],
 
 
 def _run_isolated(args: tuple) -> tuple[dict[str, Any], Any]:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         res, preds = pool.submit(_child, args, registered_kinds()).result()
     if "_error" in res:
@@ -332,7 +332,6 @@ def benchmark(models: Sequence[str], data: Any = None, out: str | Path | None = 
     fresh process, and every number is the median over runs. Returns the report dict (what ``--json`` prints).
     ``overrides`` replace fields of ``config`` (``streams=2``, ``repeats=3``, ``isolate=False``).
     """
-    from tqdm.auto import tqdm
 
     cfg = dataclasses.replace(config or BenchConfig(), **overrides)
     if not models:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from .images import IMAGE_SUFFIXES, FileSource
@@ -41,7 +42,6 @@ class DetSplit:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(H, W) as the image is meant to be seen (EXIF rotation applied), from its header only."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:

@@ -2,7 +2,6 @@
 them (``preprocess.json``).
 
 Data specs:
-
 - a ``.npz`` file with ``images`` (N×H×W×3 uint8, RGB) and optionally ``labels`` (N integers) and ``classes``
   (names in id order): every split reads it;
 - a folder holding ``.npz`` files or split folders, named by the split rule of :mod:`nanoify.data.splits`
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 from .splits import split_of
@@ -139,7 +139,6 @@ class Preprocess:
     def resize_one(self, img: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """One RGB uint8 H×W×3 image resized to ``size``; also the transform (:meth:`geometry`) that maps input
         pixels back to the original image (detectors need it)."""
-        from PIL import Image
 
         assert self.size is not None
         th, tw = self.size
@@ -227,7 +226,6 @@ class FileSource(ImageSource):
 
 def decode_image(path: Path) -> np.ndarray:
     """RGB uint8 H×W×3 from an image file (EXIF rotation applied, as a phone photo is meant to be seen)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:

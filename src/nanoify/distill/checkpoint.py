@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..errors import ConfigError
 
@@ -42,7 +44,6 @@ def save_state(path: Path, *, run_key: str, model: dict[str, torch.Tensor], aux:
     """Write a checkpoint to ``path`` atomically (``position``: stage, step, history, window, early-stopping
     counters — JSON values; ``best_*``: the best held-out weights of the current stage; ``rng*_ranks``: every
     process's RNG state, one row each, when several trained together)."""
-    from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
     for prefix, sd in (("model", model), ("aux", aux), ("best_model", best_model or {}),
@@ -72,7 +73,6 @@ def save_state(path: Path, *, run_key: str, model: dict[str, torch.Tensor], aux:
 def load_state(path: Path) -> dict[str, Any]:
     """The checkpoint at ``path`` as the dict ``save_state`` was given (state dicts rebuilt), or a ConfigError
     when the file is not a nanoify checkpoint."""
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from ..errors import ConfigError
 
@@ -57,7 +58,6 @@ def from_env() -> Group:
 
 def current() -> Group:
     """The group this process has joined (``setup`` ran), else a single process."""
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return Group(dist.get_rank(), dist.get_world_size(), from_env().local_rank)
@@ -76,7 +76,6 @@ def device_for(device: str, group: Group) -> str:
 
 def setup(device: str) -> tuple[Group, str]:
     """Join the launcher's process group (once) and return it with this process's device."""
-    import torch.distributed as dist
 
     group = from_env()
     if not group.active:
@@ -94,8 +93,6 @@ def setup(device: str) -> tuple[Group, str]:
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -109,7 +106,6 @@ def average_gradients(params: Sequence[torch.nn.Parameter], weight: float, group
     """Replace each gradient by the batch-weighted sum over processes: Σ_r weight_r · grad_r, with weight_r this
     process's share of the batch's rows (its loss is a mean over its own rows). A parameter no process used keeps
     ``grad=None`` (the optimiser skips it, as in one process); one some process used gets zeros elsewhere."""
-    import torch.distributed as dist
 
     if not group.active:
         return
@@ -135,7 +131,6 @@ def average_gradients(params: Sequence[torch.nn.Parameter], weight: float, group
 
 def reduce_terms(terms: dict[str, float], weight: float, group: Group) -> dict[str, float]:
     """The batch's loss terms: the processes' values weighted by their share of the rows (for the log)."""
-    import torch.distributed as dist
 
     if not group.active or not terms:
         return terms
@@ -148,7 +143,6 @@ def reduce_terms(terms: dict[str, float], weight: float, group: Group) -> dict[s
 
 def broadcast_float(x: float | None, group: Group) -> float:
     """Process 0's value on every process (held-out losses: one process judges, all stop together)."""
-    import torch.distributed as dist
 
     if not group.active:
         assert x is not None
@@ -161,7 +155,6 @@ def broadcast_float(x: float | None, group: Group) -> float:
 
 def gather_rng(state: torch.Tensor, group: Group) -> list[torch.Tensor]:
     """Every process's RNG state (a byte tensor), on every process."""
-    import torch.distributed as dist
 
     if not group.active:
         return [state]

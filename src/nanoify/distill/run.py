@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,47 @@ def _teacher_logits(teacher: Any, teacher_dir: str, ids: list[list[int]], pad_id
     return logits
 
 
+@dataclasses.dataclass
+class _Rows:
+    """The training rows as token ids: every row for student and teacher (``all_s``, ``all_t``), the rows that
+    train (augmented when asked; ``s_ids``, ``t_ids``, labels ``y``) and the held-out row indices."""
+
+    all_s: list[list[int]]
+    all_t: list[list[int]]
+    s_ids: list[list[int]]
+    t_ids: list[list[int]]
+    y: torch.Tensor
+    held: list[int]
+    aug: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, cfg: DistillConfig, texts: Sequence[str], y: torch.Tensor, s_tok: Any, t_tok: Any,
+           same_tok: bool, teacher: Any) -> _Rows:
+        all_s = encode_texts(s_tok, texts, cfg.data.max_length)
+        all_t = all_s if same_tok else encode_texts(t_tok, texts, cfg.data.max_length)
+        keep, held = holdout_split(len(all_s), cfg.train)  # small data: a held-out slice stops the logit stages
+        s_ids, t_ids, y = [all_s[i] for i in keep], [all_t[i] for i in keep], y[keep]
+        aug = None
+        if cfg.augment:
+            if not same_tok:
+                raise ConfigError("--augment rewrites token ids, so teacher and student must share a tokenizer")
+            s_ids, y, aug = _augmented(cfg, s_ids, s_tok, teacher, y)
+            t_ids = s_ids
+        return cls(all_s, all_t, s_ids, t_ids, y, held, aug)
+
+
+def _held_out_judge(cfg: DistillConfig, rows: _Rows, y_all: torch.Tensor, student: Any, s_tok: Any, teacher: Any,
+                    t_tok: Any) -> Callable[[], float] | None:
+    """The held-out loss that stops the logit stages early (None without a held-out slice); the teacher's
+    held-out logits are computed once here (the teacher is fixed)."""
+    if not rows.held:
+        return None
+    bs, held = cfg.train.eval_batch_size, rows.held
+    t_held = torch.from_numpy(predict_logits(teacher, [rows.all_t[i] for i in held], _pad_id(t_tok), bs))
+    soft = (t_held, cfg.alpha_soft, cfg.alpha_hard, cfg.temperature)
+    return _holdout_judge(student, [rows.all_s[i] for i in held], y_all[held], _pad_id(s_tok), bs, soft)
+
+
 def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
             progress: bool = True) -> dict[str, Any]:
     """Distil ``config.teacher`` into a student described by ``config.student``; returns the manifest.
@@ -250,42 +292,27 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     matches = _layer_matches(cfg, student.config, teacher.config)
     proj = _projections(matches, student.config.hidden_size, teacher.config.hidden_size, cfg.train.seed)
     rel_key, rel_heads, caps = _relation_setup(cfg, student, teacher)
-    all_s = encode_texts(s_tok, tr.texts, cfg.data.max_length)
-    all_t = all_s if same_tok else encode_texts(t_tok, tr.texts, cfg.data.max_length)
-    keep, held = holdout_split(len(all_s), cfg.train)  # small data: a held-out slice stops the logit stages
-    s_ids, t_ids = [all_s[i] for i in keep], [all_t[i] for i in keep]
-    y_all, y = y, y[keep]
-    aug_info = None
-    if cfg.augment:
-        if not same_tok:
-            raise ConfigError("--augment rewrites token ids, so teacher and student must share a tokenizer")
-        s_ids, y, aug_info = _augmented(cfg, s_ids, s_tok, teacher, y)
-        t_ids = s_ids
+    rows = _Rows.of(cfg, tr.texts, y, s_tok, t_tok, same_tok, teacher)
+    held, aug_info = rows.held, rows.aug
     stages = [dataclasses.replace(st, early_stop=bool(held) and bool(set(LOGIT_TERMS) & set(st.weights)))
-              for st in _stages(cfg, matches, steps_for(len(s_ids) + len(held), cfg.train), rel_key)]
+              for st in _stages(cfg, matches, steps_for(len(rows.s_ids) + len(held), cfg.train), rel_key)]
     run_key = config_hash({"cfg": to_dict(cfg), "data": data.provenance})
     ckpt = _ckpt_dir(out)
-    cached = _fixed_teacher(cfg, teacher, t_tok, t_ids, stages, device, progress)
+    cached = _fixed_teacher(cfg, teacher, t_tok, rows.t_ids, stages, device, progress)
     if aug_info is not None:  # the cost of the variants: teacher passes over them (once, cached) or every step
-        aug_info["teacher_rows_labelled"] = len(t_ids) if cached is not None else None
+        aug_info["teacher_rows_labelled"] = len(rows.t_ids) if cached is not None else None
 
-    loss_fn = _DistillLoss(student, teacher, matches, proj, cached, y, cfg.temperature, rel_key, rel_heads, caps)
-    bs, soft = cfg.train.eval_batch_size, None
-    if held:  # the teacher's held-out logits, once: the teacher is fixed
-        t_held = torch.from_numpy(predict_logits(teacher, [all_t[i] for i in held], _pad_id(t_tok), bs))
-        soft = (t_held, cfg.alpha_soft, cfg.alpha_hard, cfg.temperature)
+    loss_fn = _DistillLoss(student, teacher, matches, proj, cached, rows.y, cfg.temperature, rel_key, rel_heads,
+                           caps)
     t_loop = time.time()
-    history = train(student, proj, s_ids, _pad_id(s_tok), stages, cfg.train, loss_fn, ckpt, resume, run_key,
-                    progress=progress,
-                    evaluate=_holdout_judge(student, [all_s[i] for i in held], y_all[held], _pad_id(s_tok), bs,
-                                            soft) if held else None)
+    history = train(student, proj, rows.s_ids, _pad_id(s_tok), stages, cfg.train, loss_fn, ckpt, resume, run_key,
+                    progress=progress, evaluate=_held_out_judge(cfg, rows, y, student, s_tok, teacher, t_tok))
     loop_s = round(time.time() - t_loop, 1)
     for c in caps or ():
         c.remove()
     if not group.main:  # one of several training processes: process 0 evaluates and writes
         return {}
     teacher.to("cpu")
-    y = y_all
     # the cache covers the rows that trained; with a held-out slice the diagnostics' sample needs every row
     metrics, diagnostics = _diagnose(cfg, student, s_tok, teacher, t_tok, label_map, data,
                                      cached if not held else None, y)

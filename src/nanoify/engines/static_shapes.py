@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from ..errors import DataError
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
@@ -35,7 +37,6 @@ def capture(fn: Callable[..., Any], static: dict[str, Any], pool: Any, warmup: i
     then one thread-local capture into ``pool``, both on ``stream`` — the runner's own side stream: without one,
     ``torch.cuda.graph`` captures every graph of the process on one shared stream, so two engines capturing at the
     same time from two threads (``bench --streams`` meeting a new sequence bucket) would collide there."""
-    import torch
 
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.inference_mode():
@@ -62,8 +63,6 @@ class StaticShapeRunner:
 
     def __init__(self, fn: Callable[..., Any], pad_values: dict[str, int], buckets: Sequence[int], device: str,
                  graphs: bool, warmup: int = 2) -> None:
-        import torch
-
         if graphs and not str(device).startswith("cuda"):
             raise ValueError("CUDA graphs need a CUDA device")
         self.fn, self.pad, self.device, self.graphs, self.warmup = fn, dict(pad_values), device, graphs, warmup
@@ -80,8 +79,6 @@ class StaticShapeRunner:
                         f"truncate the inputs to {self.buckets[-1]} tokens")
 
     def _entry(self, batch: int, bucket: int, dtypes: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
         key = (batch, bucket)
         if key in self.entries:
             return self.entries[key]
@@ -96,7 +93,6 @@ class StaticShapeRunner:
     def __call__(self, tensors: dict[str, Any]) -> Any:
         """The output for the real rows and nothing of the padding: a fresh tensor (the static output buffer is
         overwritten by the next replay)."""
-        import torch
 
         first = next(iter(tensors.values()))
         batch, length = int(first.shape[0]), int(first.shape[1])
@@ -126,8 +122,6 @@ class ExactShapeRunner:
 
     def __init__(self, fn: Callable[..., Any], device: str, graphs: bool, warmup: int = 2,
                  max_graphs: int = 32) -> None:
-        import torch
-
         if graphs and not str(device).startswith("cuda"):
             raise ValueError("CUDA graphs need a CUDA device")
         self.fn, self.device, self.graphs, self.warmup, self.max_graphs = fn, device, graphs, warmup, max_graphs
@@ -136,8 +130,6 @@ class ExactShapeRunner:
         self.capture_stream = torch.cuda.Stream(device=device) if graphs else None
 
     def __call__(self, tensors: dict[str, Any]) -> Any:
-        import torch
-
         if not self.graphs:
             with torch.inference_mode():
                 return self.fn(**tensors)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..models.files import onnx_io
 from .base import Engine, EngineUnavailable, profile_shapes
@@ -69,7 +70,6 @@ class TensorRTEngine(Engine):
         except ImportError:
             raise EngineUnavailable("TensorRT is not installed here; install it (pip install tensorrt) on a machine "
                                     "with an NVIDIA GPU, or use --engine onnxruntime") from None
-        import torch
 
         if not torch.cuda.is_available():
             raise EngineUnavailable("the tensorrt engine needs a CUDA GPU and torch.cuda.is_available() is False")
@@ -101,8 +101,6 @@ class TensorRTEngine(Engine):
                     [d if d > 0 else "dynamic" for d in self.engine.get_tensor_shape(n)]) for n in self._inputs}
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         feed = self._check_feed(feed)
         trt = self._trt
         keep = []

@@ -7,7 +7,6 @@ second term before the softmax, so that fusion does not match and every layer ru
 an additive ``attention_bias`` of shape (B or 1, H or 1, S, S), so both terms become one bias, computed once and
 shared by every layer, and each layer one node. The pattern matched, per layer (exported by torch.onnx from any
 eager attention written the textbook way):
-
     q = Transpose[0,2,1,3](Reshape(Xq))        k = Transpose[0,2,3,1](Reshape(Xk))   v = Transpose[0,2,1,3](Reshape(Xv))
     p = Softmax(Add(Add(Div|Mul(MatMul(q, k), c), bias_a), bias_b))
     out = Reshape(Transpose[0,2,1,3](MatMul(p, v)))          →   out = MultiHeadAttention(Xq, Xk, Xv, bias_a + bias_b)
@@ -21,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from onnx import helper
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 
 class _Graph:
@@ -33,8 +34,6 @@ class _Graph:
 
     @staticmethod
     def attr(node: Any, name: str) -> Any:
-        from onnxruntime.transformers.onnx_model import OnnxModel
-
         return OnnxModel.get_node_attribute(node, name)
 
     def parent(self, node: Any, index: int, op: str | tuple[str, ...]) -> Any | None:
@@ -73,7 +72,6 @@ def fuse_biased_attention(opt: Any, num_heads: int) -> int:
 
     Each match's output is taken over by one MultiHeadAttention node; what only fed it (the score chain, the
     head-splitting Reshape/Transposes and their shape arithmetic) is then unused and pruned."""
-    from onnx import helper
 
     gr = _Graph(opt)
     fused, merges, new_nodes, bias_sum = 0, [], [], {}

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
 from ..data.images import Preprocess
@@ -46,8 +49,6 @@ IMAGE = ImageKind.name  # the task of a module export unless told
 
 
 def _torch_outputs(module: Any, x: np.ndarray) -> list[np.ndarray]:
-    import torch
-
     with torch.inference_mode():
         y = module(torch.from_numpy(x))
     ys = list(y) if isinstance(y, tuple | list) else [y]
@@ -57,7 +58,6 @@ def _torch_outputs(module: Any, x: np.ndarray) -> list[np.ndarray]:
 def simplify(src: Path, dst: Path) -> None:
     """ONNX Runtime's basic (hardware-independent) graph optimisations, saved: constant folding, redundant node
     removal, Conv+BatchNorm/Add/Mul fusion."""
-    import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -113,7 +113,6 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
         factory: ``package.module:callable`` that builds the module (with ``kwargs``): saved in ``torch/``.
         images: real preprocessed inputs to validate on besides random ones.
     """
-    import torch
 
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"export needs a torch.nn.Module or a model folder, got {type(module).__name__}")
@@ -137,7 +136,6 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
         raw = Path(scratch) / "raw.onnx"
         _torch_export(module, x[:1], raw, input_name, output_names, axes, opset)
         simplify(raw, tmp / MODEL_FILE)
-        import onnx
 
         ops_raw = _ops(onnx.load(str(raw)))
         ops = _ops(onnx.load(str(tmp / MODEL_FILE)))
@@ -167,7 +165,6 @@ def export_module(module: Any, out: str | Path, example_input: Any, preprocess: 
 def _torch_export(module: Any, x: np.ndarray, path: Path, input_name: str, output_names: Sequence[str],
                   axes: dict[str, dict[int, str]], opset: int) -> None:
     """torch.onnx.export (TorchScript exporter, eval mode); an unsupported operator is one line."""
-    import torch
 
     try:
         with warnings.catch_warnings():

@@ -8,12 +8,18 @@ keywords (positional inputs collide with ``use_cache`` on transformers 5).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
+import torch
+import transformers
+from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+from packaging.version import Version  # a dependency of transformers and onnxruntime alike
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
 from ..data.text import collate, encode_texts
@@ -35,7 +41,6 @@ MODEL_FILE, FUSED_FILE = "model.onnx", "model.fused.onnx"
 
 def _text_spec(model: Any) -> dict[str, tuple[str, list[Any]]]:
     """The text inputs the classifier's forward takes (MPNet/DistilBERT have no token_type_ids)."""
-    import inspect
 
     params = inspect.signature(model.forward).parameters
     return {k: ("int64", ["batch", "sequence"]) for k in INPUTS if k in params}
@@ -55,15 +60,12 @@ def _dummy(model: Any, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndar
 
 
 def _torch_logits(model: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
-    import torch
-
     with torch.inference_mode():
         return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
 
 
 def export_model(model: Any, path: str | Path, opset: int = 17, max_length: int = 128) -> None:
     """Write ``model`` (a torch sequence classifier) to ``path`` with dynamic batch and sequence axes."""
-    import torch
 
     model.eval()
     feed = _dummy(model, 2, min(16, max_length))
@@ -82,7 +84,6 @@ def export_model(model: Any, path: str | Path, opset: int = 17, max_length: int 
 
 def fuse(path: str | Path, out: str | Path, num_heads: int, hidden: int, model_type: str = "bert") -> dict[str, int]:
     """ONNX Runtime's transformer fusions (Attention, SkipLayerNorm, BiasGelu, …); returns fused-op counts."""
-    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
     # encoders ONNX Runtime has no fusion table for (MPNet, DistilBERT, RoBERTa, ...) share BERT's patterns
     # (SkipLayerNorm, BiasGelu, and Attention where the score computation matches)
@@ -100,16 +101,14 @@ def fuse(path: str | Path, out: str | Path, num_heads: int, hidden: int, model_t
     return stats
 
 
-def _unfused_reason() -> str:
-    """Why ONNX Runtime's optimizer may have left attention unfused, with what to do."""
-    import onnxruntime
-    import transformers
-    from packaging.version import Version  # a dependency of transformers and onnxruntime alike
-
-    if Version(transformers.__version__).major >= 5 and Version(onnxruntime.__version__).release < (1, 32):
+def _unfused_reason(transformers_version: str = transformers.__version__,
+                    ort_version: str = onnxruntime.__version__) -> str:
+    """Why ONNX Runtime's optimizer may have left attention unfused, with what to do (for the installed
+    versions, or the ones given)."""
+    if Version(transformers_version).major >= 5 and Version(ort_version).release < (1, 32):
         # measured: ORT 1.30 fuses none of transformers 5's eager attention blocks (its mask is built as
         # Where/Expand/And), 1.32 fuses all — ORT 1.32 added that pattern to fusion_attention.py
-        return (f"onnxruntime {onnxruntime.__version__} predates the attention-mask pattern of transformers 5; "
+        return (f"onnxruntime {ort_version} predates the attention-mask pattern of transformers 5; "
                 "upgrade to onnxruntime>=1.32 and export again")
     return ("the exported attention pattern was not recognised; it depends on the model type and the torch and "
             "transformers versions — fusion was verified for BERT and MPNet with torch 2.13 + transformers 5.24 "

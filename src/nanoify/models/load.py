@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -189,7 +190,6 @@ def encoder_flops_per_token(config: Any, seq_len: int = 128) -> float:
 
 def build_module(factory: str, kwargs: dict[str, Any] | None = None) -> Any:
     """A torch module from an import path ``package.module:callable`` and keyword arguments."""
-    import importlib
 
     mod_name, sep, attr = factory.partition(":")
     if not sep or not mod_name or not attr:

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
+from onnx import helper, numpy_helper
 
 from ..errors import ModelError
 
@@ -512,8 +514,6 @@ def _gather(c: _Ctx, x: Value, ind: Value) -> Value:
 
 @_op("Cast")
 def _cast(c: _Ctx, x: Value) -> Value:
-    from onnx import helper
-
     np_dtype = helper.tensor_dtype_to_np_dtype(c.a["to"])
     if _is_np(x):
         return np.asarray(x).astype(np_dtype)
@@ -524,8 +524,6 @@ def _cast(c: _Ctx, x: Value) -> Value:
 
 @_op("ConstantOfShape")
 def _const_of_shape(c: _Ctx, shape: Value) -> np.ndarray:
-    from onnx import numpy_helper
-
     v = numpy_helper.to_array(c.a["value"]) if "value" in c.a else np.zeros(1, np.float32)
     return np.full(_ints(shape), v.reshape(-1)[0], dtype=v.dtype)
 
@@ -751,7 +749,6 @@ class OnnxModule(torch.nn.Module):
 
     def __init__(self, model: Any) -> None:
         super().__init__()
-        from onnx import helper, numpy_helper
 
         g = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
@@ -849,7 +846,6 @@ class OnnxModule(torch.nn.Module):
 
 def load_onnx_module(path: str | Path) -> OnnxModule:
     """An ``.onnx`` file (external data beside it allowed) as a torch module."""
-    import onnx
 
     try:
         model = onnx.load(str(path))

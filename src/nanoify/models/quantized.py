@@ -20,12 +20,16 @@ tensors and scales, and ``quantization.json`` (format, which layers, versions), 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from ..errors import ModelError
 from ..models.load import LABEL_MAP_FILE
@@ -175,7 +179,6 @@ def quantize_model(model: nn.Module, fmt: str, names: list[str] | None = None,
 def save_quantized(model: nn.Module, tokenizer: Any, label_names: list[str], out: Path, fmt: str,
                    names: list[str], extra: dict[str, Any] | None = None) -> None:
     """config + tokenizer + label map + quantized ``model.safetensors`` + ``quantization.json``."""
-    from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
@@ -188,8 +191,6 @@ def save_quantized(model: nn.Module, tokenizer: Any, label_names: list[str], out
 
 def load_quantized(folder: str | Path, attention: str = "eager") -> tuple[nn.Module, Any, list[str], dict[str, Any]]:
     """(model with QuantLinear layers, tokenizer, label names, quantization.json) from ``save_quantized``."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(folder)
     try:
@@ -216,8 +217,6 @@ TORCHAO_FORMATS = ("int8", "int8-weight-only", "fp8")
 
 
 def torchao_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("torchao") is not None
 
 
@@ -228,7 +227,6 @@ def torchao_quantize(model: nn.Module, fmt: str, names: list[str] | None = None)
     torchao's compiled extension is not needed for these paths, so it is not loaded (it is built for one torch
     version and fails to load beside others). Not an artifact format: torchao's tensor subclasses do not go
     into nanoify's safetensors folders."""
-    import os
 
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     if fmt not in TORCHAO_FORMATS:

@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForSequenceClassification
+
 from ..data.text import LabelMap
 from ..errors import ConfigError, ModelError
 from .load import LABEL_MAP_FILE, encoder_layers, load_classifier
@@ -144,7 +147,6 @@ def copy_position_bias(teacher: Any, student: Any) -> list[str]:
     Student head j takes teacher head ``j·H_t // H_s``. Returns the names copied; raises ModelError when the
     student has such a table with another number of buckets (it could not be filled faithfully).
     """
-    import torch
 
     t_mods = dict(teacher.named_modules())
     copied = []
@@ -168,7 +170,6 @@ def copy_position_bias(teacher: Any, student: Any) -> list[str]:
 
 def pca_basis(matrix: Any, k: int) -> Any:
     """The top-``k`` principal directions (D × k) of the rows of ``matrix`` (N × D)."""
-    import torch
 
     x = matrix.double()
     x = x - x.mean(0, keepdim=True)
@@ -181,7 +182,6 @@ def project_teacher_embeddings(teacher: Any, student: Any) -> Any:
 
     Returns the basis P (D_teacher × D_student).
     """
-    import torch
 
     t_emb, s_emb = teacher.base_model.embeddings, student.base_model.embeddings
     k = student.config.hidden_size
@@ -220,8 +220,6 @@ def build_student(teacher: Any, spec: StudentSpec | None, init: str, label_map: 
     Raises:
         ModelError: width mismatch with ``teacher-layers``, label maps that differ, unreadable PATH.
     """
-    import torch
-    from transformers import AutoModelForSequenceClassification
 
     tc = teacher.config
     if init == "auto":

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import torch
 
 from ..errors import ConfigError
 from ..runtime.ort import ort_session
@@ -77,7 +79,6 @@ class Range:
 def calibrate_onnx(onnx_path: str | Path, feeds: Iterable[dict[str, np.ndarray]], tensors: list[str] | None = None,
                    bins: int = DEFAULT_BINS, threads: int | None = None) -> dict[str, AbsHistogram]:
     """Histograms of ``tensors`` (default: inputs of the weight GEMMs/convolutions) over every batch in ``feeds``."""
-    import onnx
 
     model = onnx.load(str(onnx_path))
     tensors = tensors if tensors is not None else activation_tensors(model, weight_nodes(model))
@@ -108,7 +109,6 @@ def calibrate_onnx(onnx_path: str | Path, feeds: Iterable[dict[str, np.ndarray]]
 def calibrate_torch(module: Any, feeds: Iterable[dict[str, np.ndarray]], layer_types: tuple | None = None,
                     bins: int = DEFAULT_BINS) -> dict[str, AbsHistogram]:
     """Histograms of the inputs of every Linear/Conv layer of a torch module, via forward hooks."""
-    import torch
 
     layer_types = layer_types or (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d)
     hists: dict[str, AbsHistogram] = {}

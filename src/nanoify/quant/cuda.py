@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
 from ..bench.latency import measure_speed
@@ -69,7 +72,6 @@ def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_da
                   config: QuantizeConfig | None = None, device: str = "cuda", formats: tuple[str, ...] | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Measure the GPU formats and write the chosen one (see module docstring); returns the manifest."""
-    import torch
 
     cfg = config or QuantizeConfig(target="cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -185,9 +187,7 @@ def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_dat
                         device: str, progress: bool) -> dict[str, Any]:
     """``--target cuda`` for CNNs and detectors: FP16 / BF16 with CUDA graphs against FP32 eager (module
     docstring)."""
-    import json
 
-    import torch
 
     src = _image_source(model)
     assert src is not None

@@ -10,8 +10,12 @@ tries these variants and keeps what measures best on the machine it runs on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from .ops import DYNAMIC_OPS
 
@@ -20,10 +24,7 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path, per_channel: bool = 
                           op_types: Sequence[str] = DYNAMIC_OPS,
                           exclude_nodes: Sequence[str] = ()) -> None:
     """Write a dynamically quantized copy of ``src`` (nodes in ``exclude_nodes`` stay FP32)."""
-    import logging
 
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint at WARNING on every call

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import onnx
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather")
 CONV_OPS = ("Conv", "ConvTranspose")
@@ -24,7 +27,6 @@ CONV_OPS = ("Conv", "ConvTranspose")
 
 def all_static_ops() -> tuple[str, ...]:
     """Every op type ONNX Runtime's static quantizer handles (the default of its ``quantize_static``)."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     return tuple(sorted(set(QDQRegistry) | set(QLinearOpsRegistry)))
 
@@ -55,7 +57,6 @@ def scope_nodes(model: Any, scope: str) -> list[str]:
 def _skeleton(model: Any) -> Any:
     """The model with its float initializers turned into typed graph inputs (no data): all that type inference
     needs, without a second copy of the weights (a BERT-base graph would otherwise cost another 1.2 GB)."""
-    import onnx
 
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
     g = onnx.GraphProto(name=model.graph.name)
@@ -77,7 +78,6 @@ def _skeleton(model: Any) -> Any:
 
 def nonfloat_tensor_names(model: Any) -> set[str]:
     """Tensors known to hold something other than floats (ids, masks, shapes): never calibrated."""
-    import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(_skeleton(model))

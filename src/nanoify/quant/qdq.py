@@ -10,7 +10,6 @@ Scope (see :mod:`nanoify.quant.ops`): ``weights`` quantizes the inputs of weight
 convolutions, Relu folds into the preceding range).
 
 Two presets say *why* they differ:
-
 - ``cpu``: unsigned 8-bit activations (zero point 128 for a signed range, 0 for an unsigned one), signed
   per-channel weights of ``weight_bits`` (8, or 7 = reduce_range where the CPU's u8×s8 kernel saturates —
   measured by :func:`nanoify.runtime.cpu.u8s8_saturates`, not assumed): the pairing ONNX Runtime's x86 kernels
@@ -28,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnxruntime.quantization import QuantType
+from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
 from ..errors import ConfigError
 from .calibrate import Range
@@ -57,7 +60,6 @@ def weight_node_inputs(model: Any) -> list[str]:
 
 def tensors_data(ranges: dict[str, Range]) -> Any:
     """Our ranges as ONNX Runtime's ``TensorsData`` (lowest, highest per tensor)."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
     out = {}
     for k, r in ranges.items():
@@ -74,9 +76,6 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, ranges: dict[str, Rang
     Nodes in ``exclude_nodes`` keep FP32 inputs (mixed precision). Every activation tensor of a quantized node
     must have a range; a missing one is a ConfigError naming it.
     """
-    import onnx
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown Q/DQ preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -126,7 +125,6 @@ def _quantizer_options(trt: bool, rs: dict[str, Range], scope: str, op_types: li
     """ONNX Runtime's QDQQuantizer options for a preset: cpu — explicit bounds per tensor (symmetric for signed
     tensors, [0, amax] for unsigned), so ORT folds Relu/Clip into the preceding range; tensorrt — symmetric, zero
     point 0, one Q/DQ pair per consumer."""
-    import onnx
 
     extra: dict[str, Any] = {
         "ActivationSymmetric": trt,

@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import version_converter
+from tqdm.auto import tqdm
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
 from ..bench.latency import measure_speed
@@ -113,7 +116,6 @@ def _engine(src: Source, path: Path, threads: int | None) -> Any:
 def prepare(model: str | Path, tmp: Path, task: str | None = None, preprocess: str | Path | None = None,
             decoder: str | None = None) -> Source:
     """Resolve the model (exporting a PyTorch one into ``tmp/export`` first) and load its graphs."""
-    import onnx
 
     ref = resolve(model, task=task, preprocess=preprocess, decoder=decoder)
     if ref.engine == "torch":
@@ -146,13 +148,11 @@ MIN_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs opset 
 def upgrade_opset(path: Path, folder: Path) -> Path:
     """``path`` itself, or a copy converted to opset 13 when it is older (FastestDet ships opset 11): per-channel
     weights need the ``axis`` of opset-13 DequantizeLinear, without which ONNX Runtime refuses the graph."""
-    import onnx
 
     m = onnx.load(str(path), load_external_data=False)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
     if opset >= MIN_OPSET or _external_weights(m):
         return path
-    from onnx import version_converter
 
     try:
         up = version_converter.convert_version(m, MIN_OPSET)
@@ -168,7 +168,6 @@ def upgrade_opset(path: Path, folder: Path) -> Path:
 
 def _external_weights(model: Any) -> bool:
     """Weights in external files (a graph over 2 GB): rewriting it here would need them all in memory."""
-    import onnx
 
     return any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
 
@@ -179,7 +178,6 @@ def pre_optimize(path: Path, folder: Path) -> Path:
     quantizing: Q/DQ then sits on the graph ORT will run. Measured on FastestDet (VNNI machine): 13 Reshape +
     Transpose pairs of its channel shuffles and a Pad go, and its static INT8 runs 3% faster at batch 1.
     ``path`` itself when its weights live in external files (over 2 GB) or ORT cannot load it."""
-    import onnx
 
     if _external_weights(onnx.load(str(path), load_external_data=False)):
         return path
@@ -213,7 +211,6 @@ def measure_reference(src: Source, ev: Any, threads: int | None) -> Reference:
 def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Sequence[str], allow_unsigned: bool,
               threads: int | None, progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Ranges per method for every tensor the static schemes of ``scopes`` need, from one streaming pass."""
-    from tqdm.auto import tqdm
 
     if not methods:
         return {}, {}
@@ -303,7 +300,6 @@ def sensitivity(c: Candidate, src: Source, ev: Any, ranges: Any, work: Path, thr
     (Ranking by the error saved when one node alone is kept float, on the fully quantized graph, was tried on
     ResNet-20: on 256 rows that signal is noise-level for most nodes and the search kept 26 nodes float where
     this ranking needs 11.)"""
-    from tqdm.auto import tqdm
 
     sub = src.task.subset(ev, range(min(rows, len(ev))))
     ref = _raw_outputs(src.sources[c.plan.scheme.graph], src, sub, threads)
@@ -492,7 +488,6 @@ def _search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: 
             progress: bool) -> Search:
     """Measure the reference, calibrate, evaluate the target's candidates, add mixed precision (none met the
     budget) and the speed fallback (where the target profiles), and time them all together."""
-    from tqdm.auto import tqdm
 
     target = src.target
     ref = measure_reference(src, ev, cfg.threads)

@@ -10,7 +10,7 @@ model): a scheme is a small frozen dataclass, a plan maps each quantizable node 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,5 @@ def apply_plan(plan: QuantPlan, sources: Mapping[str, Path], dst: Path,
 
 def describe(scheme: Scheme) -> dict[str, Any]:
     """A scheme as a JSON-able dict (for manifests)."""
-    from dataclasses import asdict
 
     return {"type": type(scheme).__name__, **asdict(scheme)}

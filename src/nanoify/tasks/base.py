@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import DataError, ModelError
 
@@ -142,7 +143,6 @@ class Task:
     def predict(self, run: Runner, es: EvalSet, batch_size: int | None = None, progress: bool = False,
                 desc: str = "predict") -> Any:
         """Run every row through ``run`` and collect the predictions in row order."""
-        from tqdm.auto import tqdm
 
         bs = self.batch_for(batch_size or self.default_batch)
         total = (len(es) + bs - 1) // bs

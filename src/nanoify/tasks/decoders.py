@@ -5,7 +5,6 @@ Each decoder handles one image's outputs (batch axis removed) and returns every 
 suppression comes after, in :func:`nms` (ONNX Runtime's NonMaxSuppression kernel, class-aware).
 
 Formats:
-
 - ``yolov8`` — Ultralytics YOLOv8/YOLO11 ONNX: one output ``(4 + nc) × N``: cx, cy, w, h in input pixels, then
   nc class scores (already sigmoid).
 - ``yolov5`` — YOLOv5 ONNX: ``N × (5 + nc)``: cx, cy, w, h in input pixels, objectness, nc class scores;
@@ -21,7 +20,10 @@ conf: float) -> (boxes (k, 4) xyxy input pixels, scores (k,), classes (k,))`` fo
 from __future__ import annotations
 
 import functools
+import importlib
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,8 +108,6 @@ def get_decoder(name: str) -> Decoder:
     if name in DECODERS:
         return DECODERS[name]
     if ":" in name:
-        import importlib
-
         mod_name, _, attr = name.partition(":")
         try:
             fn = getattr(importlib.import_module(mod_name), attr)
@@ -137,8 +137,6 @@ def _nms_session() -> Any:
         [helper.make_tensor_value_info("sel", TensorProto.INT64, ["k", 3])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "nms.onnx"

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..data.splits import pick_split
@@ -56,7 +58,6 @@ def light_tokenizer(folder: Path) -> LightTokenizer | None:
     f = folder / "tokenizer.json"
     if not f.is_file():
         return None
-    from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(f))
     tok.no_padding()
@@ -171,7 +172,6 @@ def predict_logits(model: Any, ids: Sequence[Sequence[int]], pad_id: int, batch_
                    progress: bool = False, desc: str = "predict") -> np.ndarray:
     """Logits (N, C) of a torch text classifier on token ids, batched by length, in the original row order."""
     import torch
-    from tqdm.auto import tqdm
 
     model.eval()
     device = next(model.parameters()).device
