@@ -88,7 +88,7 @@ def augmented_calibration(n: int) -> Path:
 
 
 def _upgraded(src: Path, dst: Path) -> Path:
-    from nanoify.quant.run import upgrade_opset
+    from nanoify.quant.steps import upgrade_opset
 
     return upgrade_opset(src, dst)
 

@@ -114,7 +114,7 @@ MUTANTS = (
            "src/nanoify/bench/run.py", "        register_task(kind)", "        pass",
            ("tests/e2e/test_seams.py::test_a_kind_registered_from_outside_runs_through_quantize_and_bench",)),
     Mutant("target-engine-ignored", "quantize evaluates and times every graph on the target's own engine",
-           "src/nanoify/quant/run.py", "return src.target.engine(path, threads)",
+           "src/nanoify/quant/steps.py", "return src.target.engine(path, threads)",
            "return CpuTarget().engine(path, threads)",
            ("tests/e2e/test_seams.py::test_a_target_registered_from_outside_quantizes_on_its_own_engine",)),
     Mutant("kd-without-t-squared", "the soft-target loss is scaled by T²",

@@ -212,15 +212,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(json_safe(man)))
         return 0
-    if not (Path(a.out) / "report.md").is_file():  # a target measuring torch modules (cuda) writes no report.md
-        for r in man["candidates"]:
-            print(f"{r['name']:>17}: {r['metric']} {r[r['metric']]:.4f} (drop {r['drop_pts']:+.2f} pt), "
-                  f"b1 p50 {r['latency_ms_p50']:.2f} ms, b{r['throughput_batch']} {r['throughput']:.0f} rows/s"
-                  f"{'' if r['meets_budget'] else ', over the budget'}")
-        print(f"chosen: {man['chosen']} ({man['why']}); written to {a.out}")
-        return 0
     print((Path(a.out) / "report.md").read_text().rstrip())
-    print(f"\nwritten to {a.out}/{man['model_file']}")
+    print(f"\nwritten to {a.out}" + (f"/{man['model_file']}" if man.get("model_file") else ""))
     if not man["budget_met"]:
         print(f"warning: no candidate met the budget of {a.budget} points; kept the best")
     for w in man.get("warnings", []):

@@ -11,15 +11,10 @@ import torch
 
 from nanoify.cli import main
 from nanoify.config import BenchConfig, DataConfig, QuantizeConfig, TimingConfig
-from nanoify.quant.run import (
-    Candidate,
-    evaluate_candidate,
-    measure_reference,
-    mixed_precision,
-    prepare,
-    quantize,
-)
+from nanoify.quant.run import quantize
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
+from nanoify.quant.steps import Candidate, evaluate_candidate, measure_reference, mixed_precision, prepare
+from nanoify.quant.targets import get_target
 from nanoify.quant.tensorrt import read_calibration_cache
 from nanoify.runtime.cpu import int8_report
 from nanoify.tasks.resolve import resolve
@@ -97,7 +92,7 @@ def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tm
     from nanoify.quant.calibrate import Range, calibrate_onnx, choose_ranges
     from nanoify.quant.qdq import weight_node_inputs
 
-    src = prepare(tiny_export, tmp_path)
+    src = prepare(tiny_export, tmp_path, get_target("cpu"))
     calib = src.task.calib_set(_data(tiny_data), 64)
     ev = src.task.eval_set(_data(tiny_data))
     hists = calibrate_onnx(src.plain, (f for _, f in src.task.batches(calib, 16)),
@@ -106,7 +101,7 @@ def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tm
     bad = {"minmax": {k: Range(r.amax / 30) for k, r in choose_ranges(hists, "minmax").items()}}
     ref = measure_reference(src, ev, None)
     scheme = StaticQDQ("minmax", "cpu", "weights", 8)
-    from nanoify.quant.run import units_of
+    from nanoify.quant.steps import units_of
 
     cand = Candidate("static-bad", QuantPlan.uniform(scheme, units_of(src, scheme)))
     evaluate_candidate(cand, src, ev, ref, bad, tmp_path, 0.0, None)

@@ -13,7 +13,7 @@ from nanoify.cli import main
 from nanoify.config import DataConfig, QuantizeConfig, TimingConfig
 from nanoify.engines import open_engine
 from nanoify.models.quantized import FORMATS
-from nanoify.quant.cuda import quantize_cuda
+from nanoify.quant.run import quantize_cuda
 
 
 def test_every_gpu_format_is_measured_and_the_choice_loads(tmp_path, tiny_teacher, tiny_data):

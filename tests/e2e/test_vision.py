@@ -119,10 +119,11 @@ def test_quantize_cnn_for_tensorrt_has_nchw_profiles(tmp_path, tiny_cnn_export, 
     # unsigned (post-ReLU) range, which would come out about twice too wide when written as ±amax
     from nanoify.quant.calibrate import calibrate_onnx, choose_ranges
     from nanoify.quant.qdq import calibration_tensors
-    from nanoify.quant.run import prepare
+    from nanoify.quant.steps import prepare
+    from nanoify.quant.targets import get_target
     from nanoify.quant.tensorrt import read_calibration_cache
 
-    src = prepare(tiny_cnn_export, tmp_path / "prep")
+    src = prepare(tiny_cnn_export, tmp_path / "prep", get_target("cpu"))
     calib = src.task.calib_set(str(tiny_images), man["calibration"]["samples"])
     hists = calibrate_onnx(src.plain, (f for _, f in src.task.batches(calib, 16)),
                            tensors=calibration_tensors(src.graphs["plain"], "all"))

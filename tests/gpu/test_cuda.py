@@ -146,7 +146,7 @@ def test_cnn_precision_on_the_gpu(tmp_path, tiny_cnn_export, tiny_images):
     folder loads on CUDA in that precision and agrees with FP32."""
     from nanoify.config import QuantizeConfig, TimingConfig
     from nanoify.engines import open_engine
-    from nanoify.quant.cuda import quantize_cuda
+    from nanoify.quant.run import quantize_cuda
 
     cfg = QuantizeConfig(target="cuda", budget=2.0, eval_rows=256, timing=TimingConfig(20, 64, rounds=1))
     man = quantize_cuda(tiny_cnn_export, tmp_path / "q", str(tiny_images), str(tiny_images), cfg, progress=False)

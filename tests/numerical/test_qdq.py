@@ -97,7 +97,7 @@ def test_pre_optimize_removes_layout_noise_and_keeps_the_math(tmp_path):
     quantization); the outputs stay equal."""
     from onnx import TensorProto, helper
 
-    from nanoify.quant.run import pre_optimize
+    from nanoify.quant.steps import pre_optimize
     from nanoify.runtime.ort import ort_session
 
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 4, 1, 1)).astype(np.float32), "w")

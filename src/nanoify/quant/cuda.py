@@ -30,15 +30,15 @@ import copy
 import json
 import logging
 import shutil
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
+from ..artifacts import MANIFEST
 from ..bench.latency import measure_speed
-from ..config import QuantizeConfig, to_dict
+from ..config import QuantizeConfig
 from ..engines.torch_engine import TorchEngine
 from ..errors import ConfigError, ModelError
 from ..models.load import load_classifier
@@ -53,7 +53,7 @@ from ..models.quantized import (
 )
 from ..tasks import check_budget, evaluate_predictions, make_task, task_kind
 from ..tasks.resolve import resolve
-from .choose import choose
+from .steps import Candidate, Reference, Search
 
 log = logging.getLogger(__name__)
 
@@ -68,57 +68,112 @@ def _classifier_folder(model: str | Path) -> Path:
                      f"folder with hf/); {p} is neither — for CNNs and detectors use --target tensorrt")
 
 
-def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_data: Any = None,
-                  config: QuantizeConfig | None = None, device: str = "cuda", formats: tuple[str, ...] | None = None,
-                  progress: bool = True) -> dict[str, Any]:
-    """Measure the GPU formats and write the chosen one (see module docstring); returns the manifest."""
+@dataclass
+class CudaSource:
+    """What ``--target cuda`` quantizes: the model's reference and task, the path the torch engine opens (a
+    classifier folder, a torch-module folder or an ONNX file), and whether its formats are quantized linear
+    layers (transformers) or precisions (CNNs, detectors)."""
 
-    cfg = config or QuantizeConfig(target="cuda")
+    ref: Any
+    task: Any
+    path: Path
+    linear: bool
+
+
+def check_device(device: str) -> None:
+    """One line when the GPU asked for is not there."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--target cuda needs a CUDA GPU and a CUDA build of torch (torch.cuda.is_available() is "
                           "False here); use --target cpu, or --target tensorrt for a hand-off graph")
-    if _image_source(model) is not None:
-        return _quantize_precision(model, out, calib, eval_data, cfg, device, progress)
+
+
+def prepare(model: str | Path) -> CudaSource:
+    """The source: an image or detection model's module folder / ONNX file, else a Hugging Face classifier."""
+    image = _image_source(model)
+    if image is not None:
+        ref = resolve(model)
+        if task_kind(ref.task).gpu_formats != "precision":
+            raise ModelError(f"{model} is a {ref.task} model; --target cuda takes its Hugging Face folder")
+        return CudaSource(ref, make_task(ref), image, linear=False)
     folder = _classifier_folder(model)
-    ref_obj = resolve(folder)
-    task = make_task(ref_obj)
-    if task_kind(ref_obj.task).gpu_formats != "linear":
+    ref = resolve(folder)
+    if task_kind(ref.task).gpu_formats != "linear":
         raise ModelError(f"--target cuda covers text classifiers, torch-module folders and ONNX files; {model} is a "
-                         f"{task.name} model of another kind: use --target tensorrt")
-    calib_set = task.calib_set(calib, cfg.calib_samples)
-    ev = task.eval_set(eval_data if eval_data is not None else calib, None, cfg.eval_rows)
+                         f"{ref.task} model of another kind: use --target tensorrt")
+    return CudaSource(ref, make_task(ref), folder, linear=True)
+
+
+def search(src: CudaSource, calib_set: Any, ev: Any, cfg: QuantizeConfig, work: Path,
+           formats: tuple[str, ...] | None = None) -> Search:
+    """Every GPU format of the source, scored and timed against FP32 eager on the same device."""
+    device = cfg.device
     on_gpu = device.startswith("cuda")
-    wanted = formats or tuple(f for f in FORMATS if f != "fp8" or fp8_supported(device))
-    skipped = [] if formats else [f for f in FORMATS if f not in wanted]
-    t_start = time.time()
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        model_fp32, tok, lm = load_classifier(str(folder))
-        names = quantizable_linears(model_fp32)
-        batches = [{k: torch.from_numpy(v) for k, v in f.items()} for f in task.feeds(calib_set, 16)]
-        scales = calibrate_input_scales(model_fp32, names, batches) if "int8-static" in wanted else None
-        paths = {"fp16": folder}
-        for fmt in wanted:
-            m = copy.deepcopy(model_fp32)
-            quantize_model(m, fmt, names, scales)
-            calib_info = {"rows": len(calib_set), "method": "max"} if fmt == "int8-static" else None
-            save_quantized(m, tok, lm.names, tmp / "candidates" / fmt, fmt, names, {"calibration": calib_info})
-            paths[fmt] = tmp / "candidates" / fmt
-            del m
-        del model_fp32
+    if src.linear:
+        wanted = formats or tuple(f for f in FORMATS if f != "fp8" or fp8_supported(device))
+        skipped = [] if formats else [f for f in FORMATS if f not in wanted]
+        paths = {"fp16": src.path, **_linear_candidates(src, calib_set, wanted, work)}
         fast = {"device": device, "dtype": "fp16" if on_gpu else "fp32", "graphs": on_gpu}
-        ref, records = _measure(task, ev, cfg, (str(folder), {"device": device, "dtype": "fp32"}, _files_mb(folder)),
-                                {name: (str(p), fast, _files_mb(p)) for name, p in paths.items()}, cfg.timing.batch)
-        best, why = choose(records, ref, cfg.optimize, task.primary_metric(ev), agree_key=task.agreement_key)
-        chosen = records[best]
-        final = paths[chosen["name"]]
-        for f in Path(final).iterdir():
+        cands = {name: (str(p), fast, _files_mb(p)) for name, p in paths.items()}
+        batch = cfg.timing.batch
+    else:
+        wanted = tuple(f for f in PRECISIONS if f != "bf16" or not on_gpu or torch.cuda.is_bf16_supported())
+        skipped = [f for f in PRECISIONS if f not in wanted]
+        paths = dict.fromkeys(wanted, src.path)
+        cands = {f: (str(src.path), {"device": device, "dtype": f, "graphs": on_gpu}, _files_mb(src.path))
+                 for f in wanted}
+        batch = src.task.batch_for(cfg.timing.batch)
+    ref, records = _measure(src.task, ev, cfg, (str(src.path), {"device": device, "dtype": "fp32"},
+                                                _files_mb(src.path)), cands, batch)
+    extras = {"engine": "torch",  # the folder runs in the torch engine (resolve reads this)
+              "device": device, "skipped_formats": skipped,
+              "speed_note": None if on_gpu else "not a GPU: timings are of the CPU kernels and say nothing about "
+                                                "GPU speed"}
+    return Search(Reference(src.path, None, ref, src.task.primary_metric(ev)),
+                  [Candidate(r["name"], None, Path(paths[r["name"]]), r) for r in records],
+                  "PyTorch FP32 (eager)", extras)
+
+
+def _linear_candidates(src: CudaSource, calib_set: Any, wanted: tuple[str, ...], work: Path) -> dict[str, Path]:
+    """Each quantized-linear format of the classifier saved as a loadable folder under ``work``."""
+    model_fp32, tok, lm = load_classifier(str(src.path))
+    names = quantizable_linears(model_fp32)
+    batches = [{k: torch.from_numpy(v) for k, v in f.items()} for f in src.task.feeds(calib_set, 16)]
+    scales = calibrate_input_scales(model_fp32, names, batches) if "int8-static" in wanted else None
+    paths = {}
+    for fmt in wanted:
+        m = copy.deepcopy(model_fp32)
+        quantize_model(m, fmt, names, scales)
+        calib_info = {"rows": len(calib_set), "method": "max"} if fmt == "int8-static" else None
+        save_quantized(m, tok, lm.names, work / fmt, fmt, names, {"calibration": calib_info})
+        paths[fmt] = work / fmt
+        del m
+    return paths
+
+
+def write_chosen(tmp: Path, chosen: Candidate, src: CudaSource, on_gpu: bool) -> dict[str, Any]:
+    """The chosen format as the torch engine loads it: a classifier's (quantized) folder; a module folder or ONNX
+    file as it came, with what travels with it, and ``quantization.json`` naming the precision."""
+    assert chosen.path is not None
+    if src.linear:
+        for f in chosen.path.iterdir():
             if f.is_file() and f.name != MANIFEST:
                 shutil.copy(f, tmp / f.name)
-        shutil.rmtree(tmp / "candidates", ignore_errors=True)
-        man = _manifest(cfg, model, device, task.name, ref, records, chosen["name"], why, skipped, t_start)
-        write_json(tmp / MANIFEST, man)
-    return man
+        return {}
+    if src.path.is_dir():  # the module folder as it is, and what its parent holds for it (preprocessing, labels)
+        for f in src.path.iterdir():
+            if f.is_file() and f.name != MANIFEST:
+                shutil.copy(f, tmp / f.name)
+    else:
+        shutil.copy(src.path, tmp / "model.onnx")
+    for name in SIDECARS:
+        found = next((d / name for d in (src.path if src.path.is_dir() else src.path.parent, src.path.parent)
+                      if (d / name).is_file()), None)
+        if found is not None and not (tmp / name).exists():
+            shutil.copy(found, tmp / name)
+    (tmp / QUANT_FILE).write_text(json.dumps(
+        {"kind": "precision", "format": chosen.name, "target": "cuda", "measured_with_graphs": on_gpu},
+        indent=2) + "\n")
+    return {}
 
 
 def _measure(task: Any, ev: Any, cfg: QuantizeConfig, reference: tuple[str, dict[str, Any], float],
@@ -153,17 +208,6 @@ def _measure(task: Any, ev: Any, cfg: QuantizeConfig, reference: tuple[str, dict
     return ref, records
 
 
-def _manifest(cfg: QuantizeConfig, model: str | Path, device: str, task: str, ref: dict[str, Any],
-              records: list[dict[str, Any]], chosen: str, why: str, skipped: list[str], t_start: float
-              ) -> dict[str, Any]:
-    return manifest("quantize", to_dict(cfg) | {"model": str(model), "target": "cuda", "device": device},
-                    engine="torch",  # the folder runs in the torch engine (resolve reads this)
-                    chosen=chosen, why=why, reference={"name": "PyTorch FP32 (eager)", **ref}, candidates=records,
-                    skipped_formats=skipped, task=task, seconds=round(time.time() - t_start, 1),
-                    speed_note=None if device.startswith("cuda") else "not a GPU: timings are of the CPU kernels "
-                                                                      "and say nothing about GPU speed")
-
-
 SIDECARS = ("preprocess.json", "label_map.json", "detection.json")
 PRECISIONS = ("fp16", "bf16")
 
@@ -181,50 +225,6 @@ def _image_source(model: str | Path) -> Path | None:
             return cand.parent
     onnx_files = sorted(p.glob("*.onnx"))
     return onnx_files[0] if len(onnx_files) == 1 else None
-
-
-def _quantize_precision(model: str | Path, out: str | Path, calib: Any, eval_data: Any, cfg: QuantizeConfig,
-                        device: str, progress: bool) -> dict[str, Any]:
-    """``--target cuda`` for CNNs and detectors: FP16 / BF16 with CUDA graphs against FP32 eager (module
-    docstring)."""
-
-
-    src = _image_source(model)
-    assert src is not None
-    ref_obj = resolve(model)
-    task = make_task(ref_obj)
-    if task_kind(ref_obj.task).gpu_formats != "precision":
-        raise ModelError(f"{model} is a {task.name} model; --target cuda takes its Hugging Face folder")
-    ev = task.eval_set(eval_data if eval_data is not None else calib, None, cfg.eval_rows)
-    on_gpu = device.startswith("cuda")
-    wanted = [f for f in PRECISIONS if f != "bf16" or not on_gpu or torch.cuda.is_bf16_supported()]
-    skipped = [f for f in PRECISIONS if f not in wanted]
-    metric = task.primary_metric(ev)
-    t_start = time.time()
-    size = _files_mb(src)
-    ref, records = _measure(task, ev, cfg, (str(src), {"device": device, "dtype": "fp32"}, size),
-                            {f: (str(src), {"device": device, "dtype": f, "graphs": on_gpu}, size) for f in wanted},
-                            task.batch_for(cfg.timing.batch))
-    best, why = choose(records, ref, cfg.optimize, metric, agree_key=task.agreement_key)
-    chosen = records[best]
-    with atomic_dir(Path(out)) as tmp:
-        if src.is_dir():  # the module folder as it is, and what its parent holds for it (preprocessing, labels)
-            for f in src.iterdir():
-                if f.is_file() and f.name != MANIFEST:
-                    shutil.copy(f, tmp / f.name)
-        else:
-            shutil.copy(src, tmp / "model.onnx")
-        for name in SIDECARS:
-            found = next((d / name for d in (src if src.is_dir() else src.parent, src.parent)
-                          if (d / name).is_file()), None)
-            if found is not None and not (tmp / name).exists():
-                shutil.copy(found, tmp / name)
-        (tmp / QUANT_FILE).write_text(json.dumps(
-            {"kind": "precision", "format": chosen["name"], "target": "cuda", "measured_with_graphs": on_gpu},
-            indent=2) + "\n")
-        man = _manifest(cfg, model, device, task.name, ref, records, chosen["name"], why, skipped, t_start)
-        write_json(tmp / MANIFEST, man)
-    return man
 
 
 def _files_mb(src: Path) -> float:

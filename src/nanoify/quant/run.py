@@ -2,12 +2,12 @@
 
     quantize(model, out, calib="data/", eval_data="data/", config=QuantizeConfig(budget=0.5, target="cpu"))
 
-One path for every target (:mod:`nanoify.quant.targets` says what varies with it). The steps, one function each:
-prepare the source graphs (exporting a PyTorch model first), read the
-calibration and evaluation rows through the model's task, measure the FP32 reference, calibrate (streaming
-histograms → ranges per method), build the candidates (schemes from :mod:`nanoify.quant.schemes`), measure
-each one's metrics against the reference, fall back to mixed precision when none meets the budget, time
-everything in interleaved rounds, choose, and write the folder.
+One path for every target (:mod:`nanoify.quant.targets` says what varies with it): check the target can run
+here, prepare the source, read the calibration and evaluation rows through the model's task, search (the
+target's candidates, evaluated — and timed — by the target's engine), choose within the budget
+(:mod:`nanoify.quant.choose`), write the chosen model and the target's files, the manifest and report.md. The
+ONNX targets' steps are :mod:`nanoify.quant.steps`; ``cuda``'s, whose candidates are torch modules, are
+:mod:`nanoify.quant.cuda`.
 
 ``target="cpu"`` measures every candidate on this machine — dynamic INT8 for transformer graphs (per-channel
 weights with and without reduce_range, ONNX Runtime's stock settings), static Q/DQ INT8 with each calibration
@@ -21,400 +21,28 @@ broken by the metric, then the file size.
 calibration cache and a ``trtexec`` command with per-input shape profiles. Accuracy is measured by running that
 Q/DQ graph in ONNX Runtime on the CPU (TensorRT's kernels round differently; treat it as an estimate); speed
 cannot be measured without TensorRT and a GPU, and the report says so.
+
+``target="cuda"``: PyTorch formats on a GPU (quantized linear layers for transformers, FP16/BF16 for CNNs and
+detectors), measured by the torch engine on the GPU (:mod:`nanoify.quant.cuda`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
-import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
-from onnx import version_converter
-from tqdm.auto import tqdm
-
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
-from ..bench.latency import measure_speed
 from ..config import QuantizeConfig, to_dict
-from ..errors import ConfigError, ModelError
-from ..export.onnx import export
-from ..models.files import is_quantized, onnx_io
-from ..runtime.cpu import int8_report
-from ..runtime.ort import ort_session
-from ..tasks import check_budget, evaluate_predictions, make_task, task_kind
-from ..tasks.resolve import resolve
-from .calibrate import calibrate_onnx, choose_ranges, range_report
-from .choose import SPEED_TIE, choose, slower_than_reference, speed_score
-from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
-from .profile import slow_int8_nodes
-from .qdq import calibration_tensors
-from .schemes import DynamicInt8, QuantPlan, StaticQDQ, apply_plan, describe
-from .targets import CpuTarget, Target, get_target
+from ..errors import ConfigError
+from .choose import choose, slower_than_reference
+from .steps import DEFAULT_METHODS, load_data
+from .targets import CudaTarget, Target, get_target
 
-log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("entropy", "percentile", "mse", "minmax")
-SENSITIVITY_ROWS = 256
-
-
-@dataclass
-class Source:
-    """The model being quantized: its reference, task, and the graphs the schemes rewrite."""
-
-    ref: Any
-    task: Any
-    plain: Path  # for Q/DQ
-    fused: Path  # for dynamic INT8 (transformer fusions; the plain graph for CNNs)
-    graphs: dict[str, Any]
-    cnn: bool
-    target: Target = field(default_factory=CpuTarget)  # evaluates (and times) every graph of this run
-
-    @property
-    def sources(self) -> dict[str, Path]:
-        return {"plain": self.plain, "fused": self.fused}
-
-
-@dataclass
-class Candidate:
-    """One quantized model tried: its plan, where it was written, what it measured."""
-
-    name: str
-    plan: QuantPlan
-    path: Path | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    preds: Any = field(default=None, repr=False)
-
-    def record(self) -> dict[str, Any]:
-        return {"name": self.name, "scheme": describe(self.plan.scheme), "fp32_nodes": self.plan.float_nodes,
-                **self.metrics}
-
-
-@dataclass
-class Reference:
-    """The FP32 model's predictions and metrics on the evaluation rows."""
-
-    path: Path
-    preds: Any
-    metrics: dict[str, Any]
-    metric: str  # the primary metric the budget is counted in
-
-
-def _engine(src: Source, path: Path, threads: int | None) -> Any:
-    return src.target.engine(path, threads)
-
-
-# ---- step 1: the source graphs ----------------------------------------------------------------------------
-def prepare(model: str | Path, tmp: Path, task: str | None = None, preprocess: str | Path | None = None,
-            decoder: str | None = None) -> Source:
-    """Resolve the model (exporting a PyTorch one into ``tmp/export`` first) and load its graphs."""
-
-    ref = resolve(model, task=task, preprocess=preprocess, decoder=decoder)
-    if ref.engine == "torch":
-        export(ref.path, tmp / "export")
-        ref = resolve(tmp / "export", preprocess=preprocess, decoder=decoder)
-    if ref.engine != "onnxruntime":
-        raise ModelError(f"{ref.path} is not an ONNX model; run `nanoify export` first (or pass its folder)")
-    fused = ref.path
-    plain = fused.parent / "model.onnx" if fused.name == "model.fused.onnx" and (
-        fused.parent / "model.onnx").is_file() else fused
-    if plain == fused:
-        fused = plain = upgrade_opset(plain, tmp / "upgraded")
-    simple = pre_optimize(plain, tmp / "basic")
-    fused = simple if fused == plain else fused
-    plain = simple
-    graphs = {}
-    for key, p in (("plain", plain), ("fused", fused)):
-        n_q = is_quantized(onnx_io(p)[2])
-        if n_q:
-            raise ModelError(f"{p} is already quantized ({n_q} quantization nodes); pass the FP32 model (its export "
-                             "folder or model.onnx)")
-        graphs[key] = onnx.load(str(p), load_external_data=False)
-    cnn = any(n.op_type in ("Conv", "ConvTranspose") for n in graphs["plain"].graph.node)
-    return Source(ref, make_task(ref), plain, fused, graphs, cnn)
-
-
-MIN_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs opset 13
-
-
-def upgrade_opset(path: Path, folder: Path) -> Path:
-    """``path`` itself, or a copy converted to opset 13 when it is older (FastestDet ships opset 11): per-channel
-    weights need the ``axis`` of opset-13 DequantizeLinear, without which ONNX Runtime refuses the graph."""
-
-    m = onnx.load(str(path), load_external_data=False)
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
-    if opset >= MIN_OPSET or _external_weights(m):
-        return path
-
-    try:
-        up = version_converter.convert_version(m, MIN_OPSET)
-    except Exception as e:  # noqa: BLE001 - the converter's own errors are not user-readable
-        raise ModelError(f"{path} uses opset {opset}; converting it to {MIN_OPSET} for INT8 failed "
-                         f"({type(e).__name__}); re-export it at opset {MIN_OPSET} or newer") from None
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / path.name
-    onnx.save(up, str(out))
-    log.info("%s: opset %d converted to %d for per-channel INT8", path, opset, MIN_OPSET)
-    return out
-
-
-def _external_weights(model: Any) -> bool:
-    """Weights in external files (a graph over 2 GB): rewriting it here would need them all in memory."""
-
-    return any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
-
-
-def pre_optimize(path: Path, folder: Path) -> Path:
-    """The graph after ONNX Runtime's hardware-neutral ("basic") rewrites — constant folding, redundant
-    Reshape/Transpose pairs, Pad folded into pooling — as ONNX Runtime's own ``quant_pre_process`` does before
-    quantizing: Q/DQ then sits on the graph ORT will run. Measured on FastestDet (VNNI machine): 13 Reshape +
-    Transpose pairs of its channel shuffles and a Pad go, and its static INT8 runs 3% faster at batch 1.
-    ``path`` itself when its weights live in external files (over 2 GB) or ORT cannot load it."""
-
-    if _external_weights(onnx.load(str(path), load_external_data=False)):
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / path.name
-    try:
-        ort_session(path, 1, level="basic", save_to=out)
-    except ModelError:
-        return path
-    return out
-
-
-# ---- step 2: data -----------------------------------------------------------------------------------------
-def load_data(src: Source, calib: Any, eval_data: Any, cfg: QuantizeConfig) -> tuple[Any, Any]:
-    """(calibration rows, evaluation rows) through the task: its calibration split (train first) and its
-    evaluation split (validation, else test)."""
-    calib_set = src.task.calib_set(calib, cfg.calib_samples)
-    ev = src.task.eval_set(eval_data if eval_data is not None else calib, None, cfg.eval_rows)
-    return calib_set, ev
-
-
-# ---- step 3: the FP32 reference ---------------------------------------------------------------------------
-def measure_reference(src: Source, ev: Any, threads: int | None) -> Reference:
-    with _engine(src, src.fused, threads) as eng:
-        preds = src.task.predict(eng.infer, ev)
-    metrics = {**src.task.reference_metrics(preds, ev), "file_mb": src.fused.stat().st_size / 1e6}
-    return Reference(src.fused, preds, metrics, src.task.primary_metric(ev))
-
-
-# ---- step 4: calibration ----------------------------------------------------------------------------------
-def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Sequence[str], allow_unsigned: bool,
-              threads: int | None, progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Ranges per method for every tensor the static schemes of ``scopes`` need, from one streaming pass."""
-
-    if not methods:
-        return {}, {}
-    t0 = time.time()
-    tensors: dict[str, None] = {}
-    for scope in scopes:
-        tensors.update(dict.fromkeys(calibration_tensors(src.graphs["plain"], scope)))
-    bs = src.task.batch_for(src.task.calib_batch)
-    n_batches = math.ceil(len(calib_set) / bs)
-    feeds = (f for _, f in src.task.batches(calib_set, bs))
-    hists = calibrate_onnx(src.plain, tqdm(feeds, total=n_batches, desc="calibrate", unit="batch",
-                                           disable=not progress or None, leave=False),
-                           tensors=list(tensors), threads=threads)
-    # u8 targets have a free zero point: non-negative tensors get [0, amax], skewed ones their own extent
-    ranges = {m: choose_ranges(hists, m, allow_unsigned=allow_unsigned, asymmetric=allow_unsigned) for m in methods}
-    report = range_report(hists, ranges)
-    report["unrelated_concats"] = unrelated_concats(src.graphs["plain"], hists)
-    info = {"samples": len(calib_set), "data": calib_set.where, "tensors": len(hists),
-            "unsigned_tensors": sum(h.nonnegative for h in hists.values()) if allow_unsigned else 0,
-            "asymmetric_tensors": {m: sum(r.lo is not None for r in rs.values()) for m, rs in ranges.items()},
-            "seconds": round(time.time() - t0, 2), "best_method_counts": report["best_method_counts"],
-            "kept_float_by_rule": report["unrelated_concats"],
-            "provenance": calib_set.provenance}
-    return ranges, {"info": info, "report": report}
-
-
-# ---- step 5: candidates -----------------------------------------------------------------------------------
-UNRELATED_RANGES = 16.0  # inputs of one Concat whose ranges differ more than this never share a scale
-
-
-def unrelated_concats(model: Any, hists: dict[str, Any], ratio: float = UNRELATED_RANGES) -> dict[str, list[float]]:
-    """Concat nodes whose inputs' ranges differ by more than ``ratio`` (node → input amaxes). Quantized, their
-    output gets one scale, and the small input rounds away — in Ultralytics-style heads, box pixels (hundreds)
-    beside class scores (0..1) turn every score into 0. These stay float in every static plan."""
-    out = {}
-    for n in model.graph.node:
-        if n.op_type != "Concat":
-            continue
-        amax = [hists[i].amax for i in n.input if i in hists and hists[i].n]
-        if len(amax) >= 2 and min(amax) > 0 and max(amax) / min(amax) > ratio:
-            out[n.name] = [float(a) for a in amax]
-    return out
-
-
-def units_of(src: Source, scheme: Any) -> list[str]:
-    """The nodes a scheme quantizes in its source graph (the units of mixed precision)."""
-
-    if isinstance(scheme, DynamicInt8):
-        return weight_nodes(src.graphs[scheme.graph], DYNAMIC_OPS)
-    return scope_nodes(src.graphs["plain"], scheme.scope)
-
-
-def evaluate_candidate(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path, budget: float,
-                       threads: int | None, agreement_budget: float | None = None) -> None:
-    """Write the candidate's graph, run it on the evaluation rows, record metrics and the budget check."""
-
-    c.path = work / f"{c.name}.onnx"
-    apply_plan(c.plan, src.sources, c.path, ranges)
-    with _engine(src, c.path, threads) as eng:
-        c.preds = src.task.predict(eng.infer, ev)
-    c.metrics = {**evaluate_predictions(src.task, c.preds, ev, ref.preds), "file_mb": c.path.stat().st_size / 1e6}
-    chk = check_budget(ref.metrics, c.metrics, budget, ref.metric, agreement_budget, src.task.agreement_key)
-    c.metrics.update(metric=ref.metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
-
-
-# ---- step 6: mixed precision ------------------------------------------------------------------------------
-def _raw_outputs(path: Path, src: Source, sub: Any, threads: int | None) -> list[dict[str, np.ndarray]]:
-    with _engine(src, path, threads) as eng:
-        return [eng.infer(f) for _, f in src.task.batches(sub, 32)]
-
-
-def output_error(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> float:
-    """Squared error of every output against the reference's, relative to the reference's power (task-neutral:
-    logits, detection maps alike)."""
-    num = den = 0.0
-    for a, b in zip(ref, got, strict=True):
-        for k, v in a.items():
-            r = np.asarray(v, dtype=np.float64)
-            num += float(((r - np.asarray(b[k], dtype=np.float64)) ** 2).sum())
-            den += float((r**2).sum())
-    return num / max(den, 1e-30)
-
-
-def sensitivity(c: Candidate, src: Source, ev: Any, ranges: Any, work: Path, threads: int | None,
-                rows: int = SENSITIVITY_ROWS, progress: bool = False) -> list[tuple[str, float]]:
-    """Per node: relative output error against FP32 when *only that node* is quantized, most sensitive first.
-    (Ranking by the error saved when one node alone is kept float, on the fully quantized graph, was tried on
-    ResNet-20: on 256 rows that signal is noise-level for most nodes and the search kept 26 nodes float where
-    this ranking needs 11.)"""
-
-    sub = src.task.subset(ev, range(min(rows, len(ev))))
-    ref = _raw_outputs(src.sources[c.plan.scheme.graph], src, sub, threads)
-    units = c.plan.units
-    scores = []
-    for unit in tqdm(units, desc=f"sensitivity {c.name}", unit="node", disable=not progress or None, leave=False):
-        dst = work / "sens.onnx"
-        apply_plan(c.plan.keep_float([u for u in units if u != unit]), src.sources, dst, ranges)
-        scores.append((unit, output_error(ref, _raw_outputs(dst, src, sub, threads))))
-    return sorted(scores, key=lambda s: -s[1])
-
-
-def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path, budget: float,
-                    threads: int | None, progress: bool = False, sens_rows: int = SENSITIVITY_ROWS,
-                    agreement_budget: float | None = None) -> tuple[Candidate, dict[str, Any]]:
-    """Keep the most sensitive nodes in float until the budget holds.
-
-    Tries k = 1, 2, 4, … nodes, then bisects between the last miss and the first hit, so the number of full
-    evaluations is logarithmic in the number of nodes.
-    """
-    ranking = sensitivity(c, src, ev, ranges, work, threads, sens_rows, progress)
-    order = [u for u, _ in ranking]
-    tried: dict[int, float] = {}
-    met: dict[int, bool] = {}
-
-    def ok(k: int) -> bool:
-        if k not in met:
-            trial = Candidate(f"{c.name}+fp32[{k}]", c.plan.keep_float(order[:k]))
-            evaluate_candidate(trial, src, ev, ref, ranges, work, budget, threads, agreement_budget)
-            tried[k], met[k] = trial.metrics[ref.metric], trial.metrics["meets_budget"]
-        return met[k]
-
-    lo, hi, k = 0, None, 1
-    while k <= len(order):
-        if ok(k):
-            hi = k
-            break
-        lo, k = k, k * 2
-    if hi is None and order and ok(len(order)):
-        hi = len(order)
-    if hi is not None:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ok(mid):
-                hi = mid
-            else:
-                lo = mid
-    keep = order[:hi] if hi is not None else order
-    mixed = Candidate(f"{c.name}+fp32[{len(keep)}]", c.plan.keep_float(keep))
-    plan = {"base": c.name, "ranking": [{"node": u, "output_error": s} for u, s in ranking],
-            "sensitivity_rows": min(sens_rows, len(ev)), "kept_fp32": list(keep), "metric": ref.metric,
-            "metric_by_kept": {str(k): v for k, v in sorted(tried.items())}, "budget_met": hi is not None}
-    return mixed, plan
-
-
-def mixed_precision_base(cands: Sequence[Candidate], src: Source, ev: Any, ref: Reference,
-                         cfg: QuantizeConfig) -> Candidate:
-    """The candidate mixed precision starts from: the best for the job (``optimize`` score, from a quick timing
-    screen) among those whose metric drop is within the budget — only the agreement budget then needs float
-    nodes — else the one with the best metric. Starting from the most accurate one instead can pick a format
-    that is slower than FP32 (static INT8 of GEMM inputs only, on a CNN)."""
-    close = [c for c in cands if c.metrics["drop_pts"] <= cfg.budget + 1e-9]
-    if not close:
-        return max(cands, key=lambda c: c.metrics[ref.metric])
-    if not src.target.timed or len(close) == 1:
-        return max(close, key=lambda c: c.metrics.get(src.task.agreement_key, 0.0))
-    quick = dataclasses.replace(cfg, timing=dataclasses.replace(cfg.timing, rounds=1, latency_rows=min(
-        50, cfg.timing.latency_rows), throughput_rows=min(128, cfg.timing.throughput_rows)))
-    speeds = time_all([ref.path] + [c.path for c in close], src, ev, quick)
-    refm = {**ref.metrics, **speeds[0]}
-    scored = [(speed_score({**c.metrics, **t}, refm, cfg.optimize), c) for c, t in zip(close, speeds[1:], strict=True)]
-    top = max(s for s, _ in scored)
-    band = [c for s, c in scored if s >= top * (1 - SPEED_TIE)]
-    return max(band, key=lambda c: c.metrics.get(src.task.agreement_key, 0.0))
-
-
-# ---- step 6b: speed fallback ------------------------------------------------------------------------------
-def speed_fallback(base: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path,
-                   cfg: QuantizeConfig) -> tuple[Candidate | None, dict[str, Any]]:
-    """``base`` with the nodes whose INT8 kernel profiles slower than their float kernel kept float (see
-    ``quant/profile.py``), evaluated; None when no node qualifies or ``base`` is not a static Q/DQ plan (the
-    dynamic graphs' node names do not survive ORT's rewrites). The final timing decides whether it is chosen."""
-
-    info: dict[str, Any] = {"base": base.name, "nodes": []}
-    if not isinstance(base.plan.scheme, StaticQDQ) or base.path is None:
-        info["skipped"] = "only static Q/DQ plans are profiled"
-        return None, info
-    quantized = set(base.plan.units) - set(base.plan.float_nodes)
-    feeds = src.task.feeds(ev, src.task.batch_for(1), min(32, cfg.timing.latency_rows))
-    slow = slow_int8_nodes(base.path, src.sources[base.plan.scheme.graph], sorted(quantized), feeds, cfg.threads,
-                           work / "profile")
-    info["nodes"] = slow
-    if not slow:
-        return None, info
-    keep = list(base.plan.float_nodes) + [str(r["node"]) for r in slow]
-    fast = Candidate(f"{base.name}+fp32-speed[{len(slow)}]", base.plan.keep_float(keep))
-    evaluate_candidate(fast, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
-    info["candidate"] = fast.name
-    return fast, info
-
-
-# ---- step 7: timing and the choice ------------------------------------------------------------------------
-def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig) -> list[dict[str, Any]]:
-    """Speed of each model with the timing bench uses (same rows, batches and rounds)."""
-
-    t = cfg.timing
-    batch = src.task.batch_for(t.batch)
-    b1 = src.task.feeds(ev, 1, t.latency_rows)
-    big = src.task.feeds(ev, batch, t.throughput_rows)
-    with contextlib.ExitStack() as stack:
-        engines = [stack.enter_context(_engine(src, p, cfg.threads)) for p in paths]
-        return measure_speed([e.infer for e in engines], b1, big, t.rounds, batch)
-
-
-# ---- the command ------------------------------------------------------------------------------------------
 def _config(config: QuantizeConfig | None, overrides: dict[str, Any]) -> QuantizeConfig:
     cfg = config or QuantizeConfig()
     if overrides:
@@ -438,97 +66,49 @@ def quantize(model: str | Path, out: str | Path, calib: Any = None, eval_data: A
         config: everything else; keyword ``overrides`` replace its fields (``budget=0.5``, ``target="cpu"``).
     """
     cfg = _config(config, overrides)
-    target = get_target(cfg.target)
-    own = target.run(model, out, calib, eval_data, cfg, progress)  # a target whose candidates are not ONNX graphs
-    if own is not None:
-        return own
+    return run_target(get_target(cfg.target), model, out, calib, eval_data, cfg, task, preprocess, decoder,
+                      progress)
+
+
+def quantize_cuda(model: str | Path, out: str | Path, calib: Any = None, eval_data: Any = None,
+                  config: QuantizeConfig | None = None, device: str = "cuda", formats: tuple[str, ...] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """``quantize`` with ``target="cuda"`` on ``device`` (``cpu``: the same ops' CPU kernels, for tests),
+    measuring only ``formats`` when given (names from :data:`nanoify.models.quantized.FORMATS`)."""
+    cfg = dataclasses.replace(config or QuantizeConfig(), target="cuda", device=device)
+    return run_target(CudaTarget(formats), model, out, calib, eval_data, cfg, progress=progress)
+
+
+def run_target(target: Target, model: str | Path, out: str | Path, calib: Any, eval_data: Any,
+               cfg: QuantizeConfig, task: str | None = None, preprocess: str | Path | None = None,
+               decoder: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """The one path of every target: check, prepare, read the rows, search, choose, write (module docstring)."""
+    target.check(cfg)  # one line before any work (e.g. cuda without a GPU)
     methods = cfg.methods if cfg.methods is not None else DEFAULT_METHODS
     t_start = time.time()
     with atomic_dir(Path(out)) as tmp:
-        src = dataclasses.replace(prepare(model, tmp, task, preprocess, decoder), target=target)
+        src = target.prepare(model, tmp, task, preprocess, decoder)
         calib_set, ev = load_data(src, calib, eval_data, cfg)
         work = tmp / "candidates"
         work.mkdir()
-        found = _search(src, calib_set, ev, cfg, methods, work, progress)
+        found = target.search(src, calib_set, ev, cfg, methods, work, progress)
         records = [c.record() for c in found.cands]
         idx, why = choose(records, found.ref.metrics, cfg.optimize, found.ref.metric, target.timed,
                           src.task.agreement_key)
-        extra = _write_chosen(tmp, found.cands[idx], found, src, ev)
-        shutil.rmtree(work)
+        extra = target.write_chosen(tmp, found.cands[idx], found, src, ev)
+        shutil.rmtree(work, ignore_errors=True)
         man = manifest("quantize", {**to_dict(cfg), "model": str(model), "methods": list(methods),
                                     "threads": cfg.threads or os.cpu_count()},
-                       task=src.ref.task, model_file=target.model_file, chosen=found.cands[idx].name, why=why,
-                       warnings=slower_than_reference(records[idx], found.ref.metrics) if target.timed else [],
-                       agreement_key=src.task.agreement_key,
-                       budget_met=bool(records[idx]["meets_budget"]), metric=found.ref.metric, int8_cpu=found.cpu,
-                       data={"eval": ev.where, "eval_rows": len(ev), "calibration": calib_set.where},
-                       reference={"name": f"ONNX Runtime FP32 ({src.fused.name})", **found.ref.metrics},
-                       candidates=records, mixed_precision=found.mixed, speed_fallback=found.speed,
-                       calibration=found.calib_info.get("info", {}),
-                       seconds=round(time.time() - t_start, 1), **extra)
+                       task=src.ref.task, model_file=target.model_file or None, chosen=found.cands[idx].name,
+                       why=why, warnings=slower_than_reference(records[idx], found.ref.metrics) if target.timed else [],
+                       agreement_key=src.task.agreement_key, budget_met=bool(records[idx]["meets_budget"]),
+                       metric=found.ref.metric,
+                       data={"eval": ev.where, "eval_rows": len(ev), "calibration": getattr(calib_set, "where", None)},
+                       reference={"name": found.ref_name, **found.ref.metrics}, candidates=records,
+                       seconds=round(time.time() - t_start, 1), **found.extras, **extra)
         write_json(tmp / MANIFEST, man)
         (tmp / "report.md").write_text(format_report(man) + "\n")
     return man
-
-
-@dataclass
-class Search:
-    """What the search measured: the FP32 reference, every candidate (timed when the target is), the ranges."""
-
-    ref: Reference
-    cands: list[Candidate]
-    ranges: dict[str, Any]
-    calib_info: dict[str, Any]
-    cpu: dict[str, Any]
-    mixed: dict[str, Any] | None = None
-    speed: dict[str, Any] | None = None
-
-
-def _search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: Sequence[str], work: Path,
-            progress: bool) -> Search:
-    """Measure the reference, calibrate, evaluate the target's candidates, add mixed precision (none met the
-    budget) and the speed fallback (where the target profiles), and time them all together."""
-
-    target = src.target
-    ref = measure_reference(src, ev, cfg.threads)
-    cpu = int8_report()
-    schemes = target.candidates(methods, src.cnn, target.weight_bits(cpu), src.fused != src.plain)
-    scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
-    ranges, calib_info = calibrate(src, calib_set, methods, scopes, target.free_zero_point, cfg.threads, progress)
-    keep = list(calib_info.get("report", {}).get("unrelated_concats", {}))
-    cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
-        keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
-    for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
-        evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
-    found = Search(ref, cands, ranges, calib_info, cpu)
-    if not any(c.metrics["meets_budget"] for c in cands):
-        base = mixed_precision_base(cands, src, ev, ref, cfg)
-        mixed, found.mixed = mixed_precision(base, src, ev, ref, ranges, work, cfg.budget, cfg.threads, progress,
-                                             agreement_budget=cfg.agreement_budget)
-        evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
-        cands.append(mixed)
-    if target.speed_fallback:
-        base = cands[-1] if found.mixed is not None else mixed_precision_base(cands, src, ev, ref, cfg)
-        fast, found.speed = speed_fallback(base, src, ev, ref, ranges, work, cfg)
-        if fast is not None:
-            cands.append(fast)
-    if target.timed:  # the reference and every candidate, timed together
-        for m, t in zip([ref.metrics] + [c.metrics for c in cands],
-                        time_all([ref.path] + [c.path for c in cands], src, ev, cfg), strict=True):
-            m.update(t)
-    return found
-
-
-def _write_chosen(tmp: Path, chosen: Candidate, found: Search, src: Source, ev: Any) -> dict[str, Any]:
-    """The chosen model, the files its task and target need beside it, the ranges; the manifest's extras."""
-    assert chosen.path is not None
-    shutil.copyfile(chosen.path, tmp / src.target.model_file)
-    task_kind(src.ref.task).write_assets(src.ref, tmp)
-    extra = src.target.write(tmp, chosen, found.ranges, src, ev)
-    if found.ranges:
-        write_json(tmp / "ranges.json", {m: {k: r.to_dict() for k, r in rs.items()} for m, rs in found.ranges.items()})
-        write_json(tmp / "calibration.json", found.calib_info["report"])
-    return extra
 
 
 def _fmt(v: Any, nd: int = 4) -> str:
@@ -578,9 +158,12 @@ def format_report(man: dict[str, Any]) -> str:
     elif sp:
         why = sp.get("skipped") or f"no INT8 kernel of {sp['base']} profiled slower than its float kernel"
         lines += ["", f"Speed fallback: {why}."]
-    cpu = man.get("int8_cpu", {})
-    lines += ["", f"CPU: {', '.join(cpu.get('cpu_flags', [])) or 'flags unknown'}; u8×s8 INT8 GEMM probe: "
-                  f"{'saturates → 7-bit weights' if cpu.get('u8s8_saturates') else 'exact → 8-bit weights'}."]
+    cpu = man.get("int8_cpu")
+    if cpu:
+        lines += ["", f"CPU: {', '.join(cpu.get('cpu_flags', [])) or 'flags unknown'}; u8×s8 INT8 GEMM probe: "
+                      f"{'saturates → 7-bit weights' if cpu.get('u8s8_saturates') else 'exact → 8-bit weights'}."]
+    if man.get("speed_note"):
+        lines += ["", f"Speed: {man['speed_note']}."]
     if man.get("tensorrt"):
         lines += ["", "TensorRT speed is not measured here (no TensorRT/GPU); accuracy is ONNX Runtime CPU running "
                       "the same Q/DQ graph.", "", "```", man["tensorrt"]["trtexec"], "```"]

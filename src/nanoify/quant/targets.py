@@ -9,7 +9,10 @@ written beside the chosen model. ``quantize`` is one path over them (prepare →
 - ``tensorrt``: the explicit Q/DQ graph TensorRT wants, its calibration cache and a ``trtexec`` line; accuracy
   estimated by running the Q/DQ graph in ONNX Runtime, speed not measured (no TensorRT here).
 - ``cuda``: PyTorch formats on a GPU (quantized linear layers, FP16/BF16); its candidates are torch modules, not
-  ONNX graphs, so it keeps its own measuring loop (:mod:`nanoify.quant.cuda`) behind the same registry.
+  ONNX graphs, so it brings its own prepare, search and write (:mod:`nanoify.quant.cuda`) to the same path.
+
+The ONNX targets share :mod:`nanoify.quant.steps` (the defaults below); a target whose candidates are something
+else overrides :meth:`Target.prepare`, :meth:`Target.search` and :meth:`Target.write_chosen`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..engines.base import Engine, profile_shapes
 from ..errors import ConfigError
 from ..models.files import onnx_io
 from ..tasks import task_kind
+from . import cuda, steps
 from .schemes import DynamicInt8, StaticQDQ
 from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
 
@@ -59,11 +63,24 @@ class Target:
         """Files beside the chosen model in ``folder``; returns what the manifest adds about them."""
         return {}
 
-    def run(self, model: str | Path, out: str | Path, calib: Any, eval_data: Any, cfg: QuantizeConfig,
-            progress: bool) -> dict[str, Any] | None:
-        """A target whose candidates are not ONNX graphs measures them itself and returns the manifest; None: the
-        shared path runs."""
-        return None
+    # -- the path (quant/run.py): ONNX graphs through quant/steps.py unless a target overrides these ------------
+    def check(self, cfg: QuantizeConfig) -> None:
+        """One line, before any work, when this target cannot run here with ``cfg``."""
+
+    def prepare(self, model: str | Path, tmp: Path, task: str | None, preprocess: str | Path | None,
+                decoder: str | None) -> Any:
+        """The source the search works on (its ``ref`` and ``task`` are read by the path)."""
+        return steps.prepare(model, tmp, self, task, preprocess, decoder)
+
+    def search(self, src: Any, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: Sequence[str], work: Path,
+               progress: bool) -> steps.Search:
+        """The reference and every candidate, measured (and timed when ``timed``); scratch files go in ``work``."""
+        return steps.search(src, calib_set, ev, cfg, methods, work, progress)
+
+    def write_chosen(self, folder: Path, chosen: steps.Candidate, found: steps.Search, src: Any,
+                     ev: Any) -> dict[str, Any]:
+        """The chosen model and what travels with it, in ``folder``; returns what the manifest adds."""
+        return steps.write_chosen(folder, chosen, found, src, ev)
 
     def bench_engines(self, device: str, task: str) -> tuple[tuple[str, str], str] | None:
         """``compress``'s bench engines for (baseline, compressed) and the compressed side's name, when this
@@ -120,16 +137,31 @@ class TensorRTTarget(Target):
 
 
 class CudaTarget(Target):
-    """PyTorch formats on a GPU, measured by the torch engine (:mod:`nanoify.quant.cuda`)."""
+    """PyTorch formats on a GPU, measured by the torch engine (:mod:`nanoify.quant.cuda`); ``formats`` limits the
+    quantized-linear formats tried (default: all the GPU supports)."""
 
     name = "cuda"
+    model_file = ""  # the folder is the model (a classifier or module folder), or model.onnx for an ONNX source
     uses_device = True
+    speed_fallback = False
 
-    def run(self, model: str | Path, out: str | Path, calib: Any, eval_data: Any, cfg: QuantizeConfig,
-            progress: bool) -> dict[str, Any] | None:
-        from .cuda import quantize_cuda  # torch and its CUDA path: imported when this target is chosen
+    def __init__(self, formats: tuple[str, ...] | None = None) -> None:
+        self.formats = formats
 
-        return quantize_cuda(model, out, calib, eval_data, cfg, device=cfg.device, progress=progress)
+    def check(self, cfg: QuantizeConfig) -> None:
+        cuda.check_device(cfg.device)
+
+    def prepare(self, model: str | Path, tmp: Path, task: str | None, preprocess: str | Path | None,
+                decoder: str | None) -> cuda.CudaSource:
+        return cuda.prepare(model)
+
+    def search(self, src: Any, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: Sequence[str], work: Path,
+               progress: bool) -> steps.Search:
+        return cuda.search(src, calib_set, ev, cfg, work, self.formats)
+
+    def write_chosen(self, folder: Path, chosen: steps.Candidate, found: steps.Search, src: Any,
+                     ev: Any) -> dict[str, Any]:
+        return cuda.write_chosen(folder, chosen, src, on_gpu=str(found.extras["device"]).startswith("cuda"))
 
     def bench_engines(self, device: str, task: str) -> tuple[tuple[str, str], str] | None:
         dtype = task_kind(task).cuda_bench_dtype
