@@ -351,7 +351,7 @@ def _export_model(cfg: CompressConfig, f: Path) -> None:
     with atomic_dir(f) as tmp:
         shutil.copyfile(ref.path, tmp / "model.onnx")
 
-        task_kind(ref.task).write_assets(ref, tmp)
+        ref.kind.write_assets(ref, tmp)
         write_json(tmp / MANIFEST, manifest("export", {"model": str(src)}, task=ref.task, copied_from=str(ref.path)))
 
 

@@ -40,7 +40,7 @@ def test_detector_export_is_dynamic_and_resolves_with_its_decoder(tiny_yolo_expo
     assert max(man["validation"]["max_rel_output_diff"].values()) <= 1e-4
     assert json.loads((tiny_yolo_export / "detection.json").read_text()) == {"decoder": "yolov8"}
     ref = resolve(tiny_yolo_export)
-    assert ref.task == "detection" and ref.preprocess["decoder"] == "yolov8" and ref.preprocess["dynamic_hw"]
+    assert ref.task == "detection" and ref.settings["decoder"] == "yolov8" and ref.settings["dynamic_hw"]
     assert ref.labels == DET_CLASSES and resolve(tiny_yolo_export / "torch").task == "detection"
 
 
@@ -199,7 +199,7 @@ def test_fastestdet_on_a_coco128_slice(tmp_path):
     (d / "preprocess.json").write_text(json.dumps({"size": [352, 352], "interpolation": "area", "channels": "bgr"}))
     (d / "label_map.json").write_text(json.dumps({"names": (COCO128 / "names.txt").read_text().split("\n")[:80]}))
     ref = resolve(d / "model.onnx")
-    assert ref.preprocess["decoder"] == "fastestdet" and ref.info["max_batch"] == 1  # told by the output shape
+    assert ref.settings["decoder"] == "fastestdet" and ref.info["max_batch"] == 1  # told by the output shape
     man = quantize(d, tmp_path / "q", calib=str(COCO128), progress=False,
                    config=QuantizeConfig(budget=100.0, methods=("minmax",), calib_samples=16, eval_rows=32,
                                          timing=FAST))

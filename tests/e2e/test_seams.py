@@ -85,7 +85,7 @@ class RegressionKind(TaskKind):
         return list(inputs) == ["features"] and len(inputs["features"][1]) == 2
 
     def from_onnx(self, name, path, engine, inputs, outputs, tokenizer, preprocess, decoder) -> ModelRef:
-        return ModelRef(name, path, engine, self.name, None, {"features": inputs["features"][1][1]})
+        return ModelRef(name, path, engine, self, None, {"features": inputs["features"][1][1]})
 
     def make(self, ref: ModelRef) -> Regression:
         return Regression()

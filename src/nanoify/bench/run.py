@@ -38,7 +38,7 @@ from ..artifacts import MANIFEST, atomic_dir, machine, manifest, versions, write
 from ..config import BenchConfig, DataConfig, TimingConfig, to_dict
 from ..engines import open_engine, parse_engine_spec
 from ..errors import ConfigError, NanoifyError
-from ..tasks import TASK_KINDS, TaskKind, make_task, register_task, registered_kinds, synthetic_feed, task_kind
+from ..tasks import TASK_KINDS, TaskKind, make_task, register_task, registered_kinds, synthetic_feed
 from ..tasks.resolve import resolve
 from .latency import measure_speed, rows_in, time_batches
 
@@ -317,7 +317,7 @@ def _data(data: Any, first_model: str, task: str | None, preprocess: str | None,
         return data
 
     ref = resolve(first_model, task=task, preprocess=preprocess, decoder=decoder)
-    spec = task_kind(ref.task).default_data()  # a one-line error for kinds with no default data
+    spec = ref.kind.default_data()  # a one-line error for kinds with no default data
     base = data if isinstance(data, DataConfig) else DataConfig()
     return dataclasses.replace(base, data=spec)
 

@@ -51,7 +51,7 @@ from ..models.quantized import (
     quantize_model,
     save_quantized,
 )
-from ..tasks import check_budget, evaluate_predictions, make_task, task_kind
+from ..tasks import check_budget, evaluate_predictions, make_task
 from ..tasks.resolve import resolve
 from .steps import Candidate, Reference, Search
 
@@ -92,12 +92,12 @@ def prepare(model: str | Path) -> CudaSource:
     image = _image_source(model)
     if image is not None:
         ref = resolve(model)
-        if task_kind(ref.task).gpu_formats != "precision":
+        if ref.kind.gpu_formats != "precision":
             raise ModelError(f"{model} is a {ref.task} model; --target cuda takes its Hugging Face folder")
         return CudaSource(ref, make_task(ref), image, linear=False)
     folder = _classifier_folder(model)
     ref = resolve(folder)
-    if task_kind(ref.task).gpu_formats != "linear":
+    if ref.kind.gpu_formats != "linear":
         raise ModelError(f"--target cuda covers text classifiers, torch-module folders and ONNX files; {model} is a "
                          f"{ref.task} model of another kind: use --target tensorrt")
     return CudaSource(ref, make_task(ref), folder, linear=True)

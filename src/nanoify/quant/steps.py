@@ -36,7 +36,7 @@ from ..export.onnx import export
 from ..models.files import is_quantized, onnx_io
 from ..runtime.cpu import int8_report
 from ..runtime.ort import ort_session
-from ..tasks import check_budget, evaluate_predictions, make_task, task_kind
+from ..tasks import check_budget, evaluate_predictions, make_task
 from ..tasks.resolve import resolve
 from .calibrate import calibrate_onnx, choose_ranges, range_report
 from .choose import SPEED_TIE, speed_score
@@ -456,7 +456,7 @@ def write_chosen(tmp: Path, chosen: Candidate, found: Search, src: Source, ev: A
     """The chosen model, the files its task and target need beside it, the ranges; the manifest's extras."""
     assert chosen.path is not None
     shutil.copyfile(chosen.path, tmp / src.target.model_file)
-    task_kind(src.ref.task).write_assets(src.ref, tmp)
+    src.ref.kind.write_assets(src.ref, tmp)
     extra = src.target.write(tmp, chosen, found.ranges, src, ev)
     if found.ranges:
         write_json(tmp / "ranges.json", {m: {k: r.to_dict() for k, r in rs.items()} for m, rs in found.ranges.items()})

@@ -124,7 +124,7 @@ class TensorRTTarget(Target):
         method = getattr(chosen.plan.scheme, "method", next(iter(ranges)))
         write_calibration_cache(folder / "calibration.cache", {k: r.amax for k, r in ranges[method].items()})
         spec = onnx_io(folder / QDQ_MODEL)[0]
-        axes = task_kind(src.ref.task).profile_axes(src.ref, ev)
+        axes = src.ref.kind.profile_axes(src.ref, ev)
         cmd = trtexec_command(QDQ_MODEL, "model.plan", profile_shapes(spec, axes),
                               fp16_layers=chosen.plan.float_nodes)
         (folder / "trtexec.sh").write_text("#!/bin/sh\n# Build the TensorRT engine (INT8 from the Q/DQ graph, FP16 "

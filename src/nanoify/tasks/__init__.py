@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 from .base import BudgetCheck, EvalSet, Feed, Outputs, Task, check_budget, evaluate_predictions, synthetic_feed
-from .kinds import TaskKind
-from .ref import ModelRef
+from .kinds import ModelRef, TaskKind
 from .registry import TASK_KINDS, register_task, registered_kinds, task_kind, task_names, unregister_task
 
 
 def make_task(ref: ModelRef) -> Task:
-    """The task object for a :class:`~nanoify.tasks.ref.ModelRef`, built by its kind."""
-    task = task_kind(ref.task).make(ref)
+    """The task object for a :class:`~nanoify.tasks.kinds.ModelRef`, built by its kind."""
+    task = ref.kind.make(ref)
     task.max_batch = ref.info.get("max_batch")
     return task
 

@@ -33,8 +33,7 @@ from ..errors import DataError, ModelError
 from .base import EvalSet, Feed, Outputs, Task
 from .decoders import get_decoder, guess_decoder, nms
 from .image import ImageKind, image_ref, one_image_input, preprocess_of
-from .kinds import Spec
-from .ref import ModelRef
+from .kinds import ModelRef, Spec
 
 SETTINGS_FILE = "detection.json"  # decoder and thresholds of a detector, beside it
 REF_CONF = 0.25  # a reference box counts as a detection the user would see
@@ -317,13 +316,13 @@ class DetectionKind(ImageKind):
         x = one_image_input(path, inputs, "a detector")
         det = detection_settings(path.parent, decoder, [s for _, s in outputs.values()])
         return self._with_settings_file(image_ref(name, path, engine, x, inputs[x][1], path.parent, preprocess,
-                                                  self.name, det), path.parent)
+                                                  self, det), path.parent)
 
     def from_module(self, folder: Path, engine: str, input_name: str, shape: list[Any], preprocess: Any,
                     decoder: str | None) -> ModelRef:
         det = detection_settings(folder, decoder, [["batch", "?", "?"]])
         return self._with_settings_file(image_ref(folder.name, folder, engine, input_name, shape, folder,
-                                                  preprocess, self.name, det), folder)
+                                                  preprocess, self, det), folder)
 
     @staticmethod
     def _with_settings_file(ref: ModelRef, folder: Path) -> ModelRef:
@@ -333,14 +332,14 @@ class DetectionKind(ImageKind):
         return ref
 
     def make(self, ref: ModelRef) -> Detection:
-        p = ref.preprocess
+        p = ref.settings
         extra = {k: p[k] for k in ("conf", "iou", "max_det", "stride") if k in p}
         return Detection(preprocess_of(ref), ref.labels, p.get("input", "input"), p["decoder"],
                          dynamic_hw=bool(p.get("dynamic_hw")), **extra)
 
     def write_assets(self, ref: ModelRef, folder: Path) -> None:
         super().write_assets(ref, folder)
-        det = {k: ref.preprocess[k] for k in self.settings if k in ref.preprocess}
+        det = {k: ref.settings[k] for k in self.settings if k in ref.settings}
         (folder / SETTINGS_FILE).write_text(json.dumps(det, indent=2) + "\n")
 
     def export_settings(self, decoder: str | None) -> dict[str, Any] | None:

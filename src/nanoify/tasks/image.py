@@ -19,8 +19,7 @@ from ..models.files import LABEL_MAP_FILE, PREPROCESS_FILE
 from ..models.load import read_labels
 from .base import EvalSet, Feed
 from .classify import ClassificationTask
-from .kinds import CLASSIFICATION_ROWS, Spec, TaskKind
-from .ref import ModelRef
+from .kinds import CLASSIFICATION_ROWS, ModelRef, Spec, TaskKind
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +126,8 @@ class ImageClassification(ClassificationTask):
 
 
 def preprocess_of(ref: ModelRef) -> Preprocess:
-    """The reference's preprocessing (its ``preprocess`` data holds more keys: input name, settings)."""
-    keys = set(Preprocess.__dataclass_fields__)
-    return Preprocess.from_dict({k: v for k, v in ref.preprocess.items() if k in keys}, f"preprocessing of {ref.name}")
+    """The reference's preprocessing."""
+    return Preprocess.from_dict(ref.preprocess, f"preprocessing of {ref.name}")
 
 
 def one_image_input(path: Path, inputs: Spec, what: str) -> str:
@@ -156,14 +154,14 @@ class ImageKind(TaskKind):
     def from_onnx(self, name: str, path: Path, engine: str, inputs: Spec, outputs: Spec, tokenizer: Path | None,
                   preprocess: Any, decoder: str | None) -> ModelRef:
         x = one_image_input(path, inputs, "an image classifier")
-        return image_ref(name, path, engine, x, inputs[x][1], path.parent, preprocess, self.name)
+        return image_ref(name, path, engine, x, inputs[x][1], path.parent, preprocess, self)
 
     def from_module(self, folder: Path, engine: str, input_name: str, shape: list[Any], preprocess: Any,
                     decoder: str | None) -> ModelRef:
-        return image_ref(folder.name, folder, engine, input_name, shape, folder, preprocess, self.name)
+        return image_ref(folder.name, folder, engine, input_name, shape, folder, preprocess, self)
 
     def make(self, ref: ModelRef) -> ImageClassification:
-        return ImageClassification(preprocess_of(ref), ref.labels, ref.preprocess.get("input", "input"))
+        return ImageClassification(preprocess_of(ref), ref.labels, ref.settings.get("input", "input"))
 
     def default_data(self) -> Any:
         raise ConfigError("bench needs --data for image models (an .npz file, a folder of images, a detection set)")
@@ -175,12 +173,12 @@ class ImageKind(TaskKind):
 
 
 def image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any], folder: Path,
-              preprocess: str | Path | dict[str, Any] | None, task: str,
+              preprocess: str | Path | dict[str, Any] | None, kind: TaskKind,
               settings: dict[str, Any] | None = None) -> ModelRef:
     """The reference of a model taking one image batch: its preprocessing (given, ``preprocess.json`` beside it,
-    or the defaults, said loudly), layout and size told from the input's shape, labels beside it; ``settings``
-    (a detector's decoder and thresholds) join the preprocessing, and a model whose height and width are
-    dynamic is marked ``dynamic_hw``."""
+    or the defaults, said loudly), layout and size told from the input's shape, labels beside it; the input's
+    name and ``settings`` (a detector's decoder and thresholds) are the reference's settings, where a model whose
+    height and width are dynamic is marked ``dynamic_hw``."""
     assets = []
     found = None
     if isinstance(preprocess, dict):
@@ -222,13 +220,13 @@ def image_ref(name: str, p: Path, engine: str, input_name: str, shape: list[Any]
             labels = read_labels(c)
             assets.append(c / LABEL_MAP_FILE)
             break
-    d = {**pre.to_dict(), "input": input_name}
+    kind_settings: dict[str, Any] = {"input": input_name}
     if settings is not None:
-        d.update(settings)
-        d["dynamic_hw"] = fixed is None
+        kind_settings.update(settings)
+        kind_settings["dynamic_hw"] = fixed is None
     source = ("given" if isinstance(preprocess, dict) else str(preprocess)) if preprocess is not None else (
         str(found) if found else "defaults")
     info: dict[str, Any] = {"preprocess_source": source}
     if isinstance(shape[0], int) and shape[0] > 0:
         info["max_batch"] = shape[0]  # exported with a fixed batch: feeds never exceed it
-    return ModelRef(name, p, engine, task, labels, d, assets, info)
+    return ModelRef(name, p, engine, kind, labels, pre.to_dict(), assets, info, kind_settings)

@@ -2,20 +2,21 @@
 user registers) that knows everything varying with the kind outside the :class:`~nanoify.tasks.base.Task`
 itself — recognising its models, building their reference and their task, the files that travel with them, the
 data they read, and how reports name their metrics and rows. Nothing outside ``tasks/`` branches on a kind's
-name: it asks the kind (``task_kind(ref.task)``, from :mod:`nanoify.tasks.registry`).
+name: it asks the kind, which every :class:`ModelRef` carries (``ref.kind``; by name: ``task_kind(name)`` from
+:mod:`nanoify.tasks.registry`).
 
 A new kind is one subclass of :class:`TaskKind` and one ``register_task`` call (see ``tests/e2e/test_seams.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
 from ..errors import ConfigError, ModelError
 from .base import EvalSet, Task
-from .ref import ModelRef
 
 Spec = dict[str, tuple[str, list[Any]]]  # input or output name → (dtype, dims) of an ONNX graph
 
@@ -100,3 +101,41 @@ class TaskKind:
 
     def metric_name(self, metric: str) -> str:
         return self.metric_words.get(metric, metric.replace("_", " "))
+
+
+@dataclass
+class ModelRef:
+    """A runnable model: the file or folder an engine opens, the engine, its task kind (the object: ``task`` is its
+    name, what manifests store), labels, preprocessing (as data: a tokenizer folder and limits, or
+    :class:`~nanoify.data.images.Preprocess` fields), the kind's settings (an image model's input name; a
+    detector's decoder, thresholds and ``dynamic_hw``), the files that travel with it (``assets``: tokenizer
+    folder, ``preprocess.json``, ``label_map.json``, ``detection.json``) and facts for reports (``info``)."""
+
+    name: str
+    path: Path
+    engine: str
+    kind: TaskKind
+    labels: list[str] | None
+    preprocess: dict[str, Any]
+    assets: list[Path] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        """The kind's name."""
+        return self.kind.name
+
+    def files(self) -> list[Path]:
+        """The weight files (for the size column)."""
+        if self.path.is_file():
+            extra = [p for p in self.path.parent.glob(self.path.name + ".data") if p.is_file()]
+            return [self.path, *extra]
+        return sorted(p for p in self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files())
+
+    @property
+    def max_sequence(self) -> int | None:
+        return self.preprocess.get("max_sequence")

@@ -6,7 +6,7 @@ An ``.onnx`` file needs nothing beside it when its task can be told from its inp
 tokenizer in ``hf/`` near it) is text classification; one float rank-4 input with a 2-D output is image
 classification, preprocessed by ``preprocess.json`` beside it (or ``--preprocess``), or by the defaults with
 the model's own input size. Each task kind says whether a graph is its own and builds its reference
-(:mod:`nanoify.tasks.kinds`); a reference names its kind, and ``task_kind(ref.task)`` finds it.
+(:mod:`nanoify.tasks.kinds`); a reference carries its kind (``ref.kind``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..artifacts import read_manifest
 from ..errors import ModelError
 from ..models.files import MODULE_FILE, ONNX_SUFFIXES, TRT_SUFFIXES, onnx_io, read_module_json
 from .image import ImageKind
-from .ref import ModelRef
+from .kinds import ModelRef
 from .registry import recognition_order, task_kind, task_names
 
 

@@ -34,8 +34,7 @@ from ..errors import ConfigError, DataError, ModelError
 from ..models.load import load_tokenizer, max_tokens, read_labels
 from .base import EvalSet, Feed
 from .classify import ClassificationTask
-from .kinds import CLASSIFICATION_ROWS, Spec, TaskKind
-from .ref import ModelRef
+from .kinds import CLASSIFICATION_ROWS, ModelRef, Spec, TaskKind
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -205,7 +204,7 @@ class TextKind(TaskKind):
     def from_folder(self, folder: Path, engine: str | None) -> ModelRef | None:
         if not (folder / "config.json").is_file():
             return None
-        ref = text_ref(folder.name, folder, engine or "torch", folder)
+        ref = text_ref(self, folder.name, folder, engine or "torch", folder)
         ref.preprocess["inputs"] = _hf_inputs(folder)
         return ref
 
@@ -216,7 +215,7 @@ class TextKind(TaskKind):
                              "export` or put the tokenizer files in an hf/ folder beside the model")
         if "input_ids" not in inputs:
             raise ModelError(f"{path} takes {', '.join(inputs)}, not input_ids: it is not a text classifier")
-        return text_ref(name, path, engine, tokenizer, list(inputs))
+        return text_ref(self, name, path, engine, tokenizer, list(inputs))
 
     def make(self, ref: ModelRef) -> TextClassification:
         p = ref.preprocess
@@ -241,7 +240,7 @@ def _max_seq(folder: Path, default: int = 512) -> int:
     return default
 
 
-def text_ref(name: str, p: Path, engine: str, tok: Path, inputs: list[str] | None = None) -> ModelRef:
+def text_ref(kind: TaskKind, name: str, p: Path, engine: str, tok: Path, inputs: list[str] | None = None) -> ModelRef:
     labels = read_labels(tok)
     if labels is None:
         raise ModelError(f"{tok} has no label_map.json or id2label in config.json; save the classifier with nanoify")
@@ -251,7 +250,7 @@ def text_ref(name: str, p: Path, engine: str, tok: Path, inputs: list[str] | Non
     if cfg.is_file():
         info["layers"] = json.loads(cfg.read_text()).get("num_hidden_layers")
     assets = [tok] if tok != p else []
-    return ModelRef(name, p, engine, TextKind.name, labels, pre, assets, info)
+    return ModelRef(name, p, engine, kind, labels, pre, assets, info)
 
 
 def _hf_inputs(folder: Path) -> list[str]:
