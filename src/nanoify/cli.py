@@ -386,7 +386,8 @@ def _quantize_parser(sub: Any) -> None:
                    help="also bound how far predictions may drift from FP32, in points of agreement (1.0: at most "
                         "1%% of predictions change); default: no bound")
     q.add_argument("--target", choices=tuple(TARGETS), default="cpu",
-                   help="cpu: ONNX Runtime INT8 measured here; tensorrt: Q/DQ graph + calibration cache to hand off; "
+                   help="cpu: ONNX Runtime INT8 measured here; openvino: Q/DQ INT8 measured in OpenVINO here, "
+                        "written as ONNX and OpenVINO IR; tensorrt: Q/DQ graph + calibration cache to hand off; "
                         "cuda: GPU formats for the torch engine, measured on the GPU (transformers: FP8/INT8/FP16; "
                         "CNNs and detectors: FP16/BF16)")
     q.add_argument("--device", default="cuda",

@@ -1,4 +1,4 @@
-"""One Engine contract over torch, ONNX Runtime and TensorRT (imported lazily).
+"""One Engine contract over torch, ONNX Runtime, OpenVINO and TensorRT (imported lazily).
 
     with open_engine("onnxruntime", "out/model.fused.onnx") as eng:
         logits = eng.infer(feed)["logits"]
@@ -27,13 +27,22 @@ def _ort(path: str, **kw: Any) -> Engine:
     return OrtEngine(path, **kw)
 
 
+def _ov(path: str, **kw: Any) -> Engine:
+    try:
+        from .openvino_engine import OpenVinoEngine  # an optional backend: imported when chosen
+    except ImportError:
+        raise EngineUnavailable("OpenVINO is not installed here; pip install openvino (or nanoify[openvino]), "
+                                "or use --engine onnxruntime") from None
+    return OpenVinoEngine(path, **kw)
+
+
 def _trt(path: str, **kw: Any) -> Engine:
     from .trt_engine import TensorRTEngine
 
     return TensorRTEngine(path, **kw)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"torch": _torch, "onnxruntime": _ort, "tensorrt": _trt}
+ENGINES: dict[str, Callable[..., Engine]] = {"torch": _torch, "onnxruntime": _ort, "openvino": _ov, "tensorrt": _trt}
 
 
 # torch engine options beyond device and dtype (see engines/torch_engine.py)
@@ -44,7 +53,8 @@ TORCH_FLAGS = {"graphs": ("graphs", True), "sdpa": ("attention", "sdpa"), "compi
 def parse_engine_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``NAME[:DEVICE][:DTYPE][:FLAG…]`` → (name, options): ``torch:cuda:bf16``, ``torch:cuda:fp16:graphs``
     (CUDA graphs per batch and sequence bucket), ``torch:cuda:1:fp16`` (the second GPU),
-    ``torch:cuda:fp16:sdpa:compile-max``, ``onnxruntime:cuda`` (CUDA execution provider), ``tensorrt``."""
+    ``torch:cuda:fp16:sdpa:compile-max``, ``onnxruntime:cuda`` (CUDA execution provider), ``openvino:bf16``
+    (OpenVINO's CPU plugin in BF16), ``tensorrt``."""
     name, *rest = spec.split(":")
     opts: dict[str, Any] = {}
     for part in rest:

@@ -93,8 +93,10 @@ class Engine:
                                     "`with open_engine(...) as e:`")
 
     def input_spec(self) -> Spec:
-        """Input name → (dtype, shape with symbolic names for dynamic axes)."""
-        raise NotImplementedError
+        """Input name → (dtype, shape with symbolic names for dynamic axes): the ``_spec`` ``_load`` set, unless
+        an engine reads it otherwise."""
+        self._require_loaded()
+        return self._spec
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; every named output. Inputs not in ``input_spec()`` are ignored; missing ones are an error."""

@@ -138,10 +138,6 @@ class TorchEngine(Engine):
         self.__dict__.pop("model", None)
         super().close()
 
-    def input_spec(self) -> dict[str, tuple[str, list[Any]]]:
-        self._require_loaded()
-        return self._spec
-
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = self._check_feed(feed)
         on_stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()

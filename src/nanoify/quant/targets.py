@@ -8,6 +8,8 @@ written beside the chosen model. ``quantize`` is one path over them (prepare →
 - ``cpu``: ONNX Runtime on this machine; dynamic and static INT8 measured and timed here.
 - ``tensorrt``: the explicit Q/DQ graph TensorRT wants, its calibration cache and a ``trtexec`` line; accuracy
   estimated by running the Q/DQ graph in ONNX Runtime, speed not measured (no TensorRT here).
+- ``openvino``: OpenVINO's CPU plugin on this machine; nanoify's Q/DQ graphs (its ranges, per-channel weights)
+  evaluated and timed by OpenVINO itself, the chosen one written as Q/DQ ONNX and as OpenVINO IR.
 - ``cuda``: PyTorch formats on a GPU (quantized linear layers, FP16/BF16); its candidates are torch modules, not
   ONNX graphs, so it brings its own prepare, search and write (:mod:`nanoify.quant.cuda`) to the same path.
 
@@ -33,7 +35,8 @@ from .schemes import DynamicInt8, StaticQDQ
 from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
 
 OUT_MODEL = "model.int8.onnx"  # --target cpu
-QDQ_MODEL = "model.qdq.onnx"  # --target tensorrt
+QDQ_MODEL = "model.qdq.onnx"  # --target tensorrt and openvino (beside it: model.xml + model.bin)
+OV_IR = "model.xml"
 
 
 class Target:
@@ -136,6 +139,29 @@ class TensorRTTarget(Target):
                              "fp16_layers": chosen.plan.float_nodes, "verified": False}}
 
 
+class OpenVinoTarget(Target):
+    """OpenVINO's CPU plugin: the Q/DQ graphs it reads as INT8 (u8 activations with a zero point, s8 per-channel
+    weights — 8-bit: its kernels compensate where the CPU's u8×s8 instruction saturates), measured and timed in
+    OpenVINO; the chosen graph is also saved as IR, and the manifest says which layers OpenVINO ran in INT8."""
+
+    name = "openvino"
+    model_file = QDQ_MODEL
+    speed_fallback = False  # the per-node profile is ONNX Runtime's; OpenVINO's own timing decides instead
+
+    def candidates(self, methods: Sequence[str], cnn: bool, weight_bits: int, fused: bool) -> list[Any]:
+        scopes = ("weights", "all") if cnn else ("weights",)
+        return [StaticQDQ(m, "cpu", s, 8) for s in scopes for m in methods]
+
+    def engine(self, path: Path, threads: int | None) -> Engine:
+        return open_engine("openvino", str(path), threads=threads)
+
+    def write(self, folder: Path, chosen: Any, ranges: dict[str, Any], src: Any, ev: Any) -> dict[str, Any]:
+        from ..engines.openvino_engine import save_ir  # optional backend: imported when this target is chosen
+
+        info = save_ir(folder / QDQ_MODEL, folder / OV_IR)
+        return {"engine": "openvino", "openvino": {"ir": OV_IR, "qdq_model": QDQ_MODEL, **info}}
+
+
 class CudaTarget(Target):
     """PyTorch formats on a GPU, measured by the torch engine (:mod:`nanoify.quant.cuda`); ``formats`` limits the
     quantized-linear formats tried (default: all the GPU supports)."""
@@ -170,7 +196,7 @@ class CudaTarget(Target):
         return (f"torch:{device}:fp32", compressed), f"torch on {device}"
 
 
-TARGETS: dict[str, Target] = {t.name: t for t in (CpuTarget(), TensorRTTarget(), CudaTarget())}
+TARGETS: dict[str, Target] = {t.name: t for t in (CpuTarget(), TensorRTTarget(), OpenVinoTarget(), CudaTarget())}
 
 
 def register_target(target: type[Target] | Target) -> type[Target] | Target:

@@ -1,0 +1,115 @@
+"""OpenVINO engine: an ONNX file or an OpenVINO IR (``.xml`` + ``.bin``) compiled for the CPU.
+
+OpenVINO reads a Q/DQ ONNX graph directly and runs its quantized operations in INT8 (its low-precision
+transformations); what each layer actually ran in is in the compiled model's runtime info, which
+:meth:`OpenVinoEngine.layer_precisions` reads, so a report can say "INT8" from evidence.
+
+Options: ``threads`` (``INFERENCE_NUM_THREADS``), ``dtype`` — ``fp32`` (default) or ``bf16``
+(``INFERENCE_PRECISION_HINT``; OpenVINO's own default on CPUs with AVX512-BF16 or AMX is BF16, which changes
+results, so nanoify always asks for the precision it measures), ``hint`` (``LATENCY`` default, or
+``THROUGHPUT``), ``max_dims``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from ..errors import ModelError
+from ..models.files import onnx_io
+from .base import Engine, EngineUnavailable
+
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "u8": "uint8", "boolean": "bool"}
+
+
+def cpu_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin says this CPU computes in (FP32, BF16, INT8, …)."""
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+class OpenVinoEngine(Engine):
+    """A model compiled by OpenVINO for the CPU (see module docstring)."""
+
+    name = "openvino"
+
+    def _load(self) -> None:
+        dtype = self.options.get("dtype") or "fp32"
+        if dtype not in PRECISIONS:
+            raise EngineUnavailable(f"openvino engine: dtype {dtype!r} is not one it runs; use fp32 or bf16")
+        core = ov.Core()
+        if dtype == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise EngineUnavailable("this CPU has no BF16 kernels (AVX512-BF16 or AMX); use openvino:fp32")
+        path = Path(self.path)
+        try:
+            model = core.read_model(str(path))
+        except Exception as e:  # noqa: BLE001 - OpenVINO's reader raises RuntimeError subclasses
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelError(f"OpenVINO cannot read {path}: {first}") from None
+        config: dict[str, Any] = {"PERFORMANCE_HINT": self.options.get("hint", "LATENCY"),
+                                  "INFERENCE_PRECISION_HINT": PRECISIONS[dtype]}
+        if self.options.get("threads"):
+            config["INFERENCE_NUM_THREADS"] = int(self.options["threads"])
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self._spec = self._input_spec(model, path)
+        self._outputs = [(o.get_any_name(), o) for o in self.compiled.outputs]
+
+    @staticmethod
+    def _input_spec(model: Any, path: Path) -> dict[str, tuple[str, list[Any]]]:
+        """Input name → (dtype, dims): from the ONNX graph where there is one (its axis names), else from
+        OpenVINO's partial shapes (a dynamic leading axis is ``batch``)."""
+        if path.suffix.lower() == ".onnx":
+            ins = onnx_io(path)[0]
+            return {k: (str(v[0]), list(v[1])) for k, v in ins.items()}
+        spec = {}
+        for inp in model.inputs:
+            dims: list[Any] = [d.get_length() if d.is_static else ("batch" if i == 0 else f"dim{i}")
+                               for i, d in enumerate(inp.get_partial_shape())]
+            spec[inp.get_any_name()] = (_TYPES.get(inp.get_element_type().get_type_name(), "float32"), dims)
+        return spec
+
+    def close(self) -> None:
+        self.__dict__.pop("request", None)
+        self.__dict__.pop("compiled", None)
+        super().close()
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = self._check_feed(feed)
+        try:
+            res = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+        except Exception as e:  # noqa: BLE001 - a runtime failure becomes one line
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelError(f"OpenVINO failed running {self.path}: {first}") from None
+        # the request's output tensors are reused by the next call: copy them out
+        return {name: np.array(res[port], copy=True) for name, port in self._outputs}
+
+    def layer_precisions(self) -> dict[str, dict[str, int]]:
+        """Per layer type of the compiled graph, how many layers ran in each precision (runtime info):
+        e.g. ``{"Convolution": {"u8": 19, "f32": 1}}`` (u8/i8: INT8 kernels)."""
+        self._require_loaded()
+        out: dict[str, Counter[str]] = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+            prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+            if kind in ("Input", "Output", "Const"):  # not compute
+                continue
+            out.setdefault(kind, Counter())[prec] += 1
+        return {k: dict(v) for k, v in sorted(out.items())}
+
+
+def save_ir(onnx_path: Path, xml_path: Path) -> dict[str, Any]:
+    """``onnx_path`` converted to OpenVINO IR at ``xml_path`` (weights in the ``.bin`` beside it, kept FP32 where
+    they are float: no FP16 compression, so the IR computes what was measured); returns what the manifest says
+    about it: OpenVINO's version and the precision each layer type ran in when compiled here."""
+    core = ov.Core()
+    ov.save_model(core.read_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    with OpenVinoEngine(str(xml_path)) as eng:
+        layers = eng.layer_precisions()
+    int8 = sum(n for precs in layers.values() for p, n in precs.items() if p in ("u8", "i8"))
+    return {"version": ov.__version__, "int8_layers": int8, "layer_precisions": layers}

@@ -1,0 +1,82 @@
+"""The OpenVINO engine and ``quantize --target openvino`` on the tiny CNN (in-process data, no ../shared):
+the engine agrees with ONNX Runtime on the FP32 graph, the target's candidates are measured in OpenVINO, the
+chosen Q/DQ graph is written with its IR, the IR runs the same numbers, INT8 is read from what OpenVINO compiled,
+and bench runs the output on OpenVINO by default."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from nanoify.bench.run import measure_model
+from nanoify.config import QuantizeConfig, TimingConfig
+from nanoify.engines import EngineUnavailable, open_engine, parse_engine_spec
+from nanoify.quant.run import quantize
+from nanoify.tasks.resolve import resolve
+
+pytest.importorskip("openvino")
+FAST = TimingConfig(latency_rows=8, throughput_rows=32, rounds=1)
+
+
+def _feed(rows: int = 3) -> dict[str, np.ndarray]:
+    return {"input": np.random.default_rng(0).normal(size=(rows, 3, 16, 16)).astype(np.float32)}  # tiny CNN: 16²
+
+
+def test_openvino_engine_agrees_with_onnxruntime(tiny_cnn_export):
+    path = str(tiny_cnn_export / "model.onnx")
+    with open_engine("openvino", path, threads=1) as ov_eng, open_engine("onnxruntime", path) as ort_eng:
+        assert {k: v[1] for k, v in ov_eng.input_spec().items()} == {k: v[1] for k, v in ort_eng.input_spec().items()}
+        for rows in (1, 3):  # a dynamic batch
+            a, b = ov_eng.infer(_feed(rows)), ort_eng.infer(_feed(rows))
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-4)
+        first = ov_eng.infer(_feed())["logits"]
+        ov_eng.infer({"input": np.zeros((3, 3, 16, 16), np.float32)})
+        np.testing.assert_array_equal(first, ov_eng.infer(_feed())["logits"])  # outputs are copies, not views
+        precs = ov_eng.layer_precisions()
+        assert precs.get("Convolution") and not {"Input", "Const"} & set(precs), precs  # compute layers only
+        assert not any(p in ("u8", "i8") for c in precs.values() for p in c)  # an FP32 graph runs no INT8 layer
+
+
+def test_openvino_options_and_bad_input_are_one_line(tiny_cnn_export, monkeypatch, tmp_path):
+    from nanoify.engines.openvino_engine import cpu_capabilities
+    from nanoify.errors import ModelError
+
+    assert parse_engine_spec("openvino:bf16") == ("openvino", {"dtype": "bf16"})
+    path = str(tiny_cnn_export / "model.onnx")
+    with pytest.raises(EngineUnavailable, match="fp32 or bf16"), open_engine("openvino", path, dtype="fp16"):
+        pass
+    if "BF16" not in cpu_capabilities():
+        with pytest.raises(EngineUnavailable, match="no BF16"), open_engine("openvino", path, dtype="bf16"):
+            pass
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="OpenVINO cannot read"), open_engine("openvino", str(bad)):
+        pass
+    monkeypatch.setitem(sys.modules, "nanoify.engines.openvino_engine", None)  # as if openvino were missing
+    with pytest.raises(EngineUnavailable, match="pip install openvino"):
+        open_engine("openvino", path)
+
+
+def test_quantize_for_openvino_writes_qdq_and_ir_measured_in_openvino(tmp_path, tiny_cnn_export, tiny_images):
+    out = tmp_path / "ov"
+    man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="openvino",
+                   config=QuantizeConfig(budget=2.0, methods=("mse", "minmax"), timing=FAST))
+    names = [c["name"] for c in man["candidates"]]
+    # 8-bit weights on any CPU (OpenVINO's kernels compensate where u8×s8 saturates), every op for a CNN
+    assert names[:4] == ["static-mse", "static-minmax", "static-mse-all-ops", "static-minmax-all-ops"], names
+    assert all("latency_ms_p50" in c for c in man["candidates"])  # timed, in OpenVINO
+    assert man["engine"] == "openvino" and man["model_file"] == "model.qdq.onnx"
+    assert (out / "model.qdq.onnx").is_file() and (out / "model.xml").is_file() and (out / "model.bin").is_file()
+    info = man["openvino"]
+    assert info["ir"] == "model.xml" and info["int8_layers"] > 0  # INT8 read from the compiled model
+    assert any("u8" in c or "i8" in c for c in info["layer_precisions"].values())
+    with open_engine("openvino", str(out / "model.xml")) as ir, \
+            open_engine("openvino", str(out / "model.qdq.onnx")) as qdq:
+        np.testing.assert_allclose(ir.infer(_feed())["logits"], qdq.infer(_feed())["logits"], rtol=1e-5, atol=1e-5)
+    assert resolve(out).engine == "openvino"
+    res, _ = measure_model(str(out), str(tiny_images), timing=FAST)
+    assert res["engine"] == "openvino" and res["accuracy"] > 0.8
