@@ -5,6 +5,9 @@ and bench runs the output on OpenVINO by default."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -56,18 +59,34 @@ def test_openvino_options_and_bad_input_are_one_line(tiny_cnn_export, monkeypatc
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="OpenVINO cannot read"), open_engine("openvino", str(bad)):
         pass
+    chosen_bf16 = tmp_path / "bf16"  # a folder whose quantization.json names BF16 runs in BF16 by default
+    chosen_bf16.mkdir()
+    shutil.copy(path, chosen_bf16 / "model.onnx")
+    (chosen_bf16 / "quantization.json").write_text(json.dumps({"kind": "precision", "format": "bf16"}))
+    bf16_model = str(chosen_bf16 / "model.onnx")
+    if "BF16" in cpu_capabilities():
+        with open_engine("openvino", bf16_model) as eng:
+            assert eng.dtype == "bf16"
+    else:
+        with pytest.raises(EngineUnavailable, match="no BF16"), open_engine("openvino", bf16_model):
+            pass
     monkeypatch.setitem(sys.modules, "nanoify.engines.openvino_engine", None)  # as if openvino were missing
     with pytest.raises(EngineUnavailable, match="pip install openvino"):
         open_engine("openvino", path)
 
 
 def test_quantize_for_openvino_writes_qdq_and_ir_measured_in_openvino(tmp_path, tiny_cnn_export, tiny_images):
+    from nanoify.engines.openvino_engine import cpu_capabilities
+
     out = tmp_path / "ov"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="openvino",
                    config=QuantizeConfig(budget=2.0, methods=("mse", "minmax"), timing=FAST))
     names = [c["name"] for c in man["candidates"]]
     # 8-bit weights on any CPU (OpenVINO's kernels compensate where u8×s8 saturates), every op for a CNN
     assert names[:4] == ["static-mse", "static-minmax", "static-mse-all-ops", "static-minmax-all-ops"], names
+    assert "float-fp32" in names and ("float-bf16" in names) == ("BF16" in cpu_capabilities())  # float rows too
+    fp32 = next(c for c in man["candidates"] if c["name"] == "float-fp32")
+    assert fp32["fp32_nodes"] == [] and fp32["top1_agreement"] >= 0.99  # OpenVINO FP32 ≈ ONNX Runtime FP32
     assert all("latency_ms_p50" in c for c in man["candidates"])  # timed, in OpenVINO
     assert man["engine"] == "openvino" and man["model_file"] == "model.qdq.onnx"
     assert (out / "model.qdq.onnx").is_file() and (out / "model.xml").is_file() and (out / "model.bin").is_file()
@@ -80,3 +99,15 @@ def test_quantize_for_openvino_writes_qdq_and_ir_measured_in_openvino(tmp_path, 
     assert resolve(out).engine == "openvino"
     res, _ = measure_model(str(out), str(tiny_images), timing=FAST)
     assert res["engine"] == "openvino" and res["accuracy"] > 0.8
+
+
+def test_an_openvino_measurement_does_not_load_torch(tiny_cnn_export, tiny_images):
+    """As for ONNX Runtime (test_vision.py): bench's process measuring a model in OpenVINO carries no torch."""
+    code = ("import json, sys\n"
+            "from nanoify.bench.run import measure_model\n"
+            "from nanoify.config import TimingConfig\n"
+            f"res, _ = measure_model({str(tiny_cnn_export / 'model.onnx')!r}, {str(tiny_images)!r}, engine='openvino',"
+            " timing=TimingConfig(4, 8, rounds=1, batch=4))\n"
+            "print(json.dumps({'engine': res['engine'], 'torch': 'torch' in sys.modules}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"engine": "openvino", "torch": False}

@@ -12,6 +12,7 @@ results, so nanoify always asks for the precision it measures), ``hint`` (``LATE
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import openvino as ov
 
 from ..errors import ModelError
-from ..models.files import onnx_io
+from ..models.files import QUANT_FILE, onnx_io
 from .base import Engine, EngineUnavailable
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
@@ -38,12 +39,13 @@ class OpenVinoEngine(Engine):
     name = "openvino"
 
     def _load(self) -> None:
-        dtype = self.options.get("dtype") or "fp32"
+        dtype = self.options.get("dtype") or self._default_dtype()
         if dtype not in PRECISIONS:
             raise EngineUnavailable(f"openvino engine: dtype {dtype!r} is not one it runs; use fp32 or bf16")
         core = ov.Core()
         if dtype == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise EngineUnavailable("this CPU has no BF16 kernels (AVX512-BF16 or AMX); use openvino:fp32")
+        self.dtype = dtype
         path = Path(self.path)
         try:
             model = core.read_model(str(path))
@@ -58,6 +60,18 @@ class OpenVinoEngine(Engine):
         self.request = self.compiled.create_infer_request()
         self._spec = self._input_spec(model, path)
         self._outputs = [(o.get_any_name(), o) for o in self.compiled.outputs]
+
+    def _default_dtype(self) -> str:
+        """FP32, or the precision ``quantize --target openvino`` chose (``quantization.json`` of kind
+        ``precision`` beside the model)."""
+        p = Path(self.path)
+        qfile = (p if p.is_dir() else p.parent) / QUANT_FILE
+        try:
+            q = json.loads(qfile.read_text()) if qfile.is_file() else {}
+        except (OSError, ValueError):
+            return "fp32"
+        ok = isinstance(q, dict) and q.get("kind") == "precision" and q.get("format") in PRECISIONS
+        return str(q["format"]) if ok else "fp32"
 
     @staticmethod
     def _input_spec(model: Any, path: Path) -> dict[str, tuple[str, list[Any]]]:
@@ -103,13 +117,13 @@ class OpenVinoEngine(Engine):
         return {k: dict(v) for k, v in sorted(out.items())}
 
 
-def save_ir(onnx_path: Path, xml_path: Path) -> dict[str, Any]:
+def save_ir(onnx_path: Path, xml_path: Path, precision: str = "fp32") -> dict[str, Any]:
     """``onnx_path`` converted to OpenVINO IR at ``xml_path`` (weights in the ``.bin`` beside it, kept FP32 where
     they are float: no FP16 compression, so the IR computes what was measured); returns what the manifest says
     about it: OpenVINO's version and the precision each layer type ran in when compiled here."""
     core = ov.Core()
     ov.save_model(core.read_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
-    with OpenVinoEngine(str(xml_path)) as eng:
+    with OpenVinoEngine(str(xml_path), dtype=precision) as eng:
         layers = eng.layer_precisions()
     int8 = sum(n for precs in layers.values() for p, n in precs.items() if p in ("u8", "i8"))
     return {"version": ov.__version__, "int8_layers": int8, "layer_precisions": layers}

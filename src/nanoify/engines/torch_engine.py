@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.files import onnx_io, read_module_json
+from ..models.files import QUANT_FILE, onnx_io, read_module_json
 from ..models.load import load_classifier, load_module, max_tokens
 from ..models.onnx_module import load_onnx_module
-from ..models.quantized import QUANT_FILE, cast_except_quantized, load_quantized
+from ..models.quantized import cast_except_quantized, load_quantized
 from .base import Engine, EngineUnavailable
 from .static_shapes import ExactShapeRunner, StaticShapeRunner, buckets_for
 

@@ -14,6 +14,7 @@ TRT_SUFFIXES = (".plan", ".engine", ".trt")
 MODULE_FILE = "module.json"
 LABEL_MAP_FILE = "label_map.json"
 PREPROCESS_FILE = "preprocess.json"
+QUANT_FILE = "quantization.json"  # a quantized or precision-chosen model's format, beside it
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
                  "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization",
                  "QGemm", "QLinearAdd")

@@ -33,9 +33,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from ..errors import ModelError
 from ..models.load import LABEL_MAP_FILE
+from .files import QUANT_FILE
 
 FORMATS = ("int8", "int8-static", "fp8", "int8-weight-only")
-QUANT_FILE = "quantization.json"
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 EPS = 1e-12
 

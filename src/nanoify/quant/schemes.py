@@ -9,6 +9,7 @@ model): a scheme is a small frozen dataclass, a plan maps each quantizable node 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,7 +60,25 @@ class StaticQDQ:
         return "plain"
 
 
-Scheme = DynamicInt8 | StaticQDQ
+@dataclass(frozen=True)
+class Float:
+    """No quantization: the graph as it is, run by the target's engine in ``precision`` (``fp32``, or ``bf16``
+    where the engine and CPU compute in it) — the float rows a target measures beside its INT8 candidates."""
+
+    precision: str = "fp32"
+    graph: str = "plain"
+
+    @property
+    def name(self) -> str:
+        return f"float-{self.precision}"
+
+
+Scheme = DynamicInt8 | StaticQDQ | Float
+
+
+def precision_of(scheme: Any) -> str:
+    """The precision an engine runs a scheme's graph in (float32 for every INT8 graph's float parts)."""
+    return scheme.precision if isinstance(scheme, Float) else "fp32"
 
 
 @dataclass(frozen=True)
@@ -111,7 +130,11 @@ def _apply_static(scheme: StaticQDQ, src: Path, dst: Path, ranges: Any, float_no
                         scope=scheme.scope, weight_bits=scheme.weight_bits)
 
 
-HANDLERS: dict[type, Callable[..., None]] = {DynamicInt8: _apply_dynamic, StaticQDQ: _apply_static}
+def _apply_float(scheme: Float, src: Path, dst: Path, ranges: Any, float_nodes: list[str]) -> None:
+    shutil.copyfile(src, dst)
+
+
+HANDLERS: dict[type, Callable[..., None]] = {DynamicInt8: _apply_dynamic, StaticQDQ: _apply_static, Float: _apply_float}
 
 
 def apply_plan(plan: QuantPlan, sources: Mapping[str, Path], dst: Path,

@@ -43,7 +43,7 @@ from .choose import SPEED_TIE, speed_score
 from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
 from .profile import slow_int8_nodes
 from .qdq import calibration_tensors
-from .schemes import DynamicInt8, QuantPlan, StaticQDQ, apply_plan, describe
+from .schemes import DynamicInt8, Float, QuantPlan, StaticQDQ, apply_plan, describe, precision_of
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class Reference:
     metric: str  # the primary metric the budget is counted in
 
 
-def _engine(src: Source, path: Path, threads: int | None) -> Any:
-    return src.target.engine(path, threads)
+def _engine(src: Source, path: Path, threads: int | None, precision: str = "fp32") -> Any:
+    return src.target.engine(path, threads) if precision == "fp32" else src.target.engine(path, threads, precision)
 
 
 # ---- step 1: the source graphs ----------------------------------------------------------------------------
@@ -247,6 +247,8 @@ def units_of(src: Source, scheme: Any) -> list[str]:
 
     if isinstance(scheme, DynamicInt8):
         return weight_nodes(src.graphs[scheme.graph], DYNAMIC_OPS)
+    if isinstance(scheme, Float):
+        return []  # nothing quantized, nothing to keep float
     return scope_nodes(src.graphs["plain"], scheme.scope)
 
 
@@ -256,7 +258,7 @@ def evaluate_candidate(c: Candidate, src: Source, ev: Any, ref: Reference, range
 
     c.path = work / f"{c.name}.onnx"
     apply_plan(c.plan, src.sources, c.path, ranges)
-    with _engine(src, c.path, threads) as eng:
+    with _engine(src, c.path, threads, precision_of(c.plan.scheme)) as eng:
         c.preds = src.task.predict(eng.infer, ev)
     c.metrics = {**evaluate_predictions(src.task, c.preds, ev, ref.preds), "file_mb": c.path.stat().st_size / 1e6}
     chk = check_budget(ref.metrics, c.metrics, budget, ref.metric, agreement_budget, src.task.agreement_key)
@@ -347,7 +349,8 @@ def mixed_precision_base(cands: Sequence[Candidate], src: Source, ev: Any, ref: 
     """The candidate mixed precision starts from: the best for the job (``optimize`` score, from a quick timing
     screen) among those whose metric drop is within the budget — only the agreement budget then needs float
     nodes — else the one with the best metric. Starting from the most accurate one instead can pick a format
-    that is slower than FP32 (static INT8 of GEMM inputs only, on a CNN)."""
+    that is slower than FP32 (static INT8 of GEMM inputs only, on a CNN). Float rows have nothing to keep float."""
+    cands = [c for c in cands if c.plan is not None and not isinstance(c.plan.scheme, Float)]  # INT8 ones only
     close = [c for c in cands if c.metrics["drop_pts"] <= cfg.budget + 1e-9]
     if not close:
         return max(cands, key=lambda c: c.metrics[ref.metric])
@@ -389,7 +392,8 @@ def speed_fallback(base: Candidate, src: Source, ev: Any, ref: Reference, ranges
 
 
 # ---- step 7: timing and the choice ------------------------------------------------------------------------
-def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig) -> list[dict[str, Any]]:
+def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig,
+             precisions: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Speed of each model with the timing bench uses (same rows, batches and rounds)."""
 
     t = cfg.timing
@@ -397,7 +401,8 @@ def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig) -
     b1 = src.task.feeds(ev, 1, t.latency_rows)
     big = src.task.feeds(ev, batch, t.throughput_rows)
     with contextlib.ExitStack() as stack:
-        engines = [stack.enter_context(_engine(src, p, cfg.threads)) for p in paths]
+        engines = [stack.enter_context(_engine(src, p, cfg.threads, prec))
+                   for p, prec in zip(paths, precisions or ["fp32"] * len(paths), strict=True)]
         return measure_speed([e.infer for e in engines], b1, big, t.rounds, batch)
 
 
@@ -417,8 +422,8 @@ class Search:
 
 def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: Sequence[str], work: Path,
            progress: bool) -> Search:
-    """Measure the reference, calibrate, evaluate the target's candidates, add mixed precision (none met the
-    budget) and the speed fallback (where the target profiles), and time them all together."""
+    """Measure the reference, calibrate, evaluate the target's candidates, add mixed precision (no INT8 one met
+    the budget) and the speed fallback (where the target profiles), and time them all together."""
 
     target = src.target
     ref = measure_reference(src, ev, cfg.threads)
@@ -432,7 +437,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
         evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
     mixed_info = speed_info = None
-    if not any(c.metrics["meets_budget"] for c in cands):
+    int8 = [c for c in cands if not isinstance(c.plan.scheme, Float)]  # a float row meets any budget: not a reason
+    if int8 and not any(c.metrics["meets_budget"] for c in int8):
         base = mixed_precision_base(cands, src, ev, ref, cfg)
         mixed, mixed_info = mixed_precision(base, src, ev, ref, ranges, work, cfg.budget, cfg.threads, progress,
                                              agreement_budget=cfg.agreement_budget)
@@ -445,7 +451,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
             cands.append(fast)
     if target.timed:  # the reference and every candidate, timed together
         for m, t in zip([ref.metrics] + [c.metrics for c in cands],
-                        time_all([ref.path] + [c.path for c in cands], src, ev, cfg), strict=True):
+                        time_all([ref.path] + [c.path for c in cands], src, ev, cfg,
+                                 ["fp32"] + [precision_of(c.plan.scheme) for c in cands]), strict=True):
             m.update(t)
     return Search(ref, cands, f"ONNX Runtime FP32 ({src.fused.name})",
                   {"int8_cpu": cpu, "mixed_precision": mixed_info, "speed_fallback": speed_info,

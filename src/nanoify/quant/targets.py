@@ -19,6 +19,7 @@ else overrides :meth:`Target.prepare`, :meth:`Target.search` and :meth:`Target.w
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,10 +29,10 @@ from ..config import QuantizeConfig
 from ..engines import open_engine
 from ..engines.base import Engine, profile_shapes
 from ..errors import ConfigError
-from ..models.files import onnx_io
+from ..models.files import QUANT_FILE, onnx_io
 from ..tasks import task_kind
 from . import cuda, steps
-from .schemes import DynamicInt8, StaticQDQ
+from .schemes import DynamicInt8, Float, StaticQDQ, precision_of
 from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
 
 OUT_MODEL = "model.int8.onnx"  # --target cpu
@@ -58,8 +59,11 @@ class Target:
         graph exists beside the plain one)."""
         raise NotImplementedError
 
-    def engine(self, path: Path, threads: int | None) -> Engine:
-        """The engine a candidate (and the FP32 reference) is evaluated — and, when ``timed``, timed — in."""
+    def engine(self, path: Path, threads: int | None, precision: str = "fp32") -> Engine:
+        """The engine a candidate (and the FP32 reference) is evaluated — and, when ``timed``, timed — in;
+        ``precision``: what a float candidate (:class:`~nanoify.quant.schemes.Float`) runs in."""
+        if precision != "fp32":
+            raise ConfigError(f"target {self.name} runs float graphs in fp32 only, not {precision}")
         return open_engine("onnxruntime", str(path), threads=threads)
 
     def write(self, folder: Path, chosen: Any, ranges: dict[str, Any], src: Any, ev: Any) -> dict[str, Any]:
@@ -149,17 +153,25 @@ class OpenVinoTarget(Target):
     speed_fallback = False  # the per-node profile is ONNX Runtime's; OpenVINO's own timing decides instead
 
     def candidates(self, methods: Sequence[str], cnn: bool, weight_bits: int, fused: bool) -> list[Any]:
-        scopes = ("weights", "all") if cnn else ("weights",)
-        return [StaticQDQ(m, "cpu", s, 8) for s in scopes for m in methods]
+        from ..engines.openvino_engine import cpu_capabilities  # optional backend: imported when chosen
 
-    def engine(self, path: Path, threads: int | None) -> Engine:
-        return open_engine("openvino", str(path), threads=threads)
+        scopes = ("weights", "all") if cnn else ("weights",)
+        floats = [Float("fp32")] + ([Float("bf16")] if "BF16" in cpu_capabilities() else [])
+        return [StaticQDQ(m, "cpu", s, 8) for s in scopes for m in methods] + floats
+
+    def engine(self, path: Path, threads: int | None, precision: str = "fp32") -> Engine:
+        return open_engine("openvino", str(path), threads=threads, dtype=precision)
 
     def write(self, folder: Path, chosen: Any, ranges: dict[str, Any], src: Any, ev: Any) -> dict[str, Any]:
         from ..engines.openvino_engine import save_ir  # optional backend: imported when this target is chosen
 
-        info = save_ir(folder / QDQ_MODEL, folder / OV_IR)
-        return {"engine": "openvino", "openvino": {"ir": OV_IR, "qdq_model": QDQ_MODEL, **info}}
+        precision = precision_of(chosen.plan.scheme)
+        if precision != "fp32":  # the engine's default for this folder (bench runs it so)
+            (folder / QUANT_FILE).write_text(json.dumps({"kind": "precision", "format": precision,
+                                                         "target": "openvino"}, indent=2) + "\n")
+        info = save_ir(folder / QDQ_MODEL, folder / OV_IR, precision)
+        return {"engine": "openvino", "openvino": {"ir": OV_IR, "qdq_model": QDQ_MODEL, "precision": precision,
+                                                   **info}}
 
 
 class CudaTarget(Target):
