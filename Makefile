@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nanoify-installed
 DEMO := runs/demo
 
-.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-yolo bench-calib bench-distill-small bench-mpnet gpu-check gpu-dry-run clean-demo
+.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-openvino bench-yolo bench-calib bench-distill-small bench-mpnet gpu-check gpu-dry-run clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench-cifar: $(STAMP)
 
 bench-detect: $(STAMP)
 	$(PY) benchmarks/detect_coco128.py
+
+# NNCF is the comparison, not a nanoify dependency: installed into the venv for this benchmark only
+bench-openvino: $(STAMP)
+	$(PY) -m pip install -q "nncf>=3.0"
+	$(PY) benchmarks/openvino_vs_nncf.py
 
 # needs a venv with nvidia-modelopt (not a nanoify dependency): MODELOPT_PY=/path/to/venv/bin/python
 bench-yolo: $(STAMP)

@@ -111,3 +111,20 @@ def test_an_openvino_measurement_does_not_load_torch(tiny_cnn_export, tiny_image
             "print(json.dumps({'engine': res['engine'], 'torch': 'torch' in sys.modules}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"engine": "openvino", "torch": False}
+
+
+def test_an_openvino_ir_resolves_and_benches_on_openvino(tmp_path, tiny_cnn_export, tiny_images):
+    """An IR file (NNCF's output, or nanoify's) is a model argument like an ONNX file: its task told from its
+    inputs, run by OpenVINO by default, its preprocessing and labels read from beside it."""
+    import openvino as ov
+
+    folder = tmp_path / "ir"
+    folder.mkdir()
+    ov.save_model(ov.Core().read_model(str(tiny_cnn_export / "model.onnx")), str(folder / "model.xml"))
+    for f in ("preprocess.json", "label_map.json"):
+        shutil.copy(tiny_cnn_export / f, folder / f)
+    ref = resolve(folder / "model.xml")
+    assert ref.engine == "openvino" and ref.task == "image-classification" and ref.labels
+    res, _ = measure_model(str(folder / "model.xml"), str(tiny_images), timing=FAST)
+    ort, _ = measure_model(str(tiny_cnn_export / "model.onnx"), str(tiny_images), timing=FAST)
+    assert res["engine"] == "openvino" and abs(res["accuracy"] - ort["accuracy"]) <= 0.02

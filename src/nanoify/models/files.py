@@ -11,6 +11,7 @@ from ..errors import ModelError
 
 ONNX_SUFFIXES = (".onnx",)
 TRT_SUFFIXES = (".plan", ".engine", ".trt")
+IR_SUFFIXES = (".xml",)  # OpenVINO IR (weights in the .bin beside it)
 MODULE_FILE = "module.json"
 LABEL_MAP_FILE = "label_map.json"
 PREPROCESS_FILE = "preprocess.json"
@@ -39,6 +40,33 @@ def onnx_io(path: Path) -> tuple[dict[str, tuple[str, list[Any]]], dict[str, tup
     ins = {i.name: spec(i) for i in m.graph.input if i.name not in inits}
     outs = {o.name: spec(o) for o in m.graph.output}
     return ins, outs, [n.op_type for n in m.graph.node]
+
+
+_OV_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32", "u8": "uint8",
+             "i8": "int8", "boolean": "bool"}
+
+
+def ir_io(path: Path) -> tuple[dict[str, tuple[str, list[Any]]], dict[str, tuple[str, list[Any]]], list[str]]:
+    """(inputs, outputs, op types) of an OpenVINO IR, as :func:`onnx_io` gives them for ONNX (a dynamic leading
+    axis is ``batch``, other dynamic axes ``?``); read with OpenVINO, an optional backend."""
+    try:
+        import openvino as ov  # optional backend: only IR files need it
+    except ImportError:
+        raise ModelError(f"{path} is an OpenVINO IR; reading it needs OpenVINO (pip install openvino)") from None
+    try:
+        m = ov.Core().read_model(str(path))
+    except Exception as e:  # noqa: BLE001 - OpenVINO's reader raises RuntimeError subclasses
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{path} is not a readable OpenVINO IR ({first})") from None
+
+    def spec(port: Any) -> tuple[str, list[Any]]:
+        dims = [d.get_length() if d.is_static else ("batch" if i == 0 else "?")
+                for i, d in enumerate(port.get_partial_shape())]
+        return _OV_TYPES.get(port.get_element_type().get_type_name(), "float32"), dims
+
+    ins = {p.get_any_name(): spec(p) for p in m.inputs}
+    outs = {p.get_any_name(): spec(p) for p in m.outputs}
+    return ins, outs, [op.get_type_name() for op in m.get_ordered_ops()]
 
 
 def is_quantized(ops: list[str]) -> int:

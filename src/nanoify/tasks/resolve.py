@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..artifacts import read_manifest
 from ..errors import ModelError
-from ..models.files import MODULE_FILE, ONNX_SUFFIXES, TRT_SUFFIXES, onnx_io, read_module_json
+from ..models.files import IR_SUFFIXES, MODULE_FILE, ONNX_SUFFIXES, TRT_SUFFIXES, ir_io, onnx_io, read_module_json
 from .image import ImageKind
 from .kinds import ModelRef
 from .registry import recognition_order, task_kind, task_names
@@ -30,7 +30,7 @@ def _tokenizer_near(f: Path) -> Path | None:
 
 def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | Path | None,
               decoder: str | None = None) -> ModelRef:
-    ins, outs, _ = onnx_io(p)
+    ins, outs, _ = ir_io(p) if p.suffix.lower() in IR_SUFFIXES else onnx_io(p)
     tok = _tokenizer_near(p)
     if task is None:
         kind = next((k for k in recognition_order() if k.recognise(ins, outs, tok)), None)
@@ -40,7 +40,9 @@ def _onnx_ref(p: Path, engine: str | None, task: str | None, preprocess: str | P
                              f"{' or '.join(task_names())}")
     else:
         kind = task_kind(task)
-    default_engine = engine or ("onnxruntime" if p.suffix.lower() in ONNX_SUFFIXES else "tensorrt")
+    suffix = p.suffix.lower()
+    default_engine = engine or ("onnxruntime" if suffix in ONNX_SUFFIXES else "openvino" if suffix in IR_SUFFIXES
+                                else "tensorrt")
     return kind.from_onnx(f"{p.parent.name}/{p.name}", p, default_engine, ins, outs, tok, preprocess, decoder)
 
 
@@ -54,7 +56,7 @@ def resolve(model: str | Path, engine: str | None = None, task: str | None = Non
     if p.is_dir():
         return _folder_ref(p, engine, task, preprocess, decoder)
     suffix = p.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
+    if suffix in ONNX_SUFFIXES or suffix in IR_SUFFIXES:
         return _onnx_ref(p, engine, task, preprocess, decoder)
     if suffix in TRT_SUFFIXES:
         beside = next(iter(sorted(p.parent.glob("*.onnx"))), None)
@@ -63,8 +65,8 @@ def resolve(model: str | Path, engine: str | None = None, task: str | None = Non
         ref = _onnx_ref(beside, engine or "tensorrt", task, preprocess, decoder)
         ref.path, ref.name = p, f"{p.parent.name}/{p.name}"
         return ref
-    raise ModelError(f"{p}: unknown model file type {suffix or '(none)'}; expected .onnx, a TensorRT engine "
-                     "(.plan/.engine) or a classifier folder")
+    raise ModelError(f"{p}: unknown model file type {suffix or '(none)'}; expected .onnx, an OpenVINO IR (.xml), "
+                     "a TensorRT engine (.plan/.engine) or a classifier folder")
 
 
 def _folder_ref(p: Path, engine: str | None, task: str | None, preprocess: str | Path | None,
