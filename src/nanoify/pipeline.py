@@ -319,13 +319,17 @@ def _quantize_stage(cfg: CompressConfig, out: Path, f: Path, progress: bool) -> 
 def _bench_stage(cfg: CompressConfig, out: Path, f: Path, teacher_dir: str, progress: bool) -> None:
     """bench the baseline against the compressed model, on the engines the target's output runs on."""
     base, base_name = _baseline(cfg, out, teacher_dir)
-    bench_cfg, name = cfg.bench, "compressed (ONNX Runtime INT8)"
+    q = read_manifest(out / "quantized")
+    engine = str(q.get("engine") or "onnxruntime")
+    name = "compressed (ONNX Runtime INT8)" if engine == "onnxruntime" else \
+        f"compressed ({q.get('chosen')}, {ENGINE_WORDS.get(engine, engine)})"
+    bench_cfg = cfg.bench
     engines = get_target(cfg.quantize.target).bench_engines(cfg.quantize.device, cfg.task)
     if engines is not None:  # e.g. cuda: both in the torch engine on the GPU, FP32 eager against the choice
         pair, where = engines
         if not bench_cfg.engines:
             bench_cfg = dataclasses.replace(bench_cfg, engines=pair)
-        name = f"compressed ({read_manifest(out / 'quantized').get('chosen')}, {where})"
+        name = f"compressed ({q.get('chosen')}, {where})"
     benchmark([base, str(out / "quantized")], _data_arg(cfg), out=f, config=bench_cfg, progress=progress,
               names=[base_name, name])
 
@@ -391,9 +395,12 @@ def _summary(cfg: CompressConfig, out: Path) -> dict[str, Any]:
     return s
 
 
+ENGINE_WORDS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch", "tensorrt": "TensorRT"}
+
+
 def _engine_words(s: dict[str, Any]) -> str:
     eng = str(s.get("compressed_engine") or "onnxruntime")
-    return "ONNX Runtime" if eng.startswith("onnxruntime") else eng
+    return ENGINE_WORDS.get(eng.split(":")[0], eng)
 
 
 def _write_report(out: Path, s: dict[str, Any]) -> None:

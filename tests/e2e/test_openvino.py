@@ -130,3 +130,33 @@ def test_an_openvino_ir_resolves_and_benches_on_openvino(tmp_path, tiny_cnn_expo
     res, _ = measure_model(str(folder / "model.xml"), str(tiny_images), timing=FAST)
     ort, _ = measure_model(str(tiny_cnn_export / "model.onnx"), str(tiny_images), timing=FAST)
     assert res["engine"] == "openvino" and abs(res["accuracy"] - ort["accuracy"]) <= 0.02
+
+
+def test_compress_on_the_openvino_target(tmp_path, tiny_cnn, tiny_images, capsys):
+    """The whole chain with ``quantize.target: openvino``: the quantized stage holds the IR, bench runs the
+    compressed model on OpenVINO against the PyTorch baseline, and the report says so."""
+    from nanoify.cli import main
+    from tests.conftest import CLASSES, TINY_CNN, TINY_CNN_KWARGS, TINY_PRE
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+task: image-classification
+model:
+  module: {TINY_CNN}
+  kwargs: {json.dumps(TINY_CNN_KWARGS)}
+  weights: {tiny_cnn / 'model.safetensors'}
+  input_shape: [3, 16, 16]
+  labels: {json.dumps(CLASSES)}
+  preprocess: {json.dumps(TINY_PRE)}
+data: {{data: {tiny_images}}}
+quantize: {{target: openvino, budget: 3.0, methods: [mse], timing: {{latency_rows: 8, throughput_rows: 32, rounds: 1}}}}
+bench: {{isolate: false, timing: {{latency_rows: 8, throughput_rows: 32, rounds: 1}}}}
+out: {tmp_path / 'out'}
+""")
+    assert main(["compress", str(recipe)]) == 0
+    out = tmp_path / "out"
+    assert (out / "quantized" / "model.xml").is_file()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["summary"]["compressed_engine"] == "openvino"
+    rep = (out / "report.md").read_text()
+    assert ", OpenVINO)" in rep and "ONNX Runtime INT8" not in rep
