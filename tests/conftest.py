@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -168,6 +169,27 @@ def make_images(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarr
 TINY_CNN = "nanoify.models.vision:CifarResNet"
 TINY_CNN_KWARGS = {"blocks": [1, 1, 1], "num_classes": 4}
 TINY_PRE = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+def image_recipe(folder: Path, tiny_cnn: Path, images: Path, quantize: str) -> Path:
+    """A compress recipe for the tiny CNN (its module, weights, labels and preprocessing) on ``images``, with the
+    given ``quantize:`` section (YAML flow text) and a quick in-process bench; written to ``folder/r.yaml``."""
+    recipe = folder / "r.yaml"
+    recipe.write_text(f"""
+task: image-classification
+model:
+  module: {TINY_CNN}
+  kwargs: {json.dumps(TINY_CNN_KWARGS)}
+  weights: {tiny_cnn / 'model.safetensors'}
+  input_shape: [3, 16, 16]
+  labels: {json.dumps(CLASSES)}
+  preprocess: {json.dumps(TINY_PRE)}
+data: {{data: {images}}}
+quantize: {quantize}
+bench: {{isolate: false, timing: {{latency_rows: 16, throughput_rows: 64, rounds: 1}}}}
+out: {folder / 'out'}
+""")
+    return recipe
 
 
 @pytest.fixture(scope="session")

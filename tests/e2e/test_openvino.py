@@ -136,23 +136,10 @@ def test_compress_on_the_openvino_target(tmp_path, tiny_cnn, tiny_images, capsys
     """The whole chain with ``quantize.target: openvino``: the quantized stage holds the IR, bench runs the
     compressed model on OpenVINO against the PyTorch baseline, and the report says so."""
     from nanoify.cli import main
-    from tests.conftest import CLASSES, TINY_CNN, TINY_CNN_KWARGS, TINY_PRE
+    from tests.conftest import image_recipe
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""
-task: image-classification
-model:
-  module: {TINY_CNN}
-  kwargs: {json.dumps(TINY_CNN_KWARGS)}
-  weights: {tiny_cnn / 'model.safetensors'}
-  input_shape: [3, 16, 16]
-  labels: {json.dumps(CLASSES)}
-  preprocess: {json.dumps(TINY_PRE)}
-data: {{data: {tiny_images}}}
-quantize: {{target: openvino, budget: 3.0, methods: [mse], timing: {{latency_rows: 8, throughput_rows: 32, rounds: 1}}}}
-bench: {{isolate: false, timing: {{latency_rows: 8, throughput_rows: 32, rounds: 1}}}}
-out: {tmp_path / 'out'}
-""")
+    recipe = image_recipe(tmp_path, tiny_cnn, tiny_images, "{target: openvino, budget: 3.0, methods: [mse], "
+                          "timing: {latency_rows: 8, throughput_rows: 32, rounds: 1}}")
     assert main(["compress", str(recipe)]) == 0
     out = tmp_path / "out"
     assert (out / "quantized" / "model.xml").is_file()

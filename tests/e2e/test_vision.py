@@ -20,7 +20,7 @@ from nanoify.config import BenchConfig, QuantizeConfig, TimingConfig
 from nanoify.engines import open_engine
 from nanoify.quant.run import quantize
 from nanoify.tasks.resolve import resolve
-from tests.conftest import CLASSES, TINY_CNN, TINY_CNN_KWARGS, TINY_PRE, make_images
+from tests.conftest import CLASSES, TINY_CNN, TINY_CNN_KWARGS, TINY_PRE, image_recipe, make_images
 
 FAST = TimingConfig(latency_rows=16, throughput_rows=64, rounds=1)
 
@@ -174,21 +174,8 @@ def test_bench_and_json_contract_for_images(tmp_path, tiny_cnn, tiny_images, cnn
 
 
 def test_compress_vision_recipe_has_no_distillation(tmp_path, tiny_cnn, tiny_images, capsys):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""
-task: image-classification
-model:
-  module: {TINY_CNN}
-  kwargs: {json.dumps(TINY_CNN_KWARGS)}
-  weights: {tiny_cnn / 'model.safetensors'}
-  input_shape: [3, 16, 16]
-  labels: {json.dumps(CLASSES)}
-  preprocess: {json.dumps(TINY_PRE)}
-data: {{data: {tiny_images}}}
-quantize: {{budget: 3.0, methods: [mse], timing: {{latency_rows: 16, throughput_rows: 64, rounds: 1}}}}
-bench: {{isolate: false, timing: {{latency_rows: 16, throughput_rows: 64, rounds: 1}}}}
-out: {tmp_path / 'out'}
-""")
+    recipe = image_recipe(tmp_path, tiny_cnn, tiny_images,
+                          "{budget: 3.0, methods: [mse], timing: {latency_rows: 16, throughput_rows: 64, rounds: 1}}")
     assert main(["compress", str(recipe)]) == 0
     text = capsys.readouterr().out
     assert "[1/3] export: done" in text and "[3/3] bench: done" in text and "student" not in text
