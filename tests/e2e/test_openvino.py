@@ -60,6 +60,16 @@ def test_openvino_options_and_bad_input_are_one_line(tiny_cnn_export, monkeypatc
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="OpenVINO cannot read"), open_engine("openvino", str(bad)):
         pass
+    import openvino as ov
+
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("Unsupported operation Foo of type Bar\n(a long OpenVINO trace)")
+
+    with monkeypatch.context() as m:  # an operation the CPU plugin cannot compile: one line, the way out named
+        m.setattr(ov.Core, "compile_model", no_kernel)
+        with pytest.raises(ModelError, match=r"cannot compile .*Unsupported operation Foo.*onnxruntime$"), \
+                open_engine("openvino", path):
+            pass
     chosen_bf16 = tmp_path / "bf16"  # a folder whose quantization.json names BF16 runs in BF16 by default
     chosen_bf16.mkdir()
     shutil.copy(path, chosen_bf16 / "model.onnx")

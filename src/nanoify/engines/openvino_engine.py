@@ -56,7 +56,12 @@ class OpenVinoEngine(Engine):
                                   "INFERENCE_PRECISION_HINT": PRECISIONS[dtype]}
         if self.options.get("threads"):
             config["INFERENCE_NUM_THREADS"] = int(self.options["threads"])
-        self.compiled = core.compile_model(model, "CPU", config)
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:  # noqa: BLE001 - e.g. an operation the CPU plugin has no kernel for
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelError(f"OpenVINO cannot compile {path} for the CPU: {first}; run it with --engine "
+                             "onnxruntime") from None
         self.request = self.compiled.create_infer_request()
         self._spec = self._input_spec(model, path)
         self._outputs = [(o.get_any_name(), o) for o in self.compiled.outputs]
