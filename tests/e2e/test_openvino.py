@@ -157,3 +157,13 @@ def test_compress_on_the_openvino_target(tmp_path, tiny_cnn, tiny_images, capsys
     assert man["summary"]["compressed_engine"] == "openvino"
     rep = (out / "report.md").read_text()
     assert ", OpenVINO)" in rep and "ONNX Runtime INT8" not in rep
+
+
+def test_bench_streams_on_openvino_use_its_async_queue(tiny_cnn_export, tiny_images):
+    """``bench --streams N`` on OpenVINO: one model compiled for N streams (THROUGHPUT hint) serving every request
+    through an AsyncInferQueue, with the same result fields as the thread-per-engine path."""
+    res, _ = measure_model(str(tiny_cnn_export / "model.onnx"), str(tiny_images), engine="openvino", streams=2,
+                           timing=FAST)
+    s = res["streams"]
+    assert s["streams"] == 2 and "AsyncInferQueue" in s["served_by"] and s["requests"] == FAST.latency_rows
+    assert s["throughput_rows_s"] > 0 and 0 < s["latency_ms_p50"] <= s["latency_ms_p99"]

@@ -148,8 +148,13 @@ def serve_concurrently(runs: list[Any], requests: list[Any]) -> dict[str, Any]:
 
 
 def _streams(ref: Any, feeds: list[dict[str, np.ndarray]], n: int, engine_opts: dict[str, Any]) -> dict[str, Any]:
-    """``n`` workers, each with its own engine, serving batch-1 requests from one queue concurrently."""
-
+    """``n`` workers, each with its own engine, serving batch-1 requests from one queue concurrently — or, for an
+    engine that serves concurrent requests itself (``serve``: OpenVINO's AsyncInferQueue), that engine with
+    ``n`` streams over every core."""
+    whole = open_engine(ref.engine, str(ref.path), **engine_opts)  # not loaded until entered
+    if hasattr(whole, "serve"):
+        with whole:
+            return {"streams": n, "threads_per_stream": None, **whole.serve(feeds, n)}
     threads = max(1, (os.cpu_count() or 1) // n)
     guard = torch_threads(threads) if ref.engine == "torch" else contextlib.nullcontext()
     with guard, contextlib.ExitStack() as stack:  # torch's intra-op pool is global: n streams share the cores
