@@ -111,6 +111,8 @@ def test_quantize_for_openvino_writes_qdq_and_ir_measured_in_openvino(tmp_path, 
     assert resolve(out).engine == "openvino"
     res, _ = measure_model(str(out), str(tiny_images), timing=FAST)
     assert res["engine"] == "openvino" and res["accuracy"] > 0.8
+    chosen = next(c for c in man["candidates"] if c["name"] == man["chosen"])
+    assert (res["int8_layers"] > 0) == bool(chosen["scheme"]["type"] == "StaticQDQ")  # bench reads it too
 
 
 def test_an_openvino_measurement_does_not_load_torch(tiny_cnn_export, tiny_images):

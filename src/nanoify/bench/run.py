@@ -282,8 +282,13 @@ def _time(res: dict[str, Any], eng: Any, tk: Any, es: Any, t: TimingConfig, devi
 
 
 def _shape(ref: Any, eng: Any) -> dict[str, Any]:
-    """Parameter count (torch module or ONNX weights)."""
+    """Parameter count (torch module or ONNX weights); for an engine that reports what it compiled (OpenVINO),
+    how many compute layers run in INT8 — read, not assumed."""
     out: dict[str, Any] = {}
+    if hasattr(eng, "layer_precisions"):
+        precs = eng.layer_precisions()
+        out["int8_layers"] = sum(n for c in precs.values() for p, n in c.items() if p in ("u8", "i8"))
+        out["compute_layers"] = sum(n for c in precs.values() for n in c.values())
     if hasattr(eng, "model") and ref.path.suffix != ".onnx":
         out["parameters_m"] = sum(p.numel() for p in eng.model.parameters()) / 1e6
     elif ref.path.suffix == ".onnx":  # ONNX Runtime, or torch running the graph (its weights are buffers)
@@ -402,6 +407,7 @@ ROWS: list[tuple[str, str, int]] = [
     ("layers", "layers", 0),
     ("parameters_m", "parameters (M)", 2),
     ("file_mb", "file (MB)", 2),
+    ("int8_layers", "INT8 layers, as compiled (OpenVINO)", 0),
     ("<task>", "", 0),  # the task kind's own score rows (TaskKind.table_rows) go here
     ("latency_ms_p50", "latency b1 p50 (ms)", 3),
     ("latency_ms_p90", "latency b1 p90 (ms)", 3),
