@@ -15,3 +15,9 @@ class ModelError(NanoifyError):
 
 class ConfigError(NanoifyError):
     """An option or recipe value that does not make sense."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (a third-party trace's headline), or its type's name."""
+    msg = str(e).strip()
+    return msg.splitlines()[0][:limit] if msg else type(e).__name__

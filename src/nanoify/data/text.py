@@ -22,7 +22,7 @@ import numpy as np
 
 from ..artifacts import file_sha256
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .splits import split_of
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _load_hf(spec: str, cfg: DataConfig, splits: Sequence[str]) -> TextData:
     try:
         dd = datasets.load_dataset(ds_name, ds_config or None)
     except Exception as e:  # noqa: BLE001 - any hub/network failure becomes one clear line
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise DataError(f"cannot load Hugging Face dataset {name!r} ({first}); "
                         "check the name and your network, or pass a local folder with --data") from None
     out = {}

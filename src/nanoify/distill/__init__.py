@@ -8,11 +8,11 @@ import sys
 import types
 from typing import Any
 
+from .run import distill
+
 
 class _CallablePackage(types.ModuleType):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .run import distill
-
         return distill(*args, **kwargs)
 
 

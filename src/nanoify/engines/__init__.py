@@ -1,4 +1,5 @@
-"""One Engine contract over torch, ONNX Runtime, OpenVINO and TensorRT (imported lazily).
+"""One Engine contract over torch, ONNX Runtime, OpenVINO and TensorRT (the torch, OpenVINO and TensorRT backends
+imported when chosen).
 
     with open_engine("onnxruntime", "out/model.fused.onnx") as eng:
         logits = eng.infer(feed)["logits"]
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import Engine, EngineUnavailable
+from .ort_engine import OrtEngine  # light: onnxruntime itself is imported when a session opens
 
 
 def _torch(path: str, **kw: Any) -> Engine:
@@ -22,8 +24,6 @@ def _torch(path: str, **kw: Any) -> Engine:
 
 
 def _ort(path: str, **kw: Any) -> Engine:
-    from .ort_engine import OrtEngine
-
     return OrtEngine(path, **kw)
 
 

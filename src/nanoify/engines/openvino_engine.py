@@ -12,7 +12,6 @@ results, so nanoify always asks for the precision it measures), ``hint`` (``LATE
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,12 +20,11 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ..errors import ModelError
-from ..models.files import QUANT_FILE, onnx_io
+from ..errors import ModelError, first_line
+from ..models.files import chosen_precision, ir_spec, onnx_io
 from .base import Engine, EngineUnavailable
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
-_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "u8": "uint8", "boolean": "bool"}
 
 
 def cpu_capabilities() -> list[str]:
@@ -51,14 +49,14 @@ class OpenVinoEngine(Engine):
         try:
             model = core.read_model(str(path))
         except Exception as e:  # noqa: BLE001 - OpenVINO's reader raises RuntimeError subclasses
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelError(f"OpenVINO cannot read {path}: {first}") from None
         self._model = model
         config = self._config(self.options.get("hint", "LATENCY"))
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # noqa: BLE001 - e.g. an operation the CPU plugin has no kernel for
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelError(f"OpenVINO cannot compile {path} for the CPU: {first}; run it with --engine "
                              "onnxruntime") from None
         self.request = self.compiled.create_infer_request()
@@ -99,14 +97,7 @@ class OpenVinoEngine(Engine):
     def _default_dtype(self) -> str:
         """FP32, or the precision ``quantize --target openvino`` chose (``quantization.json`` of kind
         ``precision`` beside the model)."""
-        p = Path(self.path)
-        qfile = (p if p.is_dir() else p.parent) / QUANT_FILE
-        try:
-            q = json.loads(qfile.read_text()) if qfile.is_file() else {}
-        except (OSError, ValueError):
-            return "fp32"
-        ok = isinstance(q, dict) and q.get("kind") == "precision" and q.get("format") in PRECISIONS
-        return str(q["format"]) if ok else "fp32"
+        return chosen_precision(Path(self.path), tuple(PRECISIONS))
 
     @staticmethod
     def _input_spec(model: Any, path: Path) -> dict[str, tuple[str, list[Any]]]:
@@ -115,12 +106,7 @@ class OpenVinoEngine(Engine):
         if path.suffix.lower() == ".onnx":
             ins = onnx_io(path)[0]
             return {k: (str(v[0]), list(v[1])) for k, v in ins.items()}
-        spec = {}
-        for inp in model.inputs:
-            dims: list[Any] = [d.get_length() if d.is_static else ("batch" if i == 0 else f"dim{i}")
-                               for i, d in enumerate(inp.get_partial_shape())]
-            spec[inp.get_any_name()] = (_TYPES.get(inp.get_element_type().get_type_name(), "float32"), dims)
-        return spec
+        return ir_spec(model.inputs)
 
     def close(self) -> None:
         self.__dict__.pop("request", None)
@@ -132,7 +118,7 @@ class OpenVinoEngine(Engine):
         try:
             res = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
         except Exception as e:  # noqa: BLE001 - a runtime failure becomes one line
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelError(f"OpenVINO failed running {self.path}: {first}") from None
         # the request's output tensors are reused by the next call: copy them out
         return {name: np.array(res[port], copy=True) for name, port in self._outputs}

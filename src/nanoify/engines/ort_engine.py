@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..runtime.ort import ort_session
 from .base import Engine, EngineUnavailable
 
@@ -41,6 +41,6 @@ class OrtEngine(Engine):
         try:
             outs = self.session.run(self._outputs, feed)
         except Exception as e:  # noqa: BLE001 - a runtime failure inside the graph becomes one line
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelError(f"ONNX Runtime failed running {self.path}: {first}") from None
         return dict(zip(self._outputs, outs, strict=True))

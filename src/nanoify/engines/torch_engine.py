@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..models.files import QUANT_FILE, onnx_io, read_module_json
+from ..models.files import QUANT_FILE, chosen_precision, onnx_io, read_module_json
 from ..models.load import load_classifier, load_module, max_tokens
 from ..models.onnx_module import load_onnx_module
 from ..models.quantized import cast_except_quantized, load_quantized
@@ -123,16 +122,7 @@ class TorchEngine(Engine):
     def _default_dtype(self) -> str:
         """FP32, or the precision ``quantize --target cuda`` chose for an image or detection model (its
         ``quantization.json`` of kind ``precision`` beside the module or the ONNX file)."""
-        p = Path(self.path)
-        qfile = (p if p.is_dir() else p.parent) / QUANT_FILE
-        if qfile.is_file():
-            try:
-                q = json.loads(qfile.read_text())
-            except (OSError, ValueError):
-                return "fp32"
-            if isinstance(q, dict) and q.get("kind") == "precision" and q.get("format") in DTYPES:
-                return str(q["format"])
-        return "fp32"
+        return chosen_precision(Path(self.path), DTYPES)
 
     def close(self) -> None:
         self.__dict__.pop("model", None)

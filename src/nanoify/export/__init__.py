@@ -9,11 +9,11 @@ import sys
 import types
 from typing import Any
 
+from .onnx import export
+
 
 class _CallablePackage(types.ModuleType):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .onnx import export
-
         return export(*args, **kwargs)
 
 

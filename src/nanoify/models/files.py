@@ -4,10 +4,11 @@ it is already quantized, a torch-module folder's ``module.json``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 ONNX_SUFFIXES = (".onnx",)
 TRT_SUFFIXES = (".plan", ".engine", ".trt")
@@ -56,17 +57,31 @@ def ir_io(path: Path) -> tuple[dict[str, tuple[str, list[Any]]], dict[str, tuple
     try:
         m = ov.Core().read_model(str(path))
     except Exception as e:  # noqa: BLE001 - OpenVINO's reader raises RuntimeError subclasses
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path} is not a readable OpenVINO IR ({first})") from None
+        raise ModelError(f"{path} is not a readable OpenVINO IR ({first_line(e)})") from None
+    return ir_spec(m.inputs), ir_spec(m.outputs), [op.get_type_name() for op in m.get_ordered_ops()]
 
+
+def ir_spec(ports: Any) -> dict[str, tuple[str, list[Any]]]:
+    """Name → (dtype, dims) of an OpenVINO model's input or output ports (a dynamic leading axis is ``batch``,
+    other dynamic axes ``?``)."""
     def spec(port: Any) -> tuple[str, list[Any]]:
         dims = [d.get_length() if d.is_static else ("batch" if i == 0 else "?")
                 for i, d in enumerate(port.get_partial_shape())]
         return _OV_TYPES.get(port.get_element_type().get_type_name(), "float32"), dims
 
-    ins = {p.get_any_name(): spec(p) for p in m.inputs}
-    outs = {p.get_any_name(): spec(p) for p in m.outputs}
-    return ins, outs, [op.get_type_name() for op in m.get_ordered_ops()]
+    return {p.get_any_name(): spec(p) for p in ports}
+
+
+def chosen_precision(model: Path, allowed: Sequence[str]) -> str:
+    """The precision ``quantize`` chose for a model run in float (``quantization.json`` of kind ``precision``
+    beside the file, or in the folder), when it is one of ``allowed``; else ``fp32``."""
+    qfile = (model if model.is_dir() else model.parent) / QUANT_FILE
+    try:
+        q = json.loads(qfile.read_text()) if qfile.is_file() else {}
+    except (OSError, ValueError):
+        return "fp32"
+    ok = isinstance(q, dict) and q.get("kind") == "precision" and q.get("format") in allowed
+    return str(q["format"]) if ok else "fp32"
 
 
 def is_quantized(ops: list[str]) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.text import LabelMap
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .files import read_module_json
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _quiet_transformers() -> None:
 
 
 def _fail(name: str, e: Exception) -> ModelError:
-    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    msg = first_line(e)
     return ModelError(f"cannot load model {name!r} ({msg}); pass a local folder or check the hub name and network")
 
 

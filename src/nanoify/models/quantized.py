@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..models.load import LABEL_MAP_FILE
 from .files import QUANT_FILE
 
@@ -208,7 +208,7 @@ def load_quantized(folder: str | Path, attention: str = "eager") -> tuple[nn.Mod
         tok = AutoTokenizer.from_pretrained(folder)
         labels = json.loads((folder / LABEL_MAP_FILE).read_text())["names"]
     except (OSError, KeyError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"cannot load the quantized GPU model in {folder} ({first})") from None
     return model.eval(), tok, labels, qcfg
 
