@@ -169,3 +169,13 @@ def test_bench_streams_on_openvino_use_its_async_queue(tiny_cnn_export, tiny_ima
     s = res["streams"]
     assert s["streams"] == 2 and "AsyncInferQueue" in s["served_by"] and s["requests"] == FAST.latency_rows
     assert s["throughput_rows_s"] > 0 and 0 < s["latency_ms_p50"] <= s["latency_ms_p99"]
+
+
+def test_target_openvino_without_openvino_is_one_line(tmp_path, tiny_cnn_export, tiny_images, monkeypatch, capsys):
+    from nanoify.cli import main
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    assert main(["quantize", str(tiny_cnn_export), "--calib", str(tiny_images), "--target", "openvino",
+                 "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--target openvino needs OpenVINO" in err[0] and not (tmp_path / "q").exists()

@@ -157,6 +157,13 @@ class OpenVinoTarget(Target):
     def weight_bits(self, cpu: dict[str, Any]) -> int:
         return int(cpu["static_weight_bits"])
 
+    def check(self, cfg: QuantizeConfig) -> None:
+        try:
+            import openvino  # noqa: F401 - optional backend: only its presence is checked here
+        except ImportError:
+            raise ConfigError("--target openvino needs OpenVINO: pip install openvino (or nanoify[openvino]), or "
+                              "use --target cpu") from None
+
     def candidates(self, methods: Sequence[str], cnn: bool, weight_bits: int, fused: bool) -> list[Any]:
         from ..engines.openvino_engine import cpu_capabilities  # optional backend: imported when chosen
 
