@@ -5,6 +5,7 @@ and bench runs the output on OpenVINO by default."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -17,6 +18,9 @@ from nanoify.bench.run import measure_model
 from nanoify.config import QuantizeConfig, TimingConfig
 from nanoify.engines import EngineUnavailable, open_engine, parse_engine_spec
 from nanoify.quant.run import quantize
+from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
+from nanoify.quant.steps import calibrate
+from nanoify.quant.targets import get_target
 from nanoify.runtime.cpu import int8_report
 from nanoify.tasks.resolve import resolve
 
@@ -179,3 +183,106 @@ def test_target_openvino_without_openvino_is_one_line(tmp_path, tiny_cnn_export,
                  "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--target openvino needs OpenVINO" in err[0] and not (tmp_path / "q").exists()
+
+
+def test_nncf_rows_are_measured_beside_nanoify_and_a_chosen_nncf_model_is_its_ir(tmp_path, tiny_cnn_export,
+                                                                                  tiny_images, monkeypatch):
+    """With nncf installed the openvino target measures NNCF's own INT8 (default and MIXED presets) on nanoify's
+    calibration rows beside its candidates; when the chooser picks one, the output is NNCF's IR (no Q/DQ ONNX
+    exists for it), named by the manifest, resolved and benched on OpenVINO like any output."""
+    pytest.importorskip("nncf")
+    import nanoify.quant.run as run
+
+    real = run.choose
+    monkeypatch.setattr(run, "choose", lambda recs, *a, **k: (  # force the pick: what is written is under test
+        next(i for i, r in enumerate(recs) if r["name"] == "nncf-default"), real(recs, *a, **k)[1]))
+    out = tmp_path / "ov-nncf"
+    man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="openvino",
+                   config=QuantizeConfig(budget=5.0, methods=("minmax",), timing=FAST))
+    rows = {c["name"]: c for c in man["candidates"]}
+    assert {"nncf-default", "nncf-mixed"} <= set(rows) and man["own_formats"]["nncf_failed"] == []
+    made = rows["nncf-default"]["scheme"]
+    assert made["made_by"] == "nncf.quantize" and made["preset"] == "PERFORMANCE" and made["model_type"] is None
+    assert made["calibration_rows"] == man["calibration"]["samples"]  # nanoify's calibration rows, not NNCF's own
+    assert rows["nncf-mixed"]["scheme"]["preset"] == "MIXED" and "latency_ms_p50" in rows["nncf-mixed"]  # timed
+    assert man["chosen"] == "nncf-default" and man["model_file"] == "model.xml" and man["engine"] == "openvino"
+    assert (out / "model.xml").is_file() and (out / "model.bin").is_file() and not (out / "model.qdq.onnx").exists()
+    assert man["openvino"]["made_by"] == "nncf.quantize" and man["openvino"]["int8_layers"] > 0
+    assert resolve(out).engine == "openvino" and resolve(out).path.name == "model.xml"
+    res, _ = measure_model(str(out), str(tiny_images), timing=FAST)
+    assert res["engine"] == "openvino" and res["int8_layers"] > 0
+    assert abs(res["accuracy"] - rows["nncf-default"]["accuracy"]) <= 0.02
+    assert "nncf-default **(chosen)**" in (out / "report.md").read_text()
+
+
+def test_without_nncf_the_openvino_search_says_there_is_no_nncf_row(tmp_path, tiny_cnn_export, tiny_images,
+                                                                    monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "nanoify.quant.nncf_int8", raising=False)
+    monkeypatch.delattr("nanoify.quant.nncf_int8", raising=False)
+    man = quantize(tiny_cnn_export, tmp_path / "q", calib=str(tiny_images), progress=False, target="openvino",
+                   config=QuantizeConfig(budget=5.0, methods=("minmax",), timing=FAST))
+    assert not any(c["name"].startswith("nncf") for c in man["candidates"])
+    assert "pip install nncf" in man["own_formats"]["skipped"]
+    assert "no NNCF row" in (tmp_path / "q" / "report.md").read_text()
+
+
+def test_nncf_ignored_scope_takes_onnx_node_names(tmp_path, tiny_cnn_export, tiny_images):
+    """nanoify names nodes as the ONNX graph does; NNCF's ignored scope must keep exactly those float in what
+    OpenVINO compiles (a Conv with a bias is two OpenVINO ops: both are ignored)."""
+    pytest.importorskip("nncf")
+    import onnx
+
+    from nanoify.engines.openvino_engine import compiled_info
+    from nanoify.quant.nncf_int8 import quantize_ir
+    from nanoify.tasks import make_task
+
+    src = tiny_cnn_export / "model.onnx"
+    convs = tuple(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv")
+    task = make_task(resolve(tiny_cnn_export))
+    feeds = [f for _, f in task.batches(task.calib_set(str(tiny_images), 16), 1)]
+    quantize_ir(src, feeds, tmp_path / "a" / "m.xml")
+    # NNCF's default quantizes every convolution
+    assert compiled_info(tmp_path / "a" / "m.xml", quantized=convs)["kept_float"] == []
+    made = quantize_ir(src, feeds, tmp_path / "b" / "m.xml", ignored=convs[:2])
+    part = compiled_info(tmp_path / "b" / "m.xml", quantized=convs)
+    assert made["ignored_scope"] == list(convs[:2]) and part["kept_float"] == list(convs[:2])
+
+
+def test_a_quantized_node_openvino_keeps_float_is_named(tmp_path, tiny_cnn_export, tiny_images):
+    """The check behind the manifest's warning: of the compute nodes a graph is said to quantize, those OpenVINO
+    compiled in float are named (here one Conv left without Q/DQ, claimed as quantized)."""
+    from nanoify.engines.openvino_engine import compiled_info, save_ir
+    from nanoify.quant.steps import Candidate, prepare, units_of
+
+    src = prepare(tiny_cnn_export, tmp_path, get_target("openvino"))
+    calib = src.task.calib_set(str(tiny_images), 32)
+    ranges, _ = calibrate(src, calib, ("minmax",), ("weights",), True, None, False)
+    scheme = StaticQDQ("minmax", "cpu", "weights", 8)
+    units = units_of(src, scheme)
+    c = Candidate("one-float", QuantPlan.uniform(scheme, units).keep_float(units[:1]))
+    apply_plan(c.plan, src.sources, tmp_path / "q.onnx", ranges)
+    info = save_ir(tmp_path / "q.onnx", tmp_path / "q.xml", quantized=tuple(units))
+    assert info["kept_float"] == units[:1] and info["int8_layers"] > 0
+    assert compiled_info(tmp_path / "q.xml", quantized=tuple(units[1:]))["kept_float"] == []
+
+
+def test_mixed_precision_runs_on_the_openvino_target_and_feeds_nncf_ignored_scope(tmp_path, tiny_cnn_export,
+                                                                                   tiny_images, monkeypatch):
+    """A float row meets any budget; it must not stop the sensitivity search when no INT8 candidate does (forced
+    here with ranges 30× too narrow); the nodes it keeps float become NNCF's ignored scope in a third NNCF row."""
+    import nanoify.quant.steps as steps
+    from nanoify.quant.calibrate import Range
+
+    real = steps.choose_ranges
+    monkeypatch.setattr(steps, "choose_ranges", lambda *a, **k: {
+        t: Range(r.amax / 30) for t, r in real(*a, **k).items()})
+    man = quantize(tiny_cnn_export, tmp_path / "q", calib=str(tiny_images), progress=False, target="openvino",
+                   config=QuantizeConfig(budget=0.0, methods=("minmax",), timing=FAST))
+    int8 = [c for c in man["candidates"] if c["name"].startswith("static-minmax") and "+fp32" not in c["name"]]
+    assert int8 and not any(c["meets_budget"] for c in int8)  # the forced situation
+    mp = man["mixed_precision"]
+    assert mp is not None and mp["kept_fp32"] and any("+fp32[" in c["name"] for c in man["candidates"])
+    if importlib.util.find_spec("nncf") is not None:
+        ign = [c for c in man["candidates"] if c["name"].startswith("nncf-default+ignored")]
+        assert len(ign) == 1 and set(mp["kept_fp32"]) <= set(ign[0]["scheme"]["ignored_scope"])

@@ -138,13 +138,43 @@ class OpenVinoEngine(Engine):
         return {k: dict(v) for k, v in sorted(out.items())}
 
 
-def save_ir(onnx_path: Path, xml_path: Path, precision: str = "fp32") -> dict[str, Any]:
-    """``onnx_path`` converted to OpenVINO IR at ``xml_path`` (weights in the ``.bin`` beside it, kept FP32 where
-    they are float: no FP16 compression, so the IR computes what was measured); returns what the manifest says
-    about it: OpenVINO's version and the precision each layer type ran in when compiled here."""
-    core = ov.Core()
-    ov.save_model(core.read_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    def node_precisions(self) -> dict[str, str]:
+        """Source node name → the precision of the compute layer (convolution, matrix multiply) it was compiled
+        into, from each compiled layer's ``originalLayersNames``: how a report knows that a node quantized in the
+        graph really ran in INT8. A node with a bias is two source ops (``X/WithoutBiases`` and the ``X`` add);
+        both names map to the layer."""
+        self._require_loaded()
+        out: dict[str, str] = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if "layerType" not in info or info["layerType"].astype(str) not in COMPUTE_LAYERS:
+                continue
+            prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+            names = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info else []
+            for name in names:
+                out[name.removesuffix("/WithoutBiases")] = prec
+        return out
+
+
+COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm")
+INT8 = ("u8", "i8")
+
+
+def compiled_info(xml_path: Path, precision: str = "fp32", quantized: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What the manifest says about an IR compiled here: OpenVINO's version, the precision each layer type ran in,
+    and which of the ``quantized`` source nodes (compute nodes the graph quantizes) OpenVINO kept in float."""
     with OpenVinoEngine(str(xml_path), dtype=precision) as eng:
         layers = eng.layer_precisions()
-    int8 = sum(n for precs in layers.values() for p, n in precs.items() if p in ("u8", "i8"))
-    return {"version": ov.__version__, "int8_layers": int8, "layer_precisions": layers}
+        ran = eng.node_precisions() if quantized else {}
+    int8 = sum(n for precs in layers.values() for p, n in precs.items() if p in INT8)
+    return {"version": ov.__version__, "int8_layers": int8, "layer_precisions": layers,
+            "kept_float": [n for n in quantized if n in ran and ran[n] not in INT8]}
+
+
+def save_ir(onnx_path: Path, xml_path: Path, precision: str = "fp32",
+            quantized: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``onnx_path`` converted to OpenVINO IR at ``xml_path`` (weights in the ``.bin`` beside it, kept FP32 where
+    they are float: no FP16 compression, so the IR computes what was measured); returns :func:`compiled_info`."""
+    core = ov.Core()
+    ov.save_model(core.read_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    return compiled_info(xml_path, precision, quantized)

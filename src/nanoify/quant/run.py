@@ -97,10 +97,12 @@ def run_target(target: Target, model: str | Path, out: str | Path, calib: Any, e
                           src.task.agreement_key)
         extra = target.write_chosen(tmp, found.cands[idx], found, src, ev)
         shutil.rmtree(work, ignore_errors=True)
+        warnings = (slower_than_reference(records[idx], found.ref.metrics) if target.timed else []) + extra.pop(
+            "warnings", [])
         man = manifest("quantize", {**to_dict(cfg), "model": str(model), "methods": list(methods),
                                     "threads": cfg.threads or os.cpu_count()},
-                       task=src.ref.task, model_file=target.model_file or None, chosen=found.cands[idx].name,
-                       why=why, warnings=slower_than_reference(records[idx], found.ref.metrics) if target.timed else [],
+                       task=src.ref.task, model_file=extra.pop("model_file", target.model_file) or None,
+                       chosen=found.cands[idx].name, why=why, warnings=warnings,
                        agreement_key=src.task.agreement_key, budget_met=bool(records[idx]["meets_budget"]),
                        metric=found.ref.metric,
                        data={"eval": ev.where, "eval_rows": len(ev), "calibration": getattr(calib_set, "where", None)},
@@ -162,6 +164,16 @@ def format_report(man: dict[str, Any]) -> str:
     if cpu:
         lines += ["", f"CPU: {', '.join(cpu.get('cpu_flags', [])) or 'flags unknown'}; u8×s8 INT8 GEMM probe: "
                       f"{'saturates → 7-bit weights' if cpu.get('u8s8_saturates') else 'exact → 8-bit weights'}."]
+    own = man.get("own_formats") or {}
+    if own.get("skipped") or own.get("nncf_failed"):
+        lines += ["", f"Peer rows: {own.get('skipped') or '; '.join(own['nncf_failed'])}."]
+    ov_info = man.get("openvino")
+    if ov_info:
+        lines += ["", f"OpenVINO {ov_info['version'].split('-')[0]} compiled the chosen model with "
+                      f"{ov_info['int8_layers']} INT8 layer(s) ({ov_info.get('made_by', 'nanoify Q/DQ')}; "
+                      f"float parts in {ov_info['precision']}); layer precisions: "
+                      + ", ".join(f"{k} " + "/".join(f"{p}×{n}" for p, n in v.items())
+                                   for k, v in ov_info["layer_precisions"].items()) + "."]
     if man.get("speed_note"):
         lines += ["", f"Speed: {man['speed_note']}."]
     if man.get("tensorrt"):

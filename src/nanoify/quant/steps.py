@@ -77,10 +77,18 @@ class Candidate:
     path: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     preds: Any = field(default=None, repr=False)
+    made: dict[str, Any] = field(default_factory=dict)  # how a target's own format was made (plan None)
+    float_nodes: list[str] = field(default_factory=list)  # what such a candidate kept float (plan None)
+
+    @property
+    def precision(self) -> str:
+        """What the engine runs the candidate's float parts in."""
+        return precision_of(self.plan.scheme) if self.plan is not None else "fp32"
 
     def record(self) -> dict[str, Any]:
         if self.plan is None:
-            return {"name": self.name, "scheme": self.name, "fp32_nodes": [], **self.metrics}
+            return {"name": self.name, "scheme": self.made or self.name, "fp32_nodes": self.float_nodes,
+                    **self.metrics}
         return {"name": self.name, "scheme": describe(self.plan.scheme), "fp32_nodes": self.plan.float_nodes,
                 **self.metrics}
 
@@ -258,11 +266,24 @@ def evaluate_candidate(c: Candidate, src: Source, ev: Any, ref: Reference, range
 
     c.path = work / f"{c.name}.onnx"
     apply_plan(c.plan, src.sources, c.path, ranges)
-    with _engine(src, c.path, threads, precision_of(c.plan.scheme)) as eng:
+    measure_written(c, src, ev, ref, budget, threads, agreement_budget)
+
+
+def measure_written(c: Candidate, src: Source, ev: Any, ref: Reference, budget: float, threads: int | None,
+                    agreement_budget: float | None = None) -> None:
+    """Run an already written candidate (``c.path``) on the evaluation rows; record metrics and the budget check."""
+    assert c.path is not None
+    with _engine(src, c.path, threads, c.precision) as eng:
         c.preds = src.task.predict(eng.infer, ev)
-    c.metrics = {**evaluate_predictions(src.task, c.preds, ev, ref.preds), "file_mb": c.path.stat().st_size / 1e6}
+    c.metrics = {**evaluate_predictions(src.task, c.preds, ev, ref.preds), "file_mb": _file_mb(c.path)}
     chk = check_budget(ref.metrics, c.metrics, budget, ref.metric, agreement_budget, src.task.agreement_key)
     c.metrics.update(metric=ref.metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
+
+
+def _file_mb(path: Path) -> float:
+    """The model's size on disk: an IR's weights are in the ``.bin`` beside its ``.xml``."""
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file() else 0)) / 1e6
 
 
 # ---- step 6: mixed precision ------------------------------------------------------------------------------
@@ -436,7 +457,7 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
         keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
     for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
         evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
-    mixed_info = speed_info = None
+    mixed, mixed_info = None, None
     int8 = [c for c in cands if not isinstance(c.plan.scheme, Float)]  # a float row meets any budget: not a reason
     if int8 and not any(c.metrics["meets_budget"] for c in int8):
         base = mixed_precision_base(cands, src, ev, ref, cfg)
@@ -444,19 +465,26 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
                                              agreement_budget=cfg.agreement_budget)
         evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(mixed)
+    speed_info = None
     if target.speed_fallback:
-        base = cands[-1] if mixed_info is not None else mixed_precision_base(cands, src, ev, ref, cfg)
-        fast, speed_info = speed_fallback(base, src, ev, ref, ranges, work, cfg)
-        if fast is not None:
-            cands.append(fast)
+        fast, speed_info = speed_fallback(mixed or mixed_precision_base(cands, src, ev, ref, cfg), src, ev, ref,
+                                          ranges, work, cfg)
+        cands += [fast] if fast is not None else []
+    # a target's own formats (openvino: NNCF's INT8), told which nodes nanoify's rules and search keep float
+    kept = keep + [n for n in (mixed_info or {}).get("kept_fp32", []) if n not in keep]
+    own, own_info = target.own_candidates(src, calib_set, cfg, work, kept, progress)
+    for c in own:
+        measure_written(c, src, ev, ref, cfg.budget, cfg.threads, cfg.agreement_budget)
+        cands.append(c)
     if target.timed:  # the reference and every candidate, timed together
         for m, t in zip([ref.metrics] + [c.metrics for c in cands],
                         time_all([ref.path] + [c.path for c in cands], src, ev, cfg,
-                                 ["fp32"] + [precision_of(c.plan.scheme) for c in cands]), strict=True):
+                                 ["fp32"] + [c.precision for c in cands]), strict=True):
             m.update(t)
-    return Search(ref, cands, f"ONNX Runtime FP32 ({src.fused.name})",
+    return Search(ref, cands, f"{target.engine_name} FP32 ({src.fused.name})",
                   {"int8_cpu": cpu, "mixed_precision": mixed_info, "speed_fallback": speed_info,
-                   "calibration": calib_info.get("info", {})}, ranges, calib_info)
+                   "calibration": calib_info.get("info", {}), **({"own_formats": own_info} if own_info else {})},
+                  ranges, calib_info)
 
 
 def write_chosen(tmp: Path, chosen: Candidate, found: Search, src: Source, ev: Any) -> dict[str, Any]:

@@ -20,7 +20,9 @@ else overrides :meth:`Target.prepare`, :meth:`Target.search` and :meth:`Target.w
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from typing import Any
 from ..config import QuantizeConfig
 from ..engines import open_engine
 from ..engines.base import Engine, profile_shapes
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..models.files import QUANT_FILE, onnx_io
 from ..tasks import task_kind
 from . import cuda, steps
@@ -38,6 +40,8 @@ from .tensorrt import trt_version, trtexec_command, version_tag, write_calibrati
 OUT_MODEL = "model.int8.onnx"  # --target cpu
 QDQ_MODEL = "model.qdq.onnx"  # --target tensorrt and openvino (beside it: model.xml + model.bin)
 OV_IR = "model.xml"
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+log = logging.getLogger(__name__)
 
 
 class Target:
@@ -49,6 +53,7 @@ class Target:
     free_zero_point = True  # u8 activations with a zero point: unsigned and asymmetric ranges are valid
     speed_fallback = True  # profile the chosen static plan per node and keep slow INT8 kernels float
     uses_device = False  # the quantize device setting changes what it does (it is hashed into compress stages)
+    engine_name = "ONNX Runtime"  # what evaluates (and times) the candidates, for the report
 
     def weight_bits(self, cpu: dict[str, Any]) -> int:
         """Static INT8 weight width (7 where the CPU's u8×s8 kernel saturates)."""
@@ -67,8 +72,16 @@ class Target:
         return open_engine("onnxruntime", str(path), threads=threads)
 
     def write(self, folder: Path, chosen: Any, ranges: dict[str, Any], src: Any, ev: Any) -> dict[str, Any]:
-        """Files beside the chosen model in ``folder``; returns what the manifest adds about them."""
+        """Files beside the chosen model in ``folder``; returns what the manifest adds about them (``warnings``
+        join the manifest's, ``model_file`` replaces the target's)."""
         return {}
+
+    def own_candidates(self, src: Any, calib_set: Any, cfg: QuantizeConfig, work: Path, keep_float: list[str],
+                       progress: bool) -> tuple[list[steps.Candidate], dict[str, Any]]:
+        """Candidates in a format of the target's own (written to ``work``, ``plan`` None), measured and timed
+        beside the others; ``keep_float``: the nodes nanoify's rules and sensitivity search keep float. Also
+        returns what the manifest says about them."""
+        return [], {}
 
     # -- the path (quant/run.py): ONNX graphs through quant/steps.py unless a target overrides these ------------
     def check(self, cfg: QuantizeConfig) -> None:
@@ -151,8 +164,9 @@ class OpenVinoTarget(Target):
     IR, and the manifest says which layers OpenVINO ran in INT8."""
 
     name = "openvino"
-    model_file = QDQ_MODEL
+    model_file = QDQ_MODEL  # or model.xml when NNCF's IR is chosen (there is no Q/DQ ONNX then)
     speed_fallback = False  # the per-node profile is ONNX Runtime's; OpenVINO's own timing decides instead
+    engine_name = "OpenVINO"
 
     def weight_bits(self, cpu: dict[str, Any]) -> int:
         return int(cpu["static_weight_bits"])
@@ -174,6 +188,46 @@ class OpenVinoTarget(Target):
     def engine(self, path: Path, threads: int | None, precision: str = "fp32") -> Engine:
         return open_engine("openvino", str(path), threads=threads, dtype=precision)
 
+    def own_candidates(self, src: Any, calib_set: Any, cfg: QuantizeConfig, work: Path, keep_float: list[str],
+                       progress: bool) -> tuple[list[steps.Candidate], dict[str, Any]]:
+        """NNCF's INT8 (:mod:`nanoify.quant.nncf_int8`) on nanoify's calibration rows: default and MIXED presets,
+        and the default with nanoify's float nodes as NNCF's ignored scope; none when nncf is not installed."""
+        try:
+            from . import nncf_int8  # optional: the peer's quantizer, measured when installed
+        except ImportError:
+            return [], {"skipped": "nncf is not installed (pip install nncf): no NNCF row"}
+        feeds = [f for _, f in src.task.batches(calib_set, 1)]
+        graph = src.graphs["plain"].graph
+        transformer = not src.cnn and any(n.op_type == "Softmax" for n in graph.node)
+        variants = [("nncf-default", "PERFORMANCE", ()), ("nncf-mixed", "MIXED", ())]
+        if keep_float:
+            variants.append((f"nncf-default+ignored[{len(keep_float)}]", "PERFORMANCE", tuple(keep_float)))
+        out, failed = [], []
+        for name, preset, ignored in variants:
+            dst = work / name / OV_IR
+            try:
+                made = nncf_int8.quantize_ir(src.plain, feeds, dst, preset, transformer, ignored, progress)
+            except ModelError as e:
+                log.warning("%s", e)
+                failed.append(f"{name}: {e}")
+                continue
+            out.append(steps.Candidate(name, None, dst, made=made, float_nodes=list(ignored)))
+        return out, {"nncf_rows": [c.name for c in out], "nncf_failed": failed}
+
+    def write_chosen(self, folder: Path, chosen: steps.Candidate, found: steps.Search, src: Any,
+                     ev: Any) -> dict[str, Any]:
+        if chosen.plan is not None:  # nanoify's Q/DQ graph or a float row: the ONNX steps, then write() below
+            return steps.write_chosen(folder, chosen, found, src, ev)
+        from ..engines.openvino_engine import compiled_info  # optional backend: imported when this target is chosen
+
+        assert chosen.path is not None  # NNCF's IR: the model is the IR itself (no Q/DQ ONNX exists)
+        shutil.copyfile(chosen.path, folder / OV_IR)
+        shutil.copyfile(chosen.path.with_suffix(".bin"), folder / "model.bin")
+        src.ref.kind.write_assets(src.ref, folder)
+        info = compiled_info(folder / OV_IR)
+        return {"model_file": OV_IR, "engine": "openvino",
+                "openvino": {"ir": OV_IR, "qdq_model": None, "precision": "fp32", **chosen.made, **info}}
+
     def write(self, folder: Path, chosen: Any, ranges: dict[str, Any], src: Any, ev: Any) -> dict[str, Any]:
         from ..engines.openvino_engine import save_ir  # optional backend: imported when this target is chosen
 
@@ -181,9 +235,15 @@ class OpenVinoTarget(Target):
         if precision != "fp32":  # the engine's default for this folder (bench runs it so)
             (folder / QUANT_FILE).write_text(json.dumps({"kind": "precision", "format": precision,
                                                          "target": "openvino"}, indent=2) + "\n")
-        info = save_ir(folder / QDQ_MODEL, folder / OV_IR, precision)
-        return {"engine": "openvino", "openvino": {"ir": OV_IR, "qdq_model": QDQ_MODEL, "precision": precision,
-                                                   **info}}
+        ops = {n.name: n.op_type for n in src.graphs["plain"].graph.node}
+        float_nodes = set(chosen.plan.float_nodes)
+        quantized = tuple(u for u in chosen.plan.units if u not in float_nodes and ops.get(u) in COMPUTE_OPS)
+        info = save_ir(folder / QDQ_MODEL, folder / OV_IR, precision, quantized)
+        warnings = [f"OpenVINO runs {len(info['kept_float'])} of the {len(quantized)} quantized compute node(s) in "
+                    f"float, not INT8 (their Q/DQ pairs buy nothing there): {', '.join(info['kept_float'][:8])}"
+                    + (" …" if len(info["kept_float"]) > 8 else "")] if info["kept_float"] else []
+        return {"engine": "openvino", "warnings": warnings,
+                "openvino": {"ir": OV_IR, "qdq_model": QDQ_MODEL, "precision": precision, **info}}
 
 
 class CudaTarget(Target):
