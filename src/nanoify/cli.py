@@ -20,6 +20,7 @@ import torch.distributed as dist
 from .artifacts import json_safe
 from .bench.run import benchmark, format_table
 from .config import (
+    CPU_ENGINES,
     BenchConfig,
     DataConfig,
     DistillConfig,
@@ -201,7 +202,7 @@ def _quantize_cfg(a: argparse.Namespace) -> Any:
     return QuantizeConfig(target=a.target, budget=a.budget, agreement_budget=a.agreement_budget, methods=methods,
                           calib_samples=a.calib_samples,
                           eval_rows=a.eval_rows, optimize=a.optimize, threads=a.threads,
-                          timing=TimingConfig(rounds=a.rounds), device=a.device)
+                          timing=TimingConfig(rounds=a.rounds), device=a.device, cpu_engine=a.cpu_engine)
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
@@ -393,6 +394,9 @@ def _quantize_parser(sub: Any) -> None:
     q.add_argument("--device", default="cuda",
                    help="--target cuda: the GPU (cuda, cuda:N; default cuda); cpu scores the formats on the CPU "
                         "kernels of the same ops (accuracy only: its timings say nothing about a GPU)")
+    q.add_argument("--cpu-engine", choices=CPU_ENGINES, default="auto",
+                   help="--target cpu: auto (default) also runs the chosen graph in OpenVINO when installed and "
+                        "deploys on the faster engine within the budget; onnxruntime or openvino to fix it")
     q.add_argument("--optimize", choices=("balanced", "latency", "throughput", "size"), default="balanced",
                    help="what the model is for: balanced (default: batch-1 latency, throughput and size together), "
                         "latency, throughput or size")

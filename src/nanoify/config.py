@@ -184,6 +184,9 @@ class TimingConfig:
         _check(self.batch >= 1, "the throughput batch must be ≥ 1")
 
 
+CPU_ENGINES = ("auto", "onnxruntime", "openvino")
+
+
 @dataclass(frozen=True)
 class QuantizeConfig:
     """``nanoify quantize``: target, budget (points of the task's primary metric against the FP32 model),
@@ -196,6 +199,9 @@ class QuantizeConfig:
         min_budget: used by ``compress`` only (the quantize stage gets at least this much of the total budget).
         calib_samples: None = the task's default (256 sentences, 100 images).
         methods: None = every calibration method (entropy, percentile, mse, minmax for ``cpu``).
+        cpu_engine: ``--target cpu``: ``auto`` (default) also runs the chosen graph in OpenVINO when installed
+            and deploys on whichever engine is faster here within the budget; ``onnxruntime`` or ``openvino``
+            to fix it (:mod:`nanoify.quant.engine_choice`).
     """
 
     target: str = "cpu"
@@ -209,6 +215,7 @@ class QuantizeConfig:
     threads: int | None = None
     timing: TimingConfig = field(default_factory=TimingConfig)
     device: str = "cuda"  # --target cuda only: the GPU ("cuda:N"); "cpu" scores the formats on CPU kernels
+    cpu_engine: str = "auto"
 
     def __post_init__(self) -> None:
         # the name is checked against the registered targets where quantize runs (nanoify.quant.targets): a
@@ -219,6 +226,8 @@ class QuantizeConfig:
         _check(self.budget >= 0 and self.min_budget >= 0, "--budget is a drop in points and must be ≥ 0")
         _check(self.agreement_budget is None or self.agreement_budget >= 0, "--agreement-budget must be ≥ 0")
         _check(self.optimize in OPTIMIZE, f"--optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")
+        _check(self.cpu_engine in CPU_ENGINES,
+               f"--cpu-engine must be one of {', '.join(CPU_ENGINES)}, got {self.cpu_engine!r}")
         _check(self.calib_samples is None or self.calib_samples > 0, "--calib-samples must be positive")
         _check(self.eval_rows is None or self.eval_rows > 0, "--eval-rows must be positive")
         if self.methods is not None:

@@ -17,8 +17,8 @@ def _cfg(teacher, data, budget=100.0):
         teacher=str(teacher), data=DataConfig(data=str(data), max_length=32),
         distill=DistillConfig(student="layers=2,hidden=16,heads=2,intermediate=32", init="teacher-pca",
                               train=TrainConfig(max_steps=8, batch_size=32, lr=1e-3, checkpoint_every=4)),
-        quantize=QuantizeConfig(budget=budget, methods=("minmax",), calib_samples=32,
-                                timing=TimingConfig(8, 32, rounds=1)),
+        quantize=QuantizeConfig(budget=budget, methods=("minmax",), calib_samples=32, cpu_engine="onnxruntime",
+                                timing=TimingConfig(8, 32, rounds=1)),  # ORT here; the choice: test_openvino.py
         bench=BenchConfig(isolate=False, timing=TimingConfig(8, 32, rounds=1)))
 
 

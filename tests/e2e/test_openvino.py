@@ -5,6 +5,7 @@ and bench runs the output on OpenVINO by default."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from nanoify.bench.run import measure_model
 from nanoify.config import QuantizeConfig, TimingConfig
 from nanoify.engines import EngineUnavailable, open_engine, parse_engine_spec
+from nanoify.errors import ConfigError
 from nanoify.quant.run import quantize
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
 from nanoify.quant.steps import calibrate
@@ -286,3 +288,62 @@ def test_mixed_precision_runs_on_the_openvino_target_and_feeds_nncf_ignored_scop
     if importlib.util.find_spec("nncf") is not None:
         ign = [c for c in man["candidates"] if c["name"].startswith("nncf-default+ignored")]
         assert len(ign) == 1 and set(mp["kept_fp32"]) <= set(ign[0]["scheme"]["ignored_scope"])
+
+
+def _speeds(ort_ms: float, ov_ms: float, met: bool = True) -> dict:
+    return {"onnxruntime": {"latency_ms_p50": ort_ms, "throughput": 100.0 / ort_ms, "throughput_batch": 32},
+            "openvino": {"latency_ms_p50": ov_ms, "throughput": 100.0 / ov_ms, "throughput_batch": 32,
+                         "accuracy": 0.9, "drop_pts": 0.1 if met else 9.0, "meets_budget": met}}
+
+
+def test_the_cpu_target_deploys_on_openvino_only_when_it_is_faster_within_the_budget(tmp_path, tiny_cnn_export,
+                                                                                     tiny_images, monkeypatch):
+    """``--target cpu`` runs its chosen graph in OpenVINO too: OpenVINO deploys it (manifest engine, IR beside,
+    bench runs it there) when it is faster beyond the noise band and meets the budget; otherwise ONNX Runtime
+    does. The measured speeds are forced here (a machine decides them); the measuring itself runs once for real."""
+    import nanoify.quant.engine_choice as ec
+
+    cfg = QuantizeConfig(budget=5.0, methods=("minmax",), timing=FAST)
+    out = tmp_path / "real"
+    man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="cpu", config=cfg)
+    got = man["engine_choice"]
+    assert set(got) >= {"chosen", "why", "gain", "onnxruntime", "openvino"}  # both engines measured, same rows
+    assert got["openvino"]["latency_ms_p50"] > 0 and "top1_agreement" in got["openvino"]
+    assert (man.get("engine") == "openvino") == (got["chosen"] == "openvino") == (out / "model.xml").is_file()
+    assert resolve(out).engine == got["chosen"] and "deploys the chosen graph" in (out / "report.md").read_text()
+    for ort_ms, ov_ms, met, want in ((2.0, 1.0, True, "openvino"), (1.02, 1.0, True, "onnxruntime"),
+                                     (2.0, 1.0, False, "onnxruntime")):
+        monkeypatch.setattr(ec, "_measure", lambda *a, o=ort_ms, v=ov_ms, m=met: _speeds(o, v, m))
+        dst = tmp_path / f"forced-{ort_ms}-{met}"
+        man = quantize(tiny_cnn_export, dst, calib=str(tiny_images), progress=False, target="cpu", config=cfg)
+        assert man["engine_choice"]["chosen"] == want, (ort_ms, met, man["engine_choice"]["why"])
+        assert man.get("engine", "onnxruntime") == want and (dst / "model.xml").is_file() == (want == "openvino")
+        assert resolve(dst).engine == want
+        if not met:
+            assert "misses the budget" in man["engine_choice"]["why"]
+    res, _ = measure_model(str(tmp_path / "forced-2.0-True"), str(tiny_images), timing=FAST)
+    assert res["engine"] == "openvino" and res["int8_layers"] > 0  # bench follows the manifest
+
+
+def test_cpu_engine_setting_fixes_or_skips_the_engine_choice(tmp_path, tiny_cnn_export, tiny_images, monkeypatch,
+                                                             capsys):
+    from nanoify.cli import main
+
+    cfg = QuantizeConfig(budget=5.0, methods=("minmax",), timing=FAST, cpu_engine="onnxruntime")
+    man = quantize(tiny_cnn_export, tmp_path / "ort", calib=str(tiny_images), progress=False, config=cfg)
+    assert "openvino" not in man["engine_choice"] and "engine" not in man
+    with pytest.raises(ConfigError, match="--cpu-engine must be one of"):
+        QuantizeConfig(cpu_engine="tvm")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed: auto stays on ONNX Runtime
+    monkeypatch.setitem(sys.modules, "nanoify.engines.openvino_engine", None)
+    man = quantize(tiny_cnn_export, tmp_path / "auto", calib=str(tiny_images), progress=False,
+                   config=dataclasses.replace(cfg, cpu_engine="auto"))
+    assert man["engine_choice"]["chosen"] == "onnxruntime" and "pip install openvino" in man["engine_choice"]["why"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else _spec(name))
+    assert main(["quantize", str(tiny_cnn_export), "--calib", str(tiny_images), "--cpu-engine", "openvino",
+                 "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cpu-engine openvino needs OpenVINO" in err[0] and not (tmp_path / "q").exists()
+
+
+_spec = importlib.util.find_spec

@@ -31,7 +31,7 @@ def quantized(tmp_path_factory, tiny_export, tiny_data):
     out = tmp_path_factory.mktemp("q") / "q"
     man = quantize(tiny_export, out, calib=_data(tiny_data), progress=False,
                    config=QuantizeConfig(budget=100.0, methods=("minmax", "percentile"), calib_samples=64,
-                                         timing=FAST))
+                                         timing=FAST, cpu_engine="onnxruntime"))  # ORT (the choice: test_openvino)
     return out, man
 
 

@@ -78,7 +78,8 @@ def test_export_cli_from_an_import_path(tmp_path, tiny_cnn, capsys):
 def cnn_quantized(tmp_path_factory, tiny_cnn_export, tiny_images):
     out = tmp_path_factory.mktemp("cq") / "q"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False,
-                   config=QuantizeConfig(budget=2.0, methods=("mse", "minmax"), timing=FAST))
+                   config=QuantizeConfig(budget=2.0, methods=("mse", "minmax"), timing=FAST,
+                                         cpu_engine="onnxruntime"))  # the ORT path (the choice: test_openvino.py)
     return out, man
 
 
@@ -174,8 +175,8 @@ def test_bench_and_json_contract_for_images(tmp_path, tiny_cnn, tiny_images, cnn
 
 
 def test_compress_vision_recipe_has_no_distillation(tmp_path, tiny_cnn, tiny_images, capsys):
-    recipe = image_recipe(tmp_path, tiny_cnn, tiny_images,
-                          "{budget: 3.0, methods: [mse], timing: {latency_rows: 16, throughput_rows: 64, rounds: 1}}")
+    recipe = image_recipe(tmp_path, tiny_cnn, tiny_images, "{budget: 3.0, methods: [mse], cpu_engine: onnxruntime, "
+                          "timing: {latency_rows: 16, throughput_rows: 64, rounds: 1}}")
     assert main(["compress", str(recipe)]) == 0
     text = capsys.readouterr().out
     assert "[1/3] export: done" in text and "[3/3] bench: done" in text and "student" not in text

@@ -96,6 +96,7 @@ def run_target(target: Target, model: str | Path, out: str | Path, calib: Any, e
         idx, why = choose(records, found.ref.metrics, cfg.optimize, found.ref.metric, target.timed,
                           src.task.agreement_key)
         extra = target.write_chosen(tmp, found.cands[idx], found, src, ev)
+        extra.update(target.choose_engine(tmp, src, ev, found, cfg))
         shutil.rmtree(work, ignore_errors=True)
         warnings = (slower_than_reference(records[idx], found.ref.metrics) if target.timed else []) + extra.pop(
             "warnings", [])
@@ -164,13 +165,23 @@ def format_report(man: dict[str, Any]) -> str:
     if cpu:
         lines += ["", f"CPU: {', '.join(cpu.get('cpu_flags', [])) or 'flags unknown'}; u8×s8 INT8 GEMM probe: "
                       f"{'saturates → 7-bit weights' if cpu.get('u8s8_saturates') else 'exact → 8-bit weights'}."]
+    ec = man.get("engine_choice")
+    if ec:
+        lines += ["", f"Engine: **{'OpenVINO' if ec['chosen'] == 'openvino' else 'ONNX Runtime'}** deploys the "
+                      f"chosen graph ({ec['why']})."]
+        if "openvino" in ec:
+            o, r = ec["openvino"], ec["onnxruntime"]
+            lines += ["", f"Same graph, both engines, interleaved: b1 p50 {r['latency_ms_p50']:.2f} ms (ONNX Runtime) "
+                          f"vs {o['latency_ms_p50']:.2f} ms (OpenVINO); b{r['throughput_batch']} "
+                          f"{r['throughput']:.1f} vs {o['throughput']:.1f} rows/s; OpenVINO {metric} "
+                          f"{_fmt(o.get(metric))} (drop {o['drop_pts']:.2f} pts)."]
     own = man.get("own_formats") or {}
     if own.get("skipped") or own.get("nncf_failed"):
         lines += ["", f"Peer rows: {own.get('skipped') or '; '.join(own['nncf_failed'])}."]
     ov_info = man.get("openvino")
     if ov_info:
         lines += ["", f"OpenVINO {ov_info['version'].split('-')[0]} compiled the chosen model with "
-                      f"{ov_info['int8_layers']} INT8 layer(s) ({ov_info.get('made_by', 'nanoify Q/DQ')}; "
+                      f"{ov_info['int8_layers']} INT8 layer(s) ({ov_info.get('made_by', 'the graph nanoify wrote')}; "
                       f"float parts in {ov_info['precision']}); layer precisions: "
                       + ", ".join(f"{k} " + "/".join(f"{p}×{n}" for p, n in v.items())
                                    for k, v in ov_info["layer_precisions"].items()) + "."]

@@ -5,7 +5,8 @@ written beside the chosen model. ``quantize`` is one path over them (prepare →
 → choose → write, :mod:`nanoify.quant.run`); a new target is one subclass and ``register_target`` (see
 ``tests/e2e/test_seams.py``).
 
-- ``cpu``: ONNX Runtime on this machine; dynamic and static INT8 measured and timed here.
+- ``cpu``: ONNX Runtime on this machine; dynamic and static INT8 measured and timed here; the chosen graph is
+  then also measured in OpenVINO when installed, which deploys it when faster (:mod:`nanoify.quant.engine_choice`).
 - ``tensorrt``: the explicit Q/DQ graph TensorRT wants, its calibration cache and a ``trtexec`` line; accuracy
   estimated by running the Q/DQ graph in ONNX Runtime, speed not measured (no TensorRT here).
 - ``openvino``: OpenVINO's CPU plugin on this machine; nanoify's Q/DQ graphs (its ranges, per-channel weights)
@@ -19,6 +20,7 @@ else overrides :meth:`Target.prepare`, :meth:`Target.search` and :meth:`Target.w
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ from ..errors import ConfigError, ModelError
 from ..models.files import QUANT_FILE, onnx_io
 from ..tasks import task_kind
 from . import cuda, steps
+from .engine_choice import choose_engine
 from .schemes import DynamicInt8, Float, StaticQDQ, precision_of
 from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
 
@@ -102,6 +105,12 @@ class Target:
         """The chosen model and what travels with it, in ``folder``; returns what the manifest adds."""
         return steps.write_chosen(folder, chosen, found, src, ev)
 
+    def choose_engine(self, folder: Path, src: Any, ev: Any, found: steps.Search,
+                      cfg: QuantizeConfig) -> dict[str, Any]:
+        """After the chosen model is written to ``folder``: which engine deploys it, when the target has a choice
+        (what the manifest adds)."""
+        return {}
+
     def bench_engines(self, device: str, task: str) -> tuple[tuple[str, str], str] | None:
         """``compress``'s bench engines for (baseline, compressed) and the compressed side's name, when this
         target's output is not run by bench's defaults."""
@@ -115,6 +124,15 @@ class CpuTarget(Target):
 
     def weight_bits(self, cpu: dict[str, Any]) -> int:
         return int(cpu["static_weight_bits"])
+
+    def check(self, cfg: QuantizeConfig) -> None:
+        if cfg.cpu_engine == "openvino" and importlib.util.find_spec("openvino") is None:
+            raise ConfigError("--cpu-engine openvino needs OpenVINO: pip install openvino (or nanoify[openvino]), "
+                              "or use --cpu-engine auto")
+
+    def choose_engine(self, folder: Path, src: Any, ev: Any, found: steps.Search,
+                      cfg: QuantizeConfig) -> dict[str, Any]:
+        return choose_engine(folder, self.model_file, src, ev, found.ref, cfg)
 
     def candidates(self, methods: Sequence[str], cnn: bool, weight_bits: int, fused: bool) -> list[Any]:
         out: list[Any] = []
