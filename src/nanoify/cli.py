@@ -202,7 +202,8 @@ def _quantize_cfg(a: argparse.Namespace) -> Any:
     return QuantizeConfig(target=a.target, budget=a.budget, agreement_budget=a.agreement_budget, methods=methods,
                           calib_samples=a.calib_samples,
                           eval_rows=a.eval_rows, optimize=a.optimize, threads=a.threads,
-                          timing=TimingConfig(rounds=a.rounds), device=a.device, cpu_engine=a.cpu_engine)
+                          timing=TimingConfig(rounds=a.rounds), device=a.device, cpu_engine=a.cpu_engine,
+                          sensitivity_seconds=a.sensitivity_seconds)
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
@@ -394,6 +395,9 @@ def _quantize_parser(sub: Any) -> None:
     q.add_argument("--device", default="cuda",
                    help="--target cuda: the GPU (cuda, cuda:N; default cuda); cpu scores the formats on the CPU "
                         "kernels of the same ops (accuracy only: its timings say nothing about a GPU)")
+    q.add_argument("--sensitivity-seconds", type=float, default=300.0,
+                   help="mixed precision's per-node sensitivity search: rows per node shrink so that it fits this "
+                        "(default 300; at least 8 rows)")
     q.add_argument("--cpu-engine", choices=CPU_ENGINES, default="auto",
                    help="--target cpu: auto (default) also runs the chosen graph in OpenVINO when installed and "
                         "deploys on the faster engine within the budget; onnxruntime or openvino to fix it")

@@ -185,6 +185,7 @@ class TimingConfig:
 
 
 CPU_ENGINES = ("auto", "onnxruntime", "openvino")
+ROUNDINGS = ("nearest", "learned")
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,8 @@ class QuantizeConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     device: str = "cuda"  # --target cuda only: the GPU ("cuda:N"); "cpu" scores the formats on CPU kernels
     cpu_engine: str = "auto"
+    sensitivity_seconds: float = 300.0  # mixed precision's per-node search: its rows shrink to fit this
+    rounding: tuple[str, ...] | None = None  # static weights: nearest, learned; None: learned too for CNNs
 
     def __post_init__(self) -> None:
         # the name is checked against the registered targets where quantize runs (nanoify.quant.targets): a
@@ -228,6 +231,11 @@ class QuantizeConfig:
         _check(self.optimize in OPTIMIZE, f"--optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")
         _check(self.cpu_engine in CPU_ENGINES,
                f"--cpu-engine must be one of {', '.join(CPU_ENGINES)}, got {self.cpu_engine!r}")
+        _check(self.sensitivity_seconds > 0, "--sensitivity-seconds must be positive")
+        if self.rounding is not None:
+            object.__setattr__(self, "rounding", tuple(self.rounding))
+            _check(bool(self.rounding) and all(r in ROUNDINGS for r in self.rounding),
+                   f"--rounding must name {' and/or '.join(ROUNDINGS)}, got {','.join(self.rounding) or 'nothing'}")
         _check(self.calib_samples is None or self.calib_samples > 0, "--calib-samples must be positive")
         _check(self.eval_rows is None or self.eval_rows > 0, "--eval-rows must be positive")
         if self.methods is not None:

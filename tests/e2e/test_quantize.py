@@ -13,7 +13,14 @@ from nanoify.cli import main
 from nanoify.config import BenchConfig, DataConfig, QuantizeConfig, TimingConfig
 from nanoify.quant.run import quantize
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
-from nanoify.quant.steps import Candidate, evaluate_candidate, measure_reference, mixed_precision, prepare
+from nanoify.quant.steps import (
+    Candidate,
+    calibrate,
+    evaluate_candidate,
+    measure_reference,
+    mixed_precision,
+    prepare,
+)
 from nanoify.quant.targets import get_target
 from nanoify.quant.tensorrt import read_calibration_cache
 from nanoify.runtime.cpu import int8_report
@@ -119,6 +126,31 @@ def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tm
     # every node kept float is the FP32 model, not "quantize everything" (ONNX Runtime's empty-list meaning)
     apply_plan(cand.plan.keep_float(cand.plan.units), src.sources, tmp_path / "none.onnx", bad)
     assert "QuantizeLinear" not in {n.op_type for n in onnx.load(tmp_path / "none.onnx").graph.node}
+
+
+def test_the_sensitivity_search_shrinks_its_rows_to_fit_its_time(tiny_export, tiny_data, tmp_path):
+    """Rows per node fit the time share (a 640² YOLO's 225 nodes at 60 ms a row get 22 rows in 300 s, not 128);
+    forced here with a share no row fits: the floor of 8 rows, every node still ranked, the manifest says so."""
+    from nanoify.quant.steps import MIN_SENSITIVITY_ROWS, sensitivity_rows
+
+    assert sensitivity_rows(225, 0.06, 128, 300.0) == 22
+    assert sensitivity_rows(10, 0.001, 256, 300.0) == 256 and sensitivity_rows(1000, 1.0, 256, 300.0) == 8
+    assert sensitivity_rows(5, 1.0, 4, 1.0) == 4  # never more rows than there are
+    src = prepare(tiny_export, tmp_path, get_target("cpu"))
+    ev = src.task.eval_set(_data(tiny_data))
+    ref = measure_reference(src, ev, None)
+    scheme = StaticQDQ("minmax", "cpu", "weights", 8)
+    from nanoify.quant.steps import units_of
+
+    cand = Candidate("static", QuantPlan.uniform(scheme, units_of(src, scheme)))
+    calib = src.task.calib_set(_data(tiny_data), 32)
+    ranges, _ = calibrate(src, calib, ("minmax",), ("weights",), True, None, False)
+    evaluate_candidate(cand, src, ev, ref, ranges, tmp_path, 0.0, None)
+    _, plan = mixed_precision(cand, src, ev, ref, ranges, tmp_path, 0.0, None, sens_seconds=1e-9)
+    assert len(ev) > MIN_SENSITIVITY_ROWS and plan["sensitivity_rows"] == MIN_SENSITIVITY_ROWS
+    assert len(plan["ranking"]) == len(cand.plan.units) and plan["sensitivity_seconds"] >= 0
+    _, full = mixed_precision(cand, src, ev, ref, ranges, tmp_path, 0.0, None, sens_rows=64)
+    assert full["sensitivity_rows"] == min(64, len(ev))  # the default share fits this tiny model's rows
 
 
 def test_tensorrt_target_writes_qdq_cache_and_trtexec(tmp_path, tiny_export, tiny_data):

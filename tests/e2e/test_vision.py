@@ -22,6 +22,8 @@ from nanoify.quant.run import quantize
 from nanoify.tasks.resolve import resolve
 from tests.conftest import CLASSES, TINY_CNN, TINY_CNN_KWARGS, TINY_PRE, image_recipe, make_images
 
+NEAREST = ("nearest",)  # learned rounding has its own tests (numerical/test_rounding.py): skip its cost
+
 FAST = TimingConfig(latency_rows=16, throughput_rows=64, rounds=1)
 
 
@@ -89,9 +91,10 @@ def test_quantize_cnn_static_int8_of_every_op(cnn_quantized):
     w7 = "-w7" if man["int8_cpu"]["static_weight_bits"] == 7 else ""
     assert names[:4] == [f"static-mse{w7}", f"static-minmax{w7}", f"static-mse-all-ops{w7}",
                          f"static-minmax-all-ops{w7}"]
+    assert names[4:8] == [f"{n}-adaround" for n in names[:4]]  # learned rounding: a scheme option for CNNs
     # at most one more: a static candidate with the nodes whose INT8 kernels profiled slower kept float
     sp = man["speed_fallback"]
-    assert sp["base"] in names[:4] and names[4:] == ([sp["candidate"]] if sp["nodes"] else [])
+    assert sp["base"] in names[:8] and names[8:] == ([sp["candidate"]] if sp["nodes"] else [])
     assert not any(n.startswith("dynamic") for n in names)  # dynamic INT8 of convolutions is not tried
     assert man["data"]["calibration"].endswith("(train)") and man["data"]["eval"].endswith("(test)")
     assert man["calibration"]["samples"] == 100 and man["metric"] == "accuracy"
@@ -110,7 +113,7 @@ def test_quantize_cnn_static_int8_of_every_op(cnn_quantized):
 def test_quantize_cnn_for_tensorrt_has_nchw_profiles(tmp_path, tiny_cnn_export, tiny_images):
     out = tmp_path / "trt"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False,
-                   config=QuantizeConfig(budget=100.0, target="tensorrt", methods=("entropy",)))
+                   config=QuantizeConfig(rounding=NEAREST, budget=100.0, target="tensorrt", methods=("entropy",)))
     assert [c["name"] for c in man["candidates"]] == ["qdq-entropy", "qdq-entropy-all-ops"]
     sh = (out / "trtexec.sh").read_text()
     assert "--minShapes=input:1x3x16x16" in sh and "--maxShapes=input:32x3x16x16" in sh
@@ -144,7 +147,7 @@ def test_unlabelled_evaluation_counts_agreement_points(tmp_path, tiny_cnn_export
     for i, im in enumerate(x):
         Image.fromarray(im).save(photos / f"p{i}.png")
     man = quantize(tiny_cnn_export, tmp_path / "q", calib=str(photos), eval_data=str(photos), progress=False,
-                   config=QuantizeConfig(budget=5.0, methods=("mse",), timing=FAST))
+                   config=QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("mse",), timing=FAST))
     assert man["metric"] == "top1_agreement" and man["reference"]["top1_agreement"] == 1.0
     assert "accuracy" not in man["reference"]
     for c in man["candidates"]:
@@ -176,6 +179,7 @@ def test_bench_and_json_contract_for_images(tmp_path, tiny_cnn, tiny_images, cnn
 
 def test_compress_vision_recipe_has_no_distillation(tmp_path, tiny_cnn, tiny_images, capsys):
     recipe = image_recipe(tmp_path, tiny_cnn, tiny_images, "{budget: 3.0, methods: [mse], cpu_engine: onnxruntime, "
+                          "rounding: [nearest], "
                           "timing: {latency_rows: 16, throughput_rows: 64, rounds: 1}}")
     assert main(["compress", str(recipe)]) == 0
     text = capsys.readouterr().out
@@ -249,7 +253,7 @@ def test_a_model_exported_with_batch_one_is_run_and_timed_at_batch_one(tmp_path,
     for f in ("preprocess.json", "label_map.json"):
         shutil.copy(tiny_cnn_export / f, d / f)
     q = quantize(d / "model.onnx", tmp_path / "q", calib=str(tiny_images), progress=False,
-                 config=QuantizeConfig(budget=5.0, methods=("mse",), timing=FAST))
+                 config=QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("mse",), timing=FAST))
     assert q["reference"]["throughput_batch"] == 1 and "throughput_b32" not in q["reference"]
     rep = benchmark([str(d / "model.onnx"), str(tmp_path / "q")], str(tiny_images), progress=False,
                     config=BenchConfig(isolate=False, timing=FAST))

@@ -44,6 +44,10 @@ def test_synthetic_feeds_come_from_the_spec():
     assert g["input"].shape == (2, 3, 32, 32) and g["input"].dtype == np.float32
     with pytest.raises(DataError, match="dynamic axis 'height'"):
         synthetic_feed({"x": ("float32", ["batch", 3, "height", "width"])}, {"batch": 1})
+    ir = {"input_ids": ("int64", ["batch", "?"])}  # an OpenVINO IR names no axes (NNCF's text output)
+    assert synthetic_feed(ir, {"batch": 4, "sequence": 16})["input_ids"].shape == (4, 16)
+    with pytest.raises(DataError, match=r"dynamic axis '\?'"):  # two candidates for it: no guess
+        synthetic_feed({"x": ("float32", ["batch", 3, "?", "?"])}, {"batch": 1, "height": 8, "width": 8})
 
 
 def test_noise_is_noticed_and_named():

@@ -165,6 +165,13 @@ def format_report(man: dict[str, Any]) -> str:
     if cpu:
         lines += ["", f"CPU: {', '.join(cpu.get('cpu_flags', [])) or 'flags unknown'}; u8×s8 INT8 GEMM probe: "
                       f"{'saturates → 7-bit weights' if cpu.get('u8s8_saturates') else 'exact → 8-bit weights'}."]
+    for key, lr in (man.get("learned_rounding") or {}).items():
+        used = [r for r in lr["layers"] if r["used"]]
+        gain = sum(r["learned_error"] / max(r["nearest_error"], 1e-30) for r in used) / max(len(used), 1)
+        lines += ["", f"Learned rounding ({key}, {lr['iterations']} iterations a layer, {lr['seconds']} s): "
+                      f"{len(used)} of {len(lr['layers'])} layers reconstruct better than nearest rounding (output "
+                      f"error {gain:.2f}× nearest's on average), {sum(r['changed'] for r in used)} weights rounded "
+                      f"the other way" + (f"; nearest kept for {len(lr['skipped'])}" if lr["skipped"] else "") + "."]
     ec = man.get("engine_choice")
     if ec:
         lines += ["", f"Engine: **{'OpenVINO' if ec['chosen'] == 'openvino' else 'ONNX Runtime'}** deploys the "

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from ..errors import ConfigError
 from .dynamic import quantize_dynamic_int8
 from .qdq import quantize_static_qdq
@@ -43,21 +45,30 @@ class DynamicInt8:
 @dataclass(frozen=True)
 class StaticQDQ:
     """Static INT8 as Q/DQ pairs with calibrated ranges (``method``), for a ``preset`` (cpu | tensorrt), over a
-    ``scope`` of ops (weights | all), with per-channel weights of ``weight_bits``."""
+    ``scope`` of ops (weights | all), with per-channel weights of ``weight_bits``, rounded to the nearest integer
+    or by ``rounding="learned"`` (AdaRound, :mod:`nanoify.quant.rounding`: the float graph with its weights
+    already on the grid, which the Q/DQ writer then reproduces)."""
 
     method: str = "entropy"
     preset: str = "cpu"
     scope: str = "weights"
     weight_bits: int = 8
+    rounding: str = "nearest"
 
     @property
     def name(self) -> str:
         base = ("static" if self.preset == "cpu" else "qdq") + f"-{self.method}"
-        return base + ("-all-ops" if self.scope == "all" else "") + ("-w7" if self.weight_bits == 7 else "")
+        return base + ("-all-ops" if self.scope == "all" else "") + ("-w7" if self.weight_bits == 7 else "") + (
+            "-adaround" if self.rounding == "learned" else "")
 
     @property
     def graph(self) -> str:
-        return "plain"
+        return "plain" if self.rounding == "nearest" else learned_graph(self.weight_bits)
+
+
+def learned_graph(bits: int) -> str:
+    """The key of the float graph whose weights carry learned rounding for ``bits``-bit weights."""
+    return f"learned-w{bits}"
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,20 @@ def apply_plan(plan: QuantPlan, sources: Mapping[str, Path], dst: Path,
     "fused" for dynamic INT8) to the ONNX file; ``ranges`` maps calibration method → tensor → Range."""
     scheme = plan.scheme
     HANDLERS[type(scheme)](scheme, Path(sources[scheme.graph]), Path(dst), ranges, plan.float_nodes)
+    if scheme.graph not in ("plain", "fused") and plan.float_nodes:  # a node kept float gets its FP32 weights back
+        restore_weights(Path(dst), Path(sources["plain"]), plan.float_nodes)
+
+
+def restore_weights(path: Path, original: Path, nodes: Iterable[str]) -> None:
+    """The weight initializers of ``nodes`` in ``path`` set back to their values in ``original`` (same names)."""
+    model = onnx.load(str(path))
+    orig = {i.name: i for i in onnx.load(str(original)).graph.initializer}
+    wanted = set(nodes)
+    names = {i for n in model.graph.node if n.name in wanted for i in n.input[1:]}
+    for init in model.graph.initializer:
+        if init.name in names and init.name in orig:
+            init.CopyFrom(orig[init.name])
+    onnx.save(model, str(path))
 
 
 def describe(scheme: Scheme) -> dict[str, Any]:

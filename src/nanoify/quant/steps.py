@@ -43,12 +43,17 @@ from .choose import SPEED_TIE, speed_score
 from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
 from .profile import slow_int8_nodes
 from .qdq import calibration_tensors
-from .schemes import DynamicInt8, Float, QuantPlan, StaticQDQ, apply_plan, describe, precision_of
+from .rounding import round_graph
+from .schemes import DynamicInt8, Float, QuantPlan, StaticQDQ, apply_plan, describe, learned_graph, precision_of
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("entropy", "percentile", "mse", "minmax")
 SENSITIVITY_ROWS = 256
+# the per-node search's share of a quantize run: its rows shrink so that every node's trial fits (a 640² YOLO has
+# about 225 nodes; at 256 rows each its search took most of a 52-minute run on 2 cores, issue 20)
+SENSITIVITY_SECONDS = 300.0
+MIN_SENSITIVITY_ROWS = 8
 
 
 @dataclass
@@ -62,10 +67,15 @@ class Source:
     graphs: dict[str, Any]
     cnn: bool
     target: Any  # the Target (quant/targets.py) that names the candidates and evaluates (and times) every graph
+    derived: dict[str, Path] = field(default_factory=dict)  # float graphs made for schemes (learned rounding)
 
     @property
     def sources(self) -> dict[str, Path]:
-        return {"plain": self.plain, "fused": self.fused}
+        return {"plain": self.plain, "fused": self.fused, **self.derived}
+
+    def float_graph(self, scheme: Any) -> Path:
+        """The FP32 graph a scheme's outputs are compared with (not a derived graph: those are already changed)."""
+        return self.fused if scheme.graph == "fused" else self.plain
 
 
 @dataclass
@@ -232,6 +242,31 @@ def calibrate(src: Source, calib_set: Any, methods: Sequence[str], scopes: Seque
     return ranges, {"info": info, "report": report}
 
 
+# ---- step 4b: learned rounding ----------------------------------------------------------------------------
+def roundings(cfg: QuantizeConfig, src: Source) -> tuple[str, ...]:
+    """How static candidates round their weights: ``cfg.rounding``, else nearest, plus learned for graphs with
+    convolutions (where rounding, not ranges, limits INT8 fidelity: issue 21; transformers' GEMMs are served by
+    dynamic INT8 on the CPU)."""
+    if cfg.rounding is not None:
+        return cfg.rounding
+    return ("nearest", "learned") if src.cnn else ("nearest",)
+
+
+def learn_rounding(src: Source, calib_set: Any, schemes: Sequence[Any], work: Path, threads: int | None,
+                   progress: bool) -> dict[str, Any]:
+    """The float graphs with learned rounding the schemes need (one per weight width), written to ``work`` and
+    added to ``src.derived``; the per-layer report of each."""
+    out = {}
+    for bits in sorted({s.weight_bits for s in schemes if isinstance(s, StaticQDQ) and s.rounding == "learned"}):
+        key = learned_graph(bits)
+        dst = work / f"{key}.onnx"
+        feeds = (f for _, f in src.task.batches(calib_set, src.task.batch_for(src.task.calib_batch)))
+        out[key] = round_graph(src.plain, dst, weight_nodes(src.graphs["plain"]), feeds, bits, threads,
+                               progress=progress)
+        src.derived[key] = dst
+    return out
+
+
 # ---- step 5: candidates -----------------------------------------------------------------------------------
 UNRELATED_RANGES = 16.0  # inputs of one Concat whose ranges differ more than this never share a scale
 
@@ -304,33 +339,56 @@ def output_error(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarra
     return num / max(den, 1e-30)
 
 
-def sensitivity(c: Candidate, src: Source, ev: Any, ranges: Any, work: Path, threads: int | None,
-                rows: int = SENSITIVITY_ROWS, progress: bool = False) -> list[tuple[str, float]]:
-    """Per node: relative output error against FP32 when *only that node* is quantized, most sensitive first.
-    (Ranking by the error saved when one node alone is kept float, on the fully quantized graph, was tried on
-    ResNet-20: on 256 rows that signal is noise-level for most nodes and the search kept 26 nodes float where
-    this ranking needs 11.)"""
+def sensitivity_rows(units: int, row_seconds: float, rows: int, seconds: float = SENSITIVITY_SECONDS,
+                     floor: int = MIN_SENSITIVITY_ROWS) -> int:
+    """Rows each node's trial runs so that all ``units`` trials fit ``seconds`` at ``row_seconds`` a row: at most
+    ``rows``, at least ``floor`` (the output error is dense — every value of every output — so a few rows still
+    rank nodes; a few hundred only refine the order)."""
+    if units <= 0 or row_seconds <= 0:
+        return rows
+    return max(min(rows, int(seconds / (units * row_seconds))), min(floor, rows))
 
-    sub = src.task.subset(ev, range(min(rows, len(ev))))
-    ref = _raw_outputs(src.sources[c.plan.scheme.graph], src, sub, threads)
+
+def sensitivity(c: Candidate, src: Source, ev: Any, ranges: Any, work: Path, threads: int | None,
+                rows: int = SENSITIVITY_ROWS, progress: bool = False,
+                seconds: float = SENSITIVITY_SECONDS) -> tuple[list[tuple[str, float]], int]:
+    """Per node: relative output error against FP32 when *only that node* is quantized, most sensitive first, and
+    the rows it was measured on (``rows``, fewer when the trials would not fit ``seconds``: the FP32 pass over the
+    rows is timed first, :func:`sensitivity_rows`). (Ranking by the error saved when one node alone is kept
+    float, on the fully quantized graph, was tried on ResNet-20: on 256 rows that signal is noise-level for most
+    nodes and the search kept 26 nodes float where this ranking needs 11.)"""
+
     units = c.plan.units
+    graph = src.float_graph(c.plan.scheme)
+    sub = src.task.subset(ev, range(min(rows, len(ev))))
+    t0 = time.perf_counter()
+    ref = _raw_outputs(graph, src, sub, threads)  # cached: every trial is compared with it
+    fit = sensitivity_rows(len(units), (time.perf_counter() - t0) / max(len(sub), 1), len(sub), seconds)
+    if fit < len(sub):
+        log.info("sensitivity of %d nodes on %d rows (of %d) to fit %.0f s", len(units), fit, len(sub), seconds)
+        sub = src.task.subset(ev, range(fit))
+        ref = _raw_outputs(graph, src, sub, threads)
     scores = []
-    for unit in tqdm(units, desc=f"sensitivity {c.name}", unit="node", disable=not progress or None, leave=False):
+    for unit in tqdm(units, desc=f"sensitivity {c.name} ({len(sub)} rows)", unit="node",
+                     disable=not progress or None, leave=False):
         dst = work / "sens.onnx"
         apply_plan(c.plan.keep_float([u for u in units if u != unit]), src.sources, dst, ranges)
         scores.append((unit, output_error(ref, _raw_outputs(dst, src, sub, threads))))
-    return sorted(scores, key=lambda s: -s[1])
+    return sorted(scores, key=lambda s: -s[1]), len(sub)
 
 
 def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path, budget: float,
                     threads: int | None, progress: bool = False, sens_rows: int = SENSITIVITY_ROWS,
-                    agreement_budget: float | None = None) -> tuple[Candidate, dict[str, Any]]:
+                    agreement_budget: float | None = None,
+                    sens_seconds: float = SENSITIVITY_SECONDS) -> tuple[Candidate, dict[str, Any]]:
     """Keep the most sensitive nodes in float until the budget holds.
 
     Tries k = 1, 2, 4, … nodes, then bisects between the last miss and the first hit, so the number of full
     evaluations is logarithmic in the number of nodes.
     """
-    ranking = sensitivity(c, src, ev, ranges, work, threads, sens_rows, progress)
+    t0 = time.time()
+    ranking, used_rows = sensitivity(c, src, ev, ranges, work, threads, sens_rows, progress, sens_seconds)
+    sens_took = time.time() - t0
     order = [u for u, _ in ranking]
     tried: dict[int, float] = {}
     met: dict[int, bool] = {}
@@ -360,7 +418,8 @@ def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: 
     keep = order[:hi] if hi is not None else order
     mixed = Candidate(f"{c.name}+fp32[{len(keep)}]", c.plan.keep_float(keep))
     plan = {"base": c.name, "ranking": [{"node": u, "output_error": s} for u, s in ranking],
-            "sensitivity_rows": min(sens_rows, len(ev)), "kept_fp32": list(keep), "metric": ref.metric,
+            "sensitivity_rows": used_rows, "sensitivity_seconds": round(sens_took, 1), "kept_fp32": list(keep),
+            "metric": ref.metric,
             "metric_by_kept": {str(k): v for k, v in sorted(tried.items())}, "budget_met": hi is not None}
     return mixed, plan
 
@@ -453,6 +512,9 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
     ranges, calib_info = calibrate(src, calib_set, methods, scopes, target.free_zero_point, cfg.threads, progress)
     keep = list(calib_info.get("report", {}).get("unrelated_concats", {}))
+    schemes += [dataclasses.replace(s, rounding="learned") for s in schemes if isinstance(s, StaticQDQ)
+                and "learned" in roundings(cfg, src)]
+    rounding_info = learn_rounding(src, calib_set, schemes, work, cfg.threads, progress)
     cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
         keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
     for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
@@ -462,7 +524,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     if int8 and not any(c.metrics["meets_budget"] for c in int8):
         base = mixed_precision_base(cands, src, ev, ref, cfg)
         mixed, mixed_info = mixed_precision(base, src, ev, ref, ranges, work, cfg.budget, cfg.threads, progress,
-                                             agreement_budget=cfg.agreement_budget)
+                                             agreement_budget=cfg.agreement_budget,
+                                             sens_seconds=cfg.sensitivity_seconds)
         evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(mixed)
     speed_info = None
@@ -483,7 +546,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
             m.update(t)
     return Search(ref, cands, f"{target.engine_name} FP32 ({src.fused.name})",
                   {"int8_cpu": cpu, "mixed_precision": mixed_info, "speed_fallback": speed_info,
-                   "calibration": calib_info.get("info", {}), **({"own_formats": own_info} if own_info else {})},
+                   "calibration": calib_info.get("info", {}), **({"own_formats": own_info} if own_info else {}),
+                   **({"learned_rounding": rounding_info} if rounding_info else {})},
                   ranges, calib_info)
 
 

@@ -204,8 +204,11 @@ def check_budget(reference: dict[str, Any], candidate: dict[str, Any], budget_pt
 
 
 def resolve_dims(shape: Sequence[Any], dims: dict[str, int], name: str) -> list[int]:
-    """A concrete shape: fixed sizes kept, symbolic axes from ``dims``; an unknown symbolic axis is an error."""
+    """A concrete shape: fixed sizes kept, symbolic axes from ``dims``; an unknown symbolic axis is an error.
+    Unnamed axes (OpenVINO IR keeps no axis names): the leading one is the batch; a later one takes the task's
+    only other size when it has exactly one (text: the sequence)."""
     out = []
+    others = [k for k in dims if k != "batch"]
     for i, d in enumerate(shape):
         if isinstance(d, int) and d > 0:
             out.append(d)
@@ -213,6 +216,8 @@ def resolve_dims(shape: Sequence[Any], dims: dict[str, int], name: str) -> list[
             out.append(int(dims[d]))
         elif i == 0 and "batch" in dims:
             out.append(int(dims["batch"]))  # an unnamed leading axis is the batch
+        elif d in ("?", None, -1) and i > 0 and len(others) == 1:
+            out.append(int(dims[others[0]]))
         else:
             raise DataError(f"input {name!r} has a dynamic axis {d!r} (position {i}) with no size; give its size")
     return out
