@@ -98,3 +98,15 @@ def test_learned_rounding_enters_the_search_for_cnns_and_is_reported(tmp_path, t
     assert not any("adaround" in c["name"] for c in man["candidates"]) and "learned_rounding" not in man
     with pytest.raises(ConfigError, match="--rounding"):
         QuantizeConfig(rounding=("stochastic",))
+
+
+def test_the_learning_shrinks_to_its_time_share():
+    """Iterations fit the seconds a layer has (timed on its first iterations), down to the floor — forced with
+    a share no iteration fits; with time to spare the full count runs."""
+    from nanoify.quant.rounding import MIN_ITERATIONS, Layer, learn_layer
+
+    rng = np.random.default_rng(0)
+    layer = Layer("fc", "Gemm", "x", "w", 0, {"transB": 1})
+    w, x = rng.normal(size=(8, 16)).astype(np.float32), rng.normal(size=(64, 16)).astype(np.float32)
+    assert learn_layer(layer, x, w, 8, iters=1000, seconds=1e-9)[1]["iterations"] == MIN_ITERATIONS
+    assert learn_layer(layer, x, w, 8, iters=150, seconds=600.0)[1]["iterations"] == 150

@@ -47,6 +47,9 @@ LR = 1e-2  # Adam on the rounding variables
 REG_WEIGHT = 0.1  # of the rounding regulariser against the output error (relative to nearest rounding's)
 WARMUP = 0.2  # share of iterations without the regulariser
 INPUT_BYTES = 512 << 20  # all layers' kept calibration inputs together
+SECONDS = 240.0  # the learning of all layers together: iterations shrink to fit (ResNet-20 needs about 110)
+MIN_ITERATIONS = 100
+PROBE_ITERATIONS = 5
 
 
 @dataclass
@@ -176,9 +179,10 @@ def _h(v: torch.Tensor) -> torch.Tensor:
 
 
 def learn_layer(layer: Layer, x: np.ndarray, w: np.ndarray, bits: int, iters: int = ITERATIONS, batch: int = BATCH,
-                seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+                seed: int = 0, seconds: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The integer weights of ``layer`` (learned, or nearest when that reconstructs no worse) and the
-    reconstruction errors of both (relative output MSE on the collected inputs)."""
+    reconstruction errors of both (relative output MSE on the collected inputs). With ``seconds``, the
+    iterations shrink to fit it (timed on the first ones, at least :data:`MIN_ITERATIONS`)."""
     g = torch.Generator().manual_seed(seed)
     scale_np, qmax = grid(w, layer.axis, bits)
     scale, wt = torch.from_numpy(scale_np), torch.from_numpy(w.astype(np.float32))
@@ -195,7 +199,12 @@ def learn_layer(layer: Layer, x: np.ndarray, w: np.ndarray, bits: int, iters: in
     # environment (a quantize call must not change the process it runs in)
     m1, m2 = torch.zeros_like(v), torch.zeros_like(v)
     warm = int(iters * WARMUP)
-    for it in range(iters):
+    t0, it = time.perf_counter(), 0
+    while it < iters:
+        if seconds is not None and it == PROBE_ITERATIONS:  # fit the schedule to the time this layer has
+            per = (time.perf_counter() - t0) / it
+            iters = min(iters, max(MIN_ITERATIONS, int(seconds / max(per, 1e-9))))
+            warm = max(it, int(iters * WARMUP))
         idx = torch.randint(0, xs.shape[0], (min(batch, xs.shape[0]),), generator=g)
         xb = xs[idx]
         soft = torch.clamp(floor + _h(v), -qmax, qmax) * scale
@@ -209,6 +218,7 @@ def learn_layer(layer: Layer, x: np.ndarray, w: np.ndarray, bits: int, iters: in
             m1.mul_(0.9).add_(grad, alpha=0.1)
             m2.mul_(0.999).addcmul_(grad, grad, value=0.001)
             v -= LR * (m1 / (1 - 0.9 ** (it + 1))) / ((m2 / (1 - 0.999 ** (it + 1))).sqrt() + 1e-8)
+        it += 1
     with torch.no_grad():
         learned = torch.clamp(floor + (_h(v) >= 0.5).float(), -qmax, qmax)
         top = (wt / scale).abs() >= qmax - 1e-3  # each channel's largest weight keeps its value: same scale
@@ -216,14 +226,16 @@ def learn_layer(layer: Layer, x: np.ndarray, w: np.ndarray, bits: int, iters: in
         err_learned = float((_forward(layer, xs, learned * scale) - target).pow(2).mean() / power)
     use = err_learned < err_near
     q = (learned if use else near).numpy()
-    return q, {"node": layer.node, "nearest_error": err_near, "learned_error": err_learned, "used": bool(use),
-               "changed": int((learned != near).sum()) if use else 0, "rows": int(xs.shape[0])}
+    return q, {"node": layer.node, "iterations": iters, "nearest_error": err_near, "learned_error": err_learned,
+               "used": bool(use), "changed": int((learned != near).sum()) if use else 0, "rows": int(xs.shape[0])}
 
 
 def round_graph(src: Path, dst: Path, nodes: Sequence[str], feeds: Iterable[dict[str, np.ndarray]], bits: int,
-                threads: int | None = None, iters: int = ITERATIONS, progress: bool = False) -> dict[str, Any]:
+                threads: int | None = None, iters: int = ITERATIONS, progress: bool = False,
+                seconds: float = SECONDS) -> dict[str, Any]:
     """A copy of ``src`` whose weights of ``nodes`` sit on the INT8 grid with learned rounding (see module
-    docstring); returns the per-layer report."""
+    docstring); returns the per-layer report. The learning shares ``seconds`` among the layers still to learn
+    (a layer finishing early leaves its time to the rest)."""
     t0 = time.time()
     model = onnx.load(str(src))
     layers, skipped = weight_layers(model, nodes)
@@ -240,7 +252,9 @@ def round_graph(src: Path, dst: Path, nodes: Sequence[str], feeds: Iterable[dict
                 skipped[layer.node] = "no calibration input reached it"
                 continue
             w = numpy_helper.to_array(inits[layer.w]).astype(np.float32)
-            q, info = learn_layer(layer, inputs[layer.x], w, bits, iters)
+            left = seconds - (time.time() - t0)
+            q, info = learn_layer(layer, inputs[layer.x], w, bits, iters,
+                                  seconds=max(left, 0.0) / (len(layers) - len(report)))
             scale, _ = grid(w, layer.axis, bits)
             inits[layer.w].CopyFrom(numpy_helper.from_array((q * scale).astype(np.float32), layer.w))
             report.append(info)
