@@ -306,7 +306,7 @@ def test_the_cpu_target_deploys_on_openvino_only_when_it_is_faster_within_the_bu
     does. The measured speeds are forced here (a machine decides them); the measuring itself runs once for real."""
     import nanoify.quant.engine_choice as ec
 
-    cfg = QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("minmax",), timing=FAST)
+    cfg = QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("minmax",), timing=FAST, optimize="size")  # INT8
     out = tmp_path / "real"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="cpu", config=cfg)
     got = man["engine_choice"]

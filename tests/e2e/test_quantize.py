@@ -38,7 +38,8 @@ def quantized(tmp_path_factory, tiny_export, tiny_data):
     out = tmp_path_factory.mktemp("q") / "q"
     man = quantize(tiny_export, out, calib=_data(tiny_data), progress=False,
                    config=QuantizeConfig(budget=100.0, methods=("minmax", "percentile"), calib_samples=64,
-                                         timing=FAST, cpu_engine="onnxruntime"))  # ORT (the choice: test_openvino)
+                                         timing=FAST, cpu_engine="onnxruntime",  # ORT (the choice: test_openvino)
+                                         optimize="size"))  # an INT8 pick on any machine (speed could pick FP32)
     return out, man
 
 
@@ -47,7 +48,8 @@ def test_quantize_tries_every_candidate_and_writes_a_runnable_folder(quantized):
     w7 = "-w7" if int8_report()["static_weight_bits"] == 7 else ""
     names = [c["name"] for c in man["candidates"]]
     dyn = ["dynamic-per-channel", "dynamic-per-channel-reduce-range", "dynamic-stock"]
-    assert names == dyn + [f"{n}-unfused" for n in dyn] + [f"static-minmax{w7}", f"static-percentile{w7}"]
+    assert names == dyn + [f"{n}-unfused" for n in dyn] + [f"static-minmax{w7}", f"static-percentile{w7}",
+                                                           "float-fp32"]
     by = {c["name"]: c for c in man["candidates"]}
     assert by["dynamic-stock"]["scheme"] == {"type": "DynamicInt8", "per_channel": False, "reduce_range": False,
                                              "graph": "fused"}
@@ -93,6 +95,15 @@ def test_choice_follows_the_optimize_goal():
         assert choose(slow, ref, goal, "accuracy")[0] == 0, goal
     idx, why = choose([recs[2]], ref, "balanced", "accuracy")
     assert idx == 0 and "NO candidate met the budget" in why
+    # never slower than FP32 (size excepted): a small INT8 model that runs slower (balanced (0.625·0.75·4)^⅓ =
+    # 1.23, its file size carrying it) loses to the FP32 row, and the reason says so
+    small_slow = dict(recs[0], latency_ms_p50=16.0, throughput_b32=75.0, file_mb=25.0)
+    fp32 = dict(recs[0], accuracy=0.90, latency_ms_p50=10.0, throughput_b32=100.0, file_mb=100.0,
+                scheme={"type": "Float"})
+    idx, why = choose([small_slow, fp32], ref, "balanced", "accuracy")
+    assert idx == 1 and "no INT8 candidate within the budget runs faster than FP32" in why
+    assert choose([small_slow, fp32], ref, "size", "accuracy")[0] == 0
+    assert choose([small_slow, recs[1]], ref, "balanced", "accuracy")[0] == 1  # a faster one is preferred
 
 
 def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tmp_path):

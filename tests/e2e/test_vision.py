@@ -80,8 +80,8 @@ def test_export_cli_from_an_import_path(tmp_path, tiny_cnn, capsys):
 def cnn_quantized(tmp_path_factory, tiny_cnn_export, tiny_images):
     out = tmp_path_factory.mktemp("cq") / "q"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False,
-                   config=QuantizeConfig(budget=2.0, methods=("mse", "minmax"), timing=FAST,
-                                         cpu_engine="onnxruntime"))  # the ORT path (the choice: test_openvino.py)
+                   config=QuantizeConfig(budget=2.0, methods=("mse", "minmax"), timing=FAST, optimize="size",
+                                         cpu_engine="onnxruntime"))  # size: INT8 anywhere; ORT (choice: test_openvino)
     return out, man
 
 
@@ -91,10 +91,11 @@ def test_quantize_cnn_static_int8_of_every_op(cnn_quantized):
     w7 = "-w7" if man["int8_cpu"]["static_weight_bits"] == 7 else ""
     assert names[:4] == [f"static-mse{w7}", f"static-minmax{w7}", f"static-mse-all-ops{w7}",
                          f"static-minmax-all-ops{w7}"]
-    assert names[4:8] == [f"{n}-adaround" for n in names[:4]]  # learned rounding: a scheme option for CNNs
+    assert names[4] == "float-fp32"  # the FP32 row: chosen when no INT8 candidate is faster here
+    assert names[5:9] == [f"{n}-adaround" for n in names[:4]]  # learned rounding: a scheme option for CNNs
     # at most one more: a static candidate with the nodes whose INT8 kernels profiled slower kept float
     sp = man["speed_fallback"]
-    assert sp["base"] in names[:8] and names[8:] == ([sp["candidate"]] if sp["nodes"] else [])
+    assert sp["base"] in names[:9] and names[9:] == ([sp["candidate"]] if sp["nodes"] else [])
     assert not any(n.startswith("dynamic") for n in names)  # dynamic INT8 of convolutions is not tried
     assert man["data"]["calibration"].endswith("(train)") and man["data"]["eval"].endswith("(test)")
     assert man["calibration"]["samples"] == 100 and man["metric"] == "accuracy"

@@ -28,6 +28,20 @@ def speed_score(m: dict[str, Any], ref: dict[str, Any], optimize: str) -> float:
     return (lat * thr * size) ** (1 / 3)
 
 
+def speed_vs_fp32(m: dict[str, Any], ref: dict[str, Any], optimize: str) -> float:
+    """How much faster than FP32 a candidate runs for the goal, ignoring file size (``balanced``: batch-1 latency
+    and throughput together)."""
+    tput = "throughput" if "throughput" in m and "throughput" in ref else "throughput_b32"
+    lat = ref["latency_ms_p50"] / m["latency_ms_p50"]
+    thr = m[tput] / ref[tput]
+    return lat if optimize == "latency" else thr if optimize == "throughput" else math.sqrt(lat * thr)
+
+
+def _is_float(r: dict[str, Any]) -> bool:
+    scheme = r.get("scheme")
+    return isinstance(scheme, dict) and scheme.get("type") == "Float"
+
+
 def _changed(r: dict[str, Any], agree_key: str) -> float:
     """How many evaluation rows' predictions differ from FP32 (1 − agreement, times the rows)."""
     return (1.0 - float(r.get(agree_key, 1.0))) * float(r.get("n", 1))
@@ -38,8 +52,9 @@ def choose(records: Sequence[dict[str, Any]], ref: dict[str, Any], optimize: str
     """Index of the chosen candidate and why. Within the budget: the best ``optimize`` score; scores within
     ``SPEED_TIE`` of it tie, and of those the ones whose changed predictions are within noise of the fewest
     (two standard deviations, counts taken as Poisson) stay; then the best score, the better ``metric``, the
-    smaller file. With no timing (TensorRT), the best metric. With none within the budget: the best metric,
-    flagged."""
+    smaller file. A candidate slower than FP32 for the goal (beyond the tie band; float rows excepted) is not
+    eligible unless nothing else is (``optimize="size"`` may trade speed). With no timing (TensorRT), the best
+    metric. With none within the budget: the best metric, flagged."""
     ok = [i for i, r in enumerate(records) if r["meets_budget"]]
     if not ok:
         best = max(range(len(records)), key=lambda i: (records[i][metric], -records[i]["file_mb"]))
@@ -47,6 +62,12 @@ def choose(records: Sequence[dict[str, Any]], ref: dict[str, Any], optimize: str
     if not timed:
         best = max(ok, key=lambda i: (records[i][metric], -records[i]["file_mb"]))
         return best, f"within the budget, the best {metric} (speed is not measured for this target)"
+    slow = []
+    if optimize != "size":  # never a model slower than FP32 here (size is the one goal that may trade speed)
+        fast = [i for i in ok if _is_float(records[i]) or speed_vs_fp32(records[i], ref, optimize) >= 1 - SPEED_TIE]
+        slow = [i for i in ok if i not in fast]
+        if fast:
+            ok = fast
     scores = {i: speed_score(records[i], ref, optimize) for i in ok}
     top = max(scores.values())
     band = [i for i in ok if scores[i] >= top * (1 - SPEED_TIE)]
@@ -60,9 +81,14 @@ def choose(records: Sequence[dict[str, Any]], ref: dict[str, Any], optimize: str
     what = {"balanced": "balanced score (geometric mean of batch-1 latency, batch-32 throughput and file-size "
                         "ratios to FP32)", "latency": "batch-1 latency", "throughput": "batch-32 throughput",
             "size": "file size"}[optimize]
-    return best, (f"within the budget and within {SPEED_TIE:.0%} of the best {what} ({len(band)} such), those as "
-                  f"close to FP32 as the closest ({len(close)}: changed predictions within noise), then the best "
-                  "score")
+    why = (f"within the budget and within {SPEED_TIE:.0%} of the best {what} ({len(band)} such), those as close to "
+           f"FP32 as the closest ({len(close)}: changed predictions within noise), then the best score")
+    if _is_float(records[best]) and slow:
+        why = (f"no INT8 candidate within the budget runs faster than FP32 here ({len(slow)} slower): the FP32 "
+               "model; " + why)
+    elif slow:
+        why += f"; {len(slow)} candidate(s) within the budget but slower than FP32 here were not eligible"
+    return best, why
 
 
 def slower_than_reference(chosen: dict[str, Any], ref: dict[str, Any], tie: float = SPEED_TIE) -> list[str]:
