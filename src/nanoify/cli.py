@@ -203,7 +203,8 @@ def _quantize_cfg(a: argparse.Namespace) -> Any:
                           calib_samples=a.calib_samples,
                           eval_rows=a.eval_rows, optimize=a.optimize, threads=a.threads,
                           timing=TimingConfig(rounds=a.rounds), device=a.device, cpu_engine=a.cpu_engine,
-                          sensitivity_seconds=a.sensitivity_seconds)
+                          sensitivity_seconds=a.sensitivity_seconds,
+                          rounding=tuple(r.strip() for r in a.rounding.split(",") if r.strip()) if a.rounding else None)
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
@@ -395,6 +396,9 @@ def _quantize_parser(sub: Any) -> None:
     q.add_argument("--device", default="cuda",
                    help="--target cuda: the GPU (cuda, cuda:N; default cuda); cpu scores the formats on the CPU "
                         "kernels of the same ops (accuracy only: its timings say nothing about a GPU)")
+    q.add_argument("--rounding", default=None,
+                   help="static INT8 weight rounding to try: nearest, learned (AdaRound), or both comma-separated "
+                        "(default: both for graphs with convolutions, nearest otherwise)")
     q.add_argument("--sensitivity-seconds", type=float, default=300.0,
                    help="mixed precision's per-node sensitivity search: rows per node shrink so that it fits this "
                         "(default 300; at least 8 rows)")

@@ -139,7 +139,7 @@ def test_stock_int8_loses_every_box_and_nanoify_keeps_them(tmp_path, tiny_yolo_e
     # nanoify, unlabelled evaluation: the budget counts agreement points (5 = keep 95% of the FP32 boxes)
     man = quantize(tiny_yolo_export, tmp_path / "q", calib=str(det_data), eval_data=str(photos), progress=False,
                    config=QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("percentile", "mse"), calib_samples=16,
-                                         timing=FAST))
+                                         timing=FAST, cpu_engine="onnxruntime"))
     assert man["metric"] == "box_agreement" and man["budget_met"]
     chosen = next(c for c in man["candidates"] if c["name"] == man["chosen"])
     assert chosen["box_agreement"] >= 0.95
@@ -173,7 +173,7 @@ teacher: {bare / 'detector.onnx'}
 preprocess: {{size: [640, 640], resize: letterbox}}
 decoder: yolov8
 data: {{data: {det_data}}}
-quantize: {{budget: 100, methods: [minmax], calib_samples: 8,
+quantize: {{budget: 100, methods: [minmax], calib_samples: 8, rounding: [nearest], cpu_engine: onnxruntime,
            timing: {{latency_rows: 4, throughput_rows: 8, rounds: 1}}}}
 bench: {{isolate: false, timing: {{latency_rows: 4, throughput_rows: 8, rounds: 1}}}}
 out: {tmp_path / 'out'}

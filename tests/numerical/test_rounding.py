@@ -110,3 +110,12 @@ def test_the_learning_shrinks_to_its_time_share():
     w, x = rng.normal(size=(8, 16)).astype(np.float32), rng.normal(size=(64, 16)).astype(np.float32)
     assert learn_layer(layer, x, w, 8, iters=1000, seconds=1e-9)[1]["iterations"] == MIN_ITERATIONS
     assert learn_layer(layer, x, w, 8, iters=150, seconds=600.0)[1]["iterations"] == 150
+
+
+def test_a_bad_rounding_on_the_command_line_is_one_line(tmp_path, tiny_cnn_export, tiny_images, capsys):
+    from nanoify.cli import main
+
+    assert main(["quantize", str(tiny_cnn_export), "--calib", str(tiny_images), "--rounding", "nearest,stochastic",
+                 "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rounding must name nearest and/or learned" in err[0] and not (tmp_path / "q").exists()
