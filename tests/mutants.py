@@ -120,6 +120,30 @@ MUTANTS = (
     Mutant("kd-without-t-squared", "the soft-target loss is scaled by T²",
            "src/nanoify/distill/losses.py", "return kl.mean() * t * t", "return kl.mean()",
            ("tests/unit/test_losses.py",)),
+    Mutant("nncf-ignored-names", "NNCF's ignored scope keeps float exactly the ONNX nodes nanoify names",
+           "src/nanoify/quant/nncf_int8.py",
+           'return [n for node in onnx_nodes for n in (node, f"{node}/WithoutBiases")]',
+           "return list(onnx_nodes)",
+           ("tests/e2e/test_openvino.py::test_nncf_ignored_scope_takes_onnx_node_names",)),
+    Mutant("float-row-blocks-mixed", "a float row meeting the budget does not stop the mixed-precision search",
+           "src/nanoify/quant/steps.py", "    int8 = [c for c in cands if not isinstance(c.plan.scheme, Float)]",
+           "    int8 = cands",
+           ("tests/e2e/test_openvino.py::"
+            "test_mixed_precision_runs_on_the_openvino_target_and_feeds_nncf_ignored_scope",)),
+    Mutant("engine-choice-ignores-budget", "--target cpu deploys on OpenVINO only when OpenVINO's run meets the budget",
+           "src/nanoify/quant/engine_choice.py", "use_ov = met and (forced or gain >= 1 + SPEED_TIE)",
+           "use_ov = forced or gain >= 1 + SPEED_TIE",
+           ("tests/e2e/test_openvino.py::"
+            "test_the_cpu_target_deploys_on_openvino_only_when_it_is_faster_within_the_budget",)),
+    Mutant("learned-float-weights-kept", "a node kept float in a learned-rounding plan gets its FP32 weights back",
+           "src/nanoify/quant/schemes.py",
+           '        restore_weights(Path(dst), Path(sources["plain"]), plan.float_nodes)',
+           "        pass",
+           ("tests/numerical/test_rounding.py::test_a_node_kept_float_gets_its_fp32_weights_back",)),
+    Mutant("chooser-takes-slower", "the chooser never returns a model slower than FP32 (size excepted)",
+           "src/nanoify/quant/choose.py", "        if fast:\n            ok = fast",
+           "        if False:\n            ok = fast",
+           ("tests/e2e/test_quantize.py::test_choice_follows_the_optimize_goal",)),
 )
 
 
