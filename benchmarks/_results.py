@@ -102,3 +102,25 @@ def distil_all(runs: dict, cache: Path) -> dict[str, Path]:
             distill(cfg, out, resume=True, progress=False)
         folders[name] = out
     return folders
+
+
+# The shared ResNet-20/CIFAR-10 files (../shared, DATA.md) and its export, as the CIFAR benchmarks use them
+SHARED = ROOT.parent / "shared"
+CIFAR = SHARED / "data" / "vision" / "cifar10"
+RESNET20_WEIGHTS = SHARED / "models" / "resnet_cifar10" / "resnet20.safetensors"
+CIFAR_PRE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def export_resnet20(dst: Path) -> Path:
+    """The pretrained ResNet-20 exported by ``nanoify export`` to ``dst`` (preprocessing and CIFAR-10 labels
+    beside it)."""
+    import numpy as np
+
+    import nanoify
+    from nanoify.models.load import build_module, load_weights
+
+    classes = [str(c) for c in np.load(CIFAR / "test.npz")["classes"]]
+    module = load_weights(build_module("nanoify.models.vision:resnet20"), RESNET20_WEIGHTS)
+    nanoify.export(module, dst, example_input=np.zeros((1, 3, 32, 32), np.float32), preprocess=CIFAR_PRE,
+                   labels=classes, factory="nanoify.models.vision:resnet20")
+    return dst

@@ -29,21 +29,16 @@ from onnx import numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from _results import append, machine_line  # noqa: E402
+from _results import CIFAR, RESNET20_WEIGHTS, append, export_resnet20, machine_line  # noqa: E402
 
 import nanoify  # noqa: E402
 from nanoify.config import QuantizeConfig  # noqa: E402
 from nanoify.engines import open_engine  # noqa: E402
-from nanoify.models.load import build_module, load_weights  # noqa: E402
 from nanoify.quant.ops import weight_nodes  # noqa: E402
 from nanoify.quant.rounding import ITERATIONS, grid, nearest, round_graph, weight_layers  # noqa: E402
 from nanoify.tasks import evaluate_predictions, make_task  # noqa: E402
 from nanoify.tasks.resolve import resolve  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
-CIFAR = SHARED / "data" / "vision" / "cifar10"
-WEIGHTS = SHARED / "models" / "resnet_cifar10" / "resnet20.safetensors"
-PRE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 WORK = ROOT / ".cache" / "bench" / "rounding"
 
 
@@ -102,15 +97,11 @@ def full_search(export: Path) -> tuple[list[str], str]:
 
 
 def main() -> int:
-    if not (WEIGHTS.is_file() and (CIFAR / "test.npz").is_file()):
+    if not (RESNET20_WEIGHTS.is_file() and (CIFAR / "test.npz").is_file()):
         print("needs ../shared ResNet-20 weights and CIFAR-10 (see DATA.md)", file=sys.stderr)
         return 2
     WORK.mkdir(parents=True, exist_ok=True)
-    export = WORK / "export"
-    classes = [str(c) for c in np.load(CIFAR / "test.npz")["classes"]]
-    module = load_weights(build_module("nanoify.models.vision:resnet20"), WEIGHTS)
-    nanoify.export(module, export, example_input=np.zeros((1, 3, 32, 32), np.float32), preprocess=PRE,
-                   labels=classes, factory="nanoify.models.vision:resnet20")
+    export = export_resnet20(WORK / "export")
     t0 = time.time()
     alone = weights_alone(export)
     search, headline = full_search(export)

@@ -42,20 +42,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from _results import append, machine_line  # noqa: E402
+from _results import CIFAR, RESNET20_WEIGHTS, SHARED, append, export_resnet20, machine_line  # noqa: E402
 
 from nanoify.bench.run import benchmark, format_table  # noqa: E402
 from nanoify.config import BenchConfig, QuantizeConfig  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
-CIFAR = SHARED / "data" / "vision" / "cifar10"
-WEIGHTS = SHARED / "models" / "resnet_cifar10" / "resnet20.safetensors"
 COCO = SHARED / "data" / "vision" / "coco128"
 FASTESTDET = SHARED / "models" / "fastestdet" / "FastestDet.onnx"
 SST2 = SHARED / "data" / "text" / "sst2"
 # the MiniLM-L6 SST-2 teacher: `make demo`'s (8,000 rows), else `make bench-distill`'s (full data)
 TEACHERS = (ROOT / "runs" / "demo" / "teacher", ROOT / ".cache" / "bench" / "full" / "teacher_sst2")
-PRE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 DET_PRE = {"size": [352, 352], "resize": "stretch", "interpolation": "area", "channels": "bgr"}
 WORK = ROOT / ".cache" / "bench" / "openvino"
 SIDE_FILES = ("preprocess.json", "label_map.json", "detection.json")
@@ -144,14 +140,7 @@ def _verdicts(rep: dict, runs: dict, metric: str, changed: str, speeds: dict[str
 
 
 def resnet20(repeats: int) -> tuple[list[str], str]:
-    import nanoify
-    from nanoify.models.load import build_module, load_weights
-
-    export = WORK / "resnet20-export"
-    classes = [str(c) for c in np.load(CIFAR / "test.npz")["classes"]]
-    module = load_weights(build_module("nanoify.models.vision:resnet20"), WEIGHTS)
-    nanoify.export(module, export, example_input=np.zeros((1, 3, 32, 32), np.float32), preprocess=PRE,
-                   labels=classes, factory="nanoify.models.vision:resnet20")
+    export = export_resnet20(WORK / "resnet20-export")
     rep, runs = _peers("resnet20", export, CIFAR, repeats, 0.3)
     lines, got = _verdicts(rep, runs, "accuracy", "predictions_changed", {"b32": 3.4})
     headline = f"ResNet-20 on OpenVINO: b32 {got['b32']:.2f}× ORT FP32 ({runs['openvino'][0]['chosen']})"
@@ -186,7 +175,7 @@ def minilm(repeats: int) -> tuple[list[str], str]:
             format_table(rep), "", *lines, ""], headline
 
 
-MODELS = {"resnet20": (resnet20, lambda: WEIGHTS.is_file() and (CIFAR / "test.npz").is_file()),
+MODELS = {"resnet20": (resnet20, lambda: RESNET20_WEIGHTS.is_file() and (CIFAR / "test.npz").is_file()),
           "fastestdet": (fastestdet, lambda: FASTESTDET.is_file() and (COCO / "images").is_dir()),
           "minilm": (minilm, lambda: (SST2 / "train.tsv").is_file() and any(
               (p / "config.json").is_file() for p in TEACHERS))}

@@ -32,15 +32,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from _results import append, machine_line  # noqa: E402
+from _results import CIFAR, append, export_resnet20, machine_line  # noqa: E402
+from _results import RESNET20_WEIGHTS as WEIGHTS  # noqa: E402
 
 from nanoify.bench.run import benchmark, format_table, peak_rss_mb  # noqa: E402
 from nanoify.config import BenchConfig, QuantizeConfig  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
-CIFAR = SHARED / "data" / "vision" / "cifar10"
-WEIGHTS = SHARED / "models" / "resnet_cifar10" / "resnet20.safetensors"
-PRE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 TARGETS = {"changed": 100, "drop_pts": 0.3, "b32_vs_ort": 2.0, "b32_vs_stock": 0.95, "b1_vs_pytorch": 8.0}
 
 
@@ -135,14 +132,10 @@ def main() -> int:
         print(f"needs {WEIGHTS} and {CIFAR}/test.npz", file=sys.stderr)
         return 2
     import nanoify
-    from nanoify.models.load import build_module, load_weights
 
     t_start = time.time()
     WORK.mkdir(parents=True, exist_ok=True)
-    classes = [str(c) for c in np.load(CIFAR / "test.npz")["classes"]]
-    module = load_weights(build_module("nanoify.models.vision:resnet20"), WEIGHTS)
-    nanoify.export(module, EXPORT, example_input=np.zeros((1, 3, 32, 32), np.float32), preprocess=PRE,
-                   labels=classes, factory="nanoify.models.vision:resnet20")
+    export_resnet20(EXPORT)
     stock_dir = WORK / "stock"
     stock_dir.mkdir(exist_ok=True)
     for f in ("preprocess.json", "label_map.json"):  # the same preprocessing and labels as nanoify's models
