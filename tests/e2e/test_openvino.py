@@ -78,6 +78,18 @@ def test_openvino_options_and_bad_input_are_one_line(tiny_cnn_export, monkeypatc
         with pytest.raises(ModelError, match=r"cannot compile .*Unsupported operation Foo.*onnxruntime$"), \
                 open_engine("openvino", path):
             pass
+    real = ("Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at src/frontends/common_"
+            "translators/src/unconverted_ops_report.cpp:151:\nFrontEnd API failed with OpConversionFailure:\nModel "
+            "wasn't fully converted.\nSummary:\n-- No conversion rule found for operations: com.microsoft.QAttention\n")
+
+    def no_rule(*args, **kwargs):  # OpenVINO 2026.4's words for ONNX Runtime's dynamic-INT8 attention
+        raise RuntimeError(real)
+
+    with monkeypatch.context() as m:  # the line that says what is wrong, not the source location before it
+        m.setattr(ov.Core, "read_model", no_rule)
+        with pytest.raises(ModelError, match=r"cannot read .*: No conversion rule found for operations: "
+                                             r"com\.microsoft\.QAttention$"), open_engine("openvino", path):
+            pass
     chosen_bf16 = tmp_path / "bf16"  # a folder whose quantization.json names BF16 runs in BF16 by default
     chosen_bf16.mkdir()
     shutil.copy(path, chosen_bf16 / "model.onnx")

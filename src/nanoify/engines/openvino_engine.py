@@ -27,6 +27,16 @@ from .base import Engine, EngineUnavailable
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
+def ov_reason(e: BaseException) -> str:
+    """The line of an OpenVINO error that says what is wrong (its first lines are source locations and
+    headers: "Exception from src/…", "Check 'false' failed at …", "Summary:")."""
+    lines = [ln.strip().lstrip("- ").strip() for ln in str(e).splitlines() if ln.strip()]
+    boilerplate = ("Exception from", "Check '", "Summary")
+    useful = [ln for ln in lines if not ln.startswith(boilerplate) and not ln.endswith(":")]
+    named = [ln for ln in useful if "conversion rule" in ln or "nsupported" in ln]
+    return (named or useful or [first_line(e)])[0][:300]
+
+
 def cpu_capabilities() -> list[str]:
     """What OpenVINO's CPU plugin says this CPU computes in (FP32, BF16, INT8, …)."""
     return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -49,15 +59,13 @@ class OpenVinoEngine(Engine):
         try:
             model = core.read_model(str(path))
         except Exception as e:  # noqa: BLE001 - OpenVINO's reader raises RuntimeError subclasses
-            first = first_line(e)
-            raise ModelError(f"OpenVINO cannot read {path}: {first}") from None
+            raise ModelError(f"OpenVINO cannot read {path}: {ov_reason(e)}") from None
         self._model = model
         config = self._config(self.options.get("hint", "LATENCY"))
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # noqa: BLE001 - e.g. an operation the CPU plugin has no kernel for
-            first = first_line(e)
-            raise ModelError(f"OpenVINO cannot compile {path} for the CPU: {first}; run it with --engine "
+            raise ModelError(f"OpenVINO cannot compile {path} for the CPU: {ov_reason(e)}; run it with --engine "
                              "onnxruntime") from None
         self.request = self.compiled.create_infer_request()
         self._spec = self._input_spec(model, path)
