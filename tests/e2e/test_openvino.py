@@ -15,15 +15,21 @@ import sys
 import numpy as np
 import pytest
 
+import nanoify.quant.engine_choice as ec
+import nanoify.quant.run as run
+import nanoify.quant.steps as steps
 from nanoify.bench.run import measure_model
+from nanoify.cli import main
 from nanoify.config import QuantizeConfig, TimingConfig
 from nanoify.engines import EngineUnavailable, open_engine, parse_engine_spec
 from nanoify.errors import ConfigError
+from nanoify.quant.calibrate import Range
 from nanoify.quant.run import quantize
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
-from nanoify.quant.steps import calibrate
+from nanoify.quant.steps import Candidate, calibrate, prepare, units_of
 from nanoify.quant.targets import get_target
 from nanoify.runtime.cpu import int8_report
+from nanoify.tasks import make_task
 from nanoify.tasks.resolve import resolve
 
 NEAREST = ("nearest",)  # learned rounding has its own tests (numerical/test_rounding.py): skip its cost
@@ -193,8 +199,6 @@ def test_bench_streams_on_openvino_use_its_async_queue(tiny_cnn_export, tiny_ima
 
 
 def test_target_openvino_without_openvino_is_one_line(tmp_path, tiny_cnn_export, tiny_images, monkeypatch, capsys):
-    from nanoify.cli import main
-
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
     assert main(["quantize", str(tiny_cnn_export), "--calib", str(tiny_images), "--target", "openvino",
                  "--out", str(tmp_path / "q")]) == 2
@@ -208,8 +212,6 @@ def test_nncf_rows_are_measured_beside_nanoify_and_a_chosen_nncf_model_is_its_ir
     calibration rows beside its candidates; when the chooser picks one, the output is NNCF's IR (no Q/DQ ONNX
     exists for it), named by the manifest, resolved and benched on OpenVINO like any output."""
     pytest.importorskip("nncf")
-    import nanoify.quant.run as run
-
     real = run.choose
     monkeypatch.setattr(run, "choose", lambda recs, *a, **k: (  # force the pick: what is written is under test
         next(i for i, r in enumerate(recs) if r["name"] == "nncf-default"), real(recs, *a, **k)[1]))
@@ -252,7 +254,6 @@ def test_nncf_ignored_scope_takes_onnx_node_names(tmp_path, tiny_cnn_export, tin
 
     from nanoify.engines.openvino_engine import compiled_info
     from nanoify.quant.nncf_int8 import quantize_ir
-    from nanoify.tasks import make_task
 
     src = tiny_cnn_export / "model.onnx"
     convs = tuple(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv")
@@ -269,8 +270,7 @@ def test_nncf_ignored_scope_takes_onnx_node_names(tmp_path, tiny_cnn_export, tin
 def test_a_quantized_node_openvino_keeps_float_is_named(tmp_path, tiny_cnn_export, tiny_images):
     """The check behind the manifest's warning: of the compute nodes a graph is said to quantize, those OpenVINO
     compiled in float are named (here one Conv left without Q/DQ, claimed as quantized)."""
-    from nanoify.engines.openvino_engine import compiled_info, save_ir
-    from nanoify.quant.steps import Candidate, prepare, units_of
+    from nanoify.engines.openvino_engine import compiled_info, save_ir  # optional backend (importorskip above)
 
     src = prepare(tiny_cnn_export, tmp_path, get_target("openvino"))
     calib = src.task.calib_set(str(tiny_images), 32)
@@ -288,9 +288,6 @@ def test_mixed_precision_runs_on_the_openvino_target_and_feeds_nncf_ignored_scop
                                                                                    tiny_images, monkeypatch):
     """A float row meets any budget; it must not stop the sensitivity search when no INT8 candidate does (forced
     here with ranges 30× too narrow); the nodes it keeps float become NNCF's ignored scope in a third NNCF row."""
-    import nanoify.quant.steps as steps
-    from nanoify.quant.calibrate import Range
-
     real = steps.choose_ranges
     monkeypatch.setattr(steps, "choose_ranges", lambda *a, **k: {
         t: Range(r.amax / 30) for t, r in real(*a, **k).items()})
@@ -316,8 +313,6 @@ def test_the_cpu_target_deploys_on_openvino_only_when_it_is_faster_within_the_bu
     """``--target cpu`` runs its chosen graph in OpenVINO too: OpenVINO deploys it (manifest engine, IR beside,
     bench runs it there) when it is faster beyond the noise band and meets the budget; otherwise ONNX Runtime
     does. The measured speeds are forced here (a machine decides them); the measuring itself runs once for real."""
-    import nanoify.quant.engine_choice as ec
-
     cfg = QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("minmax",), timing=FAST, optimize="size")  # INT8
     out = tmp_path / "real"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="cpu", config=cfg)
@@ -342,8 +337,6 @@ def test_the_cpu_target_deploys_on_openvino_only_when_it_is_faster_within_the_bu
 
 def test_cpu_engine_setting_fixes_or_skips_the_engine_choice(tmp_path, tiny_cnn_export, tiny_images, monkeypatch,
                                                              capsys):
-    from nanoify.cli import main
-
     cfg = QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("minmax",), timing=FAST, cpu_engine="onnxruntime")
     man = quantize(tiny_cnn_export, tmp_path / "ort", calib=str(tiny_images), progress=False, config=cfg)
     assert "openvino" not in man["engine_choice"] and "engine" not in man

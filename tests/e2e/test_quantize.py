@@ -14,12 +14,15 @@ from nanoify.config import BenchConfig, DataConfig, QuantizeConfig, TimingConfig
 from nanoify.quant.run import quantize
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
 from nanoify.quant.steps import (
+    MIN_SENSITIVITY_ROWS,
     Candidate,
     calibrate,
     evaluate_candidate,
     measure_reference,
     mixed_precision,
     prepare,
+    sensitivity_rows,
+    units_of,
 )
 from nanoify.quant.targets import get_target
 from nanoify.quant.tensorrt import read_calibration_cache
@@ -142,8 +145,6 @@ def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tm
 def test_the_sensitivity_search_shrinks_its_rows_to_fit_its_time(tiny_export, tiny_data, tmp_path):
     """Rows per node fit the time share (a 640² YOLO's 225 nodes at 60 ms a row get 22 rows in 300 s, not 128);
     forced here with a share no row fits: the floor of 8 rows, every node still ranked, the manifest says so."""
-    from nanoify.quant.steps import MIN_SENSITIVITY_ROWS, sensitivity_rows
-
     assert sensitivity_rows(225, 0.06, 128, 300.0) == 22
     assert sensitivity_rows(10, 0.001, 256, 300.0) == 256 and sensitivity_rows(1000, 1.0, 256, 300.0) == 8
     assert sensitivity_rows(5, 1.0, 4, 1.0) == 4  # never more rows than there are
@@ -151,8 +152,6 @@ def test_the_sensitivity_search_shrinks_its_rows_to_fit_its_time(tiny_export, ti
     ev = src.task.eval_set(_data(tiny_data))
     ref = measure_reference(src, ev, None)
     scheme = StaticQDQ("minmax", "cpu", "weights", 8)
-    from nanoify.quant.steps import units_of
-
     cand = Candidate("static", QuantPlan.uniform(scheme, units_of(src, scheme)))
     calib = src.task.calib_set(_data(tiny_data), 32)
     ranges, _ = calibrate(src, calib, ("minmax",), ("weights",), True, None, False)

@@ -9,10 +9,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from nanoify.cli import main
 from nanoify.config import QuantizeConfig, TimingConfig
 from nanoify.errors import ConfigError
 from nanoify.quant.ops import weight_nodes
-from nanoify.quant.rounding import grid, nearest, round_graph, weight_layers
+from nanoify.quant.rounding import MIN_ITERATIONS, Layer, grid, learn_layer, nearest, round_graph, weight_layers
 from nanoify.quant.run import quantize
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
 from nanoify.quant.steps import calibrate, prepare, units_of
@@ -103,8 +104,6 @@ def test_learned_rounding_enters_the_search_for_cnns_and_is_reported(tmp_path, t
 def test_the_learning_shrinks_to_its_time_share():
     """Iterations fit the seconds a layer has (timed on its first iterations), down to the floor — forced with
     a share no iteration fits; with time to spare the full count runs."""
-    from nanoify.quant.rounding import MIN_ITERATIONS, Layer, learn_layer
-
     rng = np.random.default_rng(0)
     layer = Layer("fc", "Gemm", "x", "w", 0, {"transB": 1})
     w, x = rng.normal(size=(8, 16)).astype(np.float32), rng.normal(size=(64, 16)).astype(np.float32)
@@ -113,8 +112,6 @@ def test_the_learning_shrinks_to_its_time_share():
 
 
 def test_a_bad_rounding_on_the_command_line_is_one_line(tmp_path, tiny_cnn_export, tiny_images, capsys):
-    from nanoify.cli import main
-
     assert main(["quantize", str(tiny_cnn_export), "--calib", str(tiny_images), "--rounding", "nearest,stochastic",
                  "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
