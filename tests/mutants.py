@@ -144,6 +144,14 @@ MUTANTS = (
            "src/nanoify/quant/choose.py", "        if fast:\n            ok = fast",
            "        if False:\n            ok = fast",
            ("tests/e2e/test_quantize.py::test_choice_follows_the_optimize_goal",)),
+    Mutant("bias-correction-sign", "bias correction subtracts the rounded weights' mean output shift",
+           "src/nanoify/quant/bias_correction.py", "(b - d).reshape(b.shape)", "(b + d).reshape(b.shape)",
+           ("tests/numerical/test_bias_correction.py::"
+            "test_corrected_biases_cancel_the_mean_output_shift_of_rounded_weights",)),
+    Mutant("float-node-keeps-added-bias", "a node kept float loses the bias that bias correction added to it",
+           "src/nanoify/quant/schemes.py", "            del n.input[arity[n.name]:]", "            pass",
+           ("tests/numerical/test_bias_correction.py::"
+            "test_a_node_kept_float_gets_its_fp32_bias_back_and_loses_an_added_one",)),
 )
 
 

@@ -204,7 +204,9 @@ def _quantize_cfg(a: argparse.Namespace) -> Any:
                           eval_rows=a.eval_rows, optimize=a.optimize, threads=a.threads,
                           timing=TimingConfig(rounds=a.rounds), device=a.device, cpu_engine=a.cpu_engine,
                           sensitivity_seconds=a.sensitivity_seconds,
-                          rounding=tuple(r.strip() for r in a.rounding.split(",") if r.strip()) if a.rounding else None)
+                          rounding=tuple(r.strip() for r in a.rounding.split(",") if r.strip()) if a.rounding else None,
+                          bias_correction={"auto": None, "on": True, "off": False}[a.bias_correction],
+                          require_int8=a.require_int8)
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
@@ -399,6 +401,12 @@ def _quantize_parser(sub: Any) -> None:
     q.add_argument("--rounding", default=None,
                    help="static INT8 weight rounding to try: nearest, learned (AdaRound), or both comma-separated "
                         "(default: both for graphs with convolutions, nearest otherwise)")
+    q.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto",
+                   help="also try the best static candidates with biases corrected for their rounded weights' mean "
+                        "output shift (default auto: for graphs with convolutions)")
+    q.add_argument("--require-int8", action="store_true",
+                   help="fail (one line, nothing written) when no INT8 candidate within the budget is at least as "
+                        "fast as FP32, instead of writing the float model")
     q.add_argument("--sensitivity-seconds", type=float, default=300.0,
                    help="mixed precision's per-node sensitivity search: rows per node shrink so that it fits this "
                         "(default 300; at least 8 rows)")

@@ -219,6 +219,8 @@ class QuantizeConfig:
     cpu_engine: str = "auto"
     sensitivity_seconds: float = 300.0  # mixed precision's per-node search: its rows shrink to fit this
     rounding: tuple[str, ...] | None = None  # static weights: nearest, learned; None: learned too for CNNs
+    bias_correction: bool | None = None  # twins of the best static candidates with corrected biases; None: CNNs
+    require_int8: bool = False  # fail (nothing written) instead of writing the float model when no INT8 one wins
 
     def __post_init__(self) -> None:
         # the name is checked against the registered targets where quantize runs (nanoify.quant.targets): a
@@ -232,6 +234,7 @@ class QuantizeConfig:
         _check(self.cpu_engine in CPU_ENGINES,
                f"--cpu-engine must be one of {', '.join(CPU_ENGINES)}, got {self.cpu_engine!r}")
         _check(self.sensitivity_seconds > 0, "--sensitivity-seconds must be positive")
+        _check(self.bias_correction in (None, True, False), "--bias-correction must be auto, on or off")
         if self.rounding is not None:
             object.__setattr__(self, "rounding", tuple(self.rounding))
             _check(bool(self.rounding) and all(r in ROUNDINGS for r in self.rounding),

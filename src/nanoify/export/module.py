@@ -43,7 +43,10 @@ from .errors import ExportError, unsupported
 
 log = logging.getLogger(__name__)
 
-TOLERANCE = 1e-4  # max |output difference| against PyTorch FP32, relative to max(1, max |output|)
+# max |output difference| against PyTorch FP32, relative to max(1, max |output|). Deep convolution stacks at full
+# resolution differ by about 1e-4 between the two runtimes' kernels (measured 1.1e-4 on the 640² YOLOv8n-shaped net
+# of benchmarks/yolo_layout_speed.py, AVX2); a wrong export differs by 1e-1 and more.
+TOLERANCE = 1e-3
 MODEL_FILE = "model.onnx"
 IMAGE = ImageKind.name  # the task of a module export unless told
 

@@ -91,6 +91,20 @@ def choose(records: Sequence[dict[str, Any]], ref: dict[str, Any], optimize: str
     return best, why
 
 
+def not_int8_win(chosen: dict[str, Any], ref: dict[str, Any], optimize: str, timed: bool) -> str | None:
+    """Why the chosen record is not a quantized model that meets the budget and runs at least as fast as FP32
+    (within noise) for the goal, or None when it is — what ``--require-int8`` turns into an error."""
+    if _is_float(chosen):
+        return "the chooser kept the float model (no INT8 candidate within the budget runs faster than FP32 here)"
+    if not chosen.get("meets_budget"):
+        return f"no candidate met the budget (the best one: {chosen.get('name')})"
+    if timed and optimize != "size" and "latency_ms_p50" in chosen and (
+            speed_vs_fp32(chosen, ref, optimize) < 1 - SPEED_TIE):
+        return (f"the best candidate within the budget ({chosen.get('name')}) runs at "
+                f"{speed_vs_fp32(chosen, ref, optimize):.2f}× FP32's speed here")
+    return None
+
+
 def slower_than_reference(chosen: dict[str, Any], ref: dict[str, Any], tie: float = SPEED_TIE) -> list[str]:
     """Loud words when the chosen model runs slower than FP32 here (beyond the noise band)."""
     out = []

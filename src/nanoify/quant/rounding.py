@@ -136,7 +136,7 @@ def collect_inputs(path: Path, layers: Sequence[Layer], feeds: Iterable[dict[str
         outs = [n for n in names if n not in graph_inputs]
         for feed in feeds:
             feed = {k: v for k, v in feed.items() if k in wanted}
-            values = dict(zip(outs, sess.run(outs, feed), strict=True)) | {n: feed[n] for n in names
+            values = dict(zip(outs, sess.run(outs, feed) if outs else [], strict=True)) | {n: feed[n] for n in names
                                                                             if n in graph_inputs}
             for n, v in values.items():
                 if used[n] < share:

@@ -37,8 +37,8 @@ from typing import Any
 
 from ..artifacts import MANIFEST, atomic_dir, manifest, write_json
 from ..config import QuantizeConfig, to_dict
-from ..errors import ConfigError
-from .choose import choose, slower_than_reference
+from ..errors import ConfigError, ModelError
+from .choose import choose, not_int8_win, slower_than_reference
 from .steps import DEFAULT_METHODS, load_data
 from .targets import CudaTarget, Target, get_target
 
@@ -95,6 +95,10 @@ def run_target(target: Target, model: str | Path, out: str | Path, calib: Any, e
         records = [c.record() for c in found.cands]
         idx, why = choose(records, found.ref.metrics, cfg.optimize, found.ref.metric, target.timed,
                           src.task.agreement_key)
+        failed = not_int8_win(records[idx], found.ref.metrics, cfg.optimize, target.timed) if cfg.require_int8 else None
+        if failed:
+            raise ModelError(f"--require-int8: {failed}; nothing written — allow a larger --budget, or drop "
+                             "--require-int8 to get the model the chooser picked")
         extra = target.write_chosen(tmp, found.cands[idx], found, src, ev)
         extra.update(target.choose_engine(tmp, src, ev, found, cfg))
         shutil.rmtree(work, ignore_errors=True)
@@ -172,6 +176,19 @@ def format_report(man: dict[str, Any]) -> str:
                       f"{len(used)} of {len(lr['layers'])} layers reconstruct better than nearest rounding (output "
                       f"error {gain:.2f}× nearest's on average), {sum(r['changed'] for r in used)} weights rounded "
                       f"the other way" + (f"; nearest kept for {len(lr['skipped'])}" if lr["skipped"] else "") + "."]
+    steps = {k: v for k, v in (man.get("step_seconds") or {}).items() if v >= 0.5}
+    if steps:
+        lines += ["", f"Search time ({man.get('seconds', sum(steps.values())):.0f} s in all): "
+                      + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in steps.items()) + "."]
+    bc = man.get("bias_correction") or {}
+    if bc:
+        by_name = {c["name"]: c for c in man["candidates"]}
+        pairs = [(by_name[n[:-3]], c) for n, c in by_name.items() if n.endswith("-bc") and n[:-3] in by_name]
+        made = "; ".join(f"{k}: {len(r['layers'])} layers in {r['seconds']} s" + (
+            f", {len(r['skipped'])} not corrected" if r["skipped"] else "") for k, r in bc.items())
+        lines += ["", f"Bias correction ({made}) — what it bought, on the best static candidate of each kind:"]
+        lines += [f"- {a['name']} → {b['name']}: {metric} {_fmt(a.get(metric))} → {_fmt(b.get(metric))}, "
+                  f"{agree.replace('_', ' ')} {_fmt(a.get(agree))} → {_fmt(b.get(agree))}" for a, b in pairs]
     ec = man.get("engine_choice")
     if ec:
         lines += ["", f"Engine: **{'OpenVINO' if ec['chosen'] == 'openvino' else 'ONNX Runtime'}** deploys the "

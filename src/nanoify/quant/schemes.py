@@ -47,28 +47,38 @@ class StaticQDQ:
     """Static INT8 as Q/DQ pairs with calibrated ranges (``method``), for a ``preset`` (cpu | tensorrt), over a
     ``scope`` of ops (weights | all), with per-channel weights of ``weight_bits``, rounded to the nearest integer
     or by ``rounding="learned"`` (AdaRound, :mod:`nanoify.quant.rounding`: the float graph with its weights
-    already on the grid, which the Q/DQ writer then reproduces)."""
+    already on the grid, which the Q/DQ writer then reproduces); ``bias_correct``: the biases carry the mean
+    output shift of the rounded weights (:mod:`nanoify.quant.bias_correction`)."""
 
     method: str = "entropy"
     preset: str = "cpu"
     scope: str = "weights"
     weight_bits: int = 8
     rounding: str = "nearest"
+    bias_correct: bool = False
 
     @property
     def name(self) -> str:
         base = ("static" if self.preset == "cpu" else "qdq") + f"-{self.method}"
         return base + ("-all-ops" if self.scope == "all" else "") + ("-w7" if self.weight_bits == 7 else "") + (
-            "-adaround" if self.rounding == "learned" else "")
+            "-adaround" if self.rounding == "learned" else "") + ("-bc" if self.bias_correct else "")
 
     @property
     def graph(self) -> str:
-        return "plain" if self.rounding == "nearest" else learned_graph(self.weight_bits)
+        if self.rounding == "nearest" and not self.bias_correct:
+            return "plain"
+        return derived_graph(self.weight_bits, self.rounding, self.bias_correct)
+
+
+def derived_graph(bits: int, rounding: str, bias_correct: bool = False) -> str:
+    """The key of the float graph made for a static scheme: learned rounding for ``bits``-bit weights (weights on
+    the grid) and/or bias correction for them (biases changed)."""
+    return ("learned" if rounding == "learned" else "nearest") + f"-w{bits}" + ("-bc" if bias_correct else "")
 
 
 def learned_graph(bits: int) -> str:
     """The key of the float graph whose weights carry learned rounding for ``bits``-bit weights."""
-    return f"learned-w{bits}"
+    return derived_graph(bits, "learned")
 
 
 @dataclass(frozen=True)
@@ -159,10 +169,16 @@ def apply_plan(plan: QuantPlan, sources: Mapping[str, Path], dst: Path,
 
 
 def restore_weights(path: Path, original: Path, nodes: Iterable[str]) -> None:
-    """The weight initializers of ``nodes`` in ``path`` set back to their values in ``original`` (same names)."""
+    """The weight and bias initializers of ``nodes`` in ``path`` set back to their values in ``original`` (same
+    names); a bias that bias correction added to a node without one is dropped again."""
     model = onnx.load(str(path))
-    orig = {i.name: i for i in onnx.load(str(original)).graph.initializer}
+    before = onnx.load(str(original))
+    orig = {i.name: i for i in before.graph.initializer}
+    arity = {n.name: len(n.input) for n in before.graph.node}
     wanted = set(nodes)
+    for n in model.graph.node:
+        if n.name in wanted and n.name in arity and len(n.input) > arity[n.name]:
+            del n.input[arity[n.name]:]
     names = {i for n in model.graph.node if n.name in wanted for i in n.input[1:]}
     for init in model.graph.initializer:
         if init.name in names and init.name in orig:

@@ -38,13 +38,24 @@ from ..runtime.cpu import int8_report
 from ..runtime.ort import ort_session
 from ..tasks import check_budget, evaluate_predictions, make_task
 from ..tasks.resolve import resolve
+from .bias_correction import correct_graph
 from .calibrate import calibrate_onnx, choose_ranges, range_report
 from .choose import SPEED_TIE, speed_score
 from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
 from .profile import slow_int8_nodes
 from .qdq import calibration_tensors
 from .rounding import round_graph
-from .schemes import DynamicInt8, Float, QuantPlan, StaticQDQ, apply_plan, describe, learned_graph, precision_of
+from .schemes import (
+    DynamicInt8,
+    Float,
+    QuantPlan,
+    StaticQDQ,
+    apply_plan,
+    derived_graph,
+    describe,
+    learned_graph,
+    precision_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +78,7 @@ class Source:
     graphs: dict[str, Any]
     cnn: bool
     target: Any  # the Target (quant/targets.py) that names the candidates and evaluates (and times) every graph
-    derived: dict[str, Path] = field(default_factory=dict)  # float graphs made for schemes (learned rounding)
+    derived: dict[str, Path] = field(default_factory=dict)  # float graphs made for schemes (rounding, bias)
 
     @property
     def sources(self) -> dict[str, Path]:
@@ -259,12 +270,58 @@ def learn_rounding(src: Source, calib_set: Any, schemes: Sequence[Any], work: Pa
     out = {}
     for bits in sorted({s.weight_bits for s in schemes if isinstance(s, StaticQDQ) and s.rounding == "learned"}):
         key = learned_graph(bits)
+        if key in src.derived:
+            continue
         dst = work / f"{key}.onnx"
         feeds = (f for _, f in src.task.batches(calib_set, src.task.batch_for(src.task.calib_batch)))
         out[key] = round_graph(src.plain, dst, weight_nodes(src.graphs["plain"]), feeds, bits, threads,
                                progress=progress)
         src.derived[key] = dst
     return out
+
+
+def bias_corrections(cfg: QuantizeConfig, src: Source) -> bool:
+    """Whether static candidates get bias-corrected twins: ``cfg.bias_correction``, else for graphs with
+    convolutions (whose biases carry the correction; a transformer's MatMuls have none to carry it)."""
+    return cfg.bias_correction if cfg.bias_correction is not None else src.cnn
+
+
+def correct_biases(src: Source, calib_set: Any, schemes: Sequence[Any], work: Path, threads: int | None,
+                   progress: bool) -> dict[str, Any]:
+    """The bias-corrected float graphs the schemes need (one per weight width and rounding; learned rounding's
+    graph is made first when missing), written to ``work`` and added to ``src.derived``; the report of each."""
+    out = learn_rounding(src, calib_set, [s for s in schemes if isinstance(s, StaticQDQ) and s.bias_correct],
+                         work, threads, progress)
+    for bits, rounding in sorted({(s.weight_bits, s.rounding) for s in schemes
+                                  if isinstance(s, StaticQDQ) and s.bias_correct}):
+        key = derived_graph(bits, rounding, True)
+        if key in src.derived:
+            continue
+        dst = work / f"{key}.onnx"
+        feeds = (f for _, f in src.task.batches(calib_set, src.task.batch_for(src.task.calib_batch)))
+        base = src.derived[learned_graph(bits)] if rounding == "learned" else src.plain
+        out[key] = correct_graph(base, dst, src.plain, weight_nodes(src.graphs["plain"]), feeds, bits, threads)
+        src.derived[key] = dst
+    return out
+
+
+def corrected_twins(cands: Sequence[Candidate], agreement_key: str) -> list[StaticQDQ]:
+    """Bias correction's candidates: for each scope and rounding, the twin of the static candidate that kept the
+    most predictions (a twin of every candidate would double the search for the same information: the report
+    shows the step's effect on the best one of each kind)."""
+    best: dict[tuple[str, str, int], Candidate] = {}
+    for c in cands:
+        s = c.plan.scheme if c.plan is not None else None
+        if not isinstance(s, StaticQDQ) or s.bias_correct:
+            continue
+        k = (s.scope, s.rounding, s.weight_bits)
+        if k not in best or _fidelity(c, agreement_key) > _fidelity(best[k], agreement_key):
+            best[k] = c
+    return [dataclasses.replace(c.plan.scheme, bias_correct=True) for c in best.values()]
+
+
+def _fidelity(c: Candidate, agreement_key: str) -> tuple[float, float]:
+    return (c.metrics.get(agreement_key, 0.0), -c.metrics.get("drop_pts", 0.0))
 
 
 # ---- step 5: candidates -----------------------------------------------------------------------------------
@@ -506,19 +563,33 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     the budget) and the speed fallback (where the target profiles), and time them all together."""
 
     target = src.target
+    lap = _laps()
     ref = measure_reference(src, ev, cfg.threads)
+    lap("reference")
     cpu = int8_report()
     schemes = target.candidates(methods, src.cnn, target.weight_bits(cpu), src.fused != src.plain)
     scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
     ranges, calib_info = calibrate(src, calib_set, methods, scopes, target.free_zero_point, cfg.threads, progress)
     keep = list(calib_info.get("report", {}).get("unrelated_concats", {}))
+    lap("calibration")
     schemes += [dataclasses.replace(s, rounding="learned") for s in schemes if isinstance(s, StaticQDQ)
                 and "learned" in roundings(cfg, src)]
     rounding_info = learn_rounding(src, calib_set, schemes, work, cfg.threads, progress)
+    lap("learned_rounding")
     cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
         keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
     for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
         evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
+    lap("candidates")
+    bias_info = {}
+    if bias_corrections(cfg, src):  # twins of the best static candidates, their biases corrected
+        twins = corrected_twins(cands, src.task.agreement_key)
+        bias_info = correct_biases(src, calib_set, twins, work, cfg.threads, progress)
+        for s in twins:
+            c = Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(keep))
+            evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
+            cands.append(c)
+    lap("bias_correction")
     mixed, mixed_info = None, None
     int8 = [c for c in cands if not isinstance(c.plan.scheme, Float)]  # a float row meets any budget: not a reason
     if int8 and not any(c.metrics["meets_budget"] for c in int8):
@@ -528,27 +599,47 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
                                              sens_seconds=cfg.sensitivity_seconds)
         evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(mixed)
+    lap("mixed_precision")
     speed_info = None
     if target.speed_fallback:
         fast, speed_info = speed_fallback(mixed or mixed_precision_base(cands, src, ev, ref, cfg), src, ev, ref,
                                           ranges, work, cfg)
         cands += [fast] if fast is not None else []
+    lap("speed_fallback")
     # a target's own formats (openvino: NNCF's INT8), told which nodes nanoify's rules and search keep float
     kept = keep + [n for n in (mixed_info or {}).get("kept_fp32", []) if n not in keep]
     own, own_info = target.own_candidates(src, calib_set, cfg, work, kept, progress)
     for c in own:
         measure_written(c, src, ev, ref, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(c)
+    lap("own_formats")
     if target.timed:  # the reference and every candidate, timed together
         for m, t in zip([ref.metrics] + [c.metrics for c in cands],
                         time_all([ref.path] + [c.path for c in cands], src, ev, cfg,
                                  ["fp32"] + [c.precision for c in cands]), strict=True):
             m.update(t)
+    lap("timing")
     return Search(ref, cands, f"{target.engine_name} FP32 ({src.fused.name})",
-                  {"int8_cpu": cpu, "mixed_precision": mixed_info, "speed_fallback": speed_info,
+                  {"int8_cpu": cpu, "step_seconds": lap.seconds, "mixed_precision": mixed_info,
+                   "speed_fallback": speed_info,
                    "calibration": calib_info.get("info", {}), **({"own_formats": own_info} if own_info else {}),
-                   **({"learned_rounding": rounding_info} if rounding_info else {})},
+                   **({"learned_rounding": rounding_info} if rounding_info else {}),
+                   **({"bias_correction": bias_info} if bias_info else {})},
                   ranges, calib_info)
+
+
+class _laps:
+    """Seconds each step of the search took (steps that did nothing take about 0), for the manifest and report:
+    where a long search spends its time."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.time()
+
+    def __call__(self, step: str) -> None:
+        now = time.time()
+        self.seconds[step] = round(now - self._t, 1)
+        self._t = now
 
 
 def write_chosen(tmp: Path, chosen: Candidate, found: Search, src: Source, ev: Any) -> dict[str, Any]:
