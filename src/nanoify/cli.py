@@ -203,7 +203,7 @@ def _quantize_cfg(a: argparse.Namespace) -> Any:
                           calib_samples=a.calib_samples,
                           eval_rows=a.eval_rows, optimize=a.optimize, threads=a.threads,
                           timing=TimingConfig(rounds=a.rounds), device=a.device, cpu_engine=a.cpu_engine,
-                          sensitivity_seconds=a.sensitivity_seconds,
+                          sensitivity_seconds=a.sensitivity_seconds, search_seconds=a.search_seconds,
                           rounding=tuple(r.strip() for r in a.rounding.split(",") if r.strip()) if a.rounding else None,
                           bias_correction={"auto": None, "on": True, "off": False}[a.bias_correction],
                           require_int8=a.require_int8)
@@ -407,6 +407,10 @@ def _quantize_parser(sub: Any) -> None:
     q.add_argument("--require-int8", action="store_true",
                    help="fail (one line, nothing written) when no INT8 candidate within the budget is at least as "
                         "fast as FP32, instead of writing the float model")
+    q.add_argument("--search-seconds", type=float, default=600.0,
+                   help="what the candidate search aims to take besides mixed precision (default 600): when every "
+                        "candidate on every evaluation row would take more than a quarter of it, all are first "
+                        "judged on fewer rows and the 4 best INT8 ones go on; learned rounding gets a quarter")
     q.add_argument("--sensitivity-seconds", type=float, default=300.0,
                    help="mixed precision's per-node sensitivity search: rows per node shrink so that it fits this "
                         "(default 300; at least 8 rows)")

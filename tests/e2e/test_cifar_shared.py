@@ -8,7 +8,8 @@ import pytest
 from nanoify.config import QuantizeConfig, TimingConfig
 from tests.conftest import SHARED
 
-NEAREST = ("nearest",)  # learned rounding has its own tests (numerical/test_rounding.py): skip its cost
+NEAREST = ("nearest",)  # learned rounding, bias correction: own tests (numerical/), skip their cost
+PLAIN = {"rounding": NEAREST, "bias_correction": False}  # nearest rounding, biases as they are
 
 pytestmark = pytest.mark.shared_data
 
@@ -41,7 +42,7 @@ def test_resnet20_export_and_int8_on_cifar_slice(tmp_path, cifar_slice):
                          preprocess=pre, labels=classes, factory="nanoify.models.vision:resnet20")
     assert man["batchnorm"] == {"modules": 19, "onnx_nodes_after_export": 0, "onnx_nodes_saved": 0}
     q = nanoify.quantize(tmp_path / "r20", tmp_path / "q", calib=str(cifar_slice), progress=False,
-                         config=QuantizeConfig(rounding=NEAREST, budget=1.0, agreement_budget=3.0, methods=("mse",),
+                         config=QuantizeConfig(**PLAIN, budget=1.0, agreement_budget=3.0, methods=("mse",),
                                                timing=TimingConfig(32, 128, rounds=1)))
     import torch
 

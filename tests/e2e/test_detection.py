@@ -21,7 +21,8 @@ from nanoify.tasks import make_task
 from nanoify.tasks.resolve import resolve
 from tests.conftest import DET_CLASSES, SHARED
 
-NEAREST = ("nearest",)  # learned rounding has its own tests (numerical/test_rounding.py): skip its cost
+NEAREST = ("nearest",)  # learned rounding, bias correction: own tests (numerical/), skip their cost
+PLAIN = {"rounding": NEAREST, "bias_correction": False}  # nearest rounding, biases as they are
 
 FAST = TimingConfig(latency_rows=8, throughput_rows=16, rounds=1)
 
@@ -138,7 +139,7 @@ def test_stock_int8_loses_every_box_and_nanoify_keeps_them(tmp_path, tiny_yolo_e
     assert task.agreement(ref, stock)["box_agreement"] == 0.0  # one scale for pixels and scores: all scores 0
     # nanoify, unlabelled evaluation: the budget counts agreement points (5 = keep 95% of the FP32 boxes)
     man = quantize(tiny_yolo_export, tmp_path / "q", calib=str(det_data), eval_data=str(photos), progress=False,
-                   config=QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("percentile", "mse"), calib_samples=16,
+                   config=QuantizeConfig(**PLAIN, budget=5.0, methods=("percentile", "mse"), calib_samples=16,
                                          timing=FAST, cpu_engine="onnxruntime"))
     assert man["metric"] == "box_agreement" and man["budget_met"]
     chosen = next(c for c in man["candidates"] if c["name"] == man["chosen"])
@@ -204,7 +205,7 @@ def test_fastestdet_on_a_coco128_slice(tmp_path):
     ref = resolve(d / "model.onnx")
     assert ref.settings["decoder"] == "fastestdet" and ref.info["max_batch"] == 1  # told by the output shape
     man = quantize(d, tmp_path / "q", calib=str(COCO128), progress=False,
-                   config=QuantizeConfig(rounding=NEAREST, budget=100.0, methods=("minmax",), calib_samples=16,
+                   config=QuantizeConfig(**PLAIN, budget=100.0, methods=("minmax",), calib_samples=16,
                                          eval_rows=32,
                                          timing=FAST))
     assert man["data"]["eval"].endswith("val2017 (validation)") and man["data"]["calibration"].endswith("(train)")

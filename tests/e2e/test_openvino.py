@@ -32,7 +32,8 @@ from nanoify.runtime.cpu import int8_report
 from nanoify.tasks import make_task
 from nanoify.tasks.resolve import resolve
 
-NEAREST = ("nearest",)  # learned rounding has its own tests (numerical/test_rounding.py): skip its cost
+NEAREST = ("nearest",)  # learned rounding, bias correction: own tests (numerical/), skip their cost
+PLAIN = {"rounding": NEAREST, "bias_correction": False}  # nearest rounding, biases as they are
 
 pytest.importorskip("openvino")
 FAST = TimingConfig(latency_rows=8, throughput_rows=32, rounds=1)
@@ -117,7 +118,7 @@ def test_quantize_for_openvino_writes_qdq_and_ir_measured_in_openvino(tmp_path, 
 
     out = tmp_path / "ov"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="openvino",
-                   config=QuantizeConfig(rounding=NEAREST, budget=2.0, methods=("mse", "minmax"), timing=FAST))
+                   config=QuantizeConfig(**PLAIN, budget=2.0, methods=("mse", "minmax"), timing=FAST))
     names = [c["name"] for c in man["candidates"]]
     w7 = "-w7" if int8_report()["static_weight_bits"] == 7 else ""  # the probe's width: OpenVINO saturates alike
     assert names[:4] == [f"static-mse{w7}", f"static-minmax{w7}", f"static-mse-all-ops{w7}",
@@ -217,7 +218,7 @@ def test_nncf_rows_are_measured_beside_nanoify_and_a_chosen_nncf_model_is_its_ir
         next(i for i, r in enumerate(recs) if r["name"] == "nncf-default"), real(recs, *a, **k)[1]))
     out = tmp_path / "ov-nncf"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="openvino",
-                   config=QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("minmax",), timing=FAST))
+                   config=QuantizeConfig(**PLAIN, budget=5.0, methods=("minmax",), timing=FAST))
     rows = {c["name"]: c for c in man["candidates"]}
     assert {"nncf-default", "nncf-mixed"} <= set(rows) and man["own_formats"]["nncf_failed"] == []
     made = rows["nncf-default"]["scheme"]
@@ -240,7 +241,7 @@ def test_without_nncf_the_openvino_search_says_there_is_no_nncf_row(tmp_path, ti
     monkeypatch.delitem(sys.modules, "nanoify.quant.nncf_int8", raising=False)
     monkeypatch.delattr("nanoify.quant.nncf_int8", raising=False)
     man = quantize(tiny_cnn_export, tmp_path / "q", calib=str(tiny_images), progress=False, target="openvino",
-                   config=QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("minmax",), timing=FAST))
+                   config=QuantizeConfig(**PLAIN, budget=5.0, methods=("minmax",), timing=FAST))
     assert not any(c["name"].startswith("nncf") for c in man["candidates"])
     assert "pip install nncf" in man["own_formats"]["skipped"]
     assert "no NNCF row" in (tmp_path / "q" / "report.md").read_text()
@@ -292,7 +293,7 @@ def test_mixed_precision_runs_on_the_openvino_target_and_feeds_nncf_ignored_scop
     monkeypatch.setattr(steps, "choose_ranges", lambda *a, **k: {
         t: Range(r.amax / 30) for t, r in real(*a, **k).items()})
     man = quantize(tiny_cnn_export, tmp_path / "q", calib=str(tiny_images), progress=False, target="openvino",
-                   config=QuantizeConfig(rounding=NEAREST, budget=0.0, methods=("minmax",), timing=FAST))
+                   config=QuantizeConfig(**PLAIN, budget=0.0, methods=("minmax",), timing=FAST))
     int8 = [c for c in man["candidates"] if c["name"].startswith("static-minmax") and "+fp32" not in c["name"]]
     assert int8 and not any(c["meets_budget"] for c in int8)  # the forced situation
     mp = man["mixed_precision"]
@@ -313,7 +314,7 @@ def test_the_cpu_target_deploys_on_openvino_only_when_it_is_faster_within_the_bu
     """``--target cpu`` runs its chosen graph in OpenVINO too: OpenVINO deploys it (manifest engine, IR beside,
     bench runs it there) when it is faster beyond the noise band and meets the budget; otherwise ONNX Runtime
     does. The measured speeds are forced here (a machine decides them); the measuring itself runs once for real."""
-    cfg = QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("minmax",), timing=FAST, optimize="size")  # INT8
+    cfg = QuantizeConfig(**PLAIN, budget=5.0, methods=("minmax",), timing=FAST, optimize="size")  # INT8
     out = tmp_path / "real"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="cpu", config=cfg)
     got = man["engine_choice"]
@@ -337,7 +338,7 @@ def test_the_cpu_target_deploys_on_openvino_only_when_it_is_faster_within_the_bu
 
 def test_cpu_engine_setting_fixes_or_skips_the_engine_choice(tmp_path, tiny_cnn_export, tiny_images, monkeypatch,
                                                              capsys):
-    cfg = QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("minmax",), timing=FAST, cpu_engine="onnxruntime")
+    cfg = QuantizeConfig(**PLAIN, budget=5.0, methods=("minmax",), timing=FAST, cpu_engine="onnxruntime")
     man = quantize(tiny_cnn_export, tmp_path / "ort", calib=str(tiny_images), progress=False, config=cfg)
     assert "openvino" not in man["engine_choice"] and "engine" not in man
     with pytest.raises(ConfigError, match="--cpu-engine must be one of"):

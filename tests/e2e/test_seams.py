@@ -24,7 +24,8 @@ from nanoify.quant.targets import Target, register_target, unregister_target
 from nanoify.tasks import EvalSet, ModelRef, Task, TaskKind, make_task, register_task, unregister_task
 from nanoify.tasks.resolve import resolve
 
-NEAREST = ("nearest",)  # learned rounding has its own tests (numerical/test_rounding.py): skip its cost
+NEAREST = ("nearest",)  # learned rounding, bias correction: own tests (numerical/), skip their cost
+PLAIN = {"rounding": NEAREST, "bias_correction": False}  # nearest rounding, biases as they are
 
 FAST = TimingConfig(latency_rows=8, throughput_rows=32, rounds=1)
 
@@ -161,7 +162,7 @@ def test_a_kind_registered_from_outside_runs_through_quantize_and_bench(tmp_path
     ref = resolve(regressor / "model.onnx")  # told from its graph, no --task
     assert ref.task == "regression" and isinstance(make_task(ref), Regression)
     man = quantize(regressor / "model.onnx", tmp_path / "q", calib=str(regressor / "data.npz"), progress=False,
-                   config=QuantizeConfig(rounding=NEAREST, budget=2.0, timing=FAST, methods=("minmax",)))
+                   config=QuantizeConfig(**PLAIN, budget=2.0, timing=FAST, methods=("minmax",)))
     assert man["metric"] == "r2" and man["reference"]["r2"] > 0.9 and man["budget_met"]
     chosen = next(c for c in man["candidates"] if c["name"] == man["chosen"])
     assert chosen["r2"] >= man["reference"]["r2"] - 0.02 and "close_agreement" in chosen
@@ -183,7 +184,7 @@ def test_an_unregistered_kind_is_one_clear_line(regressor):
 def test_a_target_registered_from_outside_quantizes_on_its_own_engine(tmp_path, regressor, regression_kind,
                                                                       one_thread_target):
     man = quantize(regressor / "model.onnx", tmp_path / "q", calib=str(regressor / "data.npz"), progress=False,
-                   config=QuantizeConfig(rounding=NEAREST, budget=2.0, timing=FAST, methods=("minmax", "mse"),
+                   config=QuantizeConfig(**PLAIN, budget=2.0, timing=FAST, methods=("minmax", "mse"),
                                          target="ort-one-thread"))
     names = [c["name"] for c in man["candidates"]]
     assert names[:2] == ["static-minmax", "static-mse"] and not any(n.startswith("dynamic") for n in names)

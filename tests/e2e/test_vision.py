@@ -22,7 +22,8 @@ from nanoify.quant.run import quantize
 from nanoify.tasks.resolve import resolve
 from tests.conftest import CLASSES, TINY_CNN, TINY_CNN_KWARGS, TINY_PRE, image_recipe, make_images
 
-NEAREST = ("nearest",)  # learned rounding has its own tests (numerical/test_rounding.py): skip its cost
+NEAREST = ("nearest",)  # learned rounding, bias correction: own tests (numerical/), skip their cost
+PLAIN = {"rounding": NEAREST, "bias_correction": False}  # nearest rounding, biases as they are
 
 FAST = TimingConfig(latency_rows=16, throughput_rows=64, rounds=1)
 
@@ -93,9 +94,13 @@ def test_quantize_cnn_static_int8_of_every_op(cnn_quantized):
                          f"static-minmax-all-ops{w7}"]
     assert names[4] == "float-fp32"  # the FP32 row: chosen when no INT8 candidate is faster here
     assert names[5:9] == [f"{n}-adaround" for n in names[:4]]  # learned rounding: a scheme option for CNNs
+    # bias correction: a twin of the best of each kind (weights/all ops × nearest/learned rounding)
+    twins = names[9:13]
+    assert all(t.endswith("-bc") and t[:-3] in names[:9] for t in twins) and len(twins) == 4
+    assert {("all-ops" in t, "adaround" in t) for t in twins} == {(a, b) for a in (0, 1) for b in (0, 1)}
     # at most one more: a static candidate with the nodes whose INT8 kernels profiled slower kept float
     sp = man["speed_fallback"]
-    assert sp["base"] in names[:9] and names[9:] == ([sp["candidate"]] if sp["nodes"] else [])
+    assert sp["base"] in names[:13] and names[13:] == ([sp["candidate"]] if sp["nodes"] else [])
     assert not any(n.startswith("dynamic") for n in names)  # dynamic INT8 of convolutions is not tried
     assert man["data"]["calibration"].endswith("(train)") and man["data"]["eval"].endswith("(test)")
     assert man["calibration"]["samples"] == 100 and man["metric"] == "accuracy"
@@ -114,7 +119,7 @@ def test_quantize_cnn_static_int8_of_every_op(cnn_quantized):
 def test_quantize_cnn_for_tensorrt_has_nchw_profiles(tmp_path, tiny_cnn_export, tiny_images):
     out = tmp_path / "trt"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False,
-                   config=QuantizeConfig(rounding=NEAREST, budget=100.0, target="tensorrt", methods=("entropy",)))
+                   config=QuantizeConfig(**PLAIN, budget=100.0, target="tensorrt", methods=("entropy",)))
     assert [c["name"] for c in man["candidates"]] == ["qdq-entropy", "qdq-entropy-all-ops"]
     sh = (out / "trtexec.sh").read_text()
     assert "--minShapes=input:1x3x16x16" in sh and "--maxShapes=input:32x3x16x16" in sh
@@ -148,7 +153,7 @@ def test_unlabelled_evaluation_counts_agreement_points(tmp_path, tiny_cnn_export
     for i, im in enumerate(x):
         Image.fromarray(im).save(photos / f"p{i}.png")
     man = quantize(tiny_cnn_export, tmp_path / "q", calib=str(photos), eval_data=str(photos), progress=False,
-                   config=QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("mse",), timing=FAST))
+                   config=QuantizeConfig(**PLAIN, budget=5.0, methods=("mse",), timing=FAST))
     assert man["metric"] == "top1_agreement" and man["reference"]["top1_agreement"] == 1.0
     assert "accuracy" not in man["reference"]
     for c in man["candidates"]:
@@ -254,7 +259,7 @@ def test_a_model_exported_with_batch_one_is_run_and_timed_at_batch_one(tmp_path,
     for f in ("preprocess.json", "label_map.json"):
         shutil.copy(tiny_cnn_export / f, d / f)
     q = quantize(d / "model.onnx", tmp_path / "q", calib=str(tiny_images), progress=False,
-                 config=QuantizeConfig(rounding=NEAREST, budget=5.0, methods=("mse",), timing=FAST))
+                 config=QuantizeConfig(**PLAIN, budget=5.0, methods=("mse",), timing=FAST))
     assert q["reference"]["throughput_batch"] == 1 and "throughput_b32" not in q["reference"]
     rep = benchmark([str(d / "model.onnx"), str(tmp_path / "q")], str(tiny_images), progress=False,
                     config=BenchConfig(isolate=False, timing=FAST))

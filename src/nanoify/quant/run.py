@@ -180,6 +180,14 @@ def format_report(man: dict[str, Any]) -> str:
     if steps:
         lines += ["", f"Search time ({man.get('seconds', sum(steps.values())):.0f} s in all): "
                       + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in steps.items()) + "."]
+    look = man.get("screening")
+    if look:
+        n_all = len(look["kept"]) + len(look["dropped"])
+        lines += ["", f"First look (to fit --search-seconds): all {n_all} candidates on {look['rows']} of "
+                      f"{look['of']} rows; the float rows and the best INT8 ones went on to every row "
+                      f"({', '.join(look['kept'])}); dropped: "
+                      + ", ".join(f"{d['name']} ({metric} {_fmt(d.get(metric))}, {agree.replace('_', ' ')} "
+                                  f"{_fmt(d.get(agree))})" for d in look["dropped"]) + "."]
     bc = man.get("bias_correction") or {}
     if bc:
         by_name = {c["name"]: c for c in man["candidates"]}

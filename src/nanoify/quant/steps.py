@@ -44,6 +44,7 @@ from .choose import SPEED_TIE, speed_score
 from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
 from .profile import slow_int8_nodes
 from .qdq import calibration_tensors
+from .rounding import SECONDS as ROUNDING_SECONDS
 from .rounding import round_graph
 from .schemes import (
     DynamicInt8,
@@ -64,6 +65,12 @@ SENSITIVITY_ROWS = 256
 # the per-node search's share of a quantize run: its rows shrink so that every node's trial fits (a 640² YOLO has
 # about 225 nodes; at 256 rows each its search took most of a 52-minute run on 2 cores, issue 20)
 SENSITIVITY_SECONDS = 300.0
+# --search-seconds: the shares of it that bound the candidates' first look and learned rounding (a 640² YOLO on
+# 2 cores runs about 0.1 s a row in FP32: 20 candidates on 128 rows would take 4 minutes before anything else)
+SCREEN_SHARE = 0.25
+SCREEN_KEEP = 4  # INT8 candidates that go on from the first look to every evaluation row (float rows always do)
+MIN_SCREEN_ROWS = 16
+ROUNDING_SHARE = 0.25
 MIN_SENSITIVITY_ROWS = 8
 
 
@@ -264,7 +271,7 @@ def roundings(cfg: QuantizeConfig, src: Source) -> tuple[str, ...]:
 
 
 def learn_rounding(src: Source, calib_set: Any, schemes: Sequence[Any], work: Path, threads: int | None,
-                   progress: bool) -> dict[str, Any]:
+                   progress: bool, seconds: float = ROUNDING_SECONDS) -> dict[str, Any]:
     """The float graphs with learned rounding the schemes need (one per weight width), written to ``work`` and
     added to ``src.derived``; the per-layer report of each."""
     out = {}
@@ -275,7 +282,7 @@ def learn_rounding(src: Source, calib_set: Any, schemes: Sequence[Any], work: Pa
         dst = work / f"{key}.onnx"
         feeds = (f for _, f in src.task.batches(calib_set, src.task.batch_for(src.task.calib_batch)))
         out[key] = round_graph(src.plain, dst, weight_nodes(src.graphs["plain"]), feeds, bits, threads,
-                               progress=progress)
+                               progress=progress, seconds=seconds)
         src.derived[key] = dst
     return out
 
@@ -376,6 +383,52 @@ def _file_mb(path: Path) -> float:
     """The model's size on disk: an IR's weights are in the ``.bin`` beside its ``.xml``."""
     weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
     return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file() else 0)) / 1e6
+
+
+def screen_rows(cands: int, row_seconds: float, rows: int, seconds: float, floor: int = MIN_SCREEN_ROWS) -> int:
+    """Rows of the candidates' first look so that the look at all ``cands`` and the :data:`SCREEN_KEEP` that go
+    on to every row fit ``seconds`` together at ``row_seconds`` a row; all ``rows`` (no first look) when every
+    candidate on every row fits already or few candidates would be dropped; never fewer than ``floor``."""
+    if cands <= SCREEN_KEEP or row_seconds <= 0 or cands * row_seconds * rows <= seconds:
+        return rows
+    left = seconds - SCREEN_KEEP * row_seconds * rows
+    return max(min(rows, int(left / (cands * row_seconds))), min(floor, rows))
+
+
+def screen(cands: list[Candidate], src: Source, ev: Any, rows: int, ranges: Any, work: Path, cfg: QuantizeConfig,
+           progress: bool) -> tuple[list[Candidate], dict[str, Any]]:
+    """The first look: every candidate on the first ``rows`` evaluation rows; the float rows, the best INT8
+    candidate of each kind (:func:`_kind`) that met the budget there, and the next best up to :data:`SCREEN_KEEP`
+    INT8 ones go on to every row (fidelity is judged here; speed, which differs by kind, later). Returns them
+    (written, not yet measured on every row) and what the look saw."""
+    sub = src.task.subset(ev, range(rows))
+    ref = measure_reference(src, sub, cfg.threads)
+    for c in tqdm(cands, desc=f"first look ({rows} rows)", unit="model", disable=not progress or None, leave=False):
+        evaluate_candidate(c, src, sub, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
+    int8 = [c for c in cands if c.plan is None or not isinstance(c.plan.scheme, Float)]
+    order = sorted(int8, key=lambda c: (bool(c.metrics["meets_budget"]), _fidelity(c, src.task.agreement_key)),
+                   reverse=True)
+    best_of_kind: dict[Any, str] = {}  # the look judges fidelity only: each kind's best goes on to be timed
+    for c in order:
+        if c.metrics["meets_budget"] or not best_of_kind:
+            best_of_kind.setdefault(_kind(c), c.name)
+    go_on = set(best_of_kind.values())
+    rest = [c.name for c in order if c.name not in go_on]
+    go_on |= set(rest[:max(SCREEN_KEEP - len(go_on), 0)])
+    go_on |= {c.name for c in cands if c.plan is not None and isinstance(c.plan.scheme, Float)}
+    kept = [c for c in cands if c.name in go_on]
+    dropped = [{**c.record(), "rows": rows} for c in cands if c.name not in go_on]
+    log.info("first look on %d rows: %d of %d candidates go on", rows, len(kept), len(cands))
+    return kept, {"rows": rows, "of": len(ev), "kept": [c.name for c in kept], "dropped": dropped}
+
+
+def _kind(c: Candidate) -> tuple[Any, ...]:
+    """What a candidate is apart from its calibration method: static INT8's scope, rounding, weight width and bias
+    correction (the method changes fidelity; the kind also changes speed)."""
+    s = c.plan.scheme if c.plan is not None else None
+    if isinstance(s, StaticQDQ):
+        return ("static", s.preset, s.scope, s.rounding, s.weight_bits, s.bias_correct)
+    return (type(s).__name__, c.name)
 
 
 # ---- step 6: mixed precision ------------------------------------------------------------------------------
@@ -565,7 +618,7 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     target = src.target
     lap = _laps()
     ref = measure_reference(src, ev, cfg.threads)
-    lap("reference")
+    row_seconds = lap("reference") / max(len(ev), 1)
     cpu = int8_report()
     schemes = target.candidates(methods, src.cnn, target.weight_bits(cpu), src.fused != src.plain)
     scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
@@ -574,12 +627,21 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     lap("calibration")
     schemes += [dataclasses.replace(s, rounding="learned") for s in schemes if isinstance(s, StaticQDQ)
                 and "learned" in roundings(cfg, src)]
-    rounding_info = learn_rounding(src, calib_set, schemes, work, cfg.threads, progress)
+    rounding_info = learn_rounding(src, calib_set, schemes, work, cfg.threads, progress,
+                                   min(ROUNDING_SECONDS, ROUNDING_SHARE * cfg.search_seconds))
     lap("learned_rounding")
     cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
         keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
+    rows = screen_rows(len(cands), row_seconds, len(ev), SCREEN_SHARE * cfg.search_seconds)
+    screened: dict[str, Any] = {}
+    if rows < len(ev):
+        cands, screened = screen(cands, src, ev, rows, ranges, work, cfg, progress)
+        lap("screening")
     for c in tqdm(cands, desc="candidates", unit="model", disable=not progress or None, leave=False):
-        evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
+        if c.path is None:
+            evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
+        else:  # written by the first look
+            measure_written(c, src, ev, ref, cfg.budget, cfg.threads, cfg.agreement_budget)
     lap("candidates")
     bias_info = {}
     if bias_corrections(cfg, src):  # twins of the best static candidates, their biases corrected
@@ -624,7 +686,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
                    "speed_fallback": speed_info,
                    "calibration": calib_info.get("info", {}), **({"own_formats": own_info} if own_info else {}),
                    **({"learned_rounding": rounding_info} if rounding_info else {}),
-                   **({"bias_correction": bias_info} if bias_info else {})},
+                   **({"bias_correction": bias_info} if bias_info else {}),
+                   **({"screening": screened} if screened else {})},
                   ranges, calib_info)
 
 
@@ -636,10 +699,11 @@ class _laps:
         self.seconds: dict[str, float] = {}
         self._t = time.time()
 
-    def __call__(self, step: str) -> None:
+    def __call__(self, step: str) -> float:
         now = time.time()
-        self.seconds[step] = round(now - self._t, 1)
-        self._t = now
+        took, self._t = now - self._t, now
+        self.seconds[step] = round(took, 1)
+        return took
 
 
 def write_chosen(tmp: Path, chosen: Candidate, found: Search, src: Source, ev: Any) -> dict[str, Any]:

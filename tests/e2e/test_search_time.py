@@ -1,0 +1,50 @@
+"""A search that scales (issue 20: a 640² detector quantized in minutes on 2 cores): when every candidate on every
+evaluation row would not fit a share of ``--search-seconds``, all candidates get a first look on fewer rows and
+only the best go on; the manifest says which were dropped, on how many rows, and how long each step took."""
+
+from __future__ import annotations
+
+import pytest
+
+from nanoify.config import QuantizeConfig, TimingConfig
+from nanoify.quant.run import quantize
+from nanoify.quant.steps import MIN_SCREEN_ROWS, SCREEN_KEEP, screen_rows
+
+FAST = TimingConfig(latency_rows=8, throughput_rows=32, rounds=1)
+
+
+def test_first_look_rows_fit_the_time_share():
+    # 20 candidates × 0.1 s × 49 rows + 4 going on × 0.1 s × 128 rows = 149 s ≤ 150 s
+    assert screen_rows(20, 0.1, 128, 150.0) == 49
+    assert screen_rows(20, 0.1, 128, 1e6) == 128  # everything fits: no first look
+    assert screen_rows(SCREEN_KEEP, 10.0, 128, 1.0) == 128  # nothing would be dropped: no first look
+    assert screen_rows(20, 10.0, 128, 1.0) == MIN_SCREEN_ROWS  # never fewer rows than the floor
+    assert screen_rows(20, 10.0, 8, 1.0) == 8  # nor more than there are
+
+
+def test_a_short_search_looks_at_all_candidates_first_and_goes_on_with_the_best(tmp_path, tiny_cnn_export,
+                                                                                  tiny_images):
+    """Forced: a search time no full evaluation fits."""
+    man = quantize(tiny_cnn_export, tmp_path / "q", calib=str(tiny_images), progress=False,
+                   config=QuantizeConfig(budget=5.0, methods=("minmax", "mse", "percentile"), timing=FAST,
+                                         cpu_engine="onnxruntime", rounding=("nearest",), bias_correction=False,
+                                         search_seconds=1e-3))
+    look = man["screening"]
+    assert look["rows"] == MIN_SCREEN_ROWS < look["of"] == man["data"]["eval_rows"]
+    dropped = {d["name"] for d in look["dropped"]}
+    full = [c for c in man["candidates"] if c["name"] in look["kept"]]
+    int8 = [c for c in full if c["scheme"]["type"] != "Float"]
+    assert len(int8) == SCREEN_KEEP and dropped and not dropped & {c["name"] for c in man["candidates"]}
+    assert {c["scheme"]["scope"] for c in int8} == {"weights", "all"}  # each kind's best goes on to be timed
+    assert all(c["n"] == look["of"] for c in full)  # the survivors were measured on every row
+    assert all(d["rows"] == MIN_SCREEN_ROWS for d in look["dropped"])
+    assert man["chosen"] not in dropped
+    assert {"reference", "calibration", "screening", "candidates", "timing"} <= set(man["step_seconds"])
+    assert "Search time" in (tmp_path / "q" / "report.md").read_text()
+
+
+def test_a_bad_search_time_is_refused():
+    from nanoify.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--search-seconds must be positive"):
+        QuantizeConfig(search_seconds=0)
