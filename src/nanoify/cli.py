@@ -310,11 +310,13 @@ def _distill_parser(sub: Any) -> None:
     d.add_argument("--teacher", required=True, help="teacher classifier folder")
     d.add_argument("--out", required=True, help="output folder (written atomically)")
     d.add_argument("--student", default="half",
-                   help="half | tinybert | layers=4,hidden=312,heads=12,intermediate=1200 (default half)")
+                   help="half | tinybert | layers=4,hidden=312,heads=12,intermediate=1200 | prune:4x192[,heads=6,"
+                        "ffn=768] (carved out of the teacher by importance on the data) (default half)")
     d.add_argument("--init", default="auto",
                    help="auto (default: teacher-layers when the student has the teacher's width, else "
                         "teacher-pca) | teacher-layers (DistilBERT) | random (TinyBERT) | teacher-pca (fresh "
-                        "layers, teacher embeddings projected to the student width) | PATH of a smaller encoder")
+                        "layers, teacher embeddings projected to the student width) | teacher-pruned (the default for "
+                        "prune: students) | PATH of a smaller encoder")
     d.add_argument("--alpha-hard", type=float, default=0.5, help="weight of gold-label cross-entropy (0.5)")
     d.add_argument("--alpha-soft", type=float, default=1.0, help="weight of soft-target KL (1.0)")
     d.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of soft targets (2.0)")

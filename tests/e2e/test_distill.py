@@ -386,3 +386,33 @@ def test_training_on_a_missing_gpu_is_one_line(tmp_path, tiny_teacher, tiny_data
                  "--max-steps", "2", "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "torch sees no CUDA GPU" in err[0] and not (tmp_path / "g").exists()
+
+
+def test_a_student_carved_from_the_teacher_starts_close_and_maps_to_its_layers(tmp_path, tiny_teacher, tiny_data):
+    """``--student prune:2x16``: the teacher's two most important layers at half width, measured on the data;
+    the intermediate losses pair each carved layer with the teacher layer it came from."""
+    out = tmp_path / "pruned"
+    man = distill(_cfg(tiny_teacher, tiny_data, student="prune:2x16", hidden_weight=1.0), out, progress=False)
+    st, pr = man["student"], man["pruning"]
+    assert st["init"] == "teacher-pruned" and st["spec"]["pruned"] and (st["layers"], st["hidden"]) == (2, 16)
+    assert st["heads"] == 2  # the teacher's heads are 8 wide: 16 = 2 whole heads
+    kept = pr["kept"]["layers"]
+    assert len(kept) == 2 and len(pr["importance"]["layers"]) == 4 and pr["importance"]["rows"] > 0
+    hidden = {(m["student"], m["teacher"]) for m in man["layer_matches"] if m["feature"] == "hidden"}
+    assert hidden == {(1, kept[0] + 1), (2, kept[1] + 1)}
+    assert man["metrics"]["validation"]["accuracy"] > 0.75
+    model, _, _ = load_classifier(str(out))  # plain transformers loading, nothing custom
+    assert (model.config.num_hidden_layers, model.config.hidden_size) == (2, 16)
+
+
+@pytest.mark.parametrize(("spec", "words"), [("prune:9x16", "larger than the teacher"),
+                                             ("prune:2x30", "no head count up to the teacher's 4 divides"),
+                                             ("prune:2x16,heads=3", "not divisible by heads 3"),
+                                             ("prune:2", "use prune:LAYERSxHIDDEN")])
+def test_a_shape_the_teacher_cannot_be_carved_into_is_one_line(tmp_path, tiny_teacher, tiny_data, capsys, spec,
+                                                              words):
+    out = tmp_path / "s"
+    assert main(["distill", "--teacher", str(tiny_teacher), "--data", str(tiny_data), "--student", spec,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and not out.exists()

@@ -283,12 +283,16 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     data = load_text_data(cfg.data, seed=cfg.train.seed)
     tr = _train_split(data)
     y = torch.tensor(label_map.encode(tr.labels, f"train split of {data.spec}"))
-    student, s_tok, spec, init = _student_for(cfg, teacher, t_tok, label_map)
+    student, s_tok, spec, init = _student_for(cfg, teacher, t_tok, label_map, tr.texts)
     same_tok = s_tok is t_tok or _same_tokenizer(s_tok, t_tok)
     if not same_tok and cfg.uses_intermediate:
         raise ConfigError("teacher and student tokenizers differ, so their layers cannot be matched token by "
                           "token; use logits-only distillation (--attention-weight 0 --hidden-weight 0 "
                           "--embedding-weight 0, no intermediate stage)")
+    pruning = getattr(student, "pruning_info", None)
+    if pruning and cfg.layer_map == "uniform":  # a carved layer learns from the teacher layer it was cut from
+        cfg = dataclasses.replace(cfg, layer_map=",".join(f"{j + 1}:{t + 1}"
+                                                          for j, t in enumerate(pruning["kept"]["layers"])))
     matches = _layer_matches(cfg, student.config, teacher.config)
     proj = _projections(matches, student.config.hidden_size, teacher.config.hidden_size, cfg.train.seed)
     rel_key, rel_heads, caps = _relation_setup(cfg, student, teacher)
@@ -323,15 +327,27 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
     return man
 
 
-def _student_for(cfg: DistillConfig, teacher: Any, t_tok: Any, label_map: LabelMap) -> tuple[Any, Any, Any, str]:
+def _student_for(cfg: DistillConfig, teacher: Any, t_tok: Any, label_map: LabelMap,
+                 texts: list[str]) -> tuple[Any, Any, Any, str]:
     """(student, its tokenizer, its spec or None, the init used) built from the teacher as ``cfg`` asks."""
     spec: StudentSpec | None = None
     init = cfg.init
     if init in INITS:
         spec = parse_student_spec(cfg.student, teacher.config)
         init = resolve_init(teacher.config, spec) if init == "auto" else init
-    student, s_tok = build_student(teacher, spec, init, label_map, seed=cfg.train.seed)
+    calib = _prune_batches(cfg, teacher, t_tok, texts) if init == "teacher-pruned" else None
+    student, s_tok = build_student(teacher, spec, init, label_map, seed=cfg.train.seed, calib=calib)
     return student, s_tok or t_tok, spec, init
+
+
+PRUNE_ROWS = 256  # sentences the importance of a pruned student is measured on (Minitron: a few hundred suffice)
+
+
+def _prune_batches(cfg: DistillConfig, teacher: Any, tok: Any, texts: list[str]) -> list[dict[str, Any]]:
+    """The first training sentences, tokenized as the teacher reads them, in batches of 32."""
+    texts = texts[:PRUNE_ROWS]
+    return [dict(tok(texts[i:i + 32], truncation=True, max_length=cfg.data.max_length, padding=True,
+                     return_tensors="pt")) for i in range(0, len(texts), 32)]
 
 
 def _layer_matches(cfg: DistillConfig, sc: Any, tc: Any) -> list[LayerMatch]:
@@ -466,6 +482,7 @@ def _distill_manifest(cfg: DistillConfig, data: Any, label_map: LabelMap, teache
                  "encoder_parameters": count_parameters(student, encoder_only=True),
                  "encoder_flops_ratio_vs_teacher": encoder_flops_per_token(tc) / encoder_flops_per_token(sc)},
         layer_matches=[m.to_dict() for m in matches],
+        pruning=getattr(student, "pruning_info", None),
         augmentation=aug_info,
         relations=({"term": rel_key, "student_layer": n_s, "teacher_layer": cfg.relation_layer or n_t,
                     "heads": rel_heads, "weight": cfg.relation_weight} if rel_key else None),

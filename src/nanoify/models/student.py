@@ -8,6 +8,9 @@
   projected onto the top principal directions of its word-embedding matrix. TinyBERT gives a fresh
   narrow student a general-distillation pass over a large corpus first; with no such corpus, this keeps
   most of what the teacher's vocabulary knows at no training cost (see benchmarks/RESULTS.md).
+* ``teacher-pruned`` (``--student prune:LAYERSxHIDDEN[,heads=H,ffn=F]``): carved out of the teacher — its most
+  important layers, heads, FFN neurons and hidden channels on the task's data, every tensor sliced
+  (:mod:`nanoify.models.prune`, Minitron's recipe): the same architecture, narrower, with the teacher's weights.
 * a PATH: a smaller pretrained encoder; the student has that encoder's architecture.
 
 Encoders with a learned relative position bias (MPNet's ``encoder.relative_attention_bias``: one scalar per
@@ -33,6 +36,7 @@ from transformers import AutoModelForSequenceClassification
 from ..data.text import LabelMap
 from ..errors import ConfigError, ModelError
 from .load import LABEL_MAP_FILE, encoder_layers, load_classifier
+from .prune import carve, check_shape
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +51,9 @@ class StudentSpec:
     hidden: int
     heads: int
     intermediate: int
+    pruned: bool = False  # carved out of the teacher (``prune:``), not built fresh
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -68,6 +73,8 @@ def parse_student_spec(spec: str, teacher_config: Any) -> StudentSpec:
     """
     t = teacher_config
     n, h, a, i = t.num_hidden_layers, t.hidden_size, t.num_attention_heads, t.intermediate_size
+    if spec.startswith("prune:"):
+        return _pruned_spec(spec, t)
     if spec == "half":
         return StudentSpec(max(1, n // 2), h, a, i)
     if spec == "tinybert":
@@ -89,6 +96,33 @@ def parse_student_spec(spec: str, teacher_config: Any) -> StudentSpec:
     if s.hidden % s.heads:
         raise ConfigError(f"--student: hidden {s.hidden} is not divisible by heads {s.heads}")
     return s
+
+
+def _pruned_spec(spec: str, t: Any) -> StudentSpec:
+    """``prune:4x192[,heads=6,ffn=768]``: heads default to the teacher's head size kept (hidden ÷ it) where that
+    divides, else the most heads (at most the teacher's) that divide hidden into heads no wider than the
+    teacher's; the FFN keeps the teacher's ratio to hidden."""
+    m = re.fullmatch(r"prune:(\d+)x(\d+)((?:,\s*\w+\s*=\s*\d+)*)", spec.replace(" ", ""))
+    if not m:
+        raise ConfigError(f"--student {spec!r}: use prune:LAYERSxHIDDEN[,heads=H,ffn=F], e.g. prune:4x192")
+    layers, hidden = int(m.group(1)), int(m.group(2))
+    opts = {k: int(v) for k, v in (kv.split("=") for kv in m.group(3).split(",") if kv)}
+    unknown = set(opts) - {"heads", "ffn"}
+    if unknown:
+        raise ConfigError(f"--student prune: unknown key(s) {', '.join(sorted(unknown))}; use heads, ffn")
+    d, a = t.hidden_size // t.num_attention_heads, t.num_attention_heads
+    if "heads" in opts:
+        heads = opts["heads"]
+    elif hidden % d == 0 and 0 < hidden // d <= a:
+        heads = hidden // d
+    else:
+        heads = next((k for k in range(a, 0, -1) if hidden % k == 0 and hidden // k <= d), 0)
+        if heads == 0:
+            raise ConfigError(f"--student {spec!r}: no head count up to the teacher's {a} divides hidden {hidden} "
+                              f"into heads of at most {d} dimensions; choose another hidden width")
+    ffn = opts.get("ffn", max(1, int(round(hidden * t.intermediate_size / t.hidden_size))))
+    check_shape(t, layers, hidden, heads, ffn)
+    return StudentSpec(layers, hidden, heads, ffn, pruned=True)
 
 
 def teacher_layer_choice(n_student: int, n_teacher: int) -> list[int]:
@@ -198,7 +232,7 @@ def project_teacher_embeddings(teacher: Any, student: Any) -> Any:
     return basis
 
 
-INITS = ("auto", "teacher-layers", "random", "teacher-pca")
+INITS = ("auto", "teacher-layers", "random", "teacher-pca", "teacher-pruned")
 
 
 def resolve_init(teacher_config: Any, spec: StudentSpec | None) -> str:
@@ -207,6 +241,8 @@ def resolve_init(teacher_config: Any, spec: StudentSpec | None) -> str:
     a student wider than its teacher — the architecture's own random initialisation."""
     assert spec is not None
     tc = teacher_config
+    if spec.pruned:
+        return "teacher-pruned"
     if (spec.hidden, spec.heads, spec.intermediate) == (tc.hidden_size, tc.num_attention_heads,
                                                           tc.intermediate_size):
         return "teacher-layers"
@@ -214,8 +250,10 @@ def resolve_init(teacher_config: Any, spec: StudentSpec | None) -> str:
 
 
 def build_student(teacher: Any, spec: StudentSpec | None, init: str, label_map: LabelMap,
-                  seed: int = 0) -> tuple[Any, Any | None]:
-    """Create the student classifier. Returns (model, tokenizer or None to use the teacher's).
+                  seed: int = 0, calib: Any = None) -> tuple[Any, Any | None]:
+    """Create the student classifier. Returns (model, tokenizer or None to use the teacher's). ``calib``: batches
+    of the task's data (tokenizer outputs) that ``teacher-pruned`` measures importance on; what it kept and why
+    is the student's ``pruning_info``.
 
     Raises:
         ModelError: width mismatch with ``teacher-layers``, label maps that differ, unreadable PATH.
@@ -224,6 +262,12 @@ def build_student(teacher: Any, spec: StudentSpec | None, init: str, label_map: 
     tc = teacher.config
     if init == "auto":
         init = resolve_init(tc, spec)
+    if init == "teacher-pruned":
+        if spec is None or calib is None:
+            raise ConfigError("--init teacher-pruned needs a student shape (--student prune:LxH) and data")
+        student, kept, imp = carve(teacher, calib, spec.layers, spec.hidden, spec.heads, spec.intermediate)
+        student.pruning_info = {"kept": kept.to_dict(), "importance": imp.to_dict()}
+        return student, None
     if init in ("teacher-layers", "random", "teacher-pca"):
         assert spec is not None
         if init == "teacher-layers":
