@@ -54,7 +54,10 @@ class StudentSpec:
     pruned: bool = False  # carved out of the teacher (``prune:``), not built fresh
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.pruned:  # the key appears where it says something
+            d.pop("pruned")
+        return d
 
 
 def _heads_for(hidden: int, preferred: int) -> int:
