@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from nanoify.cli import main
 from nanoify.config import DataConfig, DistillConfig, TrainConfig
-from nanoify.distill.run import distill, evaluate
+from nanoify.distill.mapping import LayerMatch
+from nanoify.distill.run import _projections, distill, evaluate
 from nanoify.errors import ConfigError
 from nanoify.models.load import load_classifier
 from tests.conftest import make_encoder, write_tsv
@@ -403,6 +404,11 @@ def test_a_student_carved_from_the_teacher_starts_close_and_maps_to_its_layers(t
     assert man["metrics"]["validation"]["accuracy"] > 0.75
     model, _, _ = load_classifier(str(out))  # plain transformers loading, nothing custom
     assert (model.config.num_hidden_layers, model.config.hidden_size) == (2, 16)
+    # the hidden-state projections start as the placement of the kept channels, not a random map
+    (lin,) = _projections([LayerMatch(1, kept[0] + 1)], 16, 32, 0, pr["kept"]["channels"]).values()
+    want = torch.zeros(32, 16)
+    want[pr["kept"]["channels"], torch.arange(16)] = 1
+    assert torch.equal(lin.weight.detach(), want) and not lin.bias.detach().any()
 
 
 @pytest.mark.parametrize(("spec", "words"), [("prune:9x16", "larger than the teacher"),

@@ -294,7 +294,8 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
         cfg = dataclasses.replace(cfg, layer_map=",".join(f"{j + 1}:{t + 1}"
                                                           for j, t in enumerate(pruning["kept"]["layers"])))
     matches = _layer_matches(cfg, student.config, teacher.config)
-    proj = _projections(matches, student.config.hidden_size, teacher.config.hidden_size, cfg.train.seed)
+    proj = _projections(matches, student.config.hidden_size, teacher.config.hidden_size, cfg.train.seed,
+                        pruning["kept"]["channels"] if pruning else None)
     rel_key, rel_heads, caps = _relation_setup(cfg, student, teacher)
     rows = _Rows.of(cfg, tr.texts, y, s_tok, t_tok, same_tok, teacher)
     held, aug_info = rows.held, rows.aug
@@ -377,13 +378,22 @@ def _fixed_teacher(cfg: DistillConfig, teacher: Any, t_tok: Any, t_ids: list[Any
     return cached
 
 
-def _projections(matches: list[Any], s_hidden: int, t_hidden: int, seed: int) -> torch.nn.ModuleDict:
-    """A learned projection per hidden/embedding match when the widths differ (seeded: resume draws the same)."""
+def _projections(matches: list[Any], s_hidden: int, t_hidden: int, seed: int,
+                 channels: list[int] | None = None) -> torch.nn.ModuleDict:
+    """A learned projection per hidden/embedding match when the widths differ (seeded: resume draws the same).
+    ``channels``: the teacher channel each student channel was carved from (a pruned student) — the projection
+    starts as that placement, so the loss starts from what the slicing kept instead of a random map."""
     proj = torch.nn.ModuleDict()
     torch.manual_seed(seed)
     for m in matches:
         if m.feature in ("hidden", "embedding") and s_hidden != t_hidden:
-            proj[_term(m)] = torch.nn.Linear(s_hidden, t_hidden)
+            lin = torch.nn.Linear(s_hidden, t_hidden)
+            if channels is not None:
+                with torch.no_grad():
+                    lin.weight.zero_()
+                    lin.bias.zero_()
+                    lin.weight[channels, torch.arange(s_hidden)] = 1.0
+            proj[_term(m)] = lin
     return proj
 
 
