@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nanoify-installed
 DEMO := runs/demo
 
-.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-openvino bench-rounding bench-yolo bench-calib bench-distill-small bench-mpnet gpu-check gpu-dry-run clean-demo
+.PHONY: demo test lint bench-distill bench-quant bench-cifar bench-detect bench-openvino bench-rounding bench-prune bench-yolo bench-calib bench-distill-small bench-mpnet gpu-check gpu-dry-run clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-openvino: $(STAMP)
 
 bench-rounding: $(STAMP)
 	$(PY) benchmarks/learned_rounding.py
+
+bench-prune: $(STAMP)
+	$(PY) benchmarks/prune_students.py
 
 # needs a venv with nvidia-modelopt (not a nanoify dependency): MODELOPT_PY=/path/to/venv/bin/python
 bench-yolo: $(STAMP)
