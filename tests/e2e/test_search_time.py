@@ -8,7 +8,7 @@ import pytest
 
 from nanoify.config import QuantizeConfig, TimingConfig
 from nanoify.quant.run import quantize
-from nanoify.quant.steps import MIN_SCREEN_ROWS, SCREEN_KEEP, screen_rows
+from nanoify.quant.steps import MIN_SCREEN_ROWS, SCREEN_KEEP, fit_timing, screen_rows
 
 FAST = TimingConfig(latency_rows=8, throughput_rows=32, rounds=1)
 
@@ -20,6 +20,17 @@ def test_first_look_rows_fit_the_time_share():
     assert screen_rows(SCREEN_KEEP, 10.0, 128, 1.0) == 128  # nothing would be dropped: no first look
     assert screen_rows(20, 10.0, 128, 1.0) == MIN_SCREEN_ROWS  # never fewer rows than the floor
     assert screen_rows(20, 10.0, 8, 1.0) == 8  # nor more than there are
+
+
+def test_timing_rows_fit_their_time_share():
+    t = TimingConfig()  # 200 rows at batch 1, 512 at batch 32, 3 rounds
+    assert fit_timing(t, 10, 0.001, 150.0, 32) is t  # 10 models × 3 rounds × 712 rows × 1 ms = 21 s: fits
+    # a 640² detector at 0.1 s a row: 2136 s → rows shrink by one factor, to the floors here
+    small = fit_timing(t, 10, 0.1, 150.0, 32)
+    assert (small.latency_rows, small.throughput_rows, small.rounds) == (20, 64, 3)
+    mid = fit_timing(t, 10, 0.01, 150.0, 32)  # 213.6 s → × 0.70
+    assert (mid.latency_rows, mid.throughput_rows) == (140, 352)
+    assert 10 * 0.01 * 3 * (mid.latency_rows + mid.throughput_rows) <= 150.0
 
 
 def test_a_short_search_looks_at_all_candidates_first_and_goes_on_with_the_best(tmp_path, tiny_cnn_export,

@@ -180,6 +180,11 @@ def format_report(man: dict[str, Any]) -> str:
     if steps:
         lines += ["", f"Search time ({man.get('seconds', sum(steps.values())):.0f} s in all): "
                       + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in steps.items()) + "."]
+    tf = man.get("timing_fitted")
+    if tf:
+        lines += ["", f"Timing fitted to --search-seconds: {tf['latency_rows']} rows at batch 1 and "
+                      f"{tf['throughput_rows']} at batch {tf['batch']}, {tf['rounds']} rounds (`nanoify bench` "
+                      "measures the written model with its own rows)."]
     look = man.get("screening")
     if look:
         n_all = len(look["kept"]) + len(look["dropped"])

@@ -71,6 +71,9 @@ SCREEN_SHARE = 0.25
 SCREEN_KEEP = 4  # INT8 candidates that go on from the first look to every evaluation row (float rows always do)
 MIN_SCREEN_ROWS = 16
 ROUNDING_SHARE = 0.25
+TIMING_SHARE = 0.25  # the final timing of every candidate
+QUICK_TIMING_SHARE = 0.05  # mixed precision's quick timing screen of its starting candidates
+MIN_LATENCY_ROWS = 20
 MIN_SENSITIVITY_ROWS = 8
 
 
@@ -129,6 +132,7 @@ class Reference:
     preds: Any
     metrics: dict[str, Any]
     metric: str  # the primary metric the budget is counted in
+    row_seconds: float = 0.0  # what the FP32 model took a row on the evaluation pass (task work included)
 
 
 def _engine(src: Source, path: Path, threads: int | None, precision: str = "fp32") -> Any:
@@ -224,10 +228,12 @@ def load_data(src: Source, calib: Any, eval_data: Any, cfg: QuantizeConfig) -> t
 
 # ---- step 3: the FP32 reference ---------------------------------------------------------------------------
 def measure_reference(src: Source, ev: Any, threads: int | None) -> Reference:
+    t0 = time.perf_counter()
     with _engine(src, src.fused, threads) as eng:
         preds = src.task.predict(eng.infer, ev)
+    took = time.perf_counter() - t0
     metrics = {**src.task.reference_metrics(preds, ev), "file_mb": src.fused.stat().st_size / 1e6}
-    return Reference(src.fused, preds, metrics, src.task.primary_metric(ev))
+    return Reference(src.fused, preds, metrics, src.task.primary_metric(ev), took / max(len(ev), 1))
 
 
 # ---- step 4: calibration ----------------------------------------------------------------------------------
@@ -422,6 +428,20 @@ def screen(cands: list[Candidate], src: Source, ev: Any, rows: int, ranges: Any,
     return kept, {"rows": rows, "of": len(ev), "kept": [c.name for c in kept], "dropped": dropped}
 
 
+def fit_timing(t: Any, models: int, row_seconds: float, seconds: float, batch: int) -> Any:
+    """``t`` with fewer rows when timing ``models`` models for its rounds would take more than ``seconds`` at
+    ``row_seconds`` a row (both batch sizes shrink by one factor; at least :data:`MIN_LATENCY_ROWS` rows at batch
+    1 and two batches — as many as there are — for throughput; the rounds stay: interleaving is what keeps a slow
+    spell from deciding)."""
+    cost = models * row_seconds * t.rounds * (t.latency_rows + t.throughput_rows)
+    if row_seconds <= 0 or cost <= seconds:
+        return t
+    f = seconds / cost
+    lat = max(min(MIN_LATENCY_ROWS, t.latency_rows), int(t.latency_rows * f))
+    thr = max(min(2 * batch, t.throughput_rows), int(t.throughput_rows * f) // batch * batch)
+    return dataclasses.replace(t, latency_rows=lat, throughput_rows=thr)
+
+
 def _kind(c: Candidate) -> tuple[Any, ...]:
     """What a candidate is apart from its calibration method: static INT8's scope, rounding, weight width and bias
     correction (the method changes fidelity; the kind also changes speed)."""
@@ -546,8 +566,11 @@ def mixed_precision_base(cands: Sequence[Candidate], src: Source, ev: Any, ref: 
         return max(cands, key=lambda c: c.metrics[ref.metric])
     if not src.target.timed or len(close) == 1:
         return max(close, key=lambda c: c.metrics.get(src.task.agreement_key, 0.0))
-    quick = dataclasses.replace(cfg, timing=dataclasses.replace(cfg.timing, rounds=1, latency_rows=min(
-        50, cfg.timing.latency_rows), throughput_rows=min(128, cfg.timing.throughput_rows)))
+    quick_timing = dataclasses.replace(cfg.timing, rounds=1, latency_rows=min(50, cfg.timing.latency_rows),
+                                       throughput_rows=min(128, cfg.timing.throughput_rows))
+    quick = dataclasses.replace(cfg, timing=fit_timing(quick_timing, len(close) + 1, ref.row_seconds,
+                                                       QUICK_TIMING_SHARE * cfg.search_seconds,
+                                                       src.task.batch_for(cfg.timing.batch)))
     speeds = time_all([ref.path] + [c.path for c in close], src, ev, quick)
     refm = {**ref.metrics, **speeds[0]}
     scored = [(speed_score({**c.metrics, **t}, refm, cfg.optimize), c) for c, t in zip(close, speeds[1:], strict=True)]
@@ -618,7 +641,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     target = src.target
     lap = _laps()
     ref = measure_reference(src, ev, cfg.threads)
-    row_seconds = lap("reference") / max(len(ev), 1)
+    lap("reference")
+    row_seconds = ref.row_seconds
     cpu = int8_report()
     schemes = target.candidates(methods, src.cnn, target.weight_bits(cpu), src.fused != src.plain)
     scopes = sorted({s.scope for s in schemes if isinstance(s, StaticQDQ)})
@@ -675,10 +699,15 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
         measure_written(c, src, ev, ref, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(c)
     lap("own_formats")
+    timing = None
     if target.timed:  # the reference and every candidate, timed together
+        fitted = fit_timing(cfg.timing, len(cands) + 1, ref.row_seconds, TIMING_SHARE * cfg.search_seconds,
+                            src.task.batch_for(cfg.timing.batch))
+        timing = dataclasses.asdict(fitted) if fitted != cfg.timing else None
         for m, t in zip([ref.metrics] + [c.metrics for c in cands],
-                        time_all([ref.path] + [c.path for c in cands], src, ev, cfg,
-                                 ["fp32"] + [c.precision for c in cands]), strict=True):
+                        time_all([ref.path] + [c.path for c in cands], src, ev,
+                                 dataclasses.replace(cfg, timing=fitted), ["fp32"] + [c.precision for c in cands]),
+                        strict=True):
             m.update(t)
     lap("timing")
     return Search(ref, cands, f"{target.engine_name} FP32 ({src.fused.name})",
@@ -687,7 +716,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
                    "calibration": calib_info.get("info", {}), **({"own_formats": own_info} if own_info else {}),
                    **({"learned_rounding": rounding_info} if rounding_info else {}),
                    **({"bias_correction": bias_info} if bias_info else {}),
-                   **({"screening": screened} if screened else {})},
+                   **({"screening": screened} if screened else {}),
+                   **({"timing_fitted": timing} if timing else {})},
                   ranges, calib_info)
 
 
