@@ -119,7 +119,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
 
 def cmd_distill(a: argparse.Namespace) -> int:
     stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
-    cfg = DistillConfig(teacher=a.teacher, student=a.student, init=a.init, alpha_hard=a.alpha_hard,
+    cfg = DistillConfig(teacher=a.teacher, student=a.student, student_latency=a.student_latency, init=a.init,
+                        alpha_hard=a.alpha_hard,
                         alpha_soft=a.alpha_soft, temperature=a.temperature, attention_weight=a.attention_weight,
                         hidden_weight=a.hidden_weight, embedding_weight=a.embedding_weight,
                         relation_weight=a.relation_weight, relation_layer=a.relation_layer,
@@ -312,6 +313,9 @@ def _distill_parser(sub: Any) -> None:
     d.add_argument("--student", default="half",
                    help="half | tinybert | layers=4,hidden=312,heads=12,intermediate=1200 | prune:4x192[,heads=6,"
                         "ffn=768] (carved out of the teacher by importance on the data) (default half)")
+    d.add_argument("--student-latency", type=float, default=None, metavar="MS",
+                   help="instead of --student: the student carved out of the teacher with the most compute whose "
+                        "batch-1 latency (FP32, ONNX Runtime, measured here on the training sentences) fits MS")
     d.add_argument("--init", default="auto",
                    help="auto (default: teacher-layers when the student has the teacher's width, else "
                         "teacher-pca) | teacher-layers (DistilBERT) | random (TinyBERT) | teacher-pca (fresh "

@@ -110,6 +110,7 @@ class DistillConfig:
 
     teacher: str = ""
     student: str = "half"
+    student_latency: float | None = None  # ms at batch 1 here: the carved shape that fits replaces ``student``
     init: str = "auto"
     alpha_hard: float = 0.5
     alpha_soft: float = 1.0
@@ -131,6 +132,8 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        _check(self.student_latency is None or self.student_latency > 0,
+               f"--student-latency must be a positive number of milliseconds, got {self.student_latency}")
         for name in ("alpha_hard", "alpha_soft", "attention_weight", "hidden_weight", "embedding_weight",
                      "relation_weight"):
             v = getattr(self, name)

@@ -422,3 +422,36 @@ def test_a_shape_the_teacher_cannot_be_carved_into_is_one_line(tmp_path, tiny_te
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0] and not out.exists()
+
+
+def test_student_latency_picks_the_shape_with_most_compute_that_fits():
+    """Forced latencies (0.5 ms a layer-head): the search finds the most heads per layer count that fit and
+    keeps the shape with the most FLOPs; measured shapes are reported; nothing fitting is one line."""
+    from transformers import BertConfig
+
+    from nanoify.distill.shape import fit_latency
+
+    teacher = type("T", (), {"config": BertConfig(hidden_size=64, num_hidden_layers=6, num_attention_heads=8,
+                                                  intermediate_size=256)})()
+    calls = []
+
+    def fake(layers, heads):
+        calls.append((layers, heads))
+        return 0.5 * layers * heads
+
+    spec, rep = fit_latency(teacher, None, None, ["a"], 6.0, 32, measure=fake)  # layers × heads ≤ 12
+    assert spec.pruned and spec.hidden == spec.heads * 8 and spec.layers * spec.heads <= 12
+    assert (spec.layers, spec.heads) == (2, 6)  # of 6×2, 4×3, 3×4, 2×6, 1×8: the most FLOPs per token
+    assert rep["chosen"]["ms"] <= 6.0 and len(calls) == len(set(calls)) < 6 * 8  # each shape timed once, not all
+    assert spec.intermediate == spec.hidden * 4
+    with pytest.raises(ConfigError, match="even the smallest carved student .* takes 0.50 ms"):
+        fit_latency(teacher, None, None, ["a"], 0.1, 32, measure=fake)
+
+
+def test_student_latency_measures_real_exports_and_carves_that_shape(tmp_path, tiny_teacher, tiny_data):
+    out = tmp_path / "fast"
+    man = distill(_cfg(tiny_teacher, tiny_data, student_latency=1e4), out, progress=False)  # everything fits
+    lat = man["pruning"]["latency"]
+    assert lat["chosen"] == {**lat["chosen"], "layers": 4, "heads": 4} and lat["measured"][0]["ms"] > 0
+    st = man["student"]
+    assert st["init"] == "teacher-pruned" and (st["layers"], st["hidden"]) == (4, 32)

@@ -35,6 +35,7 @@ from . import parallel
 from .augment import IGNORE, augment
 from .mapping import LayerMatch, build_matches, features
 from .relations import QKVCapture, relation_heads, relation_kl
+from .shape import fit_latency
 from .trainer import Stage, holdout_split, require_device, steps_for, train
 
 log = logging.getLogger(__name__)
@@ -333,11 +334,17 @@ def _student_for(cfg: DistillConfig, teacher: Any, t_tok: Any, label_map: LabelM
     """(student, its tokenizer, its spec or None, the init used) built from the teacher as ``cfg`` asks."""
     spec: StudentSpec | None = None
     init = cfg.init
-    if init in INITS:
+    fitted = None
+    if cfg.student_latency is not None:  # the carved shape whose batch-1 latency here fits
+        spec, fitted = fit_latency(teacher, t_tok, label_map, texts, cfg.student_latency, cfg.data.max_length)
+        init = "teacher-pruned"
+    elif init in INITS:
         spec = parse_student_spec(cfg.student, teacher.config)
         init = resolve_init(teacher.config, spec) if init == "auto" else init
     calib = _prune_batches(cfg, teacher, t_tok, texts) if init == "teacher-pruned" else None
     student, s_tok = build_student(teacher, spec, init, label_map, seed=cfg.train.seed, calib=calib)
+    if fitted is not None:
+        student.pruning_info["latency"] = fitted
     return student, s_tok or t_tok, spec, init
 
 
