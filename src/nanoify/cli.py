@@ -417,9 +417,9 @@ def _quantize_parser(sub: Any) -> None:
                    help="what the candidate search aims to take besides mixed precision (default 600): when every "
                         "candidate on every evaluation row would take more than a quarter of it, all are first "
                         "judged on fewer rows and the 4 best INT8 ones go on; learned rounding gets a quarter")
-    q.add_argument("--sensitivity-seconds", type=float, default=300.0,
+    q.add_argument("--sensitivity-seconds", type=float, default=None,
                    help="mixed precision's per-node sensitivity search: rows per node shrink so that it fits this "
-                        "(default 300; at least 8 rows)")
+                        "(default: a quarter of --search-seconds; at least 8 rows)")
     q.add_argument("--cpu-engine", choices=CPU_ENGINES, default="auto",
                    help="--target cpu: auto (default) also runs the chosen graph in OpenVINO when installed and "
                         "deploys on the faster engine within the budget; onnxruntime or openvino to fix it")

@@ -220,7 +220,7 @@ class QuantizeConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     device: str = "cuda"  # --target cuda only: the GPU ("cuda:N"); "cpu" scores the formats on CPU kernels
     cpu_engine: str = "auto"
-    sensitivity_seconds: float = 300.0  # mixed precision's per-node search: its rows shrink to fit this
+    sensitivity_seconds: float | None = None  # mixed precision's per-node search fits this; None: ¼ of the next
     search_seconds: float = 600.0  # the candidates' first look and learned rounding take shares of this
     rounding: tuple[str, ...] | None = None  # static weights: nearest, learned; None: learned too for CNNs
     bias_correction: bool | None = None  # twins of the best static candidates with corrected biases; None: CNNs
@@ -237,7 +237,8 @@ class QuantizeConfig:
         _check(self.optimize in OPTIMIZE, f"--optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")
         _check(self.cpu_engine in CPU_ENGINES,
                f"--cpu-engine must be one of {', '.join(CPU_ENGINES)}, got {self.cpu_engine!r}")
-        _check(self.sensitivity_seconds > 0, "--sensitivity-seconds must be positive")
+        _check(self.sensitivity_seconds is None or self.sensitivity_seconds > 0,
+               "--sensitivity-seconds must be positive")
         _check(self.search_seconds > 0, "--search-seconds must be positive")
         _check(self.bias_correction in (None, True, False), "--bias-correction must be auto, on or off")
         if self.rounding is not None:

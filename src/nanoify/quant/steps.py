@@ -71,6 +71,7 @@ SCREEN_SHARE = 0.25
 SCREEN_KEEP = 4  # INT8 candidates that go on from the first look to every evaluation row (float rows always do)
 MIN_SCREEN_ROWS = 16
 ROUNDING_SHARE = 0.25
+SENSITIVITY_SHARE = 0.25  # mixed precision's per-node sensitivity, unless --sensitivity-seconds says
 TIMING_SHARE = 0.25  # the final timing of every candidate
 QUICK_TIMING_SHARE = 0.05  # mixed precision's quick timing screen of its starting candidates
 MIN_LATENCY_ROWS = 20
@@ -682,7 +683,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
         base = mixed_precision_base(cands, src, ev, ref, cfg)
         mixed, mixed_info = mixed_precision(base, src, ev, ref, ranges, work, cfg.budget, cfg.threads, progress,
                                              agreement_budget=cfg.agreement_budget,
-                                             sens_seconds=cfg.sensitivity_seconds)
+                                             sens_seconds=cfg.sensitivity_seconds
+                                             or SENSITIVITY_SHARE * cfg.search_seconds)
         evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(mixed)
     lap("mixed_precision")
