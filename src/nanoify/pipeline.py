@@ -134,8 +134,8 @@ def load_compress_recipe(path: str | Path, **overrides: Any) -> CompressConfig:
     """A CompressConfig from a YAML/JSON recipe; ``overrides`` (CLI flags, None = not given) win."""
     d = load_recipe(path)
     d.pop("out", None)
-    for k in ("student", "init"):
-        if k in d:  # convenience: student/init at the top level of a recipe
+    for k in ("student", "student_latency", "init"):
+        if k in d:  # convenience: student/student_latency/init at the top level of a recipe
             d.setdefault("distill", {})[k] = d.pop(k)
     if isinstance(d.get("model"), dict) and isinstance(d["model"].get("kwargs"), dict):
         d["model"]["kwargs"] = dict(d["model"]["kwargs"])
