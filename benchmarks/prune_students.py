@@ -12,7 +12,8 @@ the teacher), 3 epochs at batch 32, soft targets (T 2) + hard labels:
 * pruned ``prune:4x192`` (6 whole heads of the teacher's 32 dimensions) and ``prune:4x192,heads=12`` (12 heads
   narrowed to 16 dimensions: the demo's exact shape), carved by importance on 256 training sentences, lr 1e-4
   (they start from the teacher's weights, as ``half`` students do);
-* the 12-head pruned student again with the hidden-state losses on its carved layers (hidden weight 1).
+* the 12-head pruned student again with the hidden-state losses on its carved layers (hidden weight 1);
+* the 6-head pruned student again at the fresh student's lr 3e-4.
 
 Retention = student accuracy ÷ teacher accuracy. Issue 22's targets are stated for full SST-2 (≥ 0.96 at this
 compute) and 6,000 rows (≥ 0.95); this run answers the question before them: does carving beat a fresh student of
@@ -70,6 +71,7 @@ def main() -> int:
         "pruned, 12 heads narrowed to 16": student("prune:4x192,heads=12", 1e-4, **logits),
         "pruned, 12 heads narrowed to 16, + hidden losses":
             student("prune:4x192,heads=12", 1e-4, attention_weight=0.0, hidden_weight=1.0, embedding_weight=0.0),
+        "pruned, 6 whole heads of 32, lr 3e-4 (the fresh student's)": student("prune:4x192", 3e-4, **logits),
     }
     tman = read_manifest(teacher)
     t_acc = tman["metrics"]["validation"]["accuracy"]
