@@ -263,3 +263,35 @@ def test_one_split_rule_for_data_with_train_and_test_only(tmp_path, tiny_teacher
     assert main(["bench", str(tmp_path / "q"), "--data", str(d), "--max-length", "32", "--json", "--rounds", "1",
                  "--latency-rows", "8", "--throughput-rows", "32"]) == 0
     assert json.loads(capsys.readouterr().out)["split"] == "test"
+
+
+def test_one_pass_ranking_puts_the_node_that_adds_the_error_first(tiny_export, tiny_data, tmp_path):
+    """When per-node trials cannot fit their time (forced: a share no trial fits), every node is ranked from one
+    pass of the fully quantized graph by the error it adds; a node whose input range is planted 50× too narrow
+    must come first."""
+    from nanoify.quant.calibrate import Range, calibrate_onnx, choose_ranges
+    from nanoify.quant.qdq import weight_node_inputs
+    from nanoify.quant.steps import local_errors
+
+    src = prepare(tiny_export, tmp_path, get_target("cpu"))
+    calib = src.task.calib_set(_data(tiny_data), 64)
+    ev = src.task.eval_set(_data(tiny_data))
+    hists = calibrate_onnx(src.plain, (f for _, f in src.task.batches(calib, 16)),
+                           tensors=weight_node_inputs(src.graphs["plain"]))
+    good = choose_ranges(hists, "minmax")
+    scheme = StaticQDQ("minmax", "cpu", "weights", 8)
+    cand = Candidate("static", QuantPlan.uniform(scheme, units_of(src, scheme)))
+    nodes = {n.name: n for n in src.graphs["plain"].graph.node}
+    readers = {}
+    for n in src.graphs["plain"].graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    # a node that alone reads its input (Q, K and V share theirs: a narrow range there hurts all three)
+    victim = [u for u in cand.plan.units if readers[nodes[u].input[0]] == 1][1]
+    planted = {"minmax": {**good, nodes[victim].input[0]: Range(good[nodes[victim].input[0]].amax / 50)}}
+    ranking = local_errors(cand, src, src.task.subset(ev, range(16)), planted, tmp_path, None)
+    assert [u for u, _ in ranking][0] == victim and len(ranking) == len(cand.plan.units)
+    ref = measure_reference(src, ev, None)
+    evaluate_candidate(cand, src, ev, ref, planted, tmp_path, 0.0, None)
+    _, plan = mixed_precision(cand, src, ev, ref, planted, tmp_path, 0.0, None, sens_seconds=1e-9)
+    assert plan["ranking_method"].startswith("one pass") and plan["ranking"][0]["node"] == victim

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -500,12 +501,80 @@ def sensitivity(c: Candidate, src: Source, ev: Any, ranges: Any, work: Path, thr
         sub = src.task.subset(ev, range(fit))
         ref = _raw_outputs(graph, src, sub, threads)
     scores = []
+    t_trials = time.perf_counter()
     for unit in tqdm(units, desc=f"sensitivity {c.name} ({len(sub)} rows)", unit="node",
                      disable=not progress or None, leave=False):
         dst = work / "sens.onnx"
         apply_plan(c.plan.keep_float([u for u in units if u != unit]), src.sources, dst, ranges)
         scores.append((unit, output_error(ref, _raw_outputs(dst, src, sub, threads))))
+        if len(scores) == 1 and len(units) * (time.perf_counter() - t_trials) > seconds * ONE_PASS_SLACK:
+            # a trial costs more than its share even on the fewest rows (writing and compiling a graph per node):
+            # rank every node from one pass of the fully quantized graph instead
+            log.info("sensitivity: %d trials would take %.0f s (> %.0f s): one-pass ranking", len(units),
+                     len(units) * (time.perf_counter() - t_trials), seconds)
+            return local_errors(c, src, sub, ranges, work, threads), -len(sub)
     return sorted(scores, key=lambda s: -s[1]), len(sub)
+
+
+ONE_PASS_SLACK = 1.5  # per-node trials may overrun their share by this much before the one-pass ranking takes over
+
+
+def local_errors(c: Candidate, src: Source, sub: Any, ranges: Any, work: Path,
+                 threads: int | None) -> list[tuple[str, float]]:
+    """Per node, the output error it *adds* when every node is quantized: the relative squared error of its output
+    against FP32, less the largest error already carried by the quantized nodes feeding it (through any float
+    ops between them) — one pass of the FP32 and the fully quantized graph with every node's output exposed
+    (ONNX Runtime, basic optimisations so the outputs exist), instead of one graph per node. Most sensitive
+    first."""
+    graph = src.float_graph(c.plan.scheme)
+    q = work / "one_pass.onnx"
+    apply_plan(c.plan, src.sources, q, ranges)
+    units = set(c.plan.units)
+    fm, qm = onnx.load(str(graph)), onnx.load(str(q))
+    f_out = {n.name: n.output[0] for n in fm.graph.node if n.name in units}
+    q_out = {n.name: n.output[0] for n in qm.graph.node if n.name in units}
+    both = [u for u in c.plan.units if u in f_out and u in q_out]
+    inputs_of = {n.name: list(n.input) for n in fm.graph.node}
+    producer = {o: n.name for n in fm.graph.node for o in n.output}
+
+    def upstream(name: str) -> set[str]:  # the unit nodes whose outputs reach ``name``'s inputs through non-units
+        seen, out, stack = set(), set(), list(inputs_of.get(name, []))
+        while stack:
+            t = stack.pop()
+            if t in seen or t not in producer:
+                continue
+            seen.add(t)
+            p = producer[t]
+            if p in units:
+                out.add(p)
+            else:
+                stack.extend(inputs_of[p])
+        return out
+
+    num = dict.fromkeys(both, 0.0)
+    den = dict.fromkeys(both, 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = []
+        for model, outs, name in ((fm, f_out, "f.onnx"), (qm, q_out, "q.onnx")):
+            have = {o.name for o in model.graph.output}
+            for u in both:
+                if outs[u] not in have:
+                    model.graph.output.append(onnx.ValueInfoProto(name=outs[u]))
+            onnx.save(model, str(Path(tmp) / name), save_as_external_data=model.ByteSize() > 1.8e9)
+            sessions.append(ort_session(Path(tmp) / name, threads, level="basic"))
+        del fm, qm
+        (fs, qs), names = sessions, {i.name for i in sessions[0].get_inputs()}
+        for _, feed in src.task.batches(sub, 1):
+            feed = {k: v for k, v in feed.items() if k in names}
+            fv = dict(zip(both, fs.run([f_out[u] for u in both], feed), strict=True))
+            qv = dict(zip(both, qs.run([q_out[u] for u in both], feed), strict=True))
+            for u in both:
+                a, b = np.asarray(fv[u], np.float64), np.asarray(qv[u], np.float64)
+                num[u] += float(((a - b) ** 2).sum())
+                den[u] += float((a**2).sum())
+    err = {u: num[u] / max(den[u], 1e-30) for u in both}
+    local = {u: max(err[u] - max((err[p] for p in upstream(u) if p in err), default=0.0), 0.0) for u in both}
+    return sorted(((u, local.get(u, 0.0)) for u in c.plan.units), key=lambda s: -s[1])
 
 
 def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path, budget: float,
@@ -549,7 +618,8 @@ def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: 
     keep = order[:hi] if hi is not None else order
     mixed = Candidate(f"{c.name}+fp32[{len(keep)}]", c.plan.keep_float(keep))
     plan = {"base": c.name, "ranking": [{"node": u, "output_error": s} for u, s in ranking],
-            "sensitivity_rows": used_rows, "sensitivity_seconds": round(sens_took, 1), "kept_fp32": list(keep),
+            "ranking_method": "one pass: error each node adds" if used_rows < 0 else "one node quantized at a time",
+            "sensitivity_rows": abs(used_rows), "sensitivity_seconds": round(sens_took, 1), "kept_fp32": list(keep),
             "metric": ref.metric,
             "metric_by_kept": {str(k): v for k, v in sorted(tried.items())}, "budget_met": hi is not None}
     return mixed, plan
