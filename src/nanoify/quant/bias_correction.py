@@ -20,7 +20,6 @@ the mean: what varies with the input stays (that is what learned rounding reduce
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,8 +30,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ..runtime.ort import ort_session
-from .rounding import Layer, _forward, grid, nearest, weight_layers
+from .rounding import Layer, _forward, grid, nearest, tensor_stream, weight_layers
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +40,13 @@ def input_means(path: Path, layers: Sequence[Layer], feeds: Iterable[dict[str, n
     """Per layer input: its mean over the feeds at every position, one (mean, rows) per frame shape (detectors
     see several sizes). Streaming: one running sum per input and shape."""
     names = list(dict.fromkeys(layer.x for layer in layers))
-    model = onnx.load(str(path))
-    graph_inputs = {i.name for i in model.graph.input}
-    have = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in have and name not in graph_inputs:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
     sums: dict[str, dict[tuple[int, ...], list[Any]]] = {n: {} for n in names}
-    with tempfile.TemporaryDirectory() as tmp:
-        aug = Path(tmp) / "means.onnx"
-        onnx.save(model, str(aug), save_as_external_data=model.ByteSize() > 1.8e9)
-        del model
-        sess = ort_session(aug, threads)
-        wanted = {i.name for i in sess.get_inputs()}
-        outs = [n for n in names if n not in graph_inputs]
-        for feed in feeds:
-            feed = {k: v for k, v in feed.items() if k in wanted}
-            values = dict(zip(outs, sess.run(outs, feed) if outs else [], strict=True)) | {n: feed[n] for n in names
-                                                                            if n in graph_inputs}
-            for n, v in values.items():
-                v = np.asarray(v)
-                slot = sums[n].setdefault(v.shape[1:], [np.zeros(v.shape[1:], np.float64), 0])
-                slot[0] += v.astype(np.float64).sum(axis=0)
-                slot[1] += v.shape[0]
+    for values in tensor_stream(path, names, feeds, threads):
+        for n, v in values.items():
+            v = np.asarray(v)
+            slot = sums[n].setdefault(v.shape[1:], [np.zeros(v.shape[1:], np.float64), 0])
+            slot[0] += v.astype(np.float64).sum(axis=0)
+            slot[1] += v.shape[0]
     return {n: [((s / max(k, 1)).astype(np.float32), k) for s, k in by_shape.values()]
             for n, by_shape in sums.items() if by_shape}
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,17 +118,31 @@ def collect_inputs(path: Path, layers: Sequence[Layer], feeds: Iterable[dict[str
     """Each layer's input over the feeds (FP32 graph), rows (leading axis) kept up to an equal share of
     ``cap_bytes`` (memory stays flat past the cap), of one shape where frames differ in size."""
     names = list(dict.fromkeys(layer.x for layer in layers))
+    share = cap_bytes // max(len(names), 1)
+    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    used = dict.fromkeys(names, 0)
+    for values in tensor_stream(path, names, feeds, threads):
+        for n, v in values.items():
+            if used[n] < share:
+                got[n].append(np.asarray(v, dtype=np.float32))
+                used[n] += got[n][-1].nbytes
+        if all(u >= share for u in used.values()):
+            break
+    return {n: _largest_group(v) for n, v in got.items() if v}
+
+
+def tensor_stream(path: Path, names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
+                  threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The values of the tensors ``names`` (graph inputs or intermediate) of the graph at ``path``, feed by feed:
+    a copy of the graph exposing them as outputs, run by ONNX Runtime."""
     model = onnx.load(str(path))
     graph_inputs = {i.name for i in model.graph.input}
     have = {o.name for o in model.graph.output}
     for name in names:
         if name not in have and name not in graph_inputs:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
-    share = cap_bytes // max(len(names), 1)
-    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    used = dict.fromkeys(names, 0)
     with tempfile.TemporaryDirectory() as tmp:
-        aug = Path(tmp) / "inputs.onnx"
+        aug = Path(tmp) / "exposed.onnx"
         onnx.save(model, str(aug), save_as_external_data=model.ByteSize() > 1.8e9)
         del model
         sess = ort_session(aug, threads)
@@ -136,15 +150,8 @@ def collect_inputs(path: Path, layers: Sequence[Layer], feeds: Iterable[dict[str
         outs = [n for n in names if n not in graph_inputs]
         for feed in feeds:
             feed = {k: v for k, v in feed.items() if k in wanted}
-            values = dict(zip(outs, sess.run(outs, feed) if outs else [], strict=True)) | {n: feed[n] for n in names
-                                                                            if n in graph_inputs}
-            for n, v in values.items():
-                if used[n] < share:
-                    got[n].append(np.asarray(v, dtype=np.float32))
-                    used[n] += got[n][-1].nbytes
-            if all(u >= share for u in used.values()):
-                break
-    return {n: _largest_group(v) for n, v in got.items() if v}
+            yield dict(zip(outs, sess.run(outs, feed) if outs else [], strict=True)) | {
+                n: feed[n] for n in names if n in graph_inputs}
 
 
 def _largest_group(arrays: list[np.ndarray]) -> np.ndarray:
