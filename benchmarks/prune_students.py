@@ -79,14 +79,11 @@ def main() -> int:
              "|---|---|---|---|---|---|",
              f"| teacher MiniLM-L6 ({teacher.relative_to(ROOT)}) | 6×384, 12 | {tman['model']['parameters'] / 1e6:.1f} "
              f"| {100 * t_acc:.2f} | 1.000 | – |"]
-    accs = {}
-    for name, out in distil_all(runs, cache).items():
-        man = read_manifest(out)
-        acc = man["metrics"]["validation"]["accuracy"]
-        accs[name] = acc
-        st = man["student"]
-        lines.append(f"| {name} | {st['layers']}×{st['hidden']}, {st['heads']} | {st['parameters'] / 1e6:.1f} | "
-                     f"{100 * acc:.2f} | {acc / t_acc:.3f} | {man['train']['seconds'] / 60:.1f} |")
+    mans = {name: read_manifest(out) for name, out in distil_all(runs, cache).items()}
+    accs = {name: m["metrics"]["validation"]["accuracy"] for name, m in mans.items()}
+    lines += [f"| {name} | {m['student']['layers']}×{m['student']['hidden']}, {m['student']['heads']} | "
+              f"{m['student']['parameters'] / 1e6:.1f} | {100 * accs[name]:.2f} | {accs[name] / t_acc:.3f} | "
+              f"{m['train']['seconds'] / 60:.1f} |" for name, m in mans.items()]
     fresh = accs[next(iter(runs))]
     best = max((k for k in accs if k.startswith("pruned")), key=accs.get)
     headline = (f"4×192 students of the demo teacher: pruned {accs[best] / t_acc:.3f} of the teacher ({best}) vs "
