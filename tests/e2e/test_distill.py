@@ -401,6 +401,7 @@ def test_a_student_carved_from_the_teacher_starts_close_and_maps_to_its_layers(t
     assert len(kept) == 2 and len(pr["importance"]["layers"]) == 4 and pr["importance"]["rows"] > 0
     hidden = {(m["student"], m["teacher"]) for m in man["layer_matches"] if m["feature"] == "hidden"}
     assert hidden == {(1, kept[0] + 1), (2, kept[1] + 1)}
+    assert man["config"]["layer_map"] == "uniform"  # what was asked: a rerun with the same config is recognised
     assert man["metrics"]["validation"]["accuracy"] > 0.75
     model, _, _ = load_classifier(str(out))  # plain transformers loading, nothing custom
     assert (model.config.num_hidden_layers, model.config.hidden_size) == (2, 16)

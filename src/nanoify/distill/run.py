@@ -291,10 +291,10 @@ def distill(config: DistillConfig, out: str | Path, resume: bool | str = False,
                           "token; use logits-only distillation (--attention-weight 0 --hidden-weight 0 "
                           "--embedding-weight 0, no intermediate stage)")
     pruning = getattr(student, "pruning_info", None)
-    if pruning and cfg.layer_map == "uniform":  # a carved layer learns from the teacher layer it was cut from
-        cfg = dataclasses.replace(cfg, layer_map=",".join(f"{j + 1}:{t + 1}"
-                                                          for j, t in enumerate(pruning["kept"]["layers"])))
-    matches = _layer_matches(cfg, student.config, teacher.config)
+    # a carved layer learns from the teacher layer it was cut from (the config keeps what was asked: reruns match)
+    layer_map = (",".join(f"{j + 1}:{t + 1}" for j, t in enumerate(pruning["kept"]["layers"]))
+                 if pruning and cfg.layer_map == "uniform" else cfg.layer_map)
+    matches = _layer_matches(cfg, student.config, teacher.config, layer_map)
     proj = _projections(matches, student.config.hidden_size, teacher.config.hidden_size, cfg.train.seed,
                         pruning["kept"]["channels"] if pruning else None)
     rel_key, rel_heads, caps = _relation_setup(cfg, student, teacher)
@@ -358,12 +358,13 @@ def _prune_batches(cfg: DistillConfig, teacher: Any, tok: Any, texts: list[str])
                      return_tensors="pt")) for i in range(0, len(texts), 32)]
 
 
-def _layer_matches(cfg: DistillConfig, sc: Any, tc: Any) -> list[LayerMatch]:
-    """The teacher → student layer matches of the intermediate losses (none when no such loss is asked)."""
+def _layer_matches(cfg: DistillConfig, sc: Any, tc: Any, layer_map: str | None = None) -> list[LayerMatch]:
+    """The teacher → student layer matches of the intermediate losses (none when no such loss is asked);
+    ``layer_map`` replaces ``cfg.layer_map`` (a pruned student's own layers)."""
     if not cfg.uses_intermediate:
         return []
-    matches = build_matches(cfg.layer_map, sc.num_hidden_layers, tc.num_hidden_layers, cfg.attention_weight,
-                            cfg.hidden_weight, cfg.embedding_weight)
+    matches = build_matches(layer_map or cfg.layer_map, sc.num_hidden_layers, tc.num_hidden_layers,
+                            cfg.attention_weight, cfg.hidden_weight, cfg.embedding_weight)
     if any(m.feature == "attention" for m in matches) and sc.num_attention_heads != tc.num_attention_heads:
         log.info("head counts differ (student %d, teacher %d): attention maps are averaged over heads before "
                  "the MSE", sc.num_attention_heads, tc.num_attention_heads)
