@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
+import nanoify  # noqa: E402
+from nanoify.artifacts import machine, read_manifest, versions  # noqa: E402
+from nanoify.config import to_dict  # noqa: E402
+from nanoify.distill.run import distill  # noqa: E402
+from nanoify.models.load import build_module, load_weights  # noqa: E402
+
 
 def machine_line() -> str:
     """``Machine: CPU, N cores, flags …. Versions: …`` — recorded beside every number."""
-    from nanoify.artifacts import machine, versions
-
     m = machine()
     return (f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m.get('cpu_flags', [])) or 'unknown'}. "
             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
@@ -34,8 +41,6 @@ def append(path: str | Path, text: str, headline: str | None = None) -> None:
 
 def update_current(path: Path, script: str, headline: str | None = None) -> None:
     """Rewrite the current-table row whose command names ``script`` (a new row when there is none)."""
-    from nanoify.artifacts import machine
-
     text = path.read_text()
     begin, end = text.find("<!-- current:begin"), text.find("<!-- current:end -->")
     if begin < 0 or end < 0:
@@ -77,9 +82,6 @@ def _backfill(stored: dict, want: dict) -> dict:
 
 def cached(out: Path, cfg: object) -> bool:
     """A finished run with exactly this config is already in ``out`` (benchmarks reuse it)."""
-    from nanoify.artifacts import read_manifest
-    from nanoify.config import to_dict
-
     man = read_manifest(out)
     if not man or "config" not in man:
         return False
@@ -90,10 +92,6 @@ def cached(out: Path, cfg: object) -> bool:
 def distil_all(runs: dict, cache: Path) -> dict[str, Path]:
     """Distil every named config into ``cache/student{i}`` (resuming a killed run) unless a finished run with the
     same config is there; the folders by name."""
-    import logging
-
-    from nanoify.distill.run import distill
-
     folders = {}
     for i, (name, cfg) in enumerate(runs.items()):
         out = cache / f"student{i}"
@@ -114,11 +112,6 @@ CIFAR_PRE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 def export_resnet20(dst: Path) -> Path:
     """The pretrained ResNet-20 exported by ``nanoify export`` to ``dst`` (preprocessing and CIFAR-10 labels
     beside it)."""
-    import numpy as np
-
-    import nanoify
-    from nanoify.models.load import build_module, load_weights
-
     classes = [str(c) for c in np.load(CIFAR / "test.npz")["classes"]]
     module = load_weights(build_module("nanoify.models.vision:resnet20"), RESNET20_WEIGHTS)
     nanoify.export(module, dst, example_input=np.zeros((1, 3, 32, 32), np.float32), preprocess=CIFAR_PRE,

@@ -46,9 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from _results import CIFAR, RESNET20_WEIGHTS, SHARED, append, export_resnet20, machine_line  # noqa: E402
+from yolo_layout_speed import export_model as export_yolo  # noqa: E402
 
+import nanoify  # noqa: E402
 from nanoify.bench.run import benchmark, format_table  # noqa: E402
 from nanoify.config import BenchConfig, QuantizeConfig  # noqa: E402
+from nanoify.tasks import make_task  # noqa: E402
+from nanoify.tasks.resolve import resolve  # noqa: E402
 
 COCO = SHARED / "data" / "vision" / "coco128"
 FASTESTDET = SHARED / "models" / "fastestdet" / "FastestDet.onnx"
@@ -66,9 +70,6 @@ def _ok(cond: bool) -> str:
 
 def _calib_feeds(model_dir: Path, data: Path, n: int) -> list[dict[str, np.ndarray]]:
     """The calibration rows nanoify's task samples for ``model_dir`` (same seed, same rows), one per feed."""
-    from nanoify.tasks import make_task
-    from nanoify.tasks.resolve import resolve
-
     task = make_task(resolve(model_dir))
     return [f for _, f in task.batches(task.calib_set(str(data), n), 1)]
 
@@ -77,7 +78,7 @@ def _nncf(model_dir: Path, data: Path, preset: str, dst: Path, text: bool) -> Pa
     """NNCF post-training INT8 of the OpenVINO model on the same calibration rows (the call nanoify's openvino
     target makes for its NNCF rows; encoders with NNCF's transformer recipe), IR with nanoify's side files beside
     it (so bench reads it like any model)."""
-    from nanoify.quant.nncf_int8 import quantize_ir
+    from nanoify.quant.nncf_int8 import quantize_ir  # optional backend: NNCF (main checks it is installed)
 
     quantize_ir(model_dir / "model.onnx", _calib_feeds(model_dir, data, 256 if text else 100), dst / "model.xml",
                 preset, transformer=text)
@@ -93,8 +94,6 @@ def _peers(name: str, model_dir: Path, data: Path, repeats: int, budget: float,
            text: bool = False) -> tuple[dict, dict]:
     """nanoify's cpu (engine chosen by measurement) and openvino targets, OpenVINO FP32 and NNCF (default and
     MIXED presets) beside ORT FP32, in one bench run; returns the report and the quantize runs."""
-    import nanoify
-
     runs = {}
     for target in ("cpu", "openvino"):
         t0 = time.time()
@@ -165,8 +164,6 @@ def fastestdet(repeats: int) -> tuple[list[str], str]:
 
 
 def minilm(repeats: int) -> tuple[list[str], str]:
-    import nanoify
-
     teacher = next(p for p in TEACHERS if (p / "config.json").is_file())
     export = WORK / "minilm-export"
     nanoify.export(teacher, export)
@@ -179,9 +176,7 @@ def minilm(repeats: int) -> tuple[list[str], str]:
 
 
 def yolo(repeats: int) -> tuple[list[str], str]:
-    from yolo_layout_speed import export_model
-
-    model_dir = export_model()
+    model_dir = export_yolo()
     rep, runs = _peers("yolo", model_dir, COCO, repeats, 100.0)
     lines, got = _verdicts(rep, runs, "map50_95", "box_agreement", {"b1": 3.5})
     headline = f"YOLOv8n-shaped 640² on OpenVINO: b1 {got['b1']:.2f}× ORT FP32 ({runs['openvino'][0]['chosen']})"

@@ -12,11 +12,16 @@ import torch
 from safetensors.torch import load_file
 
 from nanoify.cli import main
-from nanoify.config import DataConfig, DistillConfig, TrainConfig
+from nanoify.config import DataConfig, DistillConfig, FinetuneConfig, TrainConfig
+from nanoify.data.text import collate, encode_texts
+from nanoify.distill import run as run_mod
 from nanoify.distill.mapping import LayerMatch
-from nanoify.distill.run import _projections, distill, evaluate
+from nanoify.distill.run import _projections, distill, evaluate, finetune
+from nanoify.distill.shape import fit_latency
+from nanoify.distill.trainer import holdout_split
 from nanoify.errors import ConfigError
 from nanoify.models.load import load_classifier
+from nanoify.tasks.text import predict_logits
 from tests.conftest import make_encoder, write_tsv
 
 
@@ -41,7 +46,6 @@ def _kill_at(cfg, out: Path, step: int, exc: type[BaseException] = Killed) -> No
         if s == step:
             raise exc
 
-    from nanoify.distill import run as run_mod
 
     orig = run_mod.train
     run_mod.train = lambda *a, **k: orig(*a, **{**k, "on_step": kill})
@@ -202,9 +206,6 @@ def test_bad_inputs_are_one_line_and_keep_previous_output(tmp_path, tiny_teacher
 
 
 def test_teacher_logits_agree_with_a_direct_forward(tiny_teacher, tiny_data):
-    from nanoify.data.text import collate, encode_texts
-    from nanoify.tasks.text import predict_logits
-
     model, tok, _ = load_classifier(str(tiny_teacher))
     texts = ["good w1 w2", "bad", "w3 w4 w5 w6 nice"]
     ids = encode_texts(tok, texts, 32)
@@ -218,7 +219,6 @@ def test_teacher_logits_agree_with_a_direct_forward(tiny_teacher, tiny_data):
 def test_stale_checkpoint_is_an_error_for_resume_and_ignored_for_auto(tmp_path, tiny_teacher, tiny_data):
     import dataclasses
 
-    from nanoify.errors import ConfigError
 
     train = TrainConfig(max_steps=6, batch_size=32, lr=2e-3, checkpoint_every=2)
     cfg = _cfg(tiny_teacher, tiny_data, student="layers=2,hidden=16,heads=2,intermediate=32", init="random",
@@ -239,8 +239,6 @@ def test_stale_checkpoint_is_an_error_for_resume_and_ignored_for_auto(tmp_path, 
 
 def test_finetune_twice_with_one_seed_gives_identical_weights(tmp_path, tiny_encoder, tiny_data):
     """The classifier head is initialised from the run's seed, not from whatever the global RNG holds."""
-    from nanoify.config import FinetuneConfig
-    from nanoify.distill.run import finetune
 
     cfg = FinetuneConfig(model=str(tiny_encoder), data=DataConfig(data=str(tiny_data), max_length=32),
                          train=TrainConfig(max_steps=6, batch_size=32, lr=3e-3, seed=7))
@@ -273,10 +271,6 @@ def test_small_data_holds_out_a_slice_and_stops_early_resumably(tmp_path, tiny_e
 
     The held-out loss is planted (lowest at step 40, rising after it), so the stop does not hang on one machine's
     floating-point path: the judge still runs on the held-out rows, but the curve it reports is the test's."""
-    from nanoify.config import FinetuneConfig
-    from nanoify.distill import run as run_mod
-    from nanoify.distill.run import finetune
-    from nanoify.distill.trainer import holdout_split
 
     cfg = FinetuneConfig(model=str(tiny_encoder), data=DataConfig(data=str(tiny_data), max_length=32),
                          train=TrainConfig(epochs=1, batch_size=32, lr=3e-3, patience=2, checkpoint_every=7))
@@ -430,7 +424,6 @@ def test_student_latency_picks_the_shape_with_most_compute_that_fits():
     keeps the shape with the most FLOPs; measured shapes are reported; nothing fitting is one line."""
     from transformers import BertConfig
 
-    from nanoify.distill.shape import fit_latency
 
     teacher = type("T", (), {"config": BertConfig(hidden_size=64, num_hidden_layers=6, num_attention_heads=8,
                                                   intermediate_size=256)})()

@@ -9,8 +9,12 @@ import onnx
 import pytest
 import torch
 
+from nanoify.bench.run import benchmark, format_table
 from nanoify.cli import main
 from nanoify.config import BenchConfig, DataConfig, QuantizeConfig, TimingConfig
+from nanoify.quant.calibrate import Range, calibrate_onnx, choose_ranges
+from nanoify.quant.choose import choose
+from nanoify.quant.qdq import weight_node_inputs
 from nanoify.quant.run import quantize
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
 from nanoify.quant.steps import (
@@ -18,6 +22,7 @@ from nanoify.quant.steps import (
     Candidate,
     calibrate,
     evaluate_candidate,
+    local_errors,
     measure_reference,
     mixed_precision,
     prepare,
@@ -72,7 +77,6 @@ def test_quantize_tries_every_candidate_and_writes_a_runnable_folder(quantized):
 
 
 def test_choice_follows_the_optimize_goal():
-    from nanoify.quant.choose import choose
 
     ref = {"accuracy": 0.90, "latency_ms_p50": 10.0, "throughput_b32": 100.0, "file_mb": 100.0}
     recs = [  # a: small and quick at batch 1; b: fastest at batch 32 but big; c: out of budget
@@ -110,8 +114,6 @@ def test_choice_follows_the_optimize_goal():
 
 
 def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tmp_path):
-    from nanoify.quant.calibrate import Range, calibrate_onnx, choose_ranges
-    from nanoify.quant.qdq import weight_node_inputs
 
     src = prepare(tiny_export, tmp_path, get_target("cpu"))
     calib = src.task.calib_set(_data(tiny_data), 64)
@@ -122,7 +124,6 @@ def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tm
     bad = {"minmax": {k: Range(r.amax / 30) for k, r in choose_ranges(hists, "minmax").items()}}
     ref = measure_reference(src, ev, None)
     scheme = StaticQDQ("minmax", "cpu", "weights", 8)
-    from nanoify.quant.steps import units_of
 
     cand = Candidate("static-bad", QuantPlan.uniform(scheme, units_of(src, scheme)))
     evaluate_candidate(cand, src, ev, ref, bad, tmp_path, 0.0, None)
@@ -225,8 +226,6 @@ def test_bench_torch_against_quantized(tmp_path, tiny_teacher, tiny_data, quanti
 
 
 def test_bench_restores_torch_threads_and_reports_noise(tiny_teacher, tiny_data):
-    from nanoify.bench.run import benchmark, format_table
-
     torch.set_num_threads(1)
     rep = benchmark([str(tiny_teacher)], _data(tiny_data), progress=False,
                     config=BenchConfig(isolate=False, repeats=3, timing=TimingConfig(8, 32, rounds=2)))
@@ -269,9 +268,6 @@ def test_one_pass_ranking_puts_the_node_that_adds_the_error_first(tiny_export, t
     """When per-node trials cannot fit their time (forced: a share no trial fits), every node is ranked from one
     pass of the fully quantized graph by the error it adds; a node whose input range is planted 50× too narrow
     must come first."""
-    from nanoify.quant.calibrate import Range, calibrate_onnx, choose_ranges
-    from nanoify.quant.qdq import weight_node_inputs
-    from nanoify.quant.steps import local_errors
 
     src = prepare(tiny_export, tmp_path, get_target("cpu"))
     calib = src.task.calib_set(_data(tiny_data), 64)

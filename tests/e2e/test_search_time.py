@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from nanoify.config import QuantizeConfig, TimingConfig
+from nanoify.errors import ConfigError
 from nanoify.quant.run import quantize
 from nanoify.quant.steps import MIN_SCREEN_ROWS, SCREEN_KEEP, fit_timing, screen_rows
 
@@ -55,7 +56,5 @@ def test_a_short_search_looks_at_all_candidates_first_and_goes_on_with_the_best(
 
 
 def test_a_bad_search_time_is_refused():
-    from nanoify.errors import ConfigError
-
     with pytest.raises(ConfigError, match="--search-seconds must be positive"):
         QuantizeConfig(search_seconds=0)

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, MPNetCo
 
 from nanoify.errors import ConfigError
 from nanoify.models.load import encoder_layers
-from nanoify.models.prune import _environment_kept, carve, check_shape, importance, layer_parts
+from nanoify.models.prune import carve, check_shape, environment_kept, importance, layer_parts
 
 H, L, A, F = 32, 4, 4, 64  # hidden, layers, heads (of 8 dimensions), FFN
 
@@ -21,7 +21,7 @@ def _teacher(kind: str, seed: int = 0):
                   num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cfg = (BertConfig(max_position_embeddings=40, **common) if kind == "bert" else
            MPNetConfig(max_position_embeddings=42, pad_token_id=1, **common))
-    with _environment_kept():
+    with environment_kept():
         return AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").eval()
 
 
@@ -104,7 +104,7 @@ def test_a_pruned_model_saves_and_loads_with_plain_transformers(kind, tmp_path):
     student, kept, _ = carve(teacher, _batches(), 2, 16, 4, 24)  # heads of 4 dimensions: narrowed from 8
     assert kept.head_size == 4 and len(kept.qk_dims[0][0]) == 4
     student.save_pretrained(tmp_path / "s")
-    with _environment_kept():
+    with environment_kept():
         loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s").eval()
     c = loaded.config
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (2, 16, 4, 24)

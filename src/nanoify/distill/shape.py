@@ -25,7 +25,7 @@ from ..bench.latency import time_batches
 from ..errors import ConfigError
 from ..export.onnx import FUSED_FILE, export_text
 from ..models.load import encoder_flops_per_token, save_classifier
-from ..models.prune import _environment_kept
+from ..models.prune import environment_kept
 from ..models.student import StudentSpec
 from ..runtime.ort import ort_session
 
@@ -43,7 +43,7 @@ def shape_latency(teacher: Any, tok: Any, label_map: Any, layers: int, heads: in
     cfg = copy.deepcopy(tc)
     cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size = layers, heads, heads * d
     cfg.intermediate_size = max(1, round(heads * d * tc.intermediate_size / tc.hidden_size))
-    with _environment_kept():
+    with environment_kept():
         model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager")
     with tempfile.TemporaryDirectory() as tmp:
         save_classifier(model, tok, label_map, Path(tmp) / "hf")

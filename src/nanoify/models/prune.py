@@ -234,7 +234,7 @@ def prune_model(teacher: Any, kept: Kept) -> Any:
     cfg.num_attention_heads, cfg.intermediate_size = len(kept.heads[0]), len(kept.neurons[0])
     cfg._name_or_path = ""
     cfg.pruned_heads = {}
-    with _environment_kept():
+    with environment_kept():
         student = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager")
     ch = kept.channels
     t_base, s_base = teacher.base_model, student.base_model
@@ -268,7 +268,7 @@ def prune_model(teacher: Any, kept: Kept) -> Any:
 
 
 @contextlib.contextmanager
-def _environment_kept() -> Iterator[None]:
+def environment_kept() -> Iterator[None]:
     """Building a model makes transformers import dynamo, which sets TORCHINDUCTOR_CACHE_DIR in the caller's
     environment; a library call must not change the process it runs in."""
     before = set(os.environ)

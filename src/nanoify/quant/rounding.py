@@ -132,9 +132,9 @@ def collect_inputs(path: Path, layers: Sequence[Layer], feeds: Iterable[dict[str
 
 
 def tensor_stream(path: Path, names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
-                  threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  threads: int | None = None, level: str = "all") -> Iterator[dict[str, np.ndarray]]:
     """The values of the tensors ``names`` (graph inputs or intermediate) of the graph at ``path``, feed by feed:
-    a copy of the graph exposing them as outputs, run by ONNX Runtime."""
+    a copy of the graph exposing them as outputs, run by ONNX Runtime at optimisation ``level``."""
     model = onnx.load(str(path))
     graph_inputs = {i.name for i in model.graph.input}
     have = {o.name for o in model.graph.output}
@@ -145,7 +145,7 @@ def tensor_stream(path: Path, names: Sequence[str], feeds: Iterable[dict[str, np
         aug = Path(tmp) / "exposed.onnx"
         onnx.save(model, str(aug), save_as_external_data=model.ByteSize() > 1.8e9)
         del model
-        sess = ort_session(aug, threads)
+        sess = ort_session(aug, threads, level=level)
         wanted = {i.name for i in sess.get_inputs()}
         outs = [n for n in names if n not in graph_inputs]
         for feed in feeds:

@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from .ops import DYNAMIC_OPS, scope_nodes, weight_nodes
 from .profile import slow_int8_nodes
 from .qdq import calibration_tensors
 from .rounding import SECONDS as ROUNDING_SECONDS
-from .rounding import round_graph
+from .rounding import round_graph, tensor_stream
 from .schemes import (
     DynamicInt8,
     Float,
@@ -324,12 +323,12 @@ def corrected_twins(cands: Sequence[Candidate], agreement_key: str) -> list[Stat
     """Bias correction's candidates: for each scope and rounding, the twin of the static candidate that kept the
     most predictions (a twin of every candidate would double the search for the same information: the report
     shows the step's effect on the best one of each kind)."""
-    best: dict[tuple[str, str, int], Candidate] = {}
+    best: dict[tuple[Any, ...], Candidate] = {}
     for c in cands:
         s = c.plan.scheme if c.plan is not None else None
         if not isinstance(s, StaticQDQ) or s.bias_correct:
             continue
-        k = (s.scope, s.rounding, s.weight_bits)
+        k = _kind(c)
         if k not in best or _fidelity(c, agreement_key) > _fidelity(best[k], agreement_key):
             best[k] = c
     return [dataclasses.replace(c.plan.scheme, bias_correct=True) for c in best.values()]
@@ -483,12 +482,13 @@ def sensitivity_rows(units: int, row_seconds: float, rows: int, seconds: float =
 
 def sensitivity(c: Candidate, src: Source, ev: Any, ranges: Any, work: Path, threads: int | None,
                 rows: int = SENSITIVITY_ROWS, progress: bool = False,
-                seconds: float = SENSITIVITY_SECONDS) -> tuple[list[tuple[str, float]], int]:
-    """Per node: relative output error against FP32 when *only that node* is quantized, most sensitive first, and
-    the rows it was measured on (``rows``, fewer when the trials would not fit ``seconds``: the FP32 pass over the
-    rows is timed first, :func:`sensitivity_rows`). (Ranking by the error saved when one node alone is kept
-    float, on the fully quantized graph, was tried on ResNet-20: on 256 rows that signal is noise-level for most
-    nodes and the search kept 26 nodes float where this ranking needs 11.)"""
+                seconds: float = SENSITIVITY_SECONDS) -> tuple[list[tuple[str, float]], int, str]:
+    """Per node: relative output error against FP32 when *only that node* is quantized, most sensitive first; the
+    rows it was measured on (``rows``, fewer when the trials would not fit ``seconds``: the FP32 pass over the rows
+    is timed first, :func:`sensitivity_rows`); and how it was ranked (:data:`PER_NODE`, or :data:`ONE_PASS` by
+    :func:`local_errors` when the trials would overrun ``seconds`` even on the fewest rows). (Ranking by the error
+    saved when one node alone is kept float, on the fully quantized graph, was tried on ResNet-20: on 256 rows that
+    signal is noise-level for most nodes and the search kept 26 nodes float where this ranking needs 11.)"""
 
     units = c.plan.units
     graph = src.float_graph(c.plan.scheme)
@@ -512,11 +512,12 @@ def sensitivity(c: Candidate, src: Source, ev: Any, ranges: Any, work: Path, thr
             # rank every node from one pass of the fully quantized graph instead
             log.info("sensitivity: %d trials would take %.0f s (> %.0f s): one-pass ranking", len(units),
                      len(units) * (time.perf_counter() - t_trials), seconds)
-            return local_errors(c, src, sub, ranges, work, threads), -len(sub)
-    return sorted(scores, key=lambda s: -s[1]), len(sub)
+            return local_errors(c, src, sub, ranges, work, threads), len(sub), ONE_PASS
+    return sorted(scores, key=lambda s: -s[1]), len(sub), PER_NODE
 
 
 ONE_PASS_SLACK = 1.5  # per-node trials may overrun their share by this much before the one-pass ranking takes over
+PER_NODE, ONE_PASS = "one node quantized at a time", "one pass: error each node adds"
 
 
 def local_errors(c: Candidate, src: Source, sub: Any, ranges: Any, work: Path,
@@ -551,27 +552,19 @@ def local_errors(c: Candidate, src: Source, sub: Any, ranges: Any, work: Path,
                 stack.extend(inputs_of[p])
         return out
 
+    del fm, qm
     num = dict.fromkeys(both, 0.0)
     den = dict.fromkeys(both, 0.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        sessions = []
-        for model, outs, name in ((fm, f_out, "f.onnx"), (qm, q_out, "q.onnx")):
-            have = {o.name for o in model.graph.output}
-            for u in both:
-                if outs[u] not in have:
-                    model.graph.output.append(onnx.ValueInfoProto(name=outs[u]))
-            onnx.save(model, str(Path(tmp) / name), save_as_external_data=model.ByteSize() > 1.8e9)
-            sessions.append(ort_session(Path(tmp) / name, threads, level="basic"))
-        del fm, qm
-        (fs, qs), names = sessions, {i.name for i in sessions[0].get_inputs()}
-        for _, feed in src.task.batches(sub, 1):
-            feed = {k: v for k, v in feed.items() if k in names}
-            fv = dict(zip(both, fs.run([f_out[u] for u in both], feed), strict=True))
-            qv = dict(zip(both, qs.run([q_out[u] for u in both], feed), strict=True))
-            for u in both:
-                a, b = np.asarray(fv[u], np.float64), np.asarray(qv[u], np.float64)
-                num[u] += float(((a - b) ** 2).sum())
-                den[u] += float((a**2).sum())
+
+    def exposed(path: Path, outs: dict[str, str]) -> Any:
+        return tensor_stream(path, [outs[u] for u in both], (f for _, f in src.task.batches(sub, 1)), threads,
+                             level="basic")
+
+    for fv, qv in zip(exposed(graph, f_out), exposed(q, q_out), strict=True):
+        for u in both:
+            a, b = np.asarray(fv[f_out[u]], np.float64), np.asarray(qv[q_out[u]], np.float64)
+            num[u] += float(((a - b) ** 2).sum())
+            den[u] += float((a**2).sum())
     err = {u: num[u] / max(den[u], 1e-30) for u in both}
     local = {u: max(err[u] - max((err[p] for p in upstream(u) if p in err), default=0.0), 0.0) for u in both}
     return sorted(((u, local.get(u, 0.0)) for u in c.plan.units), key=lambda s: -s[1])
@@ -587,7 +580,7 @@ def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: 
     evaluations is logarithmic in the number of nodes.
     """
     t0 = time.time()
-    ranking, used_rows = sensitivity(c, src, ev, ranges, work, threads, sens_rows, progress, sens_seconds)
+    ranking, used_rows, method = sensitivity(c, src, ev, ranges, work, threads, sens_rows, progress, sens_seconds)
     sens_took = time.time() - t0
     order = [u for u, _ in ranking]
     tried: dict[int, float] = {}
@@ -618,8 +611,8 @@ def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: 
     keep = order[:hi] if hi is not None else order
     mixed = Candidate(f"{c.name}+fp32[{len(keep)}]", c.plan.keep_float(keep))
     plan = {"base": c.name, "ranking": [{"node": u, "output_error": s} for u, s in ranking],
-            "ranking_method": "one pass: error each node adds" if used_rows < 0 else "one node quantized at a time",
-            "sensitivity_rows": abs(used_rows), "sensitivity_seconds": round(sens_took, 1), "kept_fp32": list(keep),
+            "ranking_method": method, "sensitivity_rows": used_rows, "sensitivity_seconds": round(sens_took, 1),
+            "kept_fp32": list(keep),
             "metric": ref.metric,
             "metric_by_kept": {str(k): v for k, v in sorted(tried.items())}, "budget_met": hi is not None}
     return mixed, plan
