@@ -414,12 +414,13 @@ def _quantize_parser(sub: Any) -> None:
                    help="fail (one line, nothing written) when no INT8 candidate within the budget is at least as "
                         "fast as FP32, instead of writing the float model")
     q.add_argument("--search-seconds", type=float, default=600.0,
-                   help="what the candidate search aims to take besides mixed precision (default 600): when every "
-                        "candidate on every evaluation row would take more than a quarter of it, all are first "
-                        "judged on fewer rows and the 4 best INT8 ones go on; learned rounding gets a quarter")
+                   help="what the whole search aims to take (default 600): a quarter is set aside for the final "
+                        "timing; learned rounding, the candidates (all first judged on fewer rows when every one on "
+                        "every row does not fit; the 4 best INT8 ones go on), bias-corrected twins, mixed precision "
+                        "(searched on fewer rows first) and the peer rows each take a share of what is left")
     q.add_argument("--sensitivity-seconds", type=float, default=None,
                    help="mixed precision's per-node sensitivity search: rows per node shrink so that it fits this "
-                        "(default: a quarter of --search-seconds; at least 8 rows)")
+                        "(default: half of what --search-seconds has left then; at least 8 rows)")
     q.add_argument("--cpu-engine", choices=CPU_ENGINES, default="auto",
                    help="--target cpu: auto (default) also runs the chosen graph in OpenVINO when installed and "
                         "deploys on the faster engine within the budget; onnxruntime or openvino to fix it")

@@ -220,8 +220,8 @@ class QuantizeConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     device: str = "cuda"  # --target cuda only: the GPU ("cuda:N"); "cpu" scores the formats on CPU kernels
     cpu_engine: str = "auto"
-    sensitivity_seconds: float | None = None  # mixed precision's per-node search fits this; None: ¼ of the next
-    search_seconds: float = 600.0  # the candidates' first look and learned rounding take shares of this
+    sensitivity_seconds: float | None = None  # mixed precision's per-node search fits this; None: a share of the next
+    search_seconds: float = 600.0  # the whole search's deadline: its steps take shares of it (quant/steps.py Clock)
     rounding: tuple[str, ...] | None = None  # static weights: nearest, learned; None: learned too for CNNs
     bias_correction: bool | None = None  # twins of the best static candidates with corrected biases; None: CNNs
     require_int8: bool = False  # fail (nothing written) instead of writing the float model when no INT8 one wins

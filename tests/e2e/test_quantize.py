@@ -4,6 +4,7 @@ TensorRT files, bad inputs; and nanoify bench over torch and the quantized model
 from __future__ import annotations
 
 import json
+import time
 
 import onnx
 import pytest
@@ -18,14 +19,18 @@ from nanoify.quant.qdq import weight_node_inputs
 from nanoify.quant.run import quantize
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
 from nanoify.quant.steps import (
+    MIN_SCREEN_ROWS,
     MIN_SENSITIVITY_ROWS,
     Candidate,
+    Clock,
+    _smallest_k,
     calibrate,
     evaluate_candidate,
     local_errors,
     measure_reference,
     mixed_precision,
     prepare,
+    quick_rows,
     sensitivity_rows,
     units_of,
 )
@@ -141,6 +146,55 @@ def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tm
     # every node kept float is the FP32 model, not "quantize everything" (ONNX Runtime's empty-list meaning)
     apply_plan(cand.plan.keep_float(cand.plan.units), src.sources, tmp_path / "none.onnx", bad)
     assert "QuantizeLinear" not in {n.op_type for n in onnx.load(tmp_path / "none.onnx").graph.node}
+
+
+def test_mixed_precision_searches_on_fewer_rows_when_the_clock_is_short_and_checks_on_every_row(
+        tiny_export, tiny_data, tmp_path):
+    """Forced: a clock with nothing left, so the doubling and bisection run on the floor of quick rows; the answer
+    is then evaluated on every row (and searched further there if it missed), and is minimal on the quick rows."""
+    src = prepare(tiny_export, tmp_path, get_target("cpu"))
+    calib = src.task.calib_set(_data(tiny_data), 64)
+    ev = src.task.eval_set(_data(tiny_data))
+    hists = calibrate_onnx(src.plain, (f for _, f in src.task.batches(calib, 16)),
+                           tensors=weight_node_inputs(src.graphs["plain"]))
+    bad = {"minmax": {k: Range(r.amax / 30) for k, r in choose_ranges(hists, "minmax").items()}}
+    ref = measure_reference(src, ev, None)
+    scheme = StaticQDQ("minmax", "cpu", "weights", 8)
+    cand = Candidate("static-bad", QuantPlan.uniform(scheme, units_of(src, scheme)))
+    evaluate_candidate(cand, src, ev, ref, bad, tmp_path, 0.0, None)
+    assert len(ev) > MIN_SCREEN_ROWS and not cand.metrics["meets_budget"]
+    spent = Clock(1.0, start=time.time() - 10)
+    assert spent.left() == 0 == spent.avail()
+    mixed, plan = mixed_precision(cand, src, ev, ref, bad, tmp_path, 0.0, None, sens_rows=64, clock=spent)
+    assert plan["quick_rows"] == MIN_SCREEN_ROWS and plan["quick_answer"] is not None
+    k = len(mixed.plan.float_nodes)
+    assert plan["budget_met"] and k >= plan["quick_answer"]
+    assert str(k) in plan["metric_by_kept"]  # the answer was measured on every row
+    evaluate_candidate(mixed, src, ev, ref, bad, tmp_path, 0.0, None)
+    assert mixed.metrics["meets_budget"] and mixed.metrics["n"] == len(ev)
+    sub = src.task.subset(ev, range(MIN_SCREEN_ROWS))  # one fewer node misses on the quick rows
+    fewer = Candidate("fewer", cand.plan.keep_float([r["node"] for r in plan["ranking"]][:plan["quick_answer"] - 1]))
+    evaluate_candidate(fewer, src, sub, measure_reference(src, sub, None), bad, tmp_path, 0.0, None)
+    assert plan["quick_answer"] == 1 or not fewer.metrics["meets_budget"]
+    # with time to spare the search runs on every row, as before
+    _, full = mixed_precision(cand, src, ev, ref, bad, tmp_path, 0.0, None, sens_rows=64, clock=Clock(1e6))
+    assert "quick_rows" not in full
+
+
+def test_the_smallest_k_search_doubles_then_bisects_and_stops_early_with_a_k_that_holds():
+    for need in (1, 2, 3, 5, 8, 13, 40, 41):
+        calls: list[int] = []
+
+        def ok(k: int, need: int = need, calls: list[int] = calls) -> bool:
+            calls.append(k)
+            return k >= need
+        assert _smallest_k(ok, 41, 0, 1, None) == need
+        assert len(calls) <= 2 * 6 + 2  # logarithmic in 41
+    assert _smallest_k(lambda k: False, 41, 0, 1, None) is None
+    assert _smallest_k(lambda k: k >= 7, 41, 5, 6, None) == 7  # a start from a hint
+    assert _smallest_k(lambda k: k >= 3, 41, 0, 1, lambda: True) == 4  # stopped: the first k that held
+    assert quick_rows(225, 0.15, 128, 1e9) == 128 and quick_rows(225, 0.15, 128, 0.0) == MIN_SCREEN_ROWS
+    assert quick_rows(225, 0.15, 128, 60.0) == 22  # 18 evaluations × 0.15 s × 22 rows = 59.4 s
 
 
 def test_the_sensitivity_search_shrinks_its_rows_to_fit_its_time(tiny_export, tiny_data, tmp_path):

@@ -58,3 +58,47 @@ def test_a_short_search_looks_at_all_candidates_first_and_goes_on_with_the_best(
 def test_a_bad_search_time_is_refused():
     with pytest.raises(ConfigError, match="--search-seconds must be positive"):
         QuantizeConfig(search_seconds=0)
+
+
+def test_a_short_search_makes_no_bias_corrected_twin_and_says_so(tmp_path, tiny_cnn_export, tiny_images):
+    """Forced: a search time nothing fits; the twins are optional, so none is made (the report says which)."""
+    man = quantize(tiny_cnn_export, tmp_path / "q", calib=str(tiny_images), progress=False,
+                   config=QuantizeConfig(budget=5.0, methods=("minmax",), timing=FAST, cpu_engine="onnxruntime",
+                                         rounding=("nearest",), bias_correction=True, search_seconds=1e-3))
+    skipped = man["bias_correction"]["skipped_for_time"]
+    assert skipped and all(n.endswith("-bc") for n in skipped)
+    assert not [c for c in man["candidates"] if c["name"].endswith("-bc")]
+    assert "not made, for --search-seconds: " + skipped[0] in (tmp_path / "q" / "report.md").read_text()
+
+
+def test_large_inputs_are_timed_with_one_engine_open_at_a_time(tmp_path, tiny_cnn_export, tiny_images, monkeypatch):
+    """Forced: a hold limit every batch passes. The final timing then opens each model alone in each round
+    (a 640² detector's engines held together at batch 32 took 18 GB); without it they are held side by side."""
+    from contextlib import contextmanager
+
+    from nanoify.quant import steps
+
+    def most_open(hold: int, out: str) -> int:
+        state = {"open": 0, "most": 0}
+        real = steps._engine
+
+        @contextmanager
+        def counting(*a, **k):
+            with real(*a, **k) as eng:
+                state["open"] += 1
+                state["most"] = max(state["most"], state["open"])
+                try:
+                    yield eng
+                finally:
+                    state["open"] -= 1
+
+        monkeypatch.setattr(steps, "_engine", counting)
+        monkeypatch.setattr(steps, "HOLD_BYTES", hold)
+        man = quantize(tiny_cnn_export, tmp_path / out, calib=str(tiny_images), progress=False,
+                       config=QuantizeConfig(budget=5.0, methods=("minmax",), timing=FAST, cpu_engine="onnxruntime",
+                                             rounding=("nearest",), bias_correction=False))
+        assert all(c.get("throughput", 0) > 0 for c in man["candidates"])
+        return state["most"]
+
+    assert most_open(0, "one") == 1
+    assert most_open(2**40, "all") > 1

@@ -157,6 +157,10 @@ def format_report(man: dict[str, Any]) -> str:
     if mp:
         lines += ["", f"Mixed precision from {mp['base']}: {len(mp['kept_fp32'])} node(s) kept FP32 "
                       f"(sensitivity on {mp['sensitivity_rows']} rows): {', '.join(mp['kept_fp32']) or 'none'}."]
+        if mp.get("quick_rows"):
+            lines += ["", f"Mixed precision searched on {mp['quick_rows']} rows first (to fit --search-seconds; "
+                          f"answer there: {mp['quick_answer'] if mp['quick_answer'] is not None else 'none'} "
+                          "node(s)), then checked its answer on every row."]
     sp = man.get("speed_fallback")
     if sp and sp.get("nodes"):
         slow = ", ".join(f"{r['node']} ({r['int8_ms']:.3f} ms INT8 vs {r['float_ms']:.3f} float)" for r in sp["nodes"])
@@ -198,10 +202,13 @@ def format_report(man: dict[str, Any]) -> str:
         by_name = {c["name"]: c for c in man["candidates"]}
         pairs = [(by_name[n[:-3]], c) for n, c in by_name.items() if n.endswith("-bc") and n[:-3] in by_name]
         made = "; ".join(f"{k}: {len(r['layers'])} layers in {r['seconds']} s" + (
-            f", {len(r['skipped'])} not corrected" if r["skipped"] else "") for k, r in bc.items())
+            f", {len(r['skipped'])} not corrected" if r["skipped"] else "") for k, r in bc.items()
+            if isinstance(r, dict)) or "none made"
         lines += ["", f"Bias correction ({made}) — what it bought, on the best static candidate of each kind:"]
         lines += [f"- {a['name']} → {b['name']}: {metric} {_fmt(a.get(metric))} → {_fmt(b.get(metric))}, "
                   f"{agree.replace('_', ' ')} {_fmt(a.get(agree))} → {_fmt(b.get(agree))}" for a, b in pairs]
+        if bc.get("skipped_for_time"):
+            lines += [f"- not made, for --search-seconds: {', '.join(bc['skipped_for_time'])}"]
     ec = man.get("engine_choice")
     if ec:
         lines += ["", f"Engine: **{'OpenVINO' if ec['chosen'] == 'openvino' else 'ONNX Runtime'}** deploys the "
@@ -215,6 +222,8 @@ def format_report(man: dict[str, Any]) -> str:
     own = man.get("own_formats") or {}
     if own.get("skipped") or own.get("nncf_failed"):
         lines += ["", f"Peer rows: {own.get('skipped') or '; '.join(own['nncf_failed'])}."]
+    if own.get("skipped_for_time"):
+        lines += ["", f"Peer rows not made, for --search-seconds: {', '.join(own['skipped_for_time'])}."]
     ov_info = man.get("openvino")
     if ov_info:
         lines += ["", f"OpenVINO {ov_info['version'].split('-')[0]} compiled the chosen model with "

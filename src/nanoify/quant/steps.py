@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from onnx import version_converter
 from tqdm.auto import tqdm
 
 from ..artifacts import write_json
-from ..bench.latency import measure_speed
+from ..bench.latency import feed_bytes, measure_speed, measure_speed_opening
 from ..config import QuantizeConfig
 from ..errors import ModelError
 from ..export.onnx import export
@@ -65,17 +66,39 @@ SENSITIVITY_ROWS = 256
 # the per-node search's share of a quantize run: its rows shrink so that every node's trial fits (a 640² YOLO has
 # about 225 nodes; at 256 rows each its search took most of a 52-minute run on 2 cores, issue 20)
 SENSITIVITY_SECONDS = 300.0
-# --search-seconds: the shares of it that bound the candidates' first look and learned rounding (a 640² YOLO on
-# 2 cores runs about 0.1 s a row in FP32: 20 candidates on 128 rows would take 4 minutes before anything else)
-SCREEN_SHARE = 0.25
+# --search-seconds bounds the whole search (a 640² YOLO on 2 cores runs about 0.15 s a row in FP32: 20 candidates
+# on 128 rows would take 6 minutes before anything else; issue 20 wants the whole quantize in 10). The final timing
+# has TIMING_SHARE of it set aside; every other step takes a share of what is left before that reserve when it
+# starts (Clock.avail), so a step that overruns shrinks the ones after it instead of the search overrunning.
+SCREEN_SHARE = 0.4  # the candidates' first look and their evaluation on every row
 SCREEN_KEEP = 4  # INT8 candidates that go on from the first look to every evaluation row (float rows always do)
 MIN_SCREEN_ROWS = 16
 ROUNDING_SHARE = 0.25
-SENSITIVITY_SHARE = 0.25  # mixed precision's per-node sensitivity, unless --sensitivity-seconds says
-TIMING_SHARE = 0.25  # the final timing of every candidate
+BIAS_SHARE = 0.5  # the bias-corrected twins, fewest first dropped (each costs a pass and an evaluation)
+SENSITIVITY_SHARE = 0.5  # mixed precision's per-node sensitivity, unless --sensitivity-seconds says
+MIXED_SHARE = 0.5  # mixed precision's search for how many nodes to keep float (its quick rows fit this)
+TIMING_SHARE = 0.25  # the final timing of every candidate, set aside from the start
 QUICK_TIMING_SHARE = 0.05  # mixed precision's quick timing screen of its starting candidates
 MIN_LATENCY_ROWS = 20
 MIN_SENSITIVITY_ROWS = 8
+
+
+@dataclass
+class Clock:
+    """``--search-seconds`` as the search's deadline: :meth:`avail` is what is left before the final timing's
+    reserve (``reserve`` seconds, set aside from the start), :meth:`left` what is left in all. Steps size themselves
+    from these when they start; none is skipped for time except the optional ones (bias-corrected twins, the
+    peer's extra rows, mixed precision's refinement), and each says so in the manifest."""
+
+    seconds: float
+    reserve: float = 0.0
+    start: float = field(default_factory=time.time)
+
+    def left(self) -> float:
+        return max(self.seconds - (time.time() - self.start), 0.0)
+
+    def avail(self) -> float:
+        return max(self.left() - self.reserve, 0.0)
 
 
 @dataclass
@@ -331,7 +354,8 @@ def corrected_twins(cands: Sequence[Candidate], agreement_key: str) -> list[Stat
         k = _kind(c)
         if k not in best or _fidelity(c, agreement_key) > _fidelity(best[k], agreement_key):
             best[k] = c
-    return [dataclasses.replace(c.plan.scheme, bias_correct=True) for c in best.values()]
+    order = sorted(best.values(), key=lambda c: _fidelity(c, agreement_key), reverse=True)  # best first: kept
+    return [dataclasses.replace(c.plan.scheme, bias_correct=True) for c in order]  # when time allows fewer
 
 
 def _fidelity(c: Candidate, agreement_key: str) -> tuple[float, float]:
@@ -573,11 +597,15 @@ def local_errors(c: Candidate, src: Source, sub: Any, ranges: Any, work: Path,
 def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: Any, work: Path, budget: float,
                     threads: int | None, progress: bool = False, sens_rows: int = SENSITIVITY_ROWS,
                     agreement_budget: float | None = None,
-                    sens_seconds: float = SENSITIVITY_SECONDS) -> tuple[Candidate, dict[str, Any]]:
+                    sens_seconds: float = SENSITIVITY_SECONDS,
+                    clock: Clock | None = None) -> tuple[Candidate, dict[str, Any]]:
     """Keep the most sensitive nodes in float until the budget holds.
 
     Tries k = 1, 2, 4, … nodes, then bisects between the last miss and the first hit, so the number of full
-    evaluations is logarithmic in the number of nodes.
+    evaluations is logarithmic in the number of nodes. With a ``clock`` whose :data:`MIXED_SHARE` does not fit those
+    evaluations on every row, the search runs first on the rows that fit (:func:`quick_rows`), then confirms its
+    answer on every row (doubling again there if it misses); the bisection on every row stops when the clock runs
+    out, keeping the smallest k known to meet the budget.
     """
     t0 = time.time()
     ranking, used_rows, method = sensitivity(c, src, ev, ranges, work, threads, sens_rows, progress, sens_seconds)
@@ -585,37 +613,71 @@ def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: 
     order = [u for u, _ in ranking]
     tried: dict[int, float] = {}
     met: dict[int, bool] = {}
+    quick = quick_rows(len(order), ref.row_seconds, len(ev), MIXED_SHARE * clock.avail() if clock else math.inf)
+    info: dict[str, Any] = {}
 
-    def ok(k: int) -> bool:
-        if k not in met:
-            trial = Candidate(f"{c.name}+fp32[{k}]", c.plan.keep_float(order[:k]))
-            evaluate_candidate(trial, src, ev, ref, ranges, work, budget, threads, agreement_budget)
-            tried[k], met[k] = trial.metrics[ref.metric], trial.metrics["meets_budget"]
-        return met[k]
+    def judge(sub: Any, sub_ref: Reference, seen: dict[int, bool]) -> Callable[[int], bool]:
+        def ok(k: int) -> bool:
+            if k not in seen:
+                trial = Candidate(f"{c.name}+fp32[{k}]", c.plan.keep_float(order[:k]))
+                evaluate_candidate(trial, src, sub, sub_ref, ranges, work, budget, threads, agreement_budget)
+                seen[k] = trial.metrics["meets_budget"]
+                if sub is ev:
+                    tried[k] = trial.metrics[ref.metric]
+            return seen[k]
+        return ok
 
-    lo, hi, k = 0, None, 1
-    while k <= len(order):
-        if ok(k):
-            hi = k
-            break
-        lo, k = k, k * 2
-    if hi is None and order and ok(len(order)):
-        hi = len(order)
-    if hi is not None:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ok(mid):
-                hi = mid
-            else:
-                lo = mid
+    lo, start, stop = 0, 1, None
+    if quick < len(ev):  # the search on the rows that fit, then its answer confirmed on every row
+        sub = src.task.subset(ev, range(quick))
+        hint = _smallest_k(judge(sub, measure_reference(src, sub, threads), {}), len(order), 0, 1, None)
+        info["quick_rows"], info["quick_answer"] = quick, hint
+        if hint is not None:  # fewer nodes missed on the quick rows: the search on every row starts at the answer
+            lo, start = hint - 1, hint
+        stop = (lambda: clock.left() <= 0) if clock else None
+    hi = _smallest_k(judge(ev, ref, met), len(order), lo, start, stop)
     keep = order[:hi] if hi is not None else order
     mixed = Candidate(f"{c.name}+fp32[{len(keep)}]", c.plan.keep_float(keep))
     plan = {"base": c.name, "ranking": [{"node": u, "output_error": s} for u, s in ranking],
             "ranking_method": method, "sensitivity_rows": used_rows, "sensitivity_seconds": round(sens_took, 1),
             "kept_fp32": list(keep),
             "metric": ref.metric,
-            "metric_by_kept": {str(k): v for k, v in sorted(tried.items())}, "budget_met": hi is not None}
+            "metric_by_kept": {str(k): v for k, v in sorted(tried.items())}, "budget_met": hi is not None, **info}
     return mixed, plan
+
+
+def _smallest_k(ok: Callable[[int], bool], n: int, lo: int, k: int,
+                stop: Callable[[], bool] | None) -> int | None:
+    """The smallest k in (lo, n] with ``ok(k)`` (monotone), by doubling from ``k`` then bisecting; None when not even
+    ``ok(n)``. ``stop`` (checked before each bisection step) ends the bisection early with the smallest k found so
+    far to hold."""
+    hi = None
+    while k <= n:
+        if ok(k):
+            hi = k
+            break
+        lo, k = k, k * 2
+    if hi is None and n and ok(n):
+        hi = n
+    if hi is None:
+        return None
+    while hi - lo > 1 and not (stop and stop()):
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def quick_rows(units: int, row_seconds: float, rows: int, seconds: float, floor: int = MIN_SCREEN_ROWS) -> int:
+    """Rows on which mixed precision's doubling and bisection over ``units`` nodes (about 2·log2(units) + 2
+    evaluations) fit ``seconds`` at ``row_seconds`` a row: all ``rows`` when they fit there, else fewer, at least
+    ``floor``."""
+    evals = 2 * math.ceil(math.log2(max(units, 1) + 1)) + 2
+    if row_seconds <= 0 or evals * row_seconds * rows <= seconds:
+        return rows
+    return max(min(rows, int(seconds / (evals * row_seconds))), min(floor, rows))
 
 
 def mixed_precision_base(cands: Sequence[Candidate], src: Source, ev: Any, ref: Reference,
@@ -677,10 +739,26 @@ def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig,
     batch = src.task.batch_for(t.batch)
     b1 = src.task.feeds(ev, 1, t.latency_rows)
     big = src.task.feeds(ev, batch, t.throughput_rows)
+    precs = precisions or ["fp32"] * len(paths)
+    if feed_bytes(big) * len(paths) > HOLD_BYTES:  # large frames: one engine open at a time, reopened each round
+        return measure_speed_opening([functools.partial(_opened, src, p, cfg.threads, prec)
+                                      for p, prec in zip(paths, precs, strict=True)], b1, big, t.rounds, batch)
     with contextlib.ExitStack() as stack:
         engines = [stack.enter_context(_engine(src, p, cfg.threads, prec))
-                   for p, prec in zip(paths, precisions or ["fp32"] * len(paths), strict=True)]
+                   for p, prec in zip(paths, precs, strict=True)]
         return measure_speed([e.infer for e in engines], b1, big, t.rounds, batch)
+
+
+# every engine of the final timing is held open side by side (interleaved rounds) unless one throughput batch's
+# inputs times the number of models pass this: each engine's buffers grow with its batch's inputs (a 640² detector
+# at batch 32: 157 MB of input, and 18 GB peak for 12 engines held together)
+HOLD_BYTES = 256 * 2**20
+
+
+@contextlib.contextmanager
+def _opened(src: Source, path: Path, threads: int | None, precision: str) -> Iterator[Callable[[Any], Any]]:
+    with _engine(src, path, threads, precision) as eng:
+        yield eng.infer
 
 
 @dataclass
@@ -704,6 +782,7 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
 
     target = src.target
     lap = _laps()
+    clock = Clock(cfg.search_seconds, TIMING_SHARE * cfg.search_seconds if target.timed else 0.0)
     ref = measure_reference(src, ev, cfg.threads)
     lap("reference")
     row_seconds = ref.row_seconds
@@ -716,11 +795,11 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     schemes += [dataclasses.replace(s, rounding="learned") for s in schemes if isinstance(s, StaticQDQ)
                 and "learned" in roundings(cfg, src)]
     rounding_info = learn_rounding(src, calib_set, schemes, work, cfg.threads, progress,
-                                   min(ROUNDING_SECONDS, ROUNDING_SHARE * cfg.search_seconds))
+                                   min(ROUNDING_SECONDS, ROUNDING_SHARE * clock.avail()))
     lap("learned_rounding")
     cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
         keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
-    rows = screen_rows(len(cands), row_seconds, len(ev), SCREEN_SHARE * cfg.search_seconds)
+    rows = screen_rows(len(cands), row_seconds, len(ev), SCREEN_SHARE * clock.avail())
     screened: dict[str, Any] = {}
     if rows < len(ev):
         cands, screened = screen(cands, src, ev, rows, ranges, work, cfg, progress)
@@ -734,7 +813,12 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     bias_info = {}
     if bias_corrections(cfg, src):  # twins of the best static candidates, their biases corrected
         twins = corrected_twins(cands, src.task.agreement_key)
-        bias_info = correct_biases(src, calib_set, twins, work, cfg.threads, progress)
+        fit = int(BIAS_SHARE * clock.avail() // max(2 * len(ev) * row_seconds, 1e-9))  # a pass and an evaluation
+        if fit < len(twins):
+            log.info("bias correction: %d of %d twins fit the search time", fit, len(twins))
+        twins, skipped = twins[:fit], [s.name for s in twins[fit:]]
+        bias_info = correct_biases(src, calib_set, twins, work, cfg.threads, progress) if twins else {}
+        bias_info.update({"skipped_for_time": skipped} if skipped else {})
         for s in twins:
             c = Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(keep))
             evaluate_candidate(c, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
@@ -747,7 +831,7 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
         mixed, mixed_info = mixed_precision(base, src, ev, ref, ranges, work, cfg.budget, cfg.threads, progress,
                                              agreement_budget=cfg.agreement_budget,
                                              sens_seconds=cfg.sensitivity_seconds
-                                             or SENSITIVITY_SHARE * cfg.search_seconds)
+                                             or SENSITIVITY_SHARE * clock.avail(), clock=clock)
         evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(mixed)
     lap("mixed_precision")
@@ -759,14 +843,14 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     lap("speed_fallback")
     # a target's own formats (openvino: NNCF's INT8), told which nodes nanoify's rules and search keep float
     kept = keep + [n for n in (mixed_info or {}).get("kept_fp32", []) if n not in keep]
-    own, own_info = target.own_candidates(src, calib_set, cfg, work, kept, progress)
+    own, own_info = target.own_candidates(src, calib_set, cfg, work, kept, progress, clock)
     for c in own:
         measure_written(c, src, ev, ref, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(c)
     lap("own_formats")
     timing = None
     if target.timed:  # the reference and every candidate, timed together
-        fitted = fit_timing(cfg.timing, len(cands) + 1, ref.row_seconds, TIMING_SHARE * cfg.search_seconds,
+        fitted = fit_timing(cfg.timing, len(cands) + 1, ref.row_seconds, max(clock.left(), clock.reserve),
                             src.task.batch_for(cfg.timing.batch))
         timing = dataclasses.asdict(fitted) if fitted != cfg.timing else None
         for m, t in zip([ref.metrics] + [c.metrics for c in cands],

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,8 @@ class Target:
         return {}
 
     def own_candidates(self, src: Any, calib_set: Any, cfg: QuantizeConfig, work: Path, keep_float: list[str],
-                       progress: bool) -> tuple[list[steps.Candidate], dict[str, Any]]:
+                       progress: bool,
+                       clock: steps.Clock | None = None) -> tuple[list[steps.Candidate], dict[str, Any]]:
         """Candidates in a format of the target's own (written to ``work``, ``plan`` None), measured and timed
         beside the others; ``keep_float``: the nodes nanoify's rules and sensitivity search keep float. Also
         returns what the manifest says about them."""
@@ -209,7 +211,8 @@ class OpenVinoTarget(Target):
         return open_engine("openvino", str(path), threads=threads, dtype=precision)
 
     def own_candidates(self, src: Any, calib_set: Any, cfg: QuantizeConfig, work: Path, keep_float: list[str],
-                       progress: bool) -> tuple[list[steps.Candidate], dict[str, Any]]:
+                       progress: bool,
+                       clock: steps.Clock | None = None) -> tuple[list[steps.Candidate], dict[str, Any]]:
         """NNCF's INT8 (:mod:`nanoify.quant.nncf_int8`) on nanoify's calibration rows: default and MIXED presets,
         and the default with nanoify's float nodes as NNCF's ignored scope; none when nncf is not installed."""
         try:
@@ -219,20 +222,28 @@ class OpenVinoTarget(Target):
         feeds = [f for _, f in src.task.batches(calib_set, 1)]
         graph = src.graphs["plain"].graph
         transformer = not src.cnn and any(n.op_type == "Softmax" for n in graph.node)
-        variants = [("nncf-default", "PERFORMANCE", ()), ("nncf-mixed", "MIXED", ())]
+        variants = [("nncf-default", "PERFORMANCE", ())]
         if keep_float:
             variants.append((f"nncf-default+ignored[{len(keep_float)}]", "PERFORMANCE", tuple(keep_float)))
-        out, failed = [], []
+        variants.append(("nncf-mixed", "MIXED", ()))
+        out, failed, skipped = [], [], []
+        cost = 0.0  # the last variant's cost: the next runs only when the search time has that much left
         for name, preset, ignored in variants:
+            if out and clock is not None and clock.avail() < cost:
+                skipped.append(name)
+                continue
             dst = work / name / OV_IR
+            t0 = time.time()
             try:
                 made = nncf_int8.quantize_ir(src.plain, feeds, dst, preset, transformer, ignored, progress)
             except ModelError as e:
                 log.warning("%s", e)
                 failed.append(f"{name}: {e}")
                 continue
+            cost = 2 * (time.time() - t0)  # its quantization (a calibration pass) and about as long to evaluate
             out.append(steps.Candidate(name, None, dst, made=made, float_nodes=list(ignored)))
-        return out, {"nncf_rows": [c.name for c in out], "nncf_failed": failed}
+        return out, {"nncf_rows": [c.name for c in out], "nncf_failed": failed,
+                     **({"skipped_for_time": skipped} if skipped else {})}
 
     def write_chosen(self, folder: Path, chosen: steps.Candidate, found: steps.Search, src: Any,
                      ev: Any) -> dict[str, Any]:
