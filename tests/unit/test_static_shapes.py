@@ -3,13 +3,19 @@ on the CPU; tests/gpu checks the captured graphs)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from nanoify.engines import EngineUnavailable, open_engine, parse_engine_spec
+from nanoify.engines import EngineUnavailable, open_engine, parse_engine_spec, static_shapes
 from nanoify.engines.static_shapes import StaticShapeRunner, buckets_for
+from nanoify.engines.torch_engine import TorchEngine
 from nanoify.errors import DataError
+from tests.gpu.test_cuda import CAPTURES, _feeds
 
 
 def test_buckets_stop_at_the_model_limit():
@@ -75,3 +81,80 @@ def test_engine_specs_for_compiled_cuda_graphs():
         parse_engine_spec("torch:cpu:graphs")
     with pytest.raises(EngineUnavailable, match="torch also: graphs"):
         parse_engine_spec("onnxruntime:graphs")
+
+
+def test_the_gpu_tests_capture_list_is_what_the_buckets_give(tiny_teacher):
+    """tests/gpu's expected captures, checked here where no GPU is needed: the runner's (batch, bucket) keys are
+    the same eagerly as with graphs (issue 23: rows of 17 and 30 tokens both land in bucket 32)."""
+    with TorchEngine(str(tiny_teacher)) as eng:
+        m = eng.model
+        eng._runner = StaticShapeRunner(lambda **t: m(**t).logits, {"input_ids": 0}, buckets_for(512), "cpu",
+                                        graphs=False)
+        for f in _feeds():
+            eng.infer(f)
+        assert eng._runner.captured == CAPTURES
+
+
+def test_captures_run_one_at_a_time_across_threads(monkeypatch):
+    """Two runners meeting new shapes in two threads capture one after the other (issue 23: entering
+    torch.cuda.graph while another thread captures fails in torch 2.11). torch.cuda's capture calls are replaced
+    by stand-ins that record how many captures overlap; the lock is what keeps it at one."""
+    state = {"now": 0, "most": 0}
+    guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def graph(*a, **k):
+        with guard:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        yield
+        with guard:
+            state["now"] -= 1
+
+    class Stream:
+        def wait_stream(self, other):
+            return None
+
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+
+    def one() -> None:
+        static_shapes.capture(lambda **t: t["x"] + 1, {"x": torch.zeros(2)}, None, 1, Stream())
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert state["most"] == 1
+
+
+def test_compiled_calls_cover_every_batch_and_bucket_without_falling_back(monkeypatch, tmp_path):
+    """Two batch sizes over six buckets (twelve shapes) through the runner's compiled call: a handful of graphs and
+    no silent fall-back to eager past Dynamo's recompile limit (made an error here). Dynamo's own backend
+    (``eager``) keeps the test free of a C++ compiler; the guards and recompiles are Dynamo's either way."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # torch sets it on first compile
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    frames = []
+
+    def backend(gm, example_inputs):
+        frames.append(gm)
+        return gm.forward
+
+    def fn(input_ids, attention_mask):
+        m = attention_mask.float()
+        return ((input_ids.float() * m).sum(1) / m.sum(1))[:, None]
+
+    call = static_shapes.compile_call(fn, "default", backend=backend)
+    r = StaticShapeRunner(call, {"input_ids": 0}, buckets_for(512), "cpu", graphs=False)
+    for batch in (1, 32, 3):
+        for length in (5, 20, 40, 100, 200, 400):
+            ids = torch.ones(batch, length, dtype=torch.long)
+            out = r({"input_ids": ids, "attention_mask": ids})
+            assert out.shape == (batch, 1) and torch.allclose(out, torch.ones(batch, 1))
+    assert len(r.captured) == 18 and len(frames) <= 4
+    torch._dynamo.reset()

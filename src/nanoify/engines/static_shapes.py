@@ -7,13 +7,15 @@ once and replays them with one call, but only for fixed shapes and fixed buffers
 static buffers padded to the next bucket (padding tokens are masked, so the real rows' outputs are unchanged up
 to float rounding), each (batch, bucket) key is captured lazily on first use into one shared memory pool, and
 later calls replay it. Captures are thread-local (``capture_error_mode="thread_local"``): engines serving
-other streams from other threads (``bench --streams``) keep running while one of them captures a new shape.
+other streams from other threads (``bench --streams``) keep replaying while one of them captures a new shape; but
+only one capture runs at a time in the process (:data:`CAPTURE_LOCK`).
 Without CUDA (or with ``graphs=False``) the same bucketing runs eagerly — that path is
 what the CPU tests check, and what ``torch.compile`` wants (a handful of shapes instead of one per length).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +24,20 @@ import torch
 from ..errors import DataError
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+# One capture (with its warm-up passes) at a time in the whole process: entering ``torch.cuda.graph`` calls
+# ``empty_cache()``, which asserts that no capture is under way in any thread (torch 2.11), so a thread starting a
+# capture while another is mid-capture fails — ``bench --streams`` meeting a new bucket, two engines warming at
+# once (issue 23). Replays of captured graphs do not take it.
+CAPTURE_LOCK = threading.Lock()
+
+
+def compile_call(fn: Callable[..., Any], mode: str | None = None, backend: str = "inductor") -> Callable[..., Any]:
+    """``torch.compile`` of a model call for the shape runners: ``mode`` as torch names it (None or "default": the
+    default), ``dynamic=None`` — the first shape compiles static, the first recompile marks the dimensions that
+    changed dynamic, so every later (batch, bucket) reuses that graph. ``dynamic=False`` recompiled once per
+    (batch, bucket), and past Dynamo's recompile limit (8) fell back to eager without a word after minutes of
+    compiling (issue 23: bench at batch 1 and 32 over six buckets is twelve shapes)."""
+    return torch.compile(fn, mode=None if mode in (None, "default") else mode, dynamic=None, backend=backend)
 
 
 def buckets_for(limit: int | None, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple[int, ...]:
@@ -35,17 +51,19 @@ def buckets_for(limit: int | None, buckets: Sequence[int] = DEFAULT_BUCKETS) -> 
 def capture(fn: Callable[..., Any], static: dict[str, Any], pool: Any, warmup: int, stream: Any) -> tuple[Any, Any]:
     """(graph, its output buffers) for ``fn(**static)``: a few eager passes first (cuBLAS and the allocator settle),
     then one thread-local capture into ``pool``, both on ``stream`` — the runner's own side stream: without one,
-    ``torch.cuda.graph`` captures every graph of the process on one shared stream, so two engines capturing at the
-    same time from two threads (``bench --streams`` meeting a new sequence bucket) would collide there."""
+    ``torch.cuda.graph`` captures every graph of the process on one shared stream — and both under
+    :data:`CAPTURE_LOCK`, so two engines meeting new shapes in two threads capture one after the other."""
 
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.inference_mode():
-        for _ in range(warmup):
-            fn(**static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
-        out = fn(**static)
+    with CAPTURE_LOCK:
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(warmup):
+                fn(**static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, stream=stream,
+                                                      capture_error_mode="thread_local"):
+            out = fn(**static)
     return graph, out
 
 

@@ -27,7 +27,7 @@ from ..models.load import load_classifier, load_module, max_tokens
 from ..models.onnx_module import load_onnx_module
 from ..models.quantized import cast_except_quantized, load_quantized
 from .base import Engine, EngineUnavailable
-from .static_shapes import ExactShapeRunner, StaticShapeRunner, buckets_for
+from .static_shapes import ExactShapeRunner, StaticShapeRunner, buckets_for, compile_call
 
 DTYPES = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,8 +101,7 @@ class TorchEngine(Engine):
         own_graphs = graphs and mode != "reduce-overhead"
         if not self._hf:
             module, names = self.model, list(self._spec)
-            fn = module if not mode else torch.compile(module, mode=None if inner == "default" else inner,
-                                                       dynamic=False)
+            fn = module if not mode else compile_call(module, inner)
 
             def call_module(**t: Any) -> Any:
                 return fn(*[t[k] for k in names])
@@ -113,8 +112,7 @@ class TorchEngine(Engine):
         def call(**t: Any) -> Any:
             return model(**t).logits
 
-        hf_fn: Any = call if not mode else torch.compile(call, mode=None if inner == "default" else inner,
-                                                         dynamic=False)
+        hf_fn: Any = call if not mode else compile_call(call, inner)
         pad = {"input_ids": int(getattr(tok, "pad_token_id", 0) or 0)}
         return StaticShapeRunner(hf_fn, pad, self.options.get("buckets") or buckets_for(limit or None),
                                  self.device, graphs=own_graphs)

@@ -10,7 +10,12 @@ Formats (weights per output channel, symmetric; activations per row of the flatt
 * ``fp8``: float8 e4m3 weights and per-row dynamic e4m3 activations through ``torch._scaled_mm`` with row-wise
   scales (compute capability ≥ 8.9 on CUDA: Ada, Hopper; dimensions padded to multiples of 16; bfloat16 output,
   the one cuBLASLt gives row-wise scaling).
-* ``int8-weight-only``: INT8 weights dequantized on the fly (memory-bound small batches).
+* ``int8-weight-only``: INT8 weights widened to the activations' dtype on the fly and multiplied there
+  (memory-bound small batches).
+
+Activations are quantized in their own dtype (FP16/BF16 on a GPU), and the query, key and value layers of one
+attention block (:data:`SIBLINGS`) quantize their shared input once (issue 23: the first version quantized in
+float32, about eight elementwise passes per layer, three times over the same tensor).
 
 Everything here also runs on the CPU (``_int_mm`` and ``_scaled_mm`` have CPU kernels in torch 2.13), which is
 how the numerics are tested on machines without a GPU; speed is only measured on CUDA.
@@ -67,6 +72,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(n, dtype=torch.float32))
         self.register_buffer("input_scale", torch.zeros((), dtype=torch.float32))  # int8-static only
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.shared: SharedInput | None = None  # set by quantize_model for layers that read one input
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, fmt: str) -> QuantLinear:
@@ -88,40 +94,75 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
-        x2 = x.reshape(-1, shape[-1]).float()
+        n, k = self.out_features, self.in_features
+        x2 = x.reshape(-1, shape[-1])
+        if self.fmt == "int8-weight-only":
+            # the INT8 weight widened and scaled in the activations' dtype: on a GPU an FP16/BF16 GEMM on tensor
+            # cores (not an FP32 rebuild of the weight and an FP32 matmul)
+            w = self.weight_q[:n, :k].to(dtype) * self.weight_scale[:n, None].to(dtype)
+            y = x2 @ w.t()
+        else:
+            xq, a_scale = self._quantized_input(x, x2)
+            m = xq.shape[0]
+            if self.fmt == "fp8":
+                # row-wise scaled FP8 GEMMs return bfloat16 on CUDA (the only output type cuBLASLt offers for them);
+                # fast accumulation on CUDA as torchao's FP8 inference config does, so the two rows compare alike
+                y = torch._scaled_mm(xq, self.weight_q.t(), scale_a=a_scale, scale_b=self.weight_scale[None, :],
+                                     out_dtype=torch.bfloat16, use_fast_accum=xq.is_cuda)[:, :n]
+            else:
+                if m <= 16:  # cuBLAS int8 GEMM needs M > 16
+                    xq = nn.functional.pad(xq, (0, 0, 0, 17 - m))
+                acc = torch._int_mm(xq, self.weight_q.t())[:m, :n]
+                y = acc.float() * a_scale * self.weight_scale[None, :n]  # the INT32 sums need float32
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(dtype).reshape(*shape[:-1], n)
+
+    def _quantized_input(self, x: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The activations as INT8 (or FP8) rows and their float32 scales (rows × 1). Computed in the activations'
+        own dtype (FP16/BF16 on a GPU: half the traffic of float32, one multiply by the reciprocal scale, rounding
+        and clamping in place); reused when the layer shares its input with the previous caller of ``shared``
+        (query, key and value read the same tensor: quantized once, not three times)."""
+        entry = self.shared.entry if self.shared is not None else None
+        if entry is not None and entry[0] is x:
+            return entry[1]
+        top = FP8_MAX if self.fmt == "fp8" else 127.0
+        if self.fmt == "int8-static":
+            scale = self.input_scale.clamp_min(EPS).expand(x2.shape[0], 1)
+        else:
+            scale = x2.abs().amax(1, keepdim=True).float().clamp_min(EPS) / top
+        inv = (1.0 / scale).clamp(max=torch.finfo(x2.dtype).max).to(x2.dtype)
+        y = x2 * inv
         k_pad = self.weight_q.shape[1] - self.in_features
         if k_pad:
-            x2 = nn.functional.pad(x2, (0, k_pad))
-        n = self.out_features
-        if self.fmt == "int8-weight-only":
-            w = self.weight_q[:n].float() * self.weight_scale[:n, None]
-            y = x2 @ w.t()
-        elif self.fmt == "fp8":
-            a_scale = x2.abs().amax(1, keepdim=True).clamp_min(EPS) / FP8_MAX
-            xq = (x2 / a_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            # row-wise scaled FP8 GEMMs return bfloat16 on CUDA (the only output type cuBLASLt offers for them)
-            y = torch._scaled_mm(xq, self.weight_q.t(), scale_a=a_scale, scale_b=self.weight_scale[None, :],
-                                 out_dtype=torch.bfloat16)[:, :n].float()
+            y = nn.functional.pad(y, (0, k_pad))
+        if self.fmt == "fp8":
+            xq = y.clamp_(-top, top).to(torch.float8_e4m3fn)
         else:
-            if self.fmt == "int8-static":
-                a_scale = self.input_scale.clamp_min(EPS).expand(x2.shape[0], 1)
-            else:
-                a_scale = x2.abs().amax(1, keepdim=True).clamp_min(EPS) / 127.0
-            xq = (x2 / a_scale).round().clamp(-127, 127).to(torch.int8)
-            m = xq.shape[0]
-            if m <= 16:  # cuBLAS int8 GEMM needs M > 16
-                xq = nn.functional.pad(xq, (0, 0, 0, 17 - m))
-            acc = torch._int_mm(xq, self.weight_q.t())[:m, :n]
-            y = acc.float() * a_scale * self.weight_scale[None, :n]
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(dtype).reshape(*shape[:-1], n)
+            xq = y.round_().clamp_(-top, top).to(torch.int8)
+        out = (xq, scale)
+        if self.shared is not None:
+            self.shared.entry = (x, out)  # one reference swap: a reader sees the old entry or the new one
+        return out
+
+
+class SharedInput:
+    """The last input a group of :class:`QuantLinear` layers quantized and its result (layers that read one tensor:
+    an attention block's query, key and value). Not state: nothing of it is saved."""
+
+    def __init__(self) -> None:
+        self.entry: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+# sibling linear layers that read the same input in the encoders nanoify loads (BERT/MiniLM, MPNet, and the
+# *_proj naming of others): they share one quantized input
+SIBLINGS = (("query", "key", "value"), ("q", "k", "v"), ("q_proj", "k_proj", "v_proj"))
 
 
 def cast_except_quantized(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """``model.to(dtype)`` for every float parameter and buffer except the QuantLinear ones (``Module.to`` would
-    turn FP8 weights, which are floating point, into the new dtype); QuantLinear computes in float32 and returns
-    its input's dtype."""
+    turn FP8 weights, which are floating point, into the new dtype); QuantLinear quantizes its input in the input's
+    dtype, keeps INT32 sums and scales in float32, and returns the input's dtype."""
     for m in model.modules():
         if isinstance(m, QuantLinear):
             continue
@@ -173,7 +214,30 @@ def quantize_model(model: nn.Module, fmt: str, names: list[str] | None = None,
         if input_scales is not None and fmt == "int8-static":
             q.input_scale.fill_(input_scales[name])
         setattr(parent, attr, q)
+    share_inputs(model, names, fmt, input_scales)
     return names
+
+
+def share_inputs(model: nn.Module, names: list[str], fmt: str,
+                 input_scales: dict[str, float] | None = None) -> list[list[str]]:
+    """Give the quantized layers of each sibling group (:data:`SIBLINGS`, all quantized, under one parent) one
+    :class:`SharedInput`; int8-static layers only when their calibrated scales agree. Returns the groups."""
+    if fmt == "int8-weight-only":
+        return []
+    chosen, groups = set(names), []
+    parents = {n.rpartition(".")[0] for n in names}
+    for parent in sorted(parents):
+        for sib in SIBLINGS:
+            group = [f"{parent}.{a}" if parent else a for a in sib]
+            if not all(g in chosen for g in group):
+                continue
+            if fmt == "int8-static" and len({(input_scales or {}).get(g) for g in group}) != 1:
+                continue
+            shared = SharedInput()
+            for g in group:
+                model.get_submodule(g).shared = shared
+            groups.append(group)
+    return groups
 
 
 def save_quantized(model: nn.Module, tokenizer: Any, label_names: list[str], out: Path, fmt: str,
@@ -205,6 +269,9 @@ def load_quantized(folder: str | Path, attention: str = "eager") -> tuple[nn.Mod
             lin = getattr(parent, attr)
             setattr(parent, attr, QuantLinear(lin.in_features, lin.out_features, fmt, lin.bias is not None))
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        if fmt == "int8-static":
+            scales = {n: float(model.get_submodule(n).input_scale) for n in names}
+        share_inputs(model, names, fmt, scales if fmt == "int8-static" else None)
         tok = AutoTokenizer.from_pretrained(folder)
         labels = json.loads((folder / LABEL_MAP_FILE).read_text())["names"]
     except (OSError, KeyError, ValueError, RuntimeError) as e:
@@ -225,8 +292,9 @@ def torchao_quantize(model: nn.Module, fmt: str, names: list[str] | None = None)
     comparison issue 11 asks for (torchao's Int8DynamicActivationInt8Weight, Int8WeightOnly,
     Float8DynamicActivationFloat8Weight with per-row scales), measured side by side in benchmarks/gpu_check.py.
     torchao's compiled extension is not needed for these paths, so it is not loaded (it is built for one torch
-    version and fails to load beside others). Not an artifact format: torchao's tensor subclasses do not go
-    into nanoify's safetensors folders."""
+    version and fails to load beside others). ``fp8`` casts the whole model to bfloat16 (torchao's per-row FP8
+    takes no other weight dtype; nanoify's FP8 rows run on the same bfloat16 model in the GPU check). Not an
+    artifact format: torchao's tensor subclasses do not go into nanoify's safetensors folders."""
 
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     if fmt not in TORCHAO_FORMATS:
@@ -241,7 +309,13 @@ def torchao_quantize(model: nn.Module, fmt: str, names: list[str] | None = None)
 
     names = quantizable_linears(model) if names is None else names
     chosen = set(names)
+    # set_inductor_config=False: torchao's default turns on coordinate-descent tuning and other Inductor settings
+    # for the whole process, so every torch.compile after it would run another mode than its row says (issue 23)
     config = {"int8": Int8DynamicActivationInt8WeightConfig, "int8-weight-only": Int8WeightOnlyConfig}.get(fmt)
-    cfg = config() if config else Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    if config:
+        cfg = config(set_inductor_config=False)
+    else:  # per-row FP8 asserts bfloat16 weights (torchao 0.18): the model becomes bfloat16 first
+        model.to(torch.bfloat16)
+        cfg = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
     quantize_(model, cfg, filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in chosen)
     return names
