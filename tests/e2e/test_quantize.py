@@ -17,7 +17,7 @@ from nanoify.quant.calibrate import Range, calibrate_onnx, choose_ranges
 from nanoify.quant.choose import choose
 from nanoify.quant.qdq import weight_node_inputs
 from nanoify.quant.run import quantize
-from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
+from nanoify.quant.schemes import Float, QuantPlan, StaticQDQ, apply_plan
 from nanoify.quant.steps import (
     MIN_SCREEN_ROWS,
     MIN_SENSITIVITY_ROWS,
@@ -181,6 +181,29 @@ def test_mixed_precision_searches_on_fewer_rows_when_the_clock_is_short_and_chec
     assert "quick_rows" not in full
 
 
+def test_the_fp32_float_row_reuses_the_reference_pass_on_the_same_rows(tiny_export, tiny_data, tmp_path,
+                                                                       monkeypatch):
+    """The FP32 float candidate of the graph the reference ran, on the reference's rows, is the reference: its
+    predictions are taken, not recomputed (a full pass of a 640² detector); on other rows it runs."""
+    from nanoify.quant import steps
+
+    src = prepare(tiny_export, tmp_path, get_target("cpu"))
+    ev = src.task.eval_set(_data(tiny_data))
+    ref = measure_reference(src, ev, None)
+    fp32 = Float("fp32", "fused")
+    cand = Candidate(fp32.name, QuantPlan.uniform(fp32, units_of(src, fp32)))
+
+    def no_engine(*a, **k):
+        raise AssertionError("the reference's own pass ran again")
+
+    monkeypatch.setattr(steps, "_engine", no_engine)
+    evaluate_candidate(cand, src, ev, ref, {}, tmp_path, 0.0, None)
+    assert cand.preds is ref.preds and cand.metrics["meets_budget"] and cand.metrics["drop_pts"] == 0
+    sub = src.task.subset(ev, range(8))
+    with pytest.raises(AssertionError, match="ran again"):  # other rows than the reference's: a real pass
+        evaluate_candidate(cand, src, sub, ref, {}, tmp_path, 0.0, None)
+
+
 def test_the_smallest_k_search_doubles_then_bisects_and_stops_early_with_a_k_that_holds():
     for need in (1, 2, 3, 5, 8, 13, 40, 41):
         calls: list[int] = []
@@ -195,6 +218,8 @@ def test_the_smallest_k_search_doubles_then_bisects_and_stops_early_with_a_k_tha
     assert _smallest_k(lambda k: k >= 3, 41, 0, 1, lambda: True) == 4  # stopped: the first k that held
     assert quick_rows(225, 0.15, 128, 1e9) == 128 and quick_rows(225, 0.15, 128, 0.0) == MIN_SCREEN_ROWS
     assert quick_rows(225, 0.15, 128, 60.0) == 22  # 18 evaluations × 0.15 s × 22 rows = 59.4 s
+    # each evaluation also writes and compiles a graph: 18 × (1 s + 0.15 s × 37 rows) = 117.9 s ≤ 120 s
+    assert quick_rows(225, 0.15, 128, 120.0) == 44 and quick_rows(225, 0.15, 128, 120.0, per_model=1.0) == 37
 
 
 def test_the_sensitivity_search_shrinks_its_rows_to_fit_its_time(tiny_export, tiny_data, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from nanoify.config import QuantizeConfig, TimingConfig
 from nanoify.errors import ConfigError
 from nanoify.quant.run import quantize
-from nanoify.quant.steps import MIN_SCREEN_ROWS, SCREEN_KEEP, fit_timing, screen_rows
+from nanoify.quant.steps import MIN_HELD_BATCH, MIN_SCREEN_ROWS, SCREEN_KEEP, fit_timing, held_batch, screen_rows
 
 FAST = TimingConfig(latency_rows=8, throughput_rows=32, rounds=1)
 
@@ -21,6 +21,20 @@ def test_first_look_rows_fit_the_time_share():
     assert screen_rows(SCREEN_KEEP, 10.0, 128, 1.0) == 128  # nothing would be dropped: no first look
     assert screen_rows(20, 10.0, 128, 1.0) == MIN_SCREEN_ROWS  # never fewer rows than the floor
     assert screen_rows(20, 10.0, 8, 1.0) == 8  # nor more than there are
+
+
+def test_first_look_counts_what_each_model_costs_besides_its_rows():
+    # 20 × (2 s + 0.1 s × r) + 4 × (2 s + 0.1 s × 128) ≤ 250 s → r = 75 (99 when models cost nothing more)
+    assert screen_rows(20, 0.1, 128, 250.0, per_model=2.0) == 75 < screen_rows(20, 0.1, 128, 250.0) == 99
+    assert screen_rows(20, 0.1, 128, 100.0, per_model=2.0) == MIN_SCREEN_ROWS  # no row left: the floor
+
+
+def test_the_timing_batch_halves_until_the_engines_held_together_fit():
+    row = 3 * 640 * 640 * 4  # a 640² frame in float32: 4.9 MB
+    assert held_batch(32, row, 7) == 4  # 7 engines × 8 rows × 4.9 MB = 275 MB > 256 MiB; × 4 rows = 138 MB
+    assert held_batch(32, 3 * 32 * 32 * 4, 20) == 32  # CIFAR-10 frames: nothing to shrink
+    assert held_batch(32, row, 100) == MIN_HELD_BATCH  # never below the floor (then one engine at a time)
+    assert held_batch(1, row, 7) == 1  # nor above what the task allows
 
 
 def test_timing_rows_fit_their_time_share():

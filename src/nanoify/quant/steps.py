@@ -157,6 +157,14 @@ class Reference:
     metrics: dict[str, Any]
     metric: str  # the primary metric the budget is counted in
     row_seconds: float = 0.0  # what the FP32 model took a row on the evaluation pass (task work included)
+    rows: int = 0  # the evaluation rows it ran (the set every candidate judged against it runs)
+    open_seconds: float = 0.0  # opening (compiling) the model in the target's engine
+
+    @property
+    def per_model(self) -> float:
+        """What evaluating one more model costs besides its rows: writing its graph and compiling it (about two
+        opens of the reference)."""
+        return 2 * self.open_seconds
 
 
 def _engine(src: Source, path: Path, threads: int | None, precision: str = "fp32") -> Any:
@@ -254,10 +262,12 @@ def load_data(src: Source, calib: Any, eval_data: Any, cfg: QuantizeConfig) -> t
 def measure_reference(src: Source, ev: Any, threads: int | None) -> Reference:
     t0 = time.perf_counter()
     with _engine(src, src.fused, threads) as eng:
+        opened = time.perf_counter() - t0
         preds = src.task.predict(eng.infer, ev)
     took = time.perf_counter() - t0
     metrics = {**src.task.reference_metrics(preds, ev), "file_mb": src.fused.stat().st_size / 1e6}
-    return Reference(src.fused, preds, metrics, src.task.primary_metric(ev), took / max(len(ev), 1))
+    return Reference(src.fused, preds, metrics, src.task.primary_metric(ev), (took - opened) / max(len(ev), 1),
+                     len(ev), opened)
 
 
 # ---- step 4: calibration ----------------------------------------------------------------------------------
@@ -403,11 +413,22 @@ def measure_written(c: Candidate, src: Source, ev: Any, ref: Reference, budget: 
                     agreement_budget: float | None = None) -> None:
     """Run an already written candidate (``c.path``) on the evaluation rows; record metrics and the budget check."""
     assert c.path is not None
-    with _engine(src, c.path, threads, c.precision) as eng:
-        c.preds = src.task.predict(eng.infer, ev)
+    if _is_reference(c, src, ref, ev):  # the FP32 graph the reference ran, on the same engine: its predictions
+        c.preds = ref.preds
+    else:
+        with _engine(src, c.path, threads, c.precision) as eng:
+            c.preds = src.task.predict(eng.infer, ev)
     c.metrics = {**evaluate_predictions(src.task, c.preds, ev, ref.preds), "file_mb": _file_mb(c.path)}
     chk = check_budget(ref.metrics, c.metrics, budget, ref.metric, agreement_budget, src.task.agreement_key)
     c.metrics.update(metric=ref.metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
+
+
+def _is_reference(c: Candidate, src: Source, ref: Reference, ev: Any) -> bool:
+    """Whether ``c`` is the FP32 float row of the very graph and rows the reference ran (its evaluation would repeat
+    the reference's, a full pass of the model)."""
+    s = c.plan.scheme if c.plan is not None else None
+    return (isinstance(s, Float) and s.precision == "fp32" and src.sources.get(s.graph) == ref.path
+            and ref.rows == len(ev))
 
 
 def _file_mb(path: Path) -> float:
@@ -416,13 +437,15 @@ def _file_mb(path: Path) -> float:
     return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file() else 0)) / 1e6
 
 
-def screen_rows(cands: int, row_seconds: float, rows: int, seconds: float, floor: int = MIN_SCREEN_ROWS) -> int:
+def screen_rows(cands: int, row_seconds: float, rows: int, seconds: float, floor: int = MIN_SCREEN_ROWS,
+                per_model: float = 0.0) -> int:
     """Rows of the candidates' first look so that the look at all ``cands`` and the :data:`SCREEN_KEEP` that go
-    on to every row fit ``seconds`` together at ``row_seconds`` a row; all ``rows`` (no first look) when every
-    candidate on every row fits already or few candidates would be dropped; never fewer than ``floor``."""
-    if cands <= SCREEN_KEEP or row_seconds <= 0 or cands * row_seconds * rows <= seconds:
+    on to every row fit ``seconds`` together at ``row_seconds`` a row and ``per_model`` seconds a model evaluated
+    (writing its graph, compiling it); all ``rows`` (no first look) when every candidate on every row fits already
+    or few candidates would be dropped; never fewer than ``floor``."""
+    if cands <= SCREEN_KEEP or row_seconds <= 0 or cands * (per_model + row_seconds * rows) <= seconds:
         return rows
-    left = seconds - SCREEN_KEEP * row_seconds * rows
+    left = seconds - SCREEN_KEEP * (per_model + row_seconds * rows) - cands * per_model
     return max(min(rows, int(left / (cands * row_seconds))), min(floor, rows))
 
 
@@ -613,7 +636,9 @@ def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: 
     order = [u for u, _ in ranking]
     tried: dict[int, float] = {}
     met: dict[int, bool] = {}
-    quick = quick_rows(len(order), ref.row_seconds, len(ev), MIXED_SHARE * clock.avail() if clock else math.inf)
+    quick = quick_rows(len(order), ref.row_seconds, len(ev), MIXED_SHARE * clock.avail() if clock else math.inf,
+                       per_model=ref.per_model)
+    full: dict[int, Candidate] = {}  # the trials on every row: the answer's is the mixed candidate, measured
     info: dict[str, Any] = {}
 
     def judge(sub: Any, sub_ref: Reference, seen: dict[int, bool]) -> Callable[[int], bool]:
@@ -623,7 +648,7 @@ def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: 
                 evaluate_candidate(trial, src, sub, sub_ref, ranges, work, budget, threads, agreement_budget)
                 seen[k] = trial.metrics["meets_budget"]
                 if sub is ev:
-                    tried[k] = trial.metrics[ref.metric]
+                    tried[k], full[k] = trial.metrics[ref.metric], trial
             return seen[k]
         return ok
 
@@ -637,7 +662,7 @@ def mixed_precision(c: Candidate, src: Source, ev: Any, ref: Reference, ranges: 
         stop = (lambda: clock.left() <= 0) if clock else None
     hi = _smallest_k(judge(ev, ref, met), len(order), lo, start, stop)
     keep = order[:hi] if hi is not None else order
-    mixed = Candidate(f"{c.name}+fp32[{len(keep)}]", c.plan.keep_float(keep))
+    mixed = full.get(len(keep)) or Candidate(f"{c.name}+fp32[{len(keep)}]", c.plan.keep_float(keep))
     plan = {"base": c.name, "ranking": [{"node": u, "output_error": s} for u, s in ranking],
             "ranking_method": method, "sensitivity_rows": used_rows, "sensitivity_seconds": round(sens_took, 1),
             "kept_fp32": list(keep),
@@ -670,14 +695,15 @@ def _smallest_k(ok: Callable[[int], bool], n: int, lo: int, k: int,
     return hi
 
 
-def quick_rows(units: int, row_seconds: float, rows: int, seconds: float, floor: int = MIN_SCREEN_ROWS) -> int:
+def quick_rows(units: int, row_seconds: float, rows: int, seconds: float, floor: int = MIN_SCREEN_ROWS,
+               per_model: float = 0.0) -> int:
     """Rows on which mixed precision's doubling and bisection over ``units`` nodes (about 2·log2(units) + 2
-    evaluations) fit ``seconds`` at ``row_seconds`` a row: all ``rows`` when they fit there, else fewer, at least
-    ``floor``."""
+    evaluations, each ``per_model`` seconds besides its rows) fit ``seconds`` at ``row_seconds`` a row: all
+    ``rows`` when they fit there, else fewer, at least ``floor``."""
     evals = 2 * math.ceil(math.log2(max(units, 1) + 1)) + 2
-    if row_seconds <= 0 or evals * row_seconds * rows <= seconds:
+    if row_seconds <= 0 or evals * (per_model + row_seconds * rows) <= seconds:
         return rows
-    return max(min(rows, int(seconds / (evals * row_seconds))), min(floor, rows))
+    return max(min(rows, int((seconds - evals * per_model) / (evals * row_seconds))), min(floor, rows))
 
 
 def mixed_precision_base(cands: Sequence[Candidate], src: Source, ev: Any, ref: Reference,
@@ -736,11 +762,11 @@ def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig,
     """Speed of each model with the timing bench uses (same rows, batches and rounds)."""
 
     t = cfg.timing
-    batch = src.task.batch_for(t.batch)
     b1 = src.task.feeds(ev, 1, t.latency_rows)
+    batch = held_batch(src.task.batch_for(t.batch), feed_bytes(b1[:1]), len(paths))
     big = src.task.feeds(ev, batch, t.throughput_rows)
     precs = precisions or ["fp32"] * len(paths)
-    if feed_bytes(big) * len(paths) > HOLD_BYTES:  # large frames: one engine open at a time, reopened each round
+    if feed_bytes(big) * len(paths) > HOLD_BYTES:  # even the smallest batch: one engine open at a time
         return measure_speed_opening([functools.partial(_opened, src, p, cfg.threads, prec)
                                       for p, prec in zip(paths, precs, strict=True)], b1, big, t.rounds, batch)
     with contextlib.ExitStack() as stack:
@@ -749,10 +775,20 @@ def time_all(paths: Sequence[Path], src: Source, ev: Any, cfg: QuantizeConfig,
         return measure_speed([e.infer for e in engines], b1, big, t.rounds, batch)
 
 
-# every engine of the final timing is held open side by side (interleaved rounds) unless one throughput batch's
-# inputs times the number of models pass this: each engine's buffers grow with its batch's inputs (a 640² detector
-# at batch 32: 157 MB of input, and 18 GB peak for 12 engines held together)
+# every engine of the final timing is held open side by side (interleaved rounds); each engine's buffers grow with
+# its batch's inputs (a 640² detector at batch 32: 157 MB of input, and 18 GB peak for 12 engines held together),
+# so the throughput batch halves until one batch's inputs times the number of models fit this, down to
+# MIN_HELD_BATCH; past that, engines are opened one at a time, reopened each round (each open costs a compile)
 HOLD_BYTES = 256 * 2**20
+MIN_HELD_BATCH = 4
+
+
+def held_batch(batch: int, row_bytes: int, models: int, limit: int = HOLD_BYTES) -> int:
+    """The throughput batch for timing ``models`` models side by side: ``batch`` halved until a batch's inputs
+    (``row_bytes`` a row) times ``models`` fit ``limit``, never below :data:`MIN_HELD_BATCH` (nor above ``batch``)."""
+    while batch > MIN_HELD_BATCH and batch * row_bytes * models > limit:
+        batch = max(batch // 2, MIN_HELD_BATCH)
+    return batch
 
 
 @contextlib.contextmanager
@@ -799,7 +835,7 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     lap("learned_rounding")
     cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
         keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
-    rows = screen_rows(len(cands), row_seconds, len(ev), SCREEN_SHARE * clock.avail())
+    rows = screen_rows(len(cands), row_seconds, len(ev), SCREEN_SHARE * clock.avail(), per_model=ref.per_model)
     screened: dict[str, Any] = {}
     if rows < len(ev):
         cands, screened = screen(cands, src, ev, rows, ranges, work, cfg, progress)
@@ -832,7 +868,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
                                              agreement_budget=cfg.agreement_budget,
                                              sens_seconds=cfg.sensitivity_seconds
                                              or SENSITIVITY_SHARE * clock.avail(), clock=clock)
-        evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
+        if not mixed.metrics:  # its search measured it on every row already unless it kept every node float
+            evaluate_candidate(mixed, src, ev, ref, ranges, work, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(mixed)
     lap("mixed_precision")
     speed_info = None
