@@ -40,12 +40,13 @@ PY=${PYTHON:-python3}
 # mean nothing. Best under the GPU image's package versions: `make gpu-dry-run` builds such a venv and runs it.
 DEV=${DEV:-cuda}
 if [ "$DEV" = cpu ]; then
-  DEADLINE=${DEADLINE:-1200}
+  # the GPU's caps are for the GPU: on a 2-core CPU the same steps take longer, so every cap is 3× here
+  DEADLINE=${DEADLINE:-1500} CAP_SCALE=3
   E_CNN=torch:cpu,torch:cpu:bf16,torch:cpu:bf16,onnxruntime E_DET=torch:cpu,torch:cpu:bf16,onnxruntime
   SMALL=(--rounds 1 --latency-rows 8 --throughput-rows 32) Q_SMALL=(--eval-rows 64 --calib-samples 32)
   D_SMALL=(--max-steps 20) PRECISION=fp32 MATRIX=(--dry-run)
 else
-  DEADLINE=${DEADLINE:-480}
+  DEADLINE=${DEADLINE:-480} CAP_SCALE=1
   E_CNN=torch:cuda,torch:cuda:fp16,torch:cuda:fp16:graphs,onnxruntime E_DET=torch:cuda,torch:cuda:fp16:graphs,onnxruntime
   SMALL=() Q_SMALL=() D_SMALL=() PRECISION=bf16 MATRIX=()
 fi
@@ -53,22 +54,33 @@ WORK=${WORK:-/tmp/gpu_check_work}
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export TORCHAO_FORCE_SKIP_LOADING_SO_FILES=1
-# the packages the GPU image lacks, from the wheels gpu_pack.py carries (torchao for the matrix's comparison rows,
-# pycocotools for the detector's mAP): each one this interpreter cannot import goes into /tmp/carry_site (WHEELS:
-# another folder of wheels, e.g. ones for the dry run's Python)
-MISSING=()
+# the packages the GPU image lacks, from the wheels gpu_pack.py carries: pycocotools (the detector's mAP) goes into
+# /tmp/carry_site, on every step's path; torchao (the matrix's comparison rows) into /tmp/carry_torchao, on the
+# matrix's path only — transformers imports torchao on every model load when it can, seconds in each process of
+# the other steps (WHEELS: another folder of wheels, e.g. ones for the dry run's Python)
+MISSING=() AO=()
 for w in "${WHEELS:-.gpu_carry/wheels}"/*.whl; do
   [ -f "$w" ] || continue
   mod=$(basename "$w") && mod=${mod%%-*}
-  "$PY" -c "import $mod" > /dev/null 2>&1 || MISSING+=("$w")
+  "$PY" -c "import $mod" > /dev/null 2>&1 && continue
+  if [ "$mod" = torchao ]; then AO+=("$w"); else MISSING+=("$w"); fi
 done
-CARRIED="none needed"
-if (( ${#MISSING[@]} )); then
-  if "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/carry_site "${MISSING[@]}"; then
-    export PYTHONPATH="$PYTHONPATH:/tmp/carry_site" CARRIED="installed ${MISSING[*]##*/}"
-  else
-    CARRIED="FAILED to install ${MISSING[*]##*/}"
+CARRIED="none needed" AO_PATH=""
+install() {  # install DIR WHEEL…: one line in env.txt either way
+  local dir=$1
+  shift
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$dir" "$@"; then
+    CARRIED="${CARRIED/none needed/}installed ${*##*/} "
+    return 0
   fi
+  CARRIED="${CARRIED/none needed/}FAILED to install ${*##*/} "
+  return 1
+}
+if (( ${#MISSING[@]} )) && install /tmp/carry_site "${MISSING[@]}"; then
+  export PYTHONPATH="$PYTHONPATH:/tmp/carry_site"
+fi
+if (( ${#AO[@]} )) && install /tmp/carry_torchao "${AO[@]}"; then
+  AO_PATH=/tmp/carry_torchao
 fi
 pack() {
   tar czf "$OUT/gpu_check.tgz.part" --exclude='*.safetensors' --exclude='*.onnx' --exclude='*.bin' -C "$WORK" . 2>/dev/null && mv "$OUT/gpu_check.tgz.part" "$OUT/gpu_check.tgz"
@@ -77,7 +89,7 @@ pack() {
 }
 # step NAME CAP CMD…: run CMD with a timeout of CAP seconds when CAP seconds remain before DEADLINE, else skip
 step() {
-  local name=$1 cap=$2
+  local name=$1 cap=$(( $2 * CAP_SCALE ))
   shift 2
   if (( SECONDS + cap > DEADLINE )); then
     echo "$name: skipped, ${SECONDS}s gone and it may take ${cap}s (deadline ${DEADLINE}s)" >> "$WORK/env.txt"
@@ -99,7 +111,8 @@ torch.version.cuda, 'available', torch.cuda.is_available(), 'transformers', tran
 HAVE_DEV=1
 [ "$DEV" = cpu ] || "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || HAVE_DEV=0
 pack
-step matrix 160 "$PY" benchmarks/gpu_check.py --out "$WORK" --budget 155 "${MATRIX[@]}"
+step matrix 160 env PYTHONPATH="$PYTHONPATH${AO_PATH:+:$AO_PATH}" "$PY" benchmarks/gpu_check.py --out "$WORK" \
+  --budget $(( 155 * CAP_SCALE )) "${MATRIX[@]}"
 pack
 if [ -d .gpu_carry/teacher ] && [ "$HAVE_DEV" = 1 ]; then
   # the formats' SST-2 accuracy under the budget, on the GPU

@@ -170,7 +170,7 @@ def test_the_gpu_checks_time_plan_adds_up(monkeypatch):
     assert steps == plan
     deadline = int(_branch(text, "cuda")["DEADLINE"].split(":-")[1].rstrip("}"))
     assert total == startup + sum(c for _, c in plan) <= deadline <= 600 - 120
-    budget = float(re.search(r"gpu_check\.py --out \"\$WORK\" --budget (\d+)", text).group(1))
+    budget = float(re.search(r"--budget \$\(\( (\d+) \* CAP_SCALE \)\)", text).group(1))
     assert budget + 5 <= dict(plan)["matrix"]
     mod = _matrix_module(monkeypatch)
     sure, spent = mod.worst_case_plan(list(mod.ISOLATED), mod.PARENT_WORST, budget)
