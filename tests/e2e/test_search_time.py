@@ -4,6 +4,8 @@ only the best go on; the manifest says which were dropped, on how many rows, and
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from nanoify.config import QuantizeConfig, TimingConfig
@@ -116,3 +118,28 @@ def test_large_inputs_are_timed_with_one_engine_open_at_a_time(tmp_path, tiny_cn
 
     assert most_open(0, "one") == 1
     assert most_open(2**40, "all") > 1
+
+
+def test_when_even_the_fewest_timing_rows_overrun_only_what_can_be_chosen_is_timed(tmp_path, tiny_cnn_export,
+                                                                                    tiny_images, monkeypatch):
+    """Forced: a search time nothing fits, and every model much smaller than FP32 (the INT8 ones) outside the
+    budget. Candidates outside the budget are never chosen, so they are not timed; the report names them."""
+    from nanoify.quant import steps
+
+    real = steps.check_budget
+
+    def int8_misses(ref, got, *a, **k):
+        chk = real(ref, got, *a, **k)
+        return SimpleNamespace(drop_pts=chk.drop_pts, met=False) if got["file_mb"] < 0.9 * ref["file_mb"] else chk
+
+    monkeypatch.setattr(steps, "check_budget", int8_misses)
+    man = quantize(tiny_cnn_export, tmp_path / "q", calib=str(tiny_images), progress=False,
+                   config=QuantizeConfig(budget=5.0, methods=("minmax",), timing=FAST,
+                                         cpu_engine="onnxruntime", rounding=("nearest",), bias_correction=False,
+                                         search_seconds=1e-3))
+    missed = [c["name"] for c in man["candidates"] if not c["meets_budget"]]
+    assert missed and man["not_timed"] == missed
+    for c in man["candidates"]:
+        assert ("throughput" in c) == c["meets_budget"], c["name"]
+    assert "latency_ms_p50" in man["reference"]
+    assert "Not timed (outside the budget" in (tmp_path / "q" / "report.md").read_text()

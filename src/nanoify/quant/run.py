@@ -186,9 +186,15 @@ def format_report(man: dict[str, Any]) -> str:
                       + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in steps.items()) + "."]
     tf = man.get("timing_fitted")
     if tf:
+        held = ref.get("throughput_batch", tf["batch"])
         lines += ["", f"Timing fitted to --search-seconds: {tf['latency_rows']} rows at batch 1 and "
-                      f"{tf['throughput_rows']} at batch {tf['batch']}, {tf['rounds']} rounds (`nanoify bench` "
-                      "measures the written model with its own rows)."]
+                      f"{tf['throughput_rows']} at batch {held}"
+                      + (f" (of {tf['batch']}: the engines held side by side fit 256 MiB of inputs)"
+                         if held != tf["batch"] else "")
+                      + f", {tf['rounds']} rounds (`nanoify bench` measures the written model with its own rows)."]
+    if man.get("not_timed"):
+        lines += ["", "Not timed (outside the budget, so never chosen; timing every candidate would not fit "
+                      f"--search-seconds): {', '.join(man['not_timed'])}."]
     look = man.get("screening")
     if look:
         n_all = len(look["kept"]) + len(look["dropped"])

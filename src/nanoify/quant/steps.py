@@ -481,13 +481,18 @@ def fit_timing(t: Any, models: int, row_seconds: float, seconds: float, batch: i
     ``row_seconds`` a row (both batch sizes shrink by one factor; at least :data:`MIN_LATENCY_ROWS` rows at batch
     1 and two batches — as many as there are — for throughput; the rounds stay: interleaving is what keeps a slow
     spell from deciding)."""
-    cost = models * row_seconds * t.rounds * (t.latency_rows + t.throughput_rows)
+    cost = timing_cost(t, models, row_seconds)
     if row_seconds <= 0 or cost <= seconds:
         return t
     f = seconds / cost
     lat = max(min(MIN_LATENCY_ROWS, t.latency_rows), int(t.latency_rows * f))
     thr = max(min(2 * batch, t.throughput_rows), int(t.throughput_rows * f) // batch * batch)
     return dataclasses.replace(t, latency_rows=lat, throughput_rows=thr)
+
+
+def timing_cost(t: Any, models: int, row_seconds: float) -> float:
+    """Seconds timing ``models`` models with ``t`` takes at ``row_seconds`` a row (every round, both batch sizes)."""
+    return models * row_seconds * t.rounds * (t.latency_rows + t.throughput_rows)
 
 
 def _kind(c: Candidate) -> tuple[Any, ...]:
@@ -885,14 +890,20 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
         measure_written(c, src, ev, ref, cfg.budget, cfg.threads, cfg.agreement_budget)
         cands.append(c)
     lap("own_formats")
-    timing = None
+    timing, untimed = None, []
     if target.timed:  # the reference and every candidate, timed together
-        fitted = fit_timing(cfg.timing, len(cands) + 1, ref.row_seconds, max(clock.left(), clock.reserve),
-                            src.task.batch_for(cfg.timing.batch))
+        seconds, batch = max(clock.left(), clock.reserve), src.task.batch_for(cfg.timing.batch)
+        timed = cands
+        fitted = fit_timing(cfg.timing, len(timed) + 1, ref.row_seconds, seconds, batch)
+        if timing_cost(fitted, len(timed) + 1, ref.row_seconds) > seconds:
+            # even the fewest rows overrun: time only what the chooser can pick (within the budget; float rows)
+            timed = [c for c in cands if c.metrics.get("meets_budget")]
+            untimed = [c.name for c in cands if c not in timed]
+            fitted = fit_timing(cfg.timing, len(timed) + 1, ref.row_seconds, seconds, batch)
         timing = dataclasses.asdict(fitted) if fitted != cfg.timing else None
-        for m, t in zip([ref.metrics] + [c.metrics for c in cands],
-                        time_all([ref.path] + [c.path for c in cands], src, ev,
-                                 dataclasses.replace(cfg, timing=fitted), ["fp32"] + [c.precision for c in cands]),
+        for m, t in zip([ref.metrics] + [c.metrics for c in timed],
+                        time_all([ref.path] + [c.path for c in timed], src, ev,
+                                 dataclasses.replace(cfg, timing=fitted), ["fp32"] + [c.precision for c in timed]),
                         strict=True):
             m.update(t)
     lap("timing")
@@ -903,7 +914,8 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
                    **({"learned_rounding": rounding_info} if rounding_info else {}),
                    **({"bias_correction": bias_info} if bias_info else {}),
                    **({"screening": screened} if screened else {}),
-                   **({"timing_fitted": timing} if timing else {})},
+                   **({"timing_fitted": timing} if timing else {}),
+                   **({"not_timed": untimed} if untimed else {})},
                   ranges, calib_info)
 
 
