@@ -14,14 +14,15 @@
 # its own process(es) (tests/unit/test_gpu_check_script.py checks that this table is the script's and adds up):
 #   step           cap   processes
 #   (startup)       25   nvidia-smi, two pythons (the environment; is CUDA there), the packs between steps
-#   matrix         160   benchmarks/gpu_check.py --budget 155: its target rows and streams in one process, then
-#                        torchao INT8/FP8, compile, torchao INT8 weight-only, reduce-overhead, max-autotune in one
-#                        child each, each started only when its worst case fits the budget (gpu_check.py)
+#   matrix         200   benchmarks/gpu_check.py --budget 195: its target rows and streams in one process, then
+#                        torchao INT8, nanoify INT8, torchao FP8, FP16, torchao INT8 weight-only (each compiled,
+#                        with our graphs), reduce-overhead, max-autotune in one child each, each started only when
+#                        its worst case fits the budget (gpu_check.py)
 #   quantize_cuda   75   one: nanoify quantize --target cuda on SST-2 (INT8/FP8 accuracy within the budget)
-#   tests_gpu       60   one: pytest tests/gpu
+#   tests_gpu       35   one: pytest tests/gpu (tiny models; 3 s in the CPU dry run)
 #   cnn             60   one per engine of bench (four: each starts CUDA) + the parent
 #   detector        45   one per engine (three) + the parent
-#   distill_cuda    45   one: nanoify distill on the GPU
+#   distill_cuda    30   one: nanoify distill on the GPU (the least important row: last, shortest)
 #   sum            470   ≤ DEADLINE 480
 # The image's transformers (5.17 when last read) may predate transformers' guard for CUDA-graph capture in its
 # mask code; if the graph rows fail at capture, carry transformers 5.24 as a wheel (device README) and rerun.
@@ -111,8 +112,8 @@ torch.version.cuda, 'available', torch.cuda.is_available(), 'transformers', tran
 HAVE_DEV=1
 [ "$DEV" = cpu ] || "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || HAVE_DEV=0
 pack
-step matrix 160 env PYTHONPATH="$PYTHONPATH${AO_PATH:+:$AO_PATH}" "$PY" benchmarks/gpu_check.py --out "$WORK" \
-  --budget $(( 155 * CAP_SCALE )) "${MATRIX[@]}"
+step matrix 200 env PYTHONPATH="$PYTHONPATH${AO_PATH:+:$AO_PATH}" "$PY" benchmarks/gpu_check.py --out "$WORK" \
+  --budget $(( 195 * CAP_SCALE )) "${MATRIX[@]}"
 pack
 if [ -d .gpu_carry/teacher ] && [ "$HAVE_DEV" = 1 ]; then
   # the formats' SST-2 accuracy under the budget, on the GPU
@@ -120,7 +121,7 @@ if [ -d .gpu_carry/teacher ] && [ "$HAVE_DEV" = 1 ]; then
     --eval .gpu_carry/sst2 --max-length 64 --device "$DEV" "${Q_SMALL[@]}" --out "$WORK/quantized"
   cp "$WORK/quantized/manifest.json" "$WORK/quantize_cuda.json" 2>/dev/null
 fi
-step tests_gpu 60 "$PY" -m pytest -q -p no:cacheprovider tests/gpu
+step tests_gpu 35 "$PY" -m pytest -q -p no:cacheprovider tests/gpu
 echo "tests/gpu: $(tail -n 1 "$WORK/tests_gpu.log" 2>/dev/null)" >> "$WORK/env.txt"
 if [ -d .gpu_carry/teacher ] && [ "$HAVE_DEV" = 1 ]; then
   # the seed's before/after table on a GPU: eager FP32 → FP16 with CUDA graphs, four streams, watts, top-1 / mAP
@@ -140,7 +141,7 @@ if [ -d .gpu_carry/teacher ] && [ "$HAVE_DEV" = 1 ]; then
   pack
   # a distillation on the GPU (4×192 student, logits only, bf16, the 8,000 carried rows; CPU reference in
   # benchmarks/RESULTS.md)
-  step distill_cuda 45 "$PY" -m nanoify.cli distill --teacher .gpu_carry/teacher --data .gpu_carry/sst2 \
+  step distill_cuda 30 "$PY" -m nanoify.cli distill --teacher .gpu_carry/teacher --data .gpu_carry/sst2 \
     --max-length 64 --student layers=4,hidden=192,heads=12,intermediate=768 --attention-weight 0 --hidden-weight 0 \
     --embedding-weight 0 --min-steps 0 --lr 5e-4 --device "$DEV" --precision "$PRECISION" "${D_SMALL[@]}" \
     --out "$WORK/distilled"

@@ -152,6 +152,24 @@ MUTANTS = (
            "src/nanoify/quant/schemes.py", "            del n.input[arity[n.name]:]", "            pass",
            ("tests/numerical/test_bias_correction.py::"
             "test_a_node_kept_float_gets_its_fp32_bias_back_and_loses_an_added_one",)),
+    Mutant("captures-overlap", "CUDA-graph captures run one at a time across threads",
+           "src/nanoify/engines/static_shapes.py", "    with CAPTURE_LOCK:", "    with threading.RLock():",
+           ("tests/unit/test_static_shapes.py::test_captures_run_one_at_a_time_across_threads",)),
+    Mutant("compile-per-shape", "torch.compile covers every batch and bucket without falling back to eager",
+           "src/nanoify/engines/static_shapes.py", "dynamic=None, backend=backend", "dynamic=False, backend=backend",
+           ("tests/unit/test_static_shapes.py::"
+            "test_compiled_calls_cover_every_batch_and_bucket_without_falling_back",)),
+    Mutant("qkv-quantize-thrice", "query, key and value quantize their shared input once",
+           "src/nanoify/models/quantized.py", "        if entry is not None and entry[0] is x:",
+           "        if entry is not None and entry[0] is not x:",
+           ("tests/numerical/test_gpu_quant.py::test_query_key_and_value_quantize_their_shared_input_once",)),
+    Mutant("timing-holds-large-engines", "the final timing shrinks its batch so that the engines held together fit",
+           "src/nanoify/quant/steps.py", "    while batch > MIN_HELD_BATCH and batch * row_bytes * models > limit:",
+           "    while False:",
+           ("tests/e2e/test_search_time.py::test_the_timing_batch_halves_until_the_engines_held_together_fit",)),
+    Mutant("fp32-row-runs-twice", "the FP32 float row of the reference's graph takes the reference's predictions",
+           "src/nanoify/quant/steps.py", "    if _is_reference(c, src, ref, ev):", "    if False:",
+           ("tests/e2e/test_quantize.py::test_the_fp32_float_row_reuses_the_reference_pass_on_the_same_rows",)),
 )
 
 
