@@ -67,6 +67,7 @@ for w in "${WHEELS:-.gpu_carry/wheels}"/*.whl; do
   if [ "$mod" = torchao ]; then AO+=("$w"); else MISSING+=("$w"); fi
 done
 CARRIED="none needed" AO_PATH=""
+rm -rf /tmp/carry_site /tmp/carry_torchao  # a machine that ran the check before keeps no stale package on a path
 install() {  # install DIR WHEEL…: one line in env.txt either way
   local dir=$1
   shift
