@@ -118,20 +118,24 @@ def test_choice_follows_the_optimize_goal():
     assert choose([small_slow, recs[1]], ref, "balanced", "accuracy")[0] == 1  # a faster one is preferred
 
 
-def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tmp_path):
-
+def _missing_candidate(tiny_export, tiny_data, tmp_path):
+    """The tiny text model's static INT8 with ranges 30× too narrow: heavy clipping makes it miss a zero-point
+    budget. (src, eval rows, reference, the bad ranges, the evaluated candidate)."""
     src = prepare(tiny_export, tmp_path, get_target("cpu"))
     calib = src.task.calib_set(_data(tiny_data), 64)
     ev = src.task.eval_set(_data(tiny_data))
     hists = calibrate_onnx(src.plain, (f for _, f in src.task.batches(calib, 16)),
                            tensors=weight_node_inputs(src.graphs["plain"]))
-    # ranges 30× too narrow: heavy clipping makes the all-INT8 model miss a zero-point budget
     bad = {"minmax": {k: Range(r.amax / 30) for k, r in choose_ranges(hists, "minmax").items()}}
     ref = measure_reference(src, ev, None)
     scheme = StaticQDQ("minmax", "cpu", "weights", 8)
-
     cand = Candidate("static-bad", QuantPlan.uniform(scheme, units_of(src, scheme)))
     evaluate_candidate(cand, src, ev, ref, bad, tmp_path, 0.0, None)
+    return src, ev, ref, bad, cand
+
+
+def test_a_budget_that_binds_triggers_mixed_precision(tiny_export, tiny_data, tmp_path):
+    src, ev, ref, bad, cand = _missing_candidate(tiny_export, tiny_data, tmp_path)
     assert cand.metrics["accuracy"] < ref.metrics["accuracy"] and cand.metrics["meets_budget"] is False
     mixed, plan = mixed_precision(cand, src, ev, ref, bad, tmp_path, 0.0, None, sens_rows=64)
     err = [r["output_error"] for r in plan["ranking"]]
@@ -152,16 +156,7 @@ def test_mixed_precision_searches_on_fewer_rows_when_the_clock_is_short_and_chec
         tiny_export, tiny_data, tmp_path):
     """Forced: a clock with nothing left, so the doubling and bisection run on the floor of quick rows; the answer
     is then evaluated on every row (and searched further there if it missed), and is minimal on the quick rows."""
-    src = prepare(tiny_export, tmp_path, get_target("cpu"))
-    calib = src.task.calib_set(_data(tiny_data), 64)
-    ev = src.task.eval_set(_data(tiny_data))
-    hists = calibrate_onnx(src.plain, (f for _, f in src.task.batches(calib, 16)),
-                           tensors=weight_node_inputs(src.graphs["plain"]))
-    bad = {"minmax": {k: Range(r.amax / 30) for k, r in choose_ranges(hists, "minmax").items()}}
-    ref = measure_reference(src, ev, None)
-    scheme = StaticQDQ("minmax", "cpu", "weights", 8)
-    cand = Candidate("static-bad", QuantPlan.uniform(scheme, units_of(src, scheme)))
-    evaluate_candidate(cand, src, ev, ref, bad, tmp_path, 0.0, None)
+    src, ev, ref, bad, cand = _missing_candidate(tiny_export, tiny_data, tmp_path)
     assert len(ev) > MIN_SCREEN_ROWS and not cand.metrics["meets_budget"]
     spent = Clock(1.0, start=time.time() - 10)
     assert spent.left() == 0 == spent.avail()
