@@ -44,7 +44,9 @@ if [ "$DEV" = cpu ]; then
   # the GPU's caps are for the GPU: on a 2-core CPU the same steps take far longer (bf16 without AVX512-BF16: the
   # CNN step alone took 113 s on an AVX2 machine), so every cap is 6× here
   DEADLINE=${DEADLINE:-3000} CAP_SCALE=6
-  E_CNN=torch:cpu,torch:cpu:bf16,torch:cpu:bf16,onnxruntime E_DET=torch:cpu,torch:cpu:bf16,onnxruntime
+  # bf16 stands in for fp16 where the CPU computes in it; elsewhere (AVX2) it is emulated and takes minutes: fp32
+  HALF=fp32 && grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null && HALF=bf16
+  E_CNN=torch:cpu,torch:cpu:$HALF,torch:cpu:$HALF,onnxruntime E_DET=torch:cpu,torch:cpu:$HALF,onnxruntime
   SMALL=(--rounds 1 --latency-rows 8 --throughput-rows 32) Q_SMALL=(--eval-rows 64 --calib-samples 32)
   D_SMALL=(--max-steps 20) PRECISION=fp32 MATRIX=(--dry-run)
 else

@@ -30,6 +30,8 @@ def _branch(text: str, dev: str) -> dict[str, str]:
     out = {"DEV": dev}
     for name, arr, val in re.findall(r"(\w+)=(?:\(([^)]*)\)|(\S+))", body):
         out[name] = arr if arr or val == "" else val
+    for name, val in out.items():  # variables set from others in the branch ($HALF)
+        out[name] = re.sub(r"\$(\w+)", lambda m: out.get(m.group(1), m.group(0)), val)
     return out
 
 

@@ -30,6 +30,7 @@ import copy
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from ..models.quantized import (
 )
 from ..tasks import check_budget, evaluate_predictions, make_task
 from ..tasks.resolve import resolve
-from .steps import Candidate, Reference, Search
+from .steps import TIMING_SHARE, Candidate, Reference, Search, fit_timing
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,9 @@ def _measure(task: Any, ev: Any, cfg: QuantizeConfig, reference: tuple[str, dict
         ref_eng = stack.enter_context(TorchEngine(reference[0], **reference[1]))
         engines = {name: stack.enter_context(TorchEngine(path, **opts)) for name, (path, opts, _) in
                    candidates.items()}
+        t0 = time.perf_counter()
         ref_preds = task.predict(ref_eng.infer, ev)
+        row_seconds = (time.perf_counter() - t0) / max(len(ev), 1)
         ref = {**task.reference_metrics(ref_preds, ev), "file_mb": reference[2]}
         for name, eng in engines.items():
             preds = task.predict(eng.infer, ev)
@@ -198,7 +201,9 @@ def _measure(task: Any, ev: Any, cfg: QuantizeConfig, reference: tuple[str, dict
             chk = check_budget(ref, m, cfg.budget, metric, cfg.agreement_budget, task.agreement_key)
             m.update(metric=metric, drop_pts=chk.drop_pts, meets_budget=chk.met)
             records.append(m)
-        t = cfg.timing
+        # the timing's share of --search-seconds, as on the ONNX targets (on a GPU it fits at once; on the CPU
+        # kernels of --device cpu, five formats at the default rows took minutes)
+        t = fit_timing(cfg.timing, len(engines) + 1, row_seconds, TIMING_SHARE * cfg.search_seconds, batch)
         ref_speed, *speeds = measure_speed([ref_eng.infer, *(e.infer for e in engines.values())],
                                            task.feeds(ev, 1, t.latency_rows), task.feeds(ev, batch, t.throughput_rows),
                                            t.rounds, batch)
