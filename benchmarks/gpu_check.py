@@ -34,6 +34,7 @@ than eager; b128 ≥ 16,000 rows/s with FP8 or INT8; four streams ≥ 3× one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import subprocess
@@ -44,6 +45,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+
+from nanoify.bench.run import serve_concurrently  # noqa: E402
+from nanoify.engines.static_shapes import StaticShapeRunner, compile_call  # noqa: E402
+from nanoify.models.quantized import (  # noqa: E402
+    fp8_supported,
+    quantizable_linears,
+    quantize_model,
+    torchao_available,
+    torchao_quantize,
+)
 
 SEQ, B1_CALLS, BIG, BIG_CALLS, MIN_SECONDS = 128, 200, 128, 20, 2.0
 DEV = "cuda"  # "cpu" under --dry-run
@@ -98,9 +113,6 @@ class Power:
 def _model(dtype, attention: str, small: bool | None = None):
     """The matrix's BERT-base-shaped classifier, random weights (seed 0); ``small`` (default: off CUDA, the dry run)
     a 2-layer, 128-wide one."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
     torch.manual_seed(0)
     tiny = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 256}
     small = {} if not (DEV != "cuda" if small is None else small) else tiny
@@ -110,15 +122,11 @@ def _model(dtype, attention: str, small: bool | None = None):
 
 
 def _sync() -> None:
-    import torch
-
     if DEV == "cuda":
         torch.cuda.synchronize()
 
 
 def _timed(fn, feed, calls: int) -> list[float]:
-    import torch
-
     times = []
     for _ in range(calls):
         if DEV != "cuda":
@@ -149,8 +157,6 @@ def run_row(name: str, fn, feeds: dict, ref: dict, power: Power | None) -> dict:
 def probe(m):
     """The model call every row times: logits and the [CLS] hidden state side by side (one tensor, batch first),
     the classifier's own computation (pooler, dropout, head) written out so that the hidden state comes along."""
-    import torch
-
     def call(**t):
         out = m.bert(**t)
         logits = m.classifier(m.dropout(out.pooler_output))
@@ -166,9 +172,6 @@ def check_error(got, ref, labels: int = 2) -> float:
 
 
 def _row(name: str, fn, feeds: dict, ref: dict, power: Power | None) -> dict:
-    import numpy as np
-    import torch
-
     for f in (feeds["b1"], feeds["big"]):
         for _ in range(3):
             fn(f)
@@ -208,13 +211,6 @@ class _Null:
 def streams_row(model, feed: dict, n: int = 4, requests: int = 400) -> dict:
     """Batch-1 requests served by ``n`` threads, each with its own CUDA stream and captured graph (the torch
     engine's arrangement), against one: aggregate rows/s, per-request p50/p99 (dry run: threads alone)."""
-    import contextlib
-
-    import torch
-
-    from nanoify.bench.run import serve_concurrently
-    from nanoify.engines.static_shapes import StaticShapeRunner
-
     def serve(k: int) -> dict:
         runs = []
         for _ in range(k):
@@ -290,8 +286,6 @@ def write_report(out: Path, report: dict, rows: list[dict], final: bool) -> str:
 def _setup(small: bool | None = None):
     """Feeds (batch 1 and batch BIG, fixed seed), the FP32 reference outputs of :func:`probe` on them, the FP32
     model."""
-    import torch
-
     g = torch.Generator().manual_seed(0)
     feeds = {}
     for key, b in (("b1", 1), ("big", BIG)):
@@ -304,8 +298,6 @@ def _setup(small: bool | None = None):
 
 
 def eager(m):
-    import torch
-
     call = probe(m)
 
     def f(feed):
@@ -315,7 +307,6 @@ def eager(m):
 
 
 def graphed(m, compile_mode=None):
-    from nanoify.engines.static_shapes import StaticShapeRunner, compile_call
 
     call = probe(m)
     if compile_mode:
@@ -339,7 +330,6 @@ ISOLATED_NAMES = {
 
 def isolated_keys(skip_compile: bool) -> list[tuple[str, float]]:
     """The child-process rows this machine can run, in order, with their worst cases."""
-    from nanoify.models.quantized import fp8_supported, torchao_available
 
     keys = []
     for key, cap in ISOLATED:
@@ -375,9 +365,6 @@ def worst_case_plan(keys: list[tuple[str, float]], parent: float, budget: float)
 def isolated_row(key: str, out: Path) -> dict:
     """One isolated row in this (child) process: its model, the FP32 reference, the row; written to
     ``out/rows/<key>.json`` for the parent."""
-    import torch
-
-    from nanoify.models.quantized import quantizable_linears, quantize_model, torchao_quantize
 
     feeds, ref, fp32 = _setup()
     del fp32
@@ -446,8 +433,6 @@ def main() -> int:
     t_start = time.perf_counter()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    import torch
-
     global DEV, SEQ, B1_CALLS, BIG, BIG_CALLS, MIN_SECONDS
     if a.dry_run:
         DEV, SEQ, B1_CALLS, BIG, BIG_CALLS, MIN_SECONDS = "cpu", 16, 5, 32, 2, 0.0
@@ -461,7 +446,6 @@ def main() -> int:
         (out / "gpu_matrix.md").write_text("GPU matrix skipped: no CUDA GPU on this machine.\n")
         print(report["skipped"])
         return 0
-    from nanoify.models.quantized import fp8_supported, quantizable_linears, quantize_model, torchao_available
 
     if DEV == "cuda":
         report.update(gpu=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)))

@@ -13,6 +13,7 @@ import torch
 from nanoify.bench.run import benchmark, format_table
 from nanoify.cli import main
 from nanoify.config import BenchConfig, DataConfig, QuantizeConfig, TimingConfig
+from nanoify.quant import steps
 from nanoify.quant.calibrate import Range, calibrate_onnx, choose_ranges
 from nanoify.quant.choose import choose
 from nanoify.quant.qdq import weight_node_inputs
@@ -180,8 +181,6 @@ def test_the_fp32_float_row_reuses_the_reference_pass_on_the_same_rows(tiny_expo
                                                                        monkeypatch):
     """The FP32 float candidate of the graph the reference ran, on the reference's rows, is the reference: its
     predictions are taken, not recomputed (a full pass of a 640² detector); on other rows it runs."""
-    from nanoify.quant import steps
-
     src = prepare(tiny_export, tmp_path, get_target("cpu"))
     ev = src.task.eval_set(_data(tiny_data))
     ref = measure_reference(src, ev, None)

@@ -4,12 +4,14 @@ only the best go on; the manifest says which were dropped, on how many rows, and
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
 
 from nanoify.config import QuantizeConfig, TimingConfig
 from nanoify.errors import ConfigError
+from nanoify.quant import steps
 from nanoify.quant.run import quantize
 from nanoify.quant.steps import MIN_HELD_BATCH, MIN_SCREEN_ROWS, SCREEN_KEEP, fit_timing, held_batch, screen_rows
 
@@ -90,10 +92,6 @@ def test_a_short_search_makes_no_bias_corrected_twin_and_says_so(tmp_path, tiny_
 def test_large_inputs_are_timed_with_one_engine_open_at_a_time(tmp_path, tiny_cnn_export, tiny_images, monkeypatch):
     """Forced: a hold limit every batch passes. The final timing then opens each model alone in each round
     (a 640² detector's engines held together at batch 32 took 18 GB); without it they are held side by side."""
-    from contextlib import contextmanager
-
-    from nanoify.quant import steps
-
     def most_open(hold: int, out: str) -> int:
         state = {"open": 0, "most": 0}
         real = steps._engine
@@ -124,8 +122,6 @@ def test_when_even_the_fewest_timing_rows_overrun_only_what_can_be_chosen_is_tim
                                                                                     tiny_images, monkeypatch):
     """Forced: a search time nothing fits, and every model much smaller than FP32 (the INT8 ones) outside the
     budget. Candidates outside the budget are never chosen, so they are not timed; the report names them."""
-    from nanoify.quant import steps
-
     real = steps.check_budget
 
     def int8_misses(ref, got, *a, **k):

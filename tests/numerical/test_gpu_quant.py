@@ -15,15 +15,19 @@ import numpy as np
 import pytest
 import torch
 
+from nanoify.models.load import load_classifier
 from nanoify.models.quantized import (
     FORMATS,
     QuantLinear,
+    SharedInput,
     calibrate_input_scales,
     load_quantized,
     quantizable_linears,
     quantize_model,
     save_quantized,
+    share_inputs,
 )
+from nanoify.tasks.classify import cosine
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = {"int8": 0.02, "int8-static": 0.02, "int8-weight-only": 0.01, "fp8": 0.06}
@@ -70,9 +74,6 @@ def test_half_precision_activations_are_quantized_in_their_dtype_within_toleranc
 def test_query_key_and_value_quantize_their_shared_input_once(tiny_teacher, fmt, monkeypatch):
     """One quantization of each attention block's input for its three layers (issue 23), the logits exactly those
     of the layers quantizing it each on their own; counted by the per-row reductions (amax) a forward makes."""
-    from nanoify.models.load import load_classifier
-    from nanoify.models.quantized import SharedInput, share_inputs
-
     model, _, _ = load_classifier(str(tiny_teacher))
     names = quantizable_linears(model)
     scales = calibrate_input_scales(model, names, _batches()) if fmt == "int8-static" else None
@@ -124,9 +125,6 @@ def _batches(n=3):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_quantized_model_keeps_the_logits_and_round_trips(tmp_path, tiny_teacher, fmt):
-    from nanoify.models.load import load_classifier
-    from nanoify.tasks.classify import cosine
-
     model, tok, lm = load_classifier(str(tiny_teacher))
     batches = _batches()
     with torch.inference_mode():

@@ -11,12 +11,15 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from nanoify.cli import build_parser
 from nanoify.engines import parse_engine_spec
+from nanoify.models.quantized import quantizable_linears, quantize_model
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
 TORCHAO_SITE = Path(sys.prefix) / "torchao-site"  # the Makefile installs torchao beside the venv, not in it
@@ -73,10 +76,6 @@ def test_every_nanoify_command_in_the_gpu_check_parses(dev):
 
 
 def test_the_script_is_valid_bash_and_skips_cleanly_without_a_gpu(tmp_path):
-    import tarfile
-
-    import torch
-
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: the check would run for minutes (run it as benchmarks/gpu_check.sh)")
@@ -133,10 +132,6 @@ def test_the_matrix_check_fails_on_a_planted_wrong_layer_and_passes_the_formats(
     """Issue 23: with random weights every row's logits are nearly the same, so a GEMM with its outputs permuted
     kept logits cosine 0.99. The matrix's check — the [CLS] hidden state's error relative to its spread over the
     rows — rejects one such layer at either end of the encoder and passes nanoify's INT8."""
-    import torch
-
-    from nanoify.models.quantized import quantizable_linears, quantize_model
-
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # torch sets it on the BERT-base forward
     mod = _matrix_module(monkeypatch)
     feeds, ref, fp32 = mod._setup(small=False)  # the matrix's own BERT-base shape (sequence 16, 32 rows here)

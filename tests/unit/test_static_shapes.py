@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from nanoify.data.text import collate
 from nanoify.engines import EngineUnavailable, open_engine, parse_engine_spec, static_shapes
 from nanoify.engines.static_shapes import StaticShapeRunner, buckets_for
 from nanoify.engines.torch_engine import TorchEngine
@@ -49,9 +50,6 @@ def test_runner_pads_to_buckets_and_returns_only_real_rows():
 
 
 def test_torch_engine_with_buckets_matches_eager(tiny_teacher):
-    from nanoify.data.text import collate
-    from nanoify.engines.torch_engine import TorchEngine
-
     rng = np.random.default_rng(0)
     feeds = [collate([list(rng.integers(5, 80, size=n)) for n in lens], 0) for lens in ([3], [5, 17, 9], [30, 2])]
     with open_engine("torch", str(tiny_teacher)) as eager, \
@@ -60,8 +58,6 @@ def test_torch_engine_with_buckets_matches_eager(tiny_teacher):
         for f in feeds:
             np.testing.assert_allclose(sdpa.infer(f)["logits"], eager.infer(f)["logits"], atol=1e-5)
     with TorchEngine(str(tiny_teacher), buckets=(8, 32, 64)) as bucketed:
-        from nanoify.engines.static_shapes import StaticShapeRunner
-
         m = bucketed.model
         bucketed._runner = StaticShapeRunner(lambda **t: m(**t).logits, {"input_ids": 0}, (8, 32, 64), "cpu",
                                              graphs=False)
