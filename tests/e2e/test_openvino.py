@@ -60,6 +60,18 @@ def test_openvino_engine_agrees_with_onnxruntime(tiny_cnn_export):
         assert not any(p in ("u8", "i8") for c in precs.values() for p in c)  # an FP32 graph runs no INT8 layer
 
 
+def test_an_fp32_encoder_counts_no_int8_compute_layer(tiny_export):
+    """An FP32 encoder's mask arithmetic runs on u8/i8 data in OpenVINO; only convolutions and matrix multiplies
+    count as INT8 layers, so an FP32 model reads 0 (it read 8 for the FP32 MiniLM before)."""
+    from nanoify.engines.openvino_engine import int8_compute_layers
+
+    with open_engine("openvino", str(tiny_export / "model.onnx"), threads=1) as eng:
+        precs = eng.layer_precisions()
+        int8, compute = eng.int8_counts()
+    assert compute > 0 and int8 == 0, precs
+    assert int8_compute_layers({"MatMul": {"u8": 2, "f32": 1}, "Convert": {"u8": 5}}) == (2, 3)
+
+
 def test_openvino_options_and_bad_input_are_one_line(tiny_cnn_export, monkeypatch, tmp_path):
     from nanoify.engines.openvino_engine import cpu_capabilities
     from nanoify.errors import ModelError

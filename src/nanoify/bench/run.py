@@ -285,10 +285,8 @@ def _shape(ref: Any, eng: Any) -> dict[str, Any]:
     """Parameter count (torch module or ONNX weights); for an engine that reports what it compiled (OpenVINO),
     how many compute layers run in INT8 — read, not assumed."""
     out: dict[str, Any] = {}
-    if hasattr(eng, "layer_precisions"):
-        precs = eng.layer_precisions()
-        out["int8_layers"] = sum(n for c in precs.values() for p, n in c.items() if p in ("u8", "i8"))
-        out["compute_layers"] = sum(n for c in precs.values() for n in c.values())
+    if hasattr(eng, "int8_counts"):
+        out["int8_layers"], out["compute_layers"] = eng.int8_counts()
     if hasattr(eng, "model") and ref.path.suffix != ".onnx":
         out["parameters_m"] = sum(p.numel() for p in eng.model.parameters()) / 1e6
     elif ref.path.suffix == ".onnx":  # ONNX Runtime, or torch running the graph (its weights are buffers)

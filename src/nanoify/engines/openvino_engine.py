@@ -145,6 +145,9 @@ class OpenVinoEngine(Engine):
             out.setdefault(kind, Counter())[prec] += 1
         return {k: dict(v) for k, v in sorted(out.items())}
 
+    def int8_counts(self) -> tuple[int, int]:
+        """(compute layers that ran in INT8, compute layers): :func:`int8_compute_layers` of this compiled model."""
+        return int8_compute_layers(self.layer_precisions())
 
     def node_precisions(self) -> dict[str, str]:
         """Source node name → the precision of the compute layer (convolution, matrix multiply) it was compiled
@@ -168,13 +171,22 @@ COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConn
 INT8 = ("u8", "i8")
 
 
+def int8_compute_layers(layers: dict[str, dict[str, int]]) -> tuple[int, int]:
+    """(INT8 compute layers, compute layers) in :meth:`OpenVinoEngine.layer_precisions`'s answer. Only
+    convolutions and matrix multiplies count: an FP32 encoder's mask arithmetic (Convert, Gather on u8/i8 data)
+    also reports u8/i8 runtime precision, and counting it made an FP32 MiniLM read "8 INT8 layers"."""
+    compute = {k: v for k, v in layers.items() if k in COMPUTE_LAYERS}
+    return (sum(n for precs in compute.values() for p, n in precs.items() if p in INT8),
+            sum(n for precs in compute.values() for n in precs.values()))
+
+
 def compiled_info(xml_path: Path, precision: str = "fp32", quantized: tuple[str, ...] = ()) -> dict[str, Any]:
     """What the manifest says about an IR compiled here: OpenVINO's version, the precision each layer type ran in,
     and which of the ``quantized`` source nodes (compute nodes the graph quantizes) OpenVINO kept in float."""
     with OpenVinoEngine(str(xml_path), dtype=precision) as eng:
         layers = eng.layer_precisions()
         ran = eng.node_precisions() if quantized else {}
-    int8 = sum(n for precs in layers.values() for p, n in precs.items() if p in INT8)
+    int8 = int8_compute_layers(layers)[0]
     return {"version": ov.__version__, "int8_layers": int8, "layer_precisions": layers,
             "kept_float": [n for n in quantized if n in ran and ran[n] not in INT8]}
 
