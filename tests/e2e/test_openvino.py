@@ -125,9 +125,13 @@ def test_openvino_options_and_bad_input_are_one_line(tiny_cnn_export, monkeypatc
         open_engine("openvino", path)
 
 
-def test_quantize_for_openvino_writes_qdq_and_ir_measured_in_openvino(tmp_path, tiny_cnn_export, tiny_images):
+def test_quantize_for_openvino_writes_qdq_and_ir_measured_in_openvino(tmp_path, tiny_cnn_export, tiny_images,
+                                                                     monkeypatch):
     from nanoify.engines.openvino_engine import cpu_capabilities
 
+    real = run.choose  # the pick forced to a Q/DQ candidate: its writing is under test (the BF16 row is an IR)
+    monkeypatch.setattr(run, "choose", lambda recs, *a, **k: (
+        next(i for i, r in enumerate(recs) if r["name"].startswith("static-")), real(recs, *a, **k)[1]))
     out = tmp_path / "ov"
     man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="openvino",
                    config=QuantizeConfig(**PLAIN, budget=2.0, methods=("mse", "minmax"), timing=FAST))
@@ -150,8 +154,7 @@ def test_quantize_for_openvino_writes_qdq_and_ir_measured_in_openvino(tmp_path, 
     assert resolve(out).engine == "openvino"
     res, _ = measure_model(str(out), str(tiny_images), timing=FAST)
     assert res["engine"] == "openvino" and res["accuracy"] > 0.8
-    chosen = next(c for c in man["candidates"] if c["name"] == man["chosen"])
-    assert (res["int8_layers"] > 0) == bool(chosen["scheme"]["type"] == "StaticQDQ")  # bench reads it too
+    assert res["int8_layers"] > 0 and res["precision"] == "fp32"  # bench reads what OpenVINO compiled too
 
 
 def test_an_openvino_measurement_does_not_load_torch(tiny_cnn_export, tiny_images):
@@ -245,6 +248,46 @@ def test_nncf_rows_are_measured_beside_nanoify_and_a_chosen_nncf_model_is_its_ir
     assert res["engine"] == "openvino" and res["int8_layers"] > 0
     assert abs(res["accuracy"] - rows["nncf-default"]["accuracy"]) <= 0.02
     assert "nncf-default **(chosen)**" in (out / "report.md").read_text()
+
+
+def test_the_bf16_row_is_an_ir_with_fp16_weights_measured_and_written_as_such(tmp_path, tiny_cnn_export,
+                                                                             tiny_images, monkeypatch):
+    """OpenVINO's BF16 row is the IR OpenVINO itself would save (weights stored FP16: half the FP32 file), and that
+    very file is what is evaluated, timed and — when chosen — written and benched in BF16. Writing it needs no BF16
+    CPU (checked everywhere); running it does (the rest is skipped on CPUs without AVX512-BF16 or AMX)."""
+    import onnx
+
+    from nanoify.engines.openvino_engine import cpu_capabilities
+    from nanoify.quant.schemes import Float
+
+    src = prepare(tiny_cnn_export, tmp_path / "src", get_target("openvino"))
+    weights = sum(i.ByteSize() for i in onnx.load(str(src.plain)).graph.initializer)
+    c = Candidate("float-bf16", QuantPlan.uniform(Float("bf16"), []))
+    path = get_target("openvino").write_candidate(c, src, tmp_path, {})
+    assert path.suffix == ".xml" and not (tmp_path / "float-bf16.onnx").exists()
+    assert abs(path.with_suffix(".bin").stat().st_size - weights / 2) < 0.05 * weights  # FP16-stored weights
+    fp32 = get_target("openvino").write_candidate(Candidate("float-fp32", QuantPlan.uniform(Float("fp32"), [])),
+                                                  src, tmp_path, {})
+    assert fp32.suffix == ".onnx"  # the FP32 row stays the graph the reference ran
+    if "BF16" not in cpu_capabilities():
+        pytest.skip("this CPU has no BF16 (AVX512-BF16 or AMX): OpenVINO cannot run the BF16 row here")
+    real = run.choose
+    monkeypatch.setattr(run, "choose", lambda recs, *a, **k: (  # force the pick: what is written is under test
+        next(i for i, r in enumerate(recs) if r["name"] == "float-bf16"), real(recs, *a, **k)[1]))
+    monkeypatch.setitem(sys.modules, "nncf", None)  # no NNCF rows: not under test here
+    out = tmp_path / "ov-bf16"
+    man = quantize(tiny_cnn_export, out, calib=str(tiny_images), progress=False, target="openvino",
+                   config=QuantizeConfig(**PLAIN, budget=5.0, methods=("minmax",), timing=FAST))
+    rows = {c["name"]: c for c in man["candidates"]}
+    assert rows["float-bf16"]["file_mb"] < rows["float-fp32"]["file_mb"]  # (the tiny CNN's .xml is most of it)
+    assert abs((out / "model.bin").stat().st_size - weights / 2) < 0.05 * weights
+    assert man["chosen"] == "float-bf16" and man["model_file"] == "model.xml" and man["engine"] == "openvino"
+    assert not (out / "model.qdq.onnx").exists() and man["openvino"]["weights"] == "fp16"
+    assert man["openvino"]["precision"] == "bf16" and json.loads((out / "quantization.json").read_text())[
+        "format"] == "bf16"
+    res, _ = measure_model(str(out), str(tiny_images), timing=FAST)
+    assert res["engine"] == "openvino" and res["precision"] == "bf16"
+    assert res["accuracy"] == rows["float-bf16"]["accuracy"]  # the written file is the one measured
 
 
 def test_without_nncf_the_openvino_search_says_there_is_no_nncf_row(tmp_path, tiny_cnn_export, tiny_images,

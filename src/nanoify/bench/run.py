@@ -287,6 +287,7 @@ def _shape(ref: Any, eng: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if hasattr(eng, "int8_counts"):
         out["int8_layers"], out["compute_layers"] = eng.int8_counts()
+        out["precision"] = eng.dtype  # what its float parts ran in (a BF16 folder runs in BF16)
     if hasattr(eng, "model") and ref.path.suffix != ".onnx":
         out["parameters_m"] = sum(p.numel() for p in eng.model.parameters()) / 1e6
     elif ref.path.suffix == ".onnx":  # ONNX Runtime, or torch running the graph (its weights are buffers)

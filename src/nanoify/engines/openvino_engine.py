@@ -191,10 +191,19 @@ def compiled_info(xml_path: Path, precision: str = "fp32", quantized: tuple[str,
             "kept_float": [n for n in quantized if n in ran and ran[n] not in INT8]}
 
 
+def write_ir(onnx_path: Path, xml_path: Path, fp16_weights: bool = False) -> Path:
+    """``onnx_path`` converted to OpenVINO IR at ``xml_path`` (weights in the ``.bin`` beside it). Float weights are
+    kept FP32 unless ``fp16_weights`` (OpenVINO's own default: half the file, each weight rounded to FP16 — results
+    change, so a model written so is measured as written)."""
+    core = ov.Core()
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(core.read_model(str(onnx_path)), str(xml_path), compress_to_fp16=fp16_weights)
+    return xml_path
+
+
 def save_ir(onnx_path: Path, xml_path: Path, precision: str = "fp32",
             quantized: tuple[str, ...] = ()) -> dict[str, Any]:
     """``onnx_path`` converted to OpenVINO IR at ``xml_path`` (weights in the ``.bin`` beside it, kept FP32 where
     they are float: no FP16 compression, so the IR computes what was measured); returns :func:`compiled_info`."""
-    core = ov.Core()
-    ov.save_model(core.read_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    write_ir(onnx_path, xml_path)
     return compiled_info(xml_path, precision, quantized)

@@ -404,8 +404,7 @@ def evaluate_candidate(c: Candidate, src: Source, ev: Any, ref: Reference, range
                        threads: int | None, agreement_budget: float | None = None) -> None:
     """Write the candidate's graph, run it on the evaluation rows, record metrics and the budget check."""
 
-    c.path = work / f"{c.name}.onnx"
-    apply_plan(c.plan, src.sources, c.path, ranges)
+    c.path = src.target.write_candidate(c, src, work, ranges)
     measure_written(c, src, ev, ref, budget, threads, agreement_budget)
 
 

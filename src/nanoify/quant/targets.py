@@ -38,7 +38,7 @@ from ..models.files import QUANT_FILE, onnx_io
 from ..tasks import task_kind
 from . import cuda, steps
 from .engine_choice import choose_engine
-from .schemes import DynamicInt8, Float, StaticQDQ, precision_of
+from .schemes import DynamicInt8, Float, StaticQDQ, apply_plan, precision_of
 from .tensorrt import trt_version, trtexec_command, version_tag, write_calibration_cache
 
 OUT_MODEL = "model.int8.onnx"  # --target cpu
@@ -79,6 +79,13 @@ class Target:
         """Files beside the chosen model in ``folder``; returns what the manifest adds about them (``warnings``
         join the manifest's, ``model_file`` replaces the target's)."""
         return {}
+
+    def write_candidate(self, c: steps.Candidate, src: Any, work: Path, ranges: Any) -> Path:
+        """Write candidate ``c``'s model into ``work``; returns its path (the file that is evaluated, timed and, when
+        chosen, written). Default: the plan applied to the source graph, an ONNX file."""
+        path = work / f"{c.name}.onnx"
+        apply_plan(c.plan, src.sources, path, ranges)
+        return path
 
     def own_candidates(self, src: Any, calib_set: Any, cfg: QuantizeConfig, work: Path, keep_float: list[str],
                        progress: bool,
@@ -210,6 +217,18 @@ class OpenVinoTarget(Target):
     def engine(self, path: Path, threads: int | None, precision: str = "fp32") -> Engine:
         return open_engine("openvino", str(path), threads=threads, dtype=precision)
 
+    def write_candidate(self, c: steps.Candidate, src: Any, work: Path, ranges: Any) -> Path:
+        """The BF16 row is an IR with FP16-stored weights (OpenVINO's own way to save a float model: half the file;
+        the CPU plugin computes in BF16 either way), measured as written; every other candidate is ONNX."""
+        path = super().write_candidate(c, src, work, ranges)
+        if not (c.plan is not None and isinstance(c.plan.scheme, Float) and c.plan.scheme.precision == "bf16"):
+            return path
+        from ..engines.openvino_engine import write_ir  # optional backend: imported when this target runs
+
+        ir = write_ir(path, work / c.name / OV_IR, fp16_weights=True)
+        path.unlink()
+        return ir
+
     def own_candidates(self, src: Any, calib_set: Any, cfg: QuantizeConfig, work: Path, keep_float: list[str],
                        progress: bool,
                        clock: steps.Clock | None = None) -> tuple[list[steps.Candidate], dict[str, Any]]:
@@ -247,17 +266,24 @@ class OpenVinoTarget(Target):
 
     def write_chosen(self, folder: Path, chosen: steps.Candidate, found: steps.Search, src: Any,
                      ev: Any) -> dict[str, Any]:
-        if chosen.plan is not None:  # nanoify's Q/DQ graph or a float row: the ONNX steps, then write() below
+        assert chosen.path is not None
+        if chosen.path.suffix != ".xml":  # nanoify's Q/DQ graph or the FP32 row: the ONNX steps, then write() below
             return steps.write_chosen(folder, chosen, found, src, ev)
         from ..engines.openvino_engine import compiled_info  # optional backend: imported when this target is chosen
 
-        assert chosen.path is not None  # NNCF's IR: the model is the IR itself (no Q/DQ ONNX exists)
+        # an IR candidate (NNCF's INT8, the BF16 row): the model is the IR itself, as measured (no Q/DQ ONNX exists)
         shutil.copyfile(chosen.path, folder / OV_IR)
         shutil.copyfile(chosen.path.with_suffix(".bin"), folder / "model.bin")
         src.ref.kind.write_assets(src.ref, folder)
-        info = compiled_info(folder / OV_IR)
+        precision = chosen.precision
+        if precision != "fp32":  # the engine's default for this folder (bench runs it so)
+            (folder / QUANT_FILE).write_text(json.dumps({"kind": "precision", "format": precision,
+                                                         "target": "openvino"}, indent=2) + "\n")
+        made = chosen.made or ({"made_by": "openvino.save_model", "weights": "fp16"} if chosen.plan is not None
+                               else {})
+        info = compiled_info(folder / OV_IR, precision)
         return {"model_file": OV_IR, "engine": "openvino",
-                "openvino": {"ir": OV_IR, "qdq_model": None, "precision": "fp32", **chosen.made, **info}}
+                "openvino": {"ir": OV_IR, "qdq_model": None, "precision": precision, **made, **info}}
 
     def write(self, folder: Path, chosen: Any, ranges: dict[str, Any], src: Any, ev: Any) -> dict[str, Any]:
         from ..engines.openvino_engine import save_ir  # optional backend: imported when this target is chosen
