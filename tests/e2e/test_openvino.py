@@ -184,6 +184,8 @@ def test_an_openvino_ir_resolves_and_benches_on_openvino(tmp_path, tiny_cnn_expo
     res, _ = measure_model(str(folder / "model.xml"), str(tiny_images), timing=FAST)
     ort, _ = measure_model(str(tiny_cnn_export / "model.onnx"), str(tiny_images), timing=FAST)
     assert res["engine"] == "openvino" and abs(res["accuracy"] - ort["accuracy"]) <= 0.02
+    ir_bytes = (folder / "model.xml").stat().st_size + (folder / "model.bin").stat().st_size
+    assert res["file_mb"] == ir_bytes / 1e6  # the size column counts the weights in the .bin
 
 
 def test_compress_on_the_openvino_target(tmp_path, tiny_cnn, tiny_images, capsys):

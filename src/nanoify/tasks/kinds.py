@@ -127,9 +127,13 @@ class ModelRef:
         return self.kind.name
 
     def files(self) -> list[Path]:
-        """The weight files (for the size column)."""
+        """The weight files (for the size column): an ONNX file with its external data, an OpenVINO IR's ``.xml``
+        with the ``.bin`` that holds its weights, a folder's safetensors (else ``.bin``) files."""
         if self.path.is_file():
             extra = [p for p in self.path.parent.glob(self.path.name + ".data") if p.is_file()]
+            weights = self.path.with_suffix(".bin")
+            if self.path.suffix == ".xml" and weights.is_file():
+                extra.append(weights)
             return [self.path, *extra]
         return sorted(p for p in self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
 
