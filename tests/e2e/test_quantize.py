@@ -63,7 +63,8 @@ def test_quantize_tries_every_candidate_and_writes_a_runnable_folder(quantized):
     names = [c["name"] for c in man["candidates"]]
     dyn = ["dynamic-per-channel", "dynamic-per-channel-reduce-range", "dynamic-stock"]
     assert names == dyn + [f"{n}-unfused" for n in dyn] + [f"static-minmax{w7}", f"static-percentile{w7}",
-                                                           "float-fp32"]
+                                                           "float-fp32", f"static-minmax{w7}-smooth",
+                                                           f"static-percentile{w7}-smooth"]  # SmoothQuant twins
     by = {c["name"]: c for c in man["candidates"]}
     assert by["dynamic-stock"]["scheme"] == {"type": "DynamicInt8", "per_channel": False, "reduce_range": False,
                                              "graph": "fused"}
@@ -101,6 +102,11 @@ def test_choice_follows_the_optimize_goal():
     assert choose(far, ref, "throughput", "accuracy")[0] == 1
     near = [dict(recs[0], **n, top1_agreement=0.986), dict(recs[0], **n, top1_agreement=0.990, throughput_b32=196.0)]
     assert choose(near, ref, "throughput", "accuracy")[0] == 0
+    # a detector's agreement is over its FP32 boxes, not its images: 397 of 14,000 boxes changed on 128 images is
+    # far from FP32's 0 (counted in images it read 3.6 and tied), so an as-fast FP32 row wins the tie
+    boxes = {"n": 128, "reference_boxes": 14000}
+    det = [dict(recs[0], **boxes, box_agreement=0.9717), dict(recs[0], **boxes, box_agreement=1.0, file_mb=26.0)]
+    assert choose(det, ref, "balanced", "accuracy", agree_key="box_agreement")[0] == 1
     # the tie band hangs from the fastest: a candidate half as fast is outside it, however few predictions it changes
     slow = [dict(recs[0], **n, top1_agreement=0.970), dict(recs[0], **n, top1_agreement=0.990, throughput_b32=100.0,
                                                             latency_ms_p50=8.0)]
@@ -241,7 +247,7 @@ def test_tensorrt_target_writes_qdq_cache_and_trtexec(tmp_path, tiny_export, tin
     out = tmp_path / "trt"
     man = quantize(tiny_export, out, calib=_data(tiny_data), progress=False,
                    config=QuantizeConfig(budget=100.0, target="tensorrt", methods=("percentile",), calib_samples=32))
-    assert [c["name"] for c in man["candidates"]] == ["qdq-percentile"]
+    assert [c["name"] for c in man["candidates"]] == ["qdq-percentile", "qdq-percentile-smooth"]  # + SmoothQuant
     header, ranges = read_calibration_cache(out / "calibration.cache")
     assert header.endswith("-EntropyCalibration2") and ranges
     saved = json.loads((out / "ranges.json").read_text())["percentile"]

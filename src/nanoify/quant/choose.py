@@ -43,8 +43,12 @@ def _is_float(r: dict[str, Any]) -> bool:
 
 
 def _changed(r: dict[str, Any], agree_key: str) -> float:
-    """How many evaluation rows' predictions differ from FP32 (1 − agreement, times the rows)."""
-    return (1.0 - float(r.get(agree_key, 1.0))) * float(r.get("n", 1))
+    """How many predictions differ from FP32: the count where the task gives it, else 1 − agreement times what the
+    agreement is over — a detector's FP32 boxes (``reference_boxes``), not its images (counted in images, 397 of
+    14,000 boxes changed on 128 images read as 3.6 and tied with FP32's 0), else the rows."""
+    if r.get("predictions_changed") is not None:
+        return float(r["predictions_changed"])
+    return (1.0 - float(r.get(agree_key, 1.0))) * float(r.get("reference_boxes", r.get("n", 1)))
 
 
 def choose(records: Sequence[dict[str, Any]], ref: dict[str, Any], optimize: str, metric: str,
