@@ -170,6 +170,22 @@ MUTANTS = (
     Mutant("fp32-row-runs-twice", "the FP32 float row of the reference's graph takes the reference's predictions",
            "src/nanoify/quant/steps.py", "    if _is_reference(c, src, ref, ev):", "    if False:",
            ("tests/e2e/test_quantize.py::test_the_fp32_float_row_reuses_the_reference_pass_on_the_same_rows",)),
+    Mutant("smooth-weights-unscaled", "SmoothQuant scales the GEMM weights' rows by the s the inputs are divided by",
+           "src/nanoify/quant/smooth.py",
+           "            inits[name].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(w.dtype), name))",
+           "            pass",
+           ("tests/numerical/test_smooth.py::"
+            "test_gemms_reading_one_tensor_share_a_group_and_the_smoothed_graph_computes_the_same",)),
+    Mutant("smoothed-float-weights-restored", "a GEMM kept float in a smoothed graph keeps its smoothed weights",
+           "src/nanoify/quant/schemes.py",
+           '    return graph not in ("plain", "fused") and not graph.startswith(SMOOTHED)',
+           '    return graph not in ("plain", "fused")',
+           ("tests/numerical/test_smooth.py::test_a_gemm_kept_float_keeps_its_smoothed_weights",)),
+    Mutant("bf16-row-fp32-weights", "OpenVINO's BF16 row is the IR with FP16-stored weights, measured as written",
+           "src/nanoify/quant/targets.py", "work / c.name / OV_IR, fp16_weights=True)",
+           "work / c.name / OV_IR, fp16_weights=False)",
+           ("tests/e2e/test_openvino.py::"
+            "test_the_bf16_row_is_an_ir_with_fp16_weights_measured_and_written_as_such",)),
 )
 
 

@@ -207,6 +207,7 @@ def _quantize_cfg(a: argparse.Namespace) -> Any:
                           sensitivity_seconds=a.sensitivity_seconds, search_seconds=a.search_seconds,
                           rounding=tuple(r.strip() for r in a.rounding.split(",") if r.strip()) if a.rounding else None,
                           bias_correction={"auto": None, "on": True, "off": False}[a.bias_correction],
+                          smooth={"auto": None, "on": True, "off": False}[a.smooth],
                           require_int8=a.require_int8)
 
 
@@ -410,6 +411,9 @@ def _quantize_parser(sub: Any) -> None:
     q.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto",
                    help="also try the best static candidates with biases corrected for their rounded weights' mean "
                         "output shift (default auto: for graphs with convolutions)")
+    q.add_argument("--smooth", choices=("auto", "on", "off"), default="auto",
+                   help="also try the static candidates with SmoothQuant (activation outlier channels moved into the "
+                        "GEMM weights first; default auto: for graphs without convolutions, i.e. transformers)")
     q.add_argument("--require-int8", action="store_true",
                    help="fail (one line, nothing written) when no INT8 candidate within the budget is at least as "
                         "fast as FP32, instead of writing the float model")

@@ -224,6 +224,7 @@ class QuantizeConfig:
     search_seconds: float = 600.0  # the whole search's deadline: its steps take shares of it (quant/steps.py Clock)
     rounding: tuple[str, ...] | None = None  # static weights: nearest, learned; None: learned too for CNNs
     bias_correction: bool | None = None  # twins of the best static candidates with corrected biases; None: CNNs
+    smooth: bool | None = None  # SmoothQuant twins of the static candidates; None: graphs without convolutions
     require_int8: bool = False  # fail (nothing written) instead of writing the float model when no INT8 one wins
 
     def __post_init__(self) -> None:
@@ -241,6 +242,7 @@ class QuantizeConfig:
                "--sensitivity-seconds must be positive")
         _check(self.search_seconds > 0, "--search-seconds must be positive")
         _check(self.bias_correction in (None, True, False), "--bias-correction must be auto, on or off")
+        _check(self.smooth in (None, True, False), "--smooth must be auto, on or off")
         if self.rounding is not None:
             object.__setattr__(self, "rounding", tuple(self.rounding))
             _check(bool(self.rounding) and all(r in ROUNDINGS for r in self.rounding),

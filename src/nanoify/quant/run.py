@@ -203,6 +203,22 @@ def format_report(man: dict[str, Any]) -> str:
                       f"({', '.join(look['kept'])}); dropped: "
                       + ", ".join(f"{d['name']} ({metric} {_fmt(d.get(metric))}, {agree.replace('_', ' ')} "
                                   f"{_fmt(d.get(agree))})" for d in look["dropped"]) + "."]
+    sq = man.get("smoothing") or {}
+    for key, r in sq.items():
+        tag = "-smooth" if r["alpha"] == "auto" else f"-smooth{r['alpha']}"
+        by_name = {c["name"]: c for c in man["candidates"]}
+        pairs = [(by_name[n.removesuffix(tag)], c) for n, c in by_name.items()
+                 if n.endswith(tag) and n.removesuffix(tag) in by_name]
+        alphas = ", ".join(f"{a} ×{n}" for a, n in r["alphas"].items())
+        pred = r.get("predicted_error")
+        lines += ["", f"SmoothQuant ({key}: α {r['alpha']}, {r['groups']} of {r['of_groups']} GEMM inputs smoothed, "
+                      f"feeding {r['gemms']} GEMMs; α chosen {alphas or 'nowhere'}"
+                      + (f"; predicted INT8 output error {pred[0]} → {pred[1]}" if pred else "")
+                      + f"; {r['seconds']} s): the largest activation channel went from "
+                      f"{r['channel_spread_before']}× to {r['channel_spread_after']}× the median channel (median over "
+                      "the inputs) — what it bought:"]
+        lines += [f"- {a['name']} → {b['name']}: {metric} {_fmt(a.get(metric))} → {_fmt(b.get(metric))}, "
+                  f"{agree.replace('_', ' ')} {_fmt(a.get(agree))} → {_fmt(b.get(agree))}" for a, b in pairs]
     bc = man.get("bias_correction") or {}
     if bc:
         by_name = {c["name"]: c for c in man["candidates"]}

@@ -48,7 +48,9 @@ class StaticQDQ:
     ``scope`` of ops (weights | all), with per-channel weights of ``weight_bits``, rounded to the nearest integer
     or by ``rounding="learned"`` (AdaRound, :mod:`nanoify.quant.rounding`: the float graph with its weights
     already on the grid, which the Q/DQ writer then reproduces); ``bias_correct``: the biases carry the mean
-    output shift of the rounded weights (:mod:`nanoify.quant.bias_correction`)."""
+    output shift of the rounded weights (:mod:`nanoify.quant.bias_correction`); ``smooth``: SmoothQuant first
+    (:mod:`nanoify.quant.smooth`: the GEMMs' input outliers moved into their weights) with α ``"auto"`` (chosen
+    per GEMM input from the calibration rows) or a number; empty: off. With nearest rounding only."""
 
     method: str = "entropy"
     preset: str = "cpu"
@@ -56,18 +58,42 @@ class StaticQDQ:
     weight_bits: int = 8
     rounding: str = "nearest"
     bias_correct: bool = False
+    smooth: str = ""
+
+    def __post_init__(self) -> None:
+        if self.smooth and (self.rounding != "nearest" or self.bias_correct):
+            raise ConfigError("smoothing (SmoothQuant) combines with nearest rounding and no bias correction only")
 
     @property
     def name(self) -> str:
         base = ("static" if self.preset == "cpu" else "qdq") + f"-{self.method}"
         return base + ("-all-ops" if self.scope == "all" else "") + ("-w7" if self.weight_bits == 7 else "") + (
-            "-adaround" if self.rounding == "learned" else "") + ("-bc" if self.bias_correct else "")
+            "-adaround" if self.rounding == "learned" else "") + ("-bc" if self.bias_correct else "") + (
+            ("-smooth" if self.smooth == "auto" else f"-smooth{self.smooth}") if self.smooth else "")
 
     @property
     def graph(self) -> str:
+        if self.smooth:
+            return smoothed_graph(self.smooth, self.weight_bits)
         if self.rounding == "nearest" and not self.bias_correct:
             return "plain"
         return derived_graph(self.weight_bits, self.rounding, self.bias_correct)
+
+
+def smoothed_graph(alpha: str, bits: int = 8) -> str:
+    """The key of the float graph whose GEMM inputs are smoothed with strength ``alpha`` ("auto": chosen for
+    ``bits``-bit weights); it computes what the plain graph computes (its weights are rescaled, not rounded)."""
+    return f"{SMOOTHED}{alpha}-w{bits}"
+
+
+SMOOTHED = "smoothed-"
+
+
+def weights_changed(graph: str) -> bool:
+    """Whether a derived graph's weights differ in value from the FP32 model's (learned rounding, bias
+    correction): a node mixed precision keeps float gets its FP32 weights back there. A smoothed graph's weights
+    are rescaled to match its rescaled inputs and must stay."""
+    return graph not in ("plain", "fused") and not graph.startswith(SMOOTHED)
 
 
 def derived_graph(bits: int, rounding: str, bias_correct: bool = False) -> str:
@@ -164,7 +190,7 @@ def apply_plan(plan: QuantPlan, sources: Mapping[str, Path], dst: Path,
     "fused" for dynamic INT8) to the ONNX file; ``ranges`` maps calibration method → tensor → Range."""
     scheme = plan.scheme
     HANDLERS[type(scheme)](scheme, Path(sources[scheme.graph]), Path(dst), ranges, plan.float_nodes)
-    if scheme.graph not in ("plain", "fused") and plan.float_nodes:  # a node kept float gets its FP32 weights back
+    if weights_changed(scheme.graph) and plan.float_nodes:  # a node kept float gets its FP32 weights back
         restore_weights(Path(dst), Path(sources["plain"]), plan.float_nodes)
 
 

@@ -57,7 +57,10 @@ from .schemes import (
     describe,
     learned_graph,
     precision_of,
+    smoothed_graph,
 )
+from .smooth import AUTO as SMOOTH_AUTO
+from .smooth import channel_stats, smooth_graph, smooth_groups
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +327,41 @@ def learn_rounding(src: Source, calib_set: Any, schemes: Sequence[Any], work: Pa
         out[key] = round_graph(src.plain, dst, weight_nodes(src.graphs["plain"]), feeds, bits, threads,
                                progress=progress, seconds=seconds)
         src.derived[key] = dst
+    return out
+
+
+def smoothing(cfg: QuantizeConfig, src: Source) -> bool:
+    """Whether static candidates get SmoothQuant twins: ``cfg.smooth``, else for graphs without convolutions
+    (transformers, whose activations carry outlier channels; convolutions have learned rounding instead)."""
+    return cfg.smooth if cfg.smooth is not None else not src.cnn
+
+
+def smooth_graphs(src: Source, calib_set: Any, schemes: Sequence[Any], ranges: dict[str, dict[str, Any]],
+                  work: Path, allow_unsigned: bool, threads: int | None) -> dict[str, Any]:
+    """The smoothed float graphs the schemes need (one per α setting and weight width: the GEMM inputs' channel
+    maxima and row samples from one pass over the calibration rows, then the smoothed tensors' own histograms
+    from a pass over each smoothed graph), added to ``src.derived``; their ranges join ``ranges`` under every
+    method. Returns the report of each."""
+    wanted = sorted({(s.smooth, s.weight_bits) for s in schemes if isinstance(s, StaticQDQ) and s.smooth})
+    if not wanted or not ranges:
+        return {}
+    t0 = time.time()
+    groups = smooth_groups(src.graphs["plain"])
+    bs = src.task.batch_for(src.task.calib_batch)
+    feeds = (f for _, f in src.task.batches(calib_set, bs))
+    amax, samples = channel_stats(src.plain, [g.x for g in groups], feeds, threads)
+    out = {}
+    for alpha, bits in wanted:
+        key = smoothed_graph(alpha, bits)
+        dst = work / f"{key}.onnx"
+        info = smooth_graph(src.plain, dst, amax, alpha if alpha == SMOOTH_AUTO else float(alpha), samples, bits)
+        if info["tensors"]:
+            feeds = (f for _, f in src.task.batches(calib_set, bs))
+            hists = calibrate_onnx(dst, feeds, tensors=info["tensors"], threads=threads)
+            for method, rs in ranges.items():
+                rs.update(choose_ranges(hists, method, allow_unsigned=allow_unsigned, asymmetric=allow_unsigned))
+        src.derived[key] = dst
+        out[key] = {k: v for k, v in info.items() if k != "tensors"} | {"seconds": round(time.time() - t0, 1)}
     return out
 
 
@@ -837,6 +875,11 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
     rounding_info = learn_rounding(src, calib_set, schemes, work, cfg.threads, progress,
                                    min(ROUNDING_SECONDS, ROUNDING_SHARE * clock.avail()))
     lap("learned_rounding")
+    if smoothing(cfg, src):  # SmoothQuant twins of the static candidates that round to nearest
+        schemes += [dataclasses.replace(s, smooth=SMOOTH_AUTO) for s in schemes if isinstance(s, StaticQDQ)
+                    and s.rounding == "nearest" and not s.bias_correct and not s.smooth]
+    smooth_info = smooth_graphs(src, calib_set, schemes, ranges, work, target.free_zero_point, cfg.threads)
+    lap("smoothing")
     cands = [Candidate(s.name, QuantPlan.uniform(s, units_of(src, s)).keep_float(
         keep if isinstance(s, StaticQDQ) else [])) for s in schemes]
     rows = screen_rows(len(cands), row_seconds, len(ev), SCREEN_SHARE * clock.avail(), per_model=ref.per_model)
@@ -911,6 +954,7 @@ def search(src: Source, calib_set: Any, ev: Any, cfg: QuantizeConfig, methods: S
                    "speed_fallback": speed_info,
                    "calibration": calib_info.get("info", {}), **({"own_formats": own_info} if own_info else {}),
                    **({"learned_rounding": rounding_info} if rounding_info else {}),
+                   **({"smoothing": smooth_info} if smooth_info else {}),
                    **({"bias_correction": bias_info} if bias_info else {}),
                    **({"screening": screened} if screened else {}),
                    **({"timing_fitted": timing} if timing else {}),
