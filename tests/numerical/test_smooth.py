@@ -18,7 +18,6 @@ from nanoify.quant.run import quantize
 from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan, smoothed_graph
 from nanoify.quant.smooth import (
     ALPHAS,
-    channel_absmax,
     channel_stats,
     group_error,
     smooth_graph,
@@ -66,7 +65,7 @@ def test_gemms_reading_one_tensor_share_a_group_and_the_smoothed_graph_computes_
     path, feeds = graph
     groups = {g.x: g for g in smooth_groups(onnx.load(str(path)))}
     assert set(groups) == {"h", "x"} and groups["h"].nodes == ("query", "key") and groups["x"].nodes == ("out",)
-    amax = channel_absmax(path, ["h", "x"], iter(feeds))
+    amax = channel_stats(path, ["h", "x"], iter(feeds))[0]
     np.testing.assert_allclose(amax["x"], np.abs(np.concatenate([f["x"] for f in feeds])).max(axis=0), rtol=1e-6)
     info = smooth_graph(path, tmp_path / "s.onnx", amax, 0.5)
     assert info["groups"] == 2 and info["gemms"] == 3 and info["tensors"] == [smoothed_name("h", 0.5),
@@ -95,10 +94,10 @@ def test_an_outlier_channel_costs_far_less_once_smoothed(graph, tmp_path):
     the query/key/out outputs of the INT8 graph are at least twice as close to FP32."""
     path, feeds = graph
     ref = _run(path, feeds)
-    amax = channel_absmax(path, ["h", "x"], iter(feeds))
+    amax = channel_stats(path, ["h", "x"], iter(feeds))[0]
     smooth_graph(path, tmp_path / "s.onnx", amax, 0.5)
     plain_r = {t: Range(float(amax[t].max()), True) for t in ("h", "x")}
-    smooth_amax = channel_absmax(tmp_path / "s.onnx", [smoothed_name(t, 0.5) for t in ("h", "x")], iter(feeds))
+    smooth_amax = channel_stats(tmp_path / "s.onnx", [smoothed_name(t, 0.5) for t in ("h", "x")], iter(feeds))[0]
     smooth_r = {t: Range(float(a.max()), True) for t, a in smooth_amax.items()}
     plain_q = _run(_int8_error(path, plain_r, tmp_path, "plain"), feeds)
     smooth_q = _run(_int8_error(tmp_path / "s.onnx", smooth_r, tmp_path, "smooth"), feeds)
@@ -112,7 +111,7 @@ def test_a_gemm_kept_float_keeps_its_smoothed_weights(graph, tmp_path):
     """Mixed precision restores FP32 weights of float nodes in derived graphs whose weights changed in value;
     a smoothed graph's weights match its rescaled inputs, so they stay (restoring them would change the model)."""
     path, feeds = graph
-    amax = channel_absmax(path, ["h", "x"], iter(feeds))
+    amax = channel_stats(path, ["h", "x"], iter(feeds))[0]
     smooth_graph(path, tmp_path / "s.onnx", amax, 0.5)
     scheme = StaticQDQ("minmax", "cpu", "weights", 8, smooth="0.5")
     assert scheme.graph == smoothed_graph("0.5") and scheme.name == "static-minmax-smooth0.5"

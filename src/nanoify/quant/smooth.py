@@ -43,7 +43,7 @@ import onnx
 from onnx import numpy_helper
 
 from .ops import nonfloat_tensor_names
-from .rounding import tensor_stream
+from .rounding import grid, nearest, tensor_stream
 
 AUTO = "auto"  # α chosen per group from the calibration rows
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # what "auto" tries (the paper: 0.5 for most models, up to 0.75+)
@@ -106,30 +106,21 @@ def channel_stats(path: Path, tensors: list[str], feeds: Iterable[dict[str, np.n
     return amax, {k: v[1] for k, v in kept.items()}
 
 
-def channel_absmax(path: Path, tensors: list[str], feeds: Iterable[dict[str, np.ndarray]],
-                   threads: int | None = None) -> dict[str, np.ndarray]:
-    """:func:`channel_stats`'s per-channel maxima alone."""
-    return channel_stats(path, tensors, feeds, threads, rows=1)[0]
-
-
-def _fake_quant(x: np.ndarray, amax: np.ndarray | float, qmax: int) -> np.ndarray:
-    scale = np.where(np.asarray(amax) > 0, np.asarray(amax) / qmax, 1.0)
-    return np.clip(np.round(x / scale), -qmax, qmax) * scale
-
-
-def group_error(x: np.ndarray, weights: list[np.ndarray], s: np.ndarray | None, bits: int = 8) -> float:
+def group_error(x: np.ndarray, weights: list[np.ndarray], s: np.ndarray | None, bits: int = 8,
+                outputs: list[np.ndarray] | None = None) -> float:
     """The group's output error with its input ``x`` (rows × K) divided by ``s`` (None: not smoothed) and
-    fake-quantized per tensor, and each weight times ``s`` fake-quantized per output channel (``bits``: 8, or 7 as
-    ``reduce_range``), relative to the float outputs' energy — what α is chosen by."""
+    fake-quantized per tensor, and each weight times ``s`` on the Q/DQ writer's per-output-channel grid
+    (:func:`~nanoify.quant.rounding.grid`, ``bits`` 8 or 7), relative to the float outputs' energy — what α is
+    chosen by. ``outputs``: the float ``x @ w`` of each weight, when the caller already has them."""
     xs = x if s is None else x / s
-    xq = _fake_quant(xs, np.abs(xs).max(), 127)
-    qmax = 127 if bits == 8 else 64
+    step = np.float32(np.abs(xs).max() / 127) or np.float32(1)
+    xq = nearest(xs, step, 127) * step
     err = ref = 0.0
-    for w in weights:
+    for k, w in enumerate(weights):
         ws = w if s is None else w * s[:, None]
-        wq = _fake_quant(ws, np.abs(ws).max(axis=0, keepdims=True), qmax)
-        y = x @ w
-        err += float(((xq @ wq - y) ** 2).sum())
+        scale, qmax = grid(ws, 1, bits)
+        y = outputs[k] if outputs is not None else x @ w
+        err += float(((xq @ (nearest(ws, scale, qmax) * scale) - y) ** 2).sum())
         ref += float((y ** 2).sum())
     return err / max(ref, 1e-30)
 
@@ -139,10 +130,11 @@ def choose_alpha(x: np.ndarray, weights: list[np.ndarray], x_amax: np.ndarray, b
     """The α of ``alphas`` whose smoothing gives the smallest :func:`group_error` on the sample ``x``, or None
     when none beats leaving the group alone; returns (α, its error, the unsmoothed error)."""
     rows = np.max([np.abs(w).max(axis=1) for w in weights], axis=0).astype(np.float64)
-    base = group_error(x, weights, None, bits)
+    outputs = [x @ w for w in weights]  # the float outputs, once for every α
+    base = group_error(x, weights, None, bits, outputs)
     best, best_err = None, base
     for a in alphas:
-        e = group_error(x, weights, smoothing_scales(x_amax, rows, a).astype(np.float32), bits)
+        e = group_error(x, weights, smoothing_scales(x_amax, rows, a).astype(np.float32), bits, outputs)
         if e < best_err:
             best, best_err = a, e
     return best, best_err, base
