@@ -22,10 +22,10 @@ from nanoify.bench.run import measure_model
 from nanoify.cli import main
 from nanoify.config import QuantizeConfig, TimingConfig
 from nanoify.engines import EngineUnavailable, open_engine, parse_engine_spec
-from nanoify.errors import ConfigError
+from nanoify.errors import ConfigError, ModelError
 from nanoify.quant.calibrate import Range
 from nanoify.quant.run import quantize
-from nanoify.quant.schemes import QuantPlan, StaticQDQ, apply_plan
+from nanoify.quant.schemes import Float, QuantPlan, StaticQDQ, apply_plan
 from nanoify.quant.steps import Candidate, calibrate, prepare, units_of
 from nanoify.quant.targets import get_target
 from nanoify.runtime.cpu import int8_report
@@ -36,6 +36,14 @@ NEAREST = ("nearest",)  # learned rounding, bias correction: own tests (numerica
 PLAIN = {"rounding": NEAREST, "bias_correction": False}  # nearest rounding, biases as they are
 
 pytest.importorskip("openvino")
+# the optional backend itself: importable only where openvino is (the skip above)
+from nanoify.engines.openvino_engine import (  # noqa: E402
+    compiled_info,
+    cpu_capabilities,
+    int8_compute_layers,
+    save_ir,
+)
+
 FAST = TimingConfig(latency_rows=8, throughput_rows=32, rounds=1)
 
 
@@ -63,7 +71,6 @@ def test_openvino_engine_agrees_with_onnxruntime(tiny_cnn_export):
 def test_an_fp32_encoder_counts_no_int8_compute_layer(tiny_export):
     """An FP32 encoder's mask arithmetic runs on u8/i8 data in OpenVINO; only convolutions and matrix multiplies
     count as INT8 layers, so an FP32 model reads 0 (it read 8 for the FP32 MiniLM before)."""
-    from nanoify.engines.openvino_engine import int8_compute_layers
 
     with open_engine("openvino", str(tiny_export / "model.onnx"), threads=1) as eng:
         precs = eng.layer_precisions()
@@ -73,8 +80,6 @@ def test_an_fp32_encoder_counts_no_int8_compute_layer(tiny_export):
 
 
 def test_openvino_options_and_bad_input_are_one_line(tiny_cnn_export, monkeypatch, tmp_path):
-    from nanoify.engines.openvino_engine import cpu_capabilities
-    from nanoify.errors import ModelError
 
     assert parse_engine_spec("openvino:bf16") == ("openvino", {"dtype": "bf16"})
     path = str(tiny_cnn_export / "model.onnx")
@@ -127,7 +132,6 @@ def test_openvino_options_and_bad_input_are_one_line(tiny_cnn_export, monkeypatc
 
 def test_quantize_for_openvino_writes_qdq_and_ir_measured_in_openvino(tmp_path, tiny_cnn_export, tiny_images,
                                                                      monkeypatch):
-    from nanoify.engines.openvino_engine import cpu_capabilities
 
     real = run.choose  # the pick forced to a Q/DQ candidate: its writing is under test (the BF16 row is an IR)
     monkeypatch.setattr(run, "choose", lambda recs, *a, **k: (
@@ -191,7 +195,6 @@ def test_an_openvino_ir_resolves_and_benches_on_openvino(tmp_path, tiny_cnn_expo
 def test_compress_on_the_openvino_target(tmp_path, tiny_cnn, tiny_images, capsys):
     """The whole chain with ``quantize.target: openvino``: the quantized stage holds the IR, bench runs the
     compressed model on OpenVINO against the PyTorch baseline, and the report says so."""
-    from nanoify.cli import main
     from tests.conftest import image_recipe
 
     recipe = image_recipe(tmp_path, tiny_cnn, tiny_images, "{target: openvino, rounding: [nearest], budget: 3.0, "
@@ -259,8 +262,6 @@ def test_the_bf16_row_is_an_ir_with_fp16_weights_measured_and_written_as_such(tm
     CPU (checked everywhere); running it does (the rest is skipped on CPUs without AVX512-BF16 or AMX)."""
     import onnx
 
-    from nanoify.engines.openvino_engine import cpu_capabilities
-    from nanoify.quant.schemes import Float
 
     src = prepare(tiny_cnn_export, tmp_path / "src", get_target("openvino"))
     weights = sum(i.ByteSize() for i in onnx.load(str(src.plain)).graph.initializer)
@@ -310,7 +311,6 @@ def test_nncf_ignored_scope_takes_onnx_node_names(tmp_path, tiny_cnn_export, tin
     pytest.importorskip("nncf")
     import onnx
 
-    from nanoify.engines.openvino_engine import compiled_info
     from nanoify.quant.nncf_int8 import quantize_ir
 
     src = tiny_cnn_export / "model.onnx"
@@ -328,7 +328,6 @@ def test_nncf_ignored_scope_takes_onnx_node_names(tmp_path, tiny_cnn_export, tin
 def test_a_quantized_node_openvino_keeps_float_is_named(tmp_path, tiny_cnn_export, tiny_images):
     """The check behind the manifest's warning: of the compute nodes a graph is said to quantize, those OpenVINO
     compiled in float are named (here one Conv left without Q/DQ, claimed as quantized)."""
-    from nanoify.engines.openvino_engine import compiled_info, save_ir  # optional backend (importorskip above)
 
     src = prepare(tiny_cnn_export, tmp_path, get_target("openvino"))
     calib = src.task.calib_set(str(tiny_images), 32)

@@ -15,10 +15,17 @@ import pytest
 import torch
 from PIL import Image
 
+from nanoify.bench.run import benchmark, format_table
 from nanoify.cli import main
 from nanoify.config import BenchConfig, QuantizeConfig, TimingConfig
 from nanoify.engines import open_engine
+from nanoify.quant.calibrate import calibrate_onnx, choose_ranges
+from nanoify.quant.profile import slow_int8_nodes
+from nanoify.quant.qdq import calibration_tensors
 from nanoify.quant.run import quantize
+from nanoify.quant.steps import prepare
+from nanoify.quant.targets import get_target
+from nanoify.quant.tensorrt import read_calibration_cache
 from nanoify.tasks.resolve import resolve
 from tests.conftest import CLASSES, TINY_CNN, TINY_CNN_KWARGS, TINY_PRE, image_recipe, make_images
 
@@ -127,11 +134,6 @@ def test_quantize_cnn_for_tensorrt_has_nchw_profiles(tmp_path, tiny_cnn_export, 
     assert not zps
     # TensorRT's INT8 is signed and symmetric: every range is chosen for ±127 levels, never for the 255 of an
     # unsigned (post-ReLU) range, which would come out about twice too wide when written as ±amax
-    from nanoify.quant.calibrate import calibrate_onnx, choose_ranges
-    from nanoify.quant.qdq import calibration_tensors
-    from nanoify.quant.steps import prepare
-    from nanoify.quant.targets import get_target
-    from nanoify.quant.tensorrt import read_calibration_cache
 
     src = prepare(tiny_cnn_export, tmp_path / "prep", get_target("cpu"))
     calib = src.task.calib_set(str(tiny_images), man["calibration"]["samples"])
@@ -178,7 +180,6 @@ def test_bench_and_json_contract_for_images(tmp_path, tiny_cnn, tiny_images, cnn
     assert base["engine"] == "torch" and q["engine"] == "onnxruntime"
     assert 0.9 <= q["top1_agreement"] <= 1 and q["predictions_changed"] == round((1 - q["top1_agreement"]) * 200)
     assert q["streams"]["streams"] == 2
-    from nanoify.bench.run import format_table
 
     table = format_table(rep)
     assert "throughput b32 (images/s)" in table and "predictions changed vs baseline" in table
@@ -240,7 +241,6 @@ def test_torch_engine_runs_the_module_folder(tiny_cnn):
 
 
 def test_bench_engines_checked_against_their_own_spec(tiny_cnn_export, tiny_images):
-    from nanoify.bench.run import benchmark
 
     rep = benchmark([str(tiny_cnn_export)], str(tiny_images), progress=False,
                     config=BenchConfig(isolate=False, timing=FAST))
@@ -249,7 +249,6 @@ def test_bench_engines_checked_against_their_own_spec(tiny_cnn_export, tiny_imag
 
 
 def test_a_model_exported_with_batch_one_is_run_and_timed_at_batch_one(tmp_path, tiny_cnn_export, tiny_images):
-    from nanoify.bench.run import benchmark
 
     m = onnx.load(tiny_cnn_export / "model.onnx")
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # as many ONNX zoo models ship
@@ -270,7 +269,6 @@ def test_a_model_exported_with_batch_one_is_run_and_timed_at_batch_one(tmp_path,
 
 
 def test_profiler_maps_int8_kernels_back_to_their_graph_nodes(tmp_path, cnn_quantized, tiny_cnn_export):
-    from nanoify.quant.profile import slow_int8_nodes
 
     out, man = cnn_quantized
     plain = onnx.load(tiny_cnn_export / "model.onnx")
