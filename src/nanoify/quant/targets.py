@@ -288,10 +288,7 @@ class OpenVinoTarget(Target):
     def write(self, folder: Path, chosen: Any, ranges: dict[str, Any], src: Any, ev: Any) -> dict[str, Any]:
         from ..engines.openvino_engine import save_ir  # optional backend: imported when this target is chosen
 
-        precision = precision_of(chosen.plan.scheme)
-        if precision != "fp32":  # the engine's default for this folder (bench runs it so)
-            (folder / QUANT_FILE).write_text(json.dumps({"kind": "precision", "format": precision,
-                                                         "target": "openvino"}, indent=2) + "\n")
+        precision = precision_of(chosen.plan.scheme)  # fp32 here: a row run in BF16 is an IR (write_chosen)
         ops = {n.name: n.op_type for n in src.graphs["plain"].graph.node}
         float_nodes = set(chosen.plan.float_nodes)
         quantized = tuple(u for u in chosen.plan.units if u not in float_nodes and ops.get(u) in COMPUTE_OPS)
